@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Builds the local control plane from published Go modules into a cache outside
+# the work tree, keyed by version, so every clone (and CI) on this machine reuses it.
+# No container registry and no binary download is needed: only the Go module proxy.
+#
+# Prints the bin directory. Idempotent: a component whose binaries exist is skipped.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=versions.env
+source "$here/versions.env"
+cache="${PITSTOP_CACHE:-$HOME/.cache/pitstop}"
+bin="$cache/bin"
+mkdir -p "$bin" "$cache/build"
+log() { echo "[build] $*" >&2; }
+
+# Kubernetes' staging modules, replaced by their published twins v0.<minor>.<patch>.
+STAGING=(api apiextensions-apiserver apimachinery apiserver cli-runtime client-go
+  cloud-provider cluster-bootstrap code-generator component-base component-helpers
+  controller-manager cri-api cri-client csi-translation-lib dynamic-resource-allocation
+  endpointslice externaljwt kms kube-aggregator kube-controller-manager kube-proxy
+  kube-scheduler kubectl kubelet metrics mount-utils pod-security-admission
+  sample-apiserver sample-cli-plugin sample-controller)
+
+build_kube() {
+  local out="$bin/kube-$KUBE_VERSION"
+  if [[ -x $out/kube-apiserver && -x $out/kube-controller-manager && -x $out/kube-scheduler ]]; then return; fi
+  log "building Kubernetes $KUBE_VERSION (cold: tens of minutes on 2 cores)"
+  local dir="$cache/build/kube-$KUBE_VERSION" staging_v="v0.${KUBE_VERSION#v1.}"
+  local minor="${KUBE_VERSION#v1.}"; minor="${minor%%.*}"
+  mkdir -p "$dir"
+  {
+    echo "module pitstop.dev/kubebuild"
+    echo
+    echo "go 1.25.0"
+    echo
+    echo "godebug default=go1.25"
+    echo
+    echo "require k8s.io/kubernetes $KUBE_VERSION"
+    echo
+    echo "replace ("
+    for m in "${STAGING[@]}"; do echo "	k8s.io/$m => k8s.io/$m $staging_v"; done
+    echo ")"
+  } >"$dir/go.mod"
+  cat >"$dir/tools.go" <<'GO'
+//go:build tools
+
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+)
+GO
+  local ver="k8s.io/component-base/version"
+  local ldflags="-s -w -X $ver.gitVersion=$KUBE_VERSION -X $ver.gitMajor=1 -X $ver.gitMinor=$minor"
+  ldflags+=" -X k8s.io/client-go/pkg/version.gitVersion=$KUBE_VERSION"
+  (cd "$dir" && GOFLAGS=-mod=mod go mod tidy -e >/dev/null 2>&1 || true
+   cd "$dir" && GOFLAGS=-mod=mod go get "k8s.io/kubernetes@$KUBE_VERSION" >&2
+   mkdir -p "$out.tmp"
+   cd "$dir" && GOFLAGS=-mod=mod go build -trimpath -ldflags "$ldflags" -o "$out.tmp/" \
+     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+     k8s.io/kubernetes/cmd/kube-scheduler >&2)
+  rm -rf "$out" && mv "$out.tmp" "$out"
+}
+
+build_etcd() {
+  local out="$bin/etcd-$ETCD_VERSION"
+  if [[ -x $out/etcd ]]; then return; fi
+  log "building etcd $ETCD_VERSION"
+  local dir="$cache/build/etcd-$ETCD_VERSION"
+  mkdir -p "$dir"
+  printf 'module pitstop.dev/etcdbuild\n\ngo 1.25.0\n' >"$dir/go.mod"
+  cat >"$dir/tools.go" <<'GO'
+//go:build tools
+
+package tools
+
+import _ "go.etcd.io/etcd/server/v3"
+GO
+  (cd "$dir" && GOFLAGS=-mod=mod go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >&2
+   mkdir -p "$out.tmp"
+   cd "$dir" && GOFLAGS=-mod=mod go build -trimpath -ldflags "-s -w" -o "$out.tmp/etcd" go.etcd.io/etcd/server/v3 >&2)
+  rm -rf "$out" && mv "$out.tmp" "$out"
+}
+
+build_kwok() {
+  local out="$bin/kwok-$KWOK_VERSION"
+  if [[ -x $out/kwok ]]; then return; fi
+  log "building kwok $KWOK_VERSION"
+  mkdir -p "$out.tmp"
+  GOBIN="$out.tmp" GOFLAGS=-trimpath go install -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" >&2
+  rm -rf "$out" && mv "$out.tmp" "$out"
+}
+
+case "${1:-all}" in
+  etcd) build_etcd ;;
+  kwok) build_kwok ;;
+  kube) build_kube ;;
+  all) build_etcd; build_kwok; build_kube ;;
+  *) echo "usage: $0 [all|etcd|kwok|kube]" >&2; exit 2 ;;
+esac
+echo "$bin"
