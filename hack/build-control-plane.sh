@@ -3,6 +3,7 @@
 # the work tree, keyed by version, so every clone (and CI) on this machine reuses it.
 # No container registry and no binary download is needed: only the Go module proxy.
 #
+# Also builds a kubectl of the same release, so no kubectl needs to be installed.
 # Prints the bin directory. Idempotent: a component whose binaries exist is skipped.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -23,7 +24,7 @@ STAGING=(api apiextensions-apiserver apimachinery apiserver cli-runtime client-g
 
 build_kube() {
   local out="$bin/kube-$KUBE_VERSION"
-  if [[ -x $out/kube-apiserver && -x $out/kube-controller-manager && -x $out/kube-scheduler ]]; then return; fi
+  if [[ -x $out/kube-apiserver && -x $out/kube-controller-manager && -x $out/kube-scheduler && -x $out/kubectl ]]; then return; fi
   log "building Kubernetes $KUBE_VERSION (cold: tens of minutes on 2 cores)"
   local dir="$cache/build/kube-$KUBE_VERSION" staging_v="v0.${KUBE_VERSION#v1.}"
   local minor="${KUBE_VERSION#v1.}"; minor="${minor%%.*}"
@@ -50,6 +51,7 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubectl"
 )
 GO
   local ver="k8s.io/component-base/version"
@@ -60,7 +62,7 @@ GO
    mkdir -p "$out.tmp"
    cd "$dir" && GOFLAGS=-mod=mod go build -trimpath -ldflags "$ldflags" -o "$out.tmp/" \
      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-     k8s.io/kubernetes/cmd/kube-scheduler >&2)
+     k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl >&2)
   rm -rf "$out" && mv "$out.tmp" "$out"
 }
 

@@ -110,6 +110,7 @@ up() {
   [[ -e $dir ]] && down_quiet
   local bin; bin="$("$here/build-control-plane.sh")"
   local kube="$bin/kube-$KUBE_VERSION" etcd="$bin/etcd-$ETCD_VERSION/etcd" kwok="$bin/kwok-$KWOK_VERSION/kwok"
+  PATH="$kube:$PATH"  # the kubectl of the same release
   mkdir -p "$dir/logs" "$dir/etcd"
   : >"$dir/pids"
   make_certs

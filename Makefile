@@ -1,0 +1,58 @@
+# pitstop — every entry point a developer or CI needs.
+# `make test` and (later) `make demo` set up everything themselves.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+include hack/versions.env
+PITSTOP_CACHE ?= $(HOME)/.cache/pitstop
+# The kubectl built with the control plane comes first: same release as the server.
+export PATH := $(CURDIR)/$(BIN):$(PITSTOP_CACHE)/bin/kube-$(KUBE_VERSION):$(PATH)
+
+.PHONY: help venv build cluster-up cluster-down kubeconfig crds crds-check lint unit e2e test clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/.installed ## create the virtualenv in .venv with the dev tools
+
+build: ## build (or reuse from the cache) etcd, Kubernetes and kwok
+	hack/build-control-plane.sh >/dev/null
+
+cluster-up: ## start the local control plane (idempotent; builds on first use)
+	hack/cluster.sh up
+
+cluster-down: ## stop the local control plane and delete its state
+	hack/cluster.sh down
+
+kubeconfig: ## print the admin kubeconfig path of the running cluster
+	@hack/cluster.sh kubeconfig
+
+crds: venv ## regenerate crds/ from the pydantic models
+	$(BIN)/python -m pitstop.crdgen crds/
+
+crds-check: venv ## fail when crds/ is stale
+	$(BIN)/python -m pitstop.crdgen --check crds/
+
+lint: venv ## ruff and mypy
+	$(BIN)/ruff check operator tests
+	$(BIN)/ruff format --check operator tests
+	$(BIN)/mypy
+
+unit: venv ## unit tests (no cluster)
+	$(BIN)/pytest -q tests/unit
+
+e2e: venv build ## e2e tests on a fresh local control plane (PITSTOP_KEEP_CLUSTER=1 keeps it)
+	$(BIN)/pytest -q tests/e2e
+
+test: lint unit e2e ## everything CI runs
+
+clean: cluster-down ## remove the virtualenv and caches (not the binary cache)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

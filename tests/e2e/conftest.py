@@ -1,0 +1,90 @@
+"""The e2e session: a real control plane (etcd, kube-apiserver,
+kube-controller-manager, kube-scheduler, kwok) started by hack/cluster.sh on free
+loopback ports, the CRDs installed, and per-test namespaces and node pools.
+
+PITSTOP_KUBECONFIG=path  use an already running cluster instead of starting one
+PITSTOP_KEEP_CLUSTER=1   leave the started cluster running after the session
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+from kubernetes import client
+
+from tests.e2e.kube import REPO, Cluster, Pool, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    given = os.environ.get("PITSTOP_KUBECONFIG")
+    if given:
+        yield _prepared(Cluster(given))
+        return
+    state = tempfile.mkdtemp(prefix="pitstop-e2e-")
+    env = {**os.environ, "PITSTOP_CLUSTER_DIR": state, "PITSTOP_NODES": "3"}
+    up = subprocess.run(
+        [str(REPO / "hack/cluster.sh"), "up"], env=env, capture_output=True, text=True, timeout=3600
+    )
+    if up.returncode != 0:
+        pytest.exit(f"local control plane failed to start:\n{up.stderr}", returncode=1)
+    try:
+        yield _prepared(Cluster(f"{state}/admin.kubeconfig"))
+    finally:
+        if os.environ.get("PITSTOP_KEEP_CLUSTER"):
+            print(f"\ncluster kept: kubectl --kubeconfig {state}/admin.kubeconfig get nodes")
+        else:
+            subprocess.run([str(REPO / "hack/cluster.sh"), "down"], env=env, timeout=120)
+
+
+def _prepared(cluster: Cluster) -> Cluster:
+    """Installs the CRDs from crds/ and waits until they are served."""
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(REPO / "crds"))
+    cluster.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/noderepairs.pitstop.dev",
+        "crd/repairpolicies.pitstop.dev",
+    )
+    return cluster
+
+
+@pytest.fixture
+def namespace(cluster: Cluster) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    cluster.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    wait_until(
+        f"default ServiceAccount in {name}",
+        lambda: cluster.core.list_namespaced_service_account(name).items,
+    )
+    yield name
+    cluster.core.delete_namespace(name)
+
+
+@pytest.fixture
+def pool(cluster: Cluster) -> Iterator[Callable[[int], Pool]]:
+    """Makes fake nodes for one test, labelled `pool=<id>` so its pods can be pinned
+    to them with `pool.selector`; deletes them afterwards."""
+    made: list[str] = []
+
+    def make(count: int) -> Pool:
+        pool_id = uuid.uuid4().hex[:6]
+        names = [f"n-{pool_id}-{i}" for i in range(count)]
+        for name in names:
+            cluster.create_node(name, {"pool": pool_id})
+            made.append(name)
+        for name in names:
+            wait_until(f"node {name} Ready", lambda n=name: cluster.node_ready(n), timeout=30)
+        return Pool(names=names, selector={"pool": pool_id})
+
+    yield make
+    for name in made:
+        cluster.core.delete_node(name)

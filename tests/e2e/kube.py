@@ -1,0 +1,96 @@
+"""Small helpers for e2e tests against the local control plane: waiting with a
+deadline, fake nodes, and a kubectl runner. Every wait has a timeout."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from kubernetes import client, config
+
+REPO = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
+
+
+def wait_until(
+    what: str, probe: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.1
+) -> T:
+    """Calls `probe` until it returns something truthy; fails the test after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while True:
+        last = probe()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+        time.sleep(interval)
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Fake nodes made for one test; `selector` pins pods to them."""
+
+    names: list[str]
+    selector: dict[str, str]
+
+
+@dataclass
+class Cluster:
+    """The control plane under test, reached with the admin kubeconfig."""
+
+    kubeconfig: str
+    api: client.ApiClient = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.api = config.new_client_from_config(config_file=self.kubeconfig)
+
+    @property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api)
+
+    @property
+    def apps(self) -> client.AppsV1Api:
+        return client.AppsV1Api(self.api)
+
+    @property
+    def custom(self) -> client.CustomObjectsApi:
+        return client.CustomObjectsApi(self.api)
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            ["kubectl", "--kubeconfig", self.kubeconfig, *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
+        return proc
+
+    def create_node(self, name: str, labels: dict[str, str] | None = None) -> None:
+        """A fake node that kwok keeps alive (it selects nodes by this annotation)."""
+        body = client.V1Node(
+            metadata=client.V1ObjectMeta(
+                name=name,
+                annotations={"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                labels={
+                    "type": "kwok",
+                    "kubernetes.io/hostname": name,
+                    "kubernetes.io/os": "linux",
+                    **(labels or {}),
+                },
+            )
+        )
+        self.core.create_node(body)
+
+    def node_ready(self, name: str) -> bool:
+        node = self.core.read_node(name)
+        return any(c.type == "Ready" and c.status == "True" for c in (node.status.conditions or []))
