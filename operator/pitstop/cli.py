@@ -1,0 +1,156 @@
+"""The `pitstop` command (also installed as the kubectl plugin `kubectl-pitstop`).
+
+Each subcommand is one `_add_<name>` function that builds its parser and sets
+`handler`, plus one entry in SUBCOMMANDS. Options every subcommand shares
+(`--kubeconfig`, `--verbose`) come from the common parent parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypeAlias
+
+from pitstop import __version__, constants
+from pitstop.kubeconfig import KubeconfigError, load_configuration, resolve_source
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+Handler: TypeAlias = Callable[[argparse.Namespace], int]
+if TYPE_CHECKING:  # generic only in typeshed, not at runtime
+    SubParsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+class CLIError(Exception):
+    """A failure to report as one line on stderr, with a non-zero exit code."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse `argv` (default: sys.argv[1:]), run the subcommand, return the exit code."""
+    prog = _prog_name(sys.argv[0]) if argv is None else "pitstop"
+    parser = build_parser(prog)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # usage errors, --help, --version
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except (CLIError, KubeconfigError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def build_parser(prog: str = "pitstop") -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--kubeconfig",
+        metavar="PATH",
+        help=(
+            "kubeconfig file (default: $KUBECONFIG; else the pod's ServiceAccount when "
+            "$KUBERNETES_SERVICE_HOST is set; else ~/.kube/config)"
+        ),
+    )
+    common.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Take faulty nodes out of service, repair them, and put them back.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    for add in SUBCOMMANDS:
+        add(subparsers, common)
+    return parser
+
+
+# --- pitstop run ---
+
+
+def _add_run(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
+    p = subparsers.add_parser(
+        "run",
+        parents=[common],
+        help="run the operator",
+        description="Run the operator until SIGTERM/SIGINT.",
+    )
+    p.add_argument(
+        "--health-port",
+        type=_port,
+        default=constants.HEALTH_PORT,
+        metavar="PORT",
+        help=f"port of the liveness/readiness endpoint {constants.HEALTH_PATH} "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=constants.METRICS_PORT,
+        metavar="PORT",
+        help="port of the Prometheus endpoint /metrics (default: %(default)s)",
+    )
+    p.add_argument(
+        "--bind",
+        default="0.0.0.0",
+        metavar="ADDR",
+        help="address the health and metrics endpoints listen on (default: %(default)s)",
+    )
+    p.set_defaults(handler=_cmd_run)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    source = resolve_source(args.kubeconfig, os.environ)
+    load_configuration(source)  # fail now, in one line, rather than inside kopf's login loop
+    if args.health_port == args.metrics_port:
+        raise CLIError(f"--health-port and --metrics-port are both {args.health_port}")
+
+    # Imported late: kopf and the handlers are not needed for parsing or for errors.
+    from pitstop.runner import RunOptions, run
+
+    options = RunOptions(
+        source=source,
+        bind=args.bind,
+        health_port=args.health_port,
+        metrics_port=args.metrics_port,
+        verbose=args.verbose,
+    )
+    try:
+        run(options)
+    except OSError as e:  # e.g. a port already in use
+        raise CLIError(_one_line(e)) from e
+    except Exception as e:  # kopf has logged the traceback already
+        raise CLIError(f"the operator stopped: {_one_line(e)}") from e
+    return EXIT_OK
+
+
+SUBCOMMANDS: tuple[Callable[[SubParsers, argparse.ArgumentParser], None], ...] = (_add_run,)
+"""One entry per subcommand, in the order `--help` lists them."""
+
+
+# --- helpers ---
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range 1-65535: {port}")
+    return port
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _prog_name(argv0: str) -> str:
+    name = os.path.basename(argv0)
+    return "kubectl pitstop" if name.startswith("kubectl-pitstop") else "pitstop"

@@ -1,0 +1,94 @@
+"""The kopf entry point: registers pitstop's handlers and does nothing else.
+
+Importing this module registers the handlers in kopf's default registry;
+pitstop.runner imports it and runs kopf. The reconciliation handlers of the
+repair flow are added here as they are written, each step in its own module.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import kopf
+
+from pitstop import __version__, constants, metrics
+from pitstop.kubeconfig import KubeSource, connection_info, resolve_source
+
+MEMO_KUBE_SOURCE = "kube_source"
+"""Key in the operator-wide memo under which pitstop.runner passes the KubeSource."""
+
+# Watch streams: ask the server to end each watch after WATCH_SERVER_TIMEOUT (it
+# otherwise picks 5-10 min), and give up client-side a bit later, so a stream that
+# went silent (lost connection, stuck proxy) is restarted instead of hanging forever.
+# kopf's inactivity_timeout (70 s without any event or bookmark) stays as a third net.
+# The server timeout goes into the URL as timeoutSeconds, so it must be a whole number.
+WATCH_SERVER_TIMEOUT = 270
+WATCH_CLIENT_TIMEOUT = 300.0
+WATCH_CONNECT_TIMEOUT = 10.0
+# Ordinary (non-watch) API requests: fail fast rather than hold a handler for kopf's 5 min.
+REQUEST_TIMEOUT = 60.0
+CONNECT_TIMEOUT = 10.0
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
+    """Operator-wide settings; runs before any watch starts."""
+    # No KopfPeering CRD: one active replica (Deployment strategy Recreate) for now;
+    # HA will use a coordination.k8s.io Lease, as peering is not leader election.
+    settings.peering.standalone = True
+
+    settings.watching.server_timeout = WATCH_SERVER_TIMEOUT
+    settings.watching.client_timeout = WATCH_CLIENT_TIMEOUT
+    settings.watching.connect_timeout = WATCH_CONNECT_TIMEOUT
+    settings.networking.request_timeout = REQUEST_TIMEOUT
+    settings.networking.connect_timeout = CONNECT_TIMEOUT
+
+    # Handler log lines stay in the log; pitstop posts its Events deliberately
+    # (kopf.event() and friends), with specific reasons, as the component "pitstop".
+    settings.posting.loggers = False
+    settings.posting.reporting_component = "pitstop"
+    settings.posting.reporting_instance = os.environ.get("POD_NAME") or socket.gethostname()
+    settings.posting.event_name_prefix = "pitstop-"
+
+    # Handler progress and the last-handled spec live in pitstop.dev/ annotations of
+    # pitstop's own objects (status belongs to the schema, which prunes unknown fields).
+    settings.persistence.finalizer = constants.FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=constants.KOPF_ANNOTATIONS_PREFIX,
+        v1=False,
+    )
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=constants.KOPF_ANNOTATIONS_PREFIX,
+        key="last-handled-configuration",
+        v1=False,
+    )
+
+    metrics.UP.set(1)
+    logger.info(f"pitstop {__version__} started.")
+
+
+@kopf.on.cleanup()
+def mark_down(**_: Any) -> None:
+    metrics.UP.set(0)
+
+
+@kopf.on.login(id="pitstop")
+def login(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> kopf.ConnectionInfo:
+    """Credentials from the source chosen by the CLI (kopf calls this again on HTTP 401).
+
+    Registering a login handler replaces kopf's fallbacks, which would try the
+    in-cluster ServiceAccount before an explicit kubeconfig.
+    """
+    source = memo.get(MEMO_KUBE_SOURCE)
+    if not isinstance(source, KubeSource):  # e.g. started with `kopf run -m pitstop.main`
+        source = resolve_source(None, os.environ)
+    logger.debug(f"Logging in with the {source.describe()}.")
+    return connection_info(source)
+
+
+@kopf.on.probe(id="version")
+def version(**_: Any) -> str:
+    """Shown in /healthz; the probe makes no API call, so liveness never hinges on the API."""
+    return __version__

@@ -1,0 +1,80 @@
+"""Prometheus metrics of the operator, served at `/metrics` on the metrics port.
+
+pitstop keeps its own registry (not prometheus_client's global one), so what is
+exported is exactly what is defined here plus the process/platform/GC collectors.
+"""
+
+from __future__ import annotations
+
+import platform
+import threading
+from dataclasses import dataclass
+from importlib import metadata
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Gauge,
+    start_http_server,
+)
+
+from pitstop import __version__
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+"""Everything pitstop exports."""
+
+for _collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+    REGISTRY.register(_collector)
+
+BUILD_INFO = Gauge(
+    "pitstop_build_info",
+    "Always 1; the labels name the running pitstop, kopf and Python versions.",
+    ["version", "kopf_version", "python_version"],
+    registry=REGISTRY,
+)
+UP = Gauge(
+    "pitstop_up",
+    "1 while the operator is started and handling resources, 0 before and after.",
+    registry=REGISTRY,
+)
+
+
+def _kopf_version() -> str:
+    try:
+        return metadata.version("kopf")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+BUILD_INFO.labels(
+    version=__version__,
+    kopf_version=_kopf_version(),
+    python_version=platform.python_version(),
+).set(1)
+UP.set(0)
+
+
+@dataclass
+class MetricsServer:
+    """A running `/metrics` HTTP server (a daemon thread); `close()` stops it."""
+
+    server: WSGIServer
+    thread: threading.Thread
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_port)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+def serve(port: int, addr: str = "0.0.0.0") -> MetricsServer:
+    """Serve REGISTRY on http://addr:port/metrics; OSError if the port cannot be bound."""
+    server, thread = start_http_server(port, addr=addr, registry=REGISTRY)
+    return MetricsServer(server=server, thread=thread)

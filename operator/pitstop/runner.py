@@ -1,0 +1,59 @@
+"""Runs the operator: the metrics server, then kopf with pitstop's handlers, until a signal."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import kopf
+
+from pitstop import constants, metrics
+from pitstop.kubeconfig import KubeSource
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What `pitstop run` needs, already validated by the CLI."""
+
+    source: KubeSource
+    bind: str = "0.0.0.0"
+    health_port: int = constants.HEALTH_PORT
+    metrics_port: int = constants.METRICS_PORT
+    verbose: bool = False
+
+
+def liveness_endpoint(bind: str, port: int) -> str:
+    """kopf's liveness URL for an address to listen on (IPv6 literals bracketed)."""
+    host = f"[{bind}]" if ":" in bind else bind
+    return f"http://{host}:{port}{constants.HEALTH_PATH}"
+
+
+def run(options: RunOptions) -> None:
+    """Run until SIGTERM/SIGINT; raises OSError if a port cannot be bound."""
+    kopf.configure(verbose=options.verbose)
+
+    # Importing registers the handlers in kopf's default registry.
+    from pitstop import main
+
+    try:
+        server = metrics.serve(options.metrics_port, addr=options.bind)
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise OSError(
+            f"cannot serve metrics on {options.bind}:{options.metrics_port}: {reason}"
+        ) from e
+    logger.info(
+        f"Serving metrics at http://{options.bind}:{server.port}/metrics; "
+        f"credentials from the {options.source.describe()}.",
+    )
+    try:
+        kopf.run(
+            clusterwide=True,  # NodeRepair, RepairPolicy and Node are cluster-scoped
+            liveness_endpoint=liveness_endpoint(options.bind, options.health_port),
+            memo=kopf.Memo({main.MEMO_KUBE_SOURCE: options.source}),
+        )
+    finally:
+        metrics.UP.set(0)
+        server.close()
