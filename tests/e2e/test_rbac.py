@@ -158,6 +158,7 @@ def test_nodes_read_patch_but_never_delete(
     # A watch stream is allowed (the server ends it after timeoutSeconds).
     watched = core.list_node(watch=True, timeout_seconds=1, _preload_content=False)
     assert watched.status == 200
+    watched.read()  # to the server's end of the stream, so the connection is reusable
     watched.release_conn()
 
     # Real PATCHes, as the operator does them: a label, the lock annotation, the cordon.
@@ -251,9 +252,21 @@ def test_pods_drain_annotation_serving_condition_eviction(
     wait_until(f"pod {name} evicted", gone)
 
 
-def test_endpointslices_pdbs_crds_are_readable(sa: client.ApiClient) -> None:
-    slices = client.DiscoveryV1Api(sa).list_endpoint_slice_for_all_namespaces()
-    assert any(s.metadata.namespace == "default" for s in slices.items)  # kubernetes Service
+def test_endpointslices_pdbs_crds_are_readable(
+    cluster: Cluster, sa: client.ApiClient, namespace: str
+) -> None:
+    service = {
+        "metadata": {"name": "fn"},
+        "spec": {"selector": {"app": "fn"}, "ports": [{"port": 80}]},
+    }
+    cluster.core.create_namespaced_service(namespace, service)
+    wait_until(
+        "the Service's EndpointSlice, as the operator sees it",
+        lambda: any(
+            s.metadata.namespace == namespace
+            for s in client.DiscoveryV1Api(sa).list_endpoint_slice_for_all_namespaces().items
+        ),
+    )
     client.PolicyV1Api(sa).list_pod_disruption_budget_for_all_namespaces()
     crds = client.ApiextensionsV1Api(sa).list_custom_resource_definition()
     assert f"noderepairs.{GROUP}" in {c.metadata.name for c in crds.items}
