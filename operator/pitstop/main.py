@@ -13,8 +13,12 @@ from typing import Any
 
 import kopf
 
-from pitstop import __version__, constants, metrics
+# Importing a module registers its handlers: each step of the flow lives in its own.
+from pitstop import __version__, constants, indexes, metrics, repairs, serving
+from pitstop.kube import Kube
 from pitstop.kubeconfig import KubeSource, connection_info, resolve_source
+
+__all__ = ["indexes", "repairs", "serving"]
 
 MEMO_KUBE_SOURCE = "kube_source"
 """Key in the operator-wide memo under which pitstop.runner passes the KubeSource."""
@@ -33,7 +37,9 @@ CONNECT_TIMEOUT = 10.0
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
+def configure(
+    settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
     """Operator-wide settings; runs before any watch starts."""
     # No KopfPeering CRD: one active replica (Deployment strategy Recreate) for now;
     # HA will use a coordination.k8s.io Lease, as peering is not leader election.
@@ -65,13 +71,26 @@ def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) ->
         v1=False,
     )
 
+    # pitstop's own API calls (cordon, pod patches, evictions, status) share the
+    # credentials of kopf's login handler below.
+    memo["kube"] = Kube(lambda: connection_info(_source(memo)), request_timeout=REQUEST_TIMEOUT)
+
     metrics.UP.set(1)
     logger.info(f"pitstop {__version__} started.")
 
 
 @kopf.on.cleanup()
-def mark_down(**_: Any) -> None:
+async def mark_down(memo: kopf.Memo, **_: Any) -> None:
     metrics.UP.set(0)
+    if "kube" in memo:
+        await memo["kube"].close()
+
+
+def _source(memo: kopf.Memo) -> KubeSource:
+    source = memo.get(MEMO_KUBE_SOURCE)
+    if not isinstance(source, KubeSource):  # e.g. started with `kopf run -m pitstop.main`
+        source = resolve_source(None, os.environ)
+    return source
 
 
 @kopf.on.login(id="pitstop")
@@ -81,9 +100,7 @@ def login(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> kopf.ConnectionInfo
     Registering a login handler replaces kopf's fallbacks, which would try the
     in-cluster ServiceAccount before an explicit kubeconfig.
     """
-    source = memo.get(MEMO_KUBE_SOURCE)
-    if not isinstance(source, KubeSource):  # e.g. started with `kopf run -m pitstop.main`
-        source = resolve_source(None, os.environ)
+    source = _source(memo)
     logger.debug(f"Logging in with the {source.describe()}.")
     return connection_info(source)
 

@@ -17,7 +17,9 @@ from prometheus_client import (
     PLATFORM_COLLECTOR,
     PROCESS_COLLECTOR,
     CollectorRegistry,
+    Counter,
     Gauge,
+    Histogram,
     start_http_server,
 )
 
@@ -78,3 +80,32 @@ def serve(port: int, addr: str = "0.0.0.0") -> MetricsServer:
     """Serve REGISTRY on http://addr:port/metrics; OSError if the port cannot be bound."""
     server, thread = start_http_server(port, addr=addr, registry=REGISTRY)
     return MetricsServer(server=server, thread=thread)
+
+
+# --- the repair flow ---
+
+REPAIRS = Gauge(
+    "pitstop_repairs",
+    "NodeRepairs this operator drives, by phase.",
+    ["phase"],
+    registry=REGISTRY,
+)
+PHASE_DURATION = Histogram(
+    "pitstop_phase_duration_seconds",
+    "Time NodeRepairs spent in each phase, observed when they leave it.",
+    ["phase"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 1800, 3600, float("inf")),
+    registry=REGISTRY,
+)
+EVICTIONS = Counter(
+    "pitstop_evictions",
+    "Eviction requests by result: evicted, blocked (PDB, 429), gone (404), error.",
+    ["result"],
+    registry=REGISTRY,
+)
+INFLIGHT_TASKS = Gauge(
+    "pitstop_inflight_tasks",
+    "Tasks in flight on the instances of nodes under repair.",
+    ["node"],
+    registry=REGISTRY,
+)

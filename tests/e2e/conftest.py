@@ -18,6 +18,9 @@ import pytest
 from kubernetes import client
 
 from tests.e2e.kube import REPO, Cluster, Pool, wait_until
+from tests.e2e.operator import Operator
+from tests.e2e.repairs import Repairs
+from tests.e2e.sa import operator_kubeconfig
 
 pytestmark = pytest.mark.e2e
 
@@ -88,3 +91,34 @@ def pool(cluster: Cluster) -> Iterator[Callable[[int], Pool]]:
     yield make
     for name in made:
         cluster.core.delete_node(name)
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    """One `pitstop run` for the session, with the ServiceAccount's permissions
+    (manifests/rbac), not the admin's. Tests may kill it; it is restarted for the next."""
+    workdir = tmp_path_factory.mktemp("operator")
+    kubeconfig = operator_kubeconfig(cluster.kubeconfig, str(workdir / "sa.kubeconfig"))
+    op = Operator(kubeconfig, workdir / "operator.log")
+    op.start()
+    yield op
+    op.stop()
+    print(f"\noperator log: {op.log}")
+
+
+@pytest.fixture
+def running_operator(operator: Operator) -> Operator:
+    operator.ensure_running()
+    return operator
+
+
+@pytest.fixture
+def repairs(
+    cluster: Cluster, running_operator: Operator, pool: Callable[[int], Pool]
+) -> Iterator[Repairs]:
+    """NodeRepairs of one test, deleted afterwards (the operator runs their finalizers)
+    before the test's nodes go (`pool` is set up first, so torn down last)."""
+    made = Repairs(cluster)
+    yield made
+    running_operator.ensure_running()
+    made.cleanup()

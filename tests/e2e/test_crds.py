@@ -387,9 +387,13 @@ def test_node_name_is_immutable(cluster: Cluster) -> None:
         patched = cluster.kubectl("patch", "nr", name, "--type=merge", "-p", patch, check=False)
         assert patched.returncode != 0
         assert "spec.nodeName" in patched.stderr and "nodeName is immutable" in patched.stderr
-        # Other fields stay mutable, e.g. leaving dry-run mode.
+        # dryRun is immutable too: a plan never turns into a repair under way, nor back.
+        patch = '{"spec":{"dryRun":true}}'
+        patched = cluster.kubectl("patch", "nr", name, "--type=merge", "-p", patch, check=False)
+        assert patched.returncode != 0 and "dryRun is immutable" in patched.stderr
+        # Other fields stay mutable, e.g. the reason.
         cluster.kubectl(
-            "patch", "noderepair", name, "--type=merge", "-p", '{"spec":{"dryRun":true}}'
+            "patch", "noderepair", name, "--type=merge", "-p", '{"spec":{"reason":"Other"}}'
         )
     finally:
         cluster.kubectl("delete", "noderepair", name, "--wait=false")

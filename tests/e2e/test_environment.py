@@ -14,53 +14,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.e2e.kube import Cluster, Pool, wait_until
+from tests.e2e.workloads import GATE, deployment, is_ready, pods, ready_endpoints, service
 
 pytestmark = pytest.mark.e2e
-
-GATE = "pitstop.dev/serving"
-
-
-def deployment(
-    name: str, replicas: int, selector: dict[str, str], gated: bool = False, grace: int = 1
-) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "terminationGracePeriodSeconds": grace,
-        "nodeSelector": selector,
-        "containers": [{"name": "fn", "image": "fake"}],
-    }
-    if gated:
-        spec["readinessGates"] = [{"conditionType": GATE}]
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {"metadata": {"labels": {"app": name}}, "spec": spec},
-        },
-    }
-
-
-def pods(cluster: Cluster, ns: str, app: str) -> list[client.V1Pod]:
-    items = cluster.core.list_namespaced_pod(ns, label_selector=f"app={app}").items
-    return [p for p in items if p.metadata.deletion_timestamp is None]
-
-
-def is_ready(pod: client.V1Pod) -> bool:
-    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
-
-
-def ready_endpoints(cluster: Cluster, ns: str, service: str) -> set[str]:
-    slices = client.DiscoveryV1Api(cluster.api).list_namespaced_endpoint_slice(
-        ns, label_selector=f"kubernetes.io/service-name={service}"
-    )
-    return {
-        ep.target_ref.name
-        for s in slices.items
-        for ep in s.endpoints or []
-        if ep.conditions and ep.conditions.ready
-    }
 
 
 def set_gate(cluster: Cluster, ns: str, pod: str, status: str) -> None:
@@ -71,16 +27,6 @@ def set_gate(cluster: Cluster, ns: str, pod: str, status: str) -> None:
 def evict(cluster: Cluster, ns: str, pod: str) -> None:
     body = client.V1Eviction(metadata=client.V1ObjectMeta(name=pod, namespace=ns))
     cluster.core.create_namespaced_pod_eviction(pod, ns, body)
-
-
-def service(cluster: Cluster, ns: str, name: str) -> None:
-    body = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name},
-        "spec": {"selector": {"app": name}, "ports": [{"port": 80}]},
-    }
-    cluster.core.create_namespaced_service(ns, body)
 
 
 def test_fake_nodes_become_ready(cluster: Cluster, pool: Any) -> None:

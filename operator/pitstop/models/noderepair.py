@@ -202,8 +202,14 @@ class NodeRepairTemplateSpec(CamelModel):
 
     reason: str | None = Field(None, max_length=1024)
     """Why the node is repaired; free text shown in Events and columns."""
-    dry_run: bool = False
-    """Report the plan in status.plan and change nothing."""
+    dry_run: bool = Field(
+        False,
+        json_schema_extra=validations(
+            cel("self == oldSelf", "dryRun is immutable: create a new NodeRepair instead")
+        ),
+    )
+    """Report the plan in status.plan and change nothing; immutable (a repair that
+    is already under way cannot turn into a plan, nor a plan into a repair)."""
     drain: DrainSpec = Field(default_factory=DrainSpec, json_schema_extra={"default": {}})
     """How instances are taken offline."""
     repair: RepairSpec = Field(default_factory=RepairSpec, json_schema_extra={"default": {}})

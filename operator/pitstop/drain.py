@@ -1,0 +1,405 @@
+"""The drain state machine: Pending → Cordoning → Deregistering → WaitingForTasks
+→ Evicting → Repairing (RepairAllowed=True).
+
+`decide()` is pure and level-triggered: given what is observed now (the node, its
+instances, the repair's own status) it returns the next status and the actions
+that move the repair forward. It never relies on having seen an earlier event,
+so a restarted operator resumes from the cluster as it finds it (invariant 6).
+The per-instance guards here are the invariants themselves:
+
+1. an instance with tasks in flight is never evicted, unless the task timeout
+   passed and `onTaskTimeout: Evict`;
+2. a sync instance is never evicted before it is out of routing (unless it has no
+   serving gate, in which case eviction is what takes it out);
+3. nothing touches an instance before the node is cordoned under our lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from pitstop import conditions, constants, nodes
+from pitstop.instances import TaskCount
+from pitstop.models import (
+    FINAL_PHASES,
+    DryRunPlan,
+    InstanceCounts,
+    NodeRecord,
+    NodeRepairSpec,
+    NodeRepairStatus,
+    OnFailure,
+    OnTaskTimeout,
+    Phase,
+)
+
+C = constants
+
+DRAIN_PHASES = (Phase.CORDONING, Phase.DEREGISTERING, Phase.WAITING_FOR_TASKS, Phase.EVICTING)
+"""Phases in which the node holds instances of ours to take offline."""
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One instance on the node, as observed now."""
+
+    key: str
+    """namespace/name"""
+    kind: str
+    """sync or async"""
+    gated: bool
+    """Declares the pitstop.dev/serving readiness gate."""
+    serving: str | None
+    """Status of the pitstop.dev/serving condition."""
+    ready_endpoint: bool
+    """A ready endpoint of some EndpointSlice."""
+    tasks: TaskCount
+    draining: bool
+    """Carries the pitstop.dev/draining annotation."""
+    terminating: bool
+
+    @property
+    def sync(self) -> bool:
+        return self.kind == C.INSTANCE_SYNC
+
+    @property
+    def deregistered(self) -> bool:
+        """Out of routing: serving False and confirmed by the EndpointSlices."""
+        return self.serving == "False" and not self.ready_endpoint
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """An eviction the API refused (PDB), and when to try again."""
+
+    retry_at: datetime
+    pdbs: tuple[str, ...]
+    message: str
+
+
+@dataclass(frozen=True)
+class Observation:
+    now: datetime
+    name: str
+    generation: int | None
+    spec: NodeRepairSpec
+    status: NodeRepairStatus
+    node: Mapping[str, Any] | None
+    holder_active: bool
+    """The node's lock is held by another NodeRepair that still exists and is active."""
+    instances: list[Instance]
+    blocked: Mapping[str, Blocked] = field(default_factory=dict)
+    """Evictions refused recently (kept by the driver between passes)."""
+    blocking_pdbs: tuple[str, ...] = ()
+    """For dry runs: PDBs of the node's instances that allow no disruption now."""
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str
+    """Normal or Warning"""
+    reason: str
+    message: str
+    on_node: bool = False
+    """Also posted on the Node."""
+
+
+@dataclass
+class Decision:
+    status: NodeRepairStatus
+    take_lock: bool = False
+    recordon: bool = False
+    mark_draining: list[str] = field(default_factory=list)
+    deregister: list[str] = field(default_factory=list)
+    evict: list[str] = field(default_factory=list)
+    release: bool = False
+    """Give the node back (onFailure: Uncordon after a failure)."""
+    events: list[Event] = field(default_factory=list)
+    """Posted once per (reason, message) by the driver."""
+    wake_at: datetime | None = None
+    """When the answer can change without any event (a deadline, a retry)."""
+
+    def wake_by(self, when: datetime) -> None:
+        self.wake_at = when if self.wake_at is None else min(self.wake_at, when)
+
+
+def decide(obs: Observation) -> Decision:
+    status = obs.status.model_copy(deep=True)
+    d = Decision(status=status)
+    if status.phase in FINAL_PHASES:
+        return d
+    if status.start_time is None:
+        status.start_time = obs.now
+    if status.phase is None:
+        _enter(d, obs, Phase.PENDING)
+
+    if obs.spec.dry_run:
+        return _dry_run(d, obs)
+    if obs.node is None:
+        return _fail(d, obs, C.REASON_NODE_NOT_FOUND, f"node {obs.spec.node_name} does not exist")
+
+    holder = nodes.lock_holder(obs.node)
+    if holder != obs.name:
+        if status.phase not in (Phase.PENDING, Phase.CORDONING) and holder is not None:
+            return _fail(d, obs, C.REASON_LOCK_LOST, f"node lock taken by {holder}")
+        if holder is not None and obs.holder_active:
+            message = f"node is being repaired by {holder}"
+            d.events.append(Event("Normal", C.REASON_NODE_BUSY, f"Waiting: {message}"))
+            status.message = f"{C.REASON_NODE_BUSY}: {message}"
+            return d
+        # Free, held by a vanished repair, or ours lost mid-drain and still free: take it.
+        d.take_lock = True
+        if status.phase == Phase.PENDING:
+            _enter(d, obs, Phase.CORDONING)
+        status.message = f"Cordoning {obs.spec.node_name}"
+        return d
+
+    # We hold the lock: keep the node cordoned for as long as instances are ours.
+    if not nodes.is_cordoned(obs.node):
+        d.recordon = True
+    status.node = NodeRecord(was_unschedulable=nodes.was_unschedulable(obs.node))
+    if not conditions.is_true(status.conditions, C.COND_CORDONED):
+        d.events.append(
+            Event("Normal", C.REASON_CORDONED, "Node cordoned and tainted", on_node=True)
+        )
+    _condition(d, obs, C.COND_CORDONED, True, C.REASON_CORDONED, "unschedulable, tainted, locked")
+
+    _count(d, obs)
+    _mark_and_deregister(d, obs)
+    for _ in range(len(DRAIN_PHASES) + 1):  # cascade through steps that are already done
+        before = status.phase
+        if status.phase in (Phase.PENDING, Phase.CORDONING):
+            _enter(d, obs, Phase.DEREGISTERING)
+        elif status.phase == Phase.DEREGISTERING:
+            _deregistering(d, obs)
+        elif status.phase == Phase.WAITING_FOR_TASKS:
+            _waiting_for_tasks(d, obs)
+        elif status.phase == Phase.EVICTING:
+            _evicting(d, obs)
+        if status.phase == before or status.phase in FINAL_PHASES:
+            break
+    return d
+
+
+def _count(d: Decision, obs: Observation) -> None:
+    live = obs.instances
+    old = d.status.instances or InstanceCounts()
+    sync = [i for i in live if i.sync]
+    d.status.instances = InstanceCounts(
+        total=max(old.total, len(live)),
+        sync=max(old.sync, len(sync)),
+        async_=max(old.async_, len(live) - len(sync)),
+        deregistered=sum(1 for i in sync if i.gated and i.deregistered),
+        inflight_tasks=sum(i.tasks.count for i in live),
+        remaining=len(live),
+        no_serving_gate=sum(1 for i in sync if not i.gated),
+        invalid_task_counts=sum(1 for i in live if i.tasks.invalid is not None),
+    )
+
+
+def _mark_and_deregister(d: Decision, obs: Observation) -> None:
+    """Drain signal on every instance, serving=False on every gated sync one. Done
+    again on every pass, so instances that appear later are treated the same."""
+    for i in obs.instances:
+        if i.tasks.invalid is not None:
+            d.events.append(
+                Event(
+                    "Warning",
+                    C.REASON_INVALID_TASK_COUNT,
+                    f"{i.key} has {C.ANNOTATION_INFLIGHT}={i.tasks.invalid!r}, not a"
+                    " non-negative integer: treated as busy until the task timeout",
+                )
+            )
+        if i.terminating:
+            continue
+        if not i.draining:
+            d.mark_draining.append(i.key)
+        if i.sync and i.gated and i.serving != "False":
+            d.deregister.append(i.key)
+
+
+def _deregistering(d: Decision, obs: Observation) -> None:
+    gated = [i for i in obs.instances if i.sync and i.gated and not i.terminating]
+    waiting = [i for i in gated if not i.deregistered]
+    ungated = [i for i in obs.instances if i.sync and not i.gated]
+    if waiting:
+        names = ", ".join(i.key for i in waiting[:5])
+        _condition(
+            d,
+            obs,
+            C.COND_DEREGISTERED,
+            False,
+            C.REASON_DEREGISTERING,
+            f"{len(gated) - len(waiting)} of {len(gated)} sync instances out of routing;"
+            f" waiting for {names}",
+        )
+        d.status.message = f"Deregistering: {len(waiting)} sync instances still routed"
+        return
+    message = f"{len(gated)} sync instances out of routing"
+    if ungated:
+        message += f"; {len(ungated)} without the serving gate leave routing when evicted"
+        for i in ungated:
+            d.events.append(
+                Event(
+                    "Warning",
+                    C.REASON_NO_SERVING_GATE,
+                    f"{i.key} serves requests but has no {C.CONDITION_SERVING} readiness gate:"
+                    " it leaves routing only when evicted",
+                )
+            )
+    _condition(d, obs, C.COND_DEREGISTERED, True, C.REASON_DEREGISTERED, message)
+    d.events.append(Event("Normal", C.REASON_DEREGISTERED, message))
+    _enter(d, obs, Phase.WAITING_FOR_TASKS)
+
+
+def _waiting_for_tasks(d: Decision, obs: Observation) -> None:
+    busy = [i for i in obs.instances if i.tasks.busy]
+    unsignalled = [i for i in obs.instances if not i.draining and not i.terminating]
+    if not busy and unsignalled:
+        # A count read before the drain signal landed could already be stale: the
+        # runtime may take a task until it sees the signal. Wait for the signal.
+        d.status.message = f"Waiting for the drain signal to reach {len(unsignalled)} instances"
+        return
+    if not busy:
+        message = "no tasks in flight"
+        _condition(d, obs, C.COND_TASKS_DRAINED, True, C.REASON_TASKS_DRAINED, message)
+        d.events.append(Event("Normal", C.REASON_TASKS_DRAINED, "All in-flight tasks finished"))
+        _enter(d, obs, Phase.EVICTING)
+        return
+    deadline = _phase_start(d, obs) + timedelta(seconds=obs.spec.drain.task_timeout_seconds)
+    tasks = sum(i.tasks.count for i in busy)
+    invalid = [i for i in busy if i.tasks.invalid is not None]
+    detail = f"{tasks} tasks in flight on {len(busy)} instances"
+    if invalid:
+        detail += f" ({len(invalid)} with an invalid {C.ANNOTATION_INFLIGHT}, counted busy)"
+    if obs.now >= deadline:
+        if obs.spec.drain.on_task_timeout == OnTaskTimeout.FAIL:
+            _fail(d, obs, C.REASON_TASK_TIMEOUT, f"task timeout passed with {detail}")
+            return
+        message = f"task timeout passed with {detail}; evicting anyway (onTaskTimeout: Evict)"
+        _condition(d, obs, C.COND_TASKS_DRAINED, False, C.REASON_TASK_TIMEOUT, message)
+        d.events.append(Event("Warning", C.REASON_TASK_TIMEOUT, message))
+        _enter(d, obs, Phase.EVICTING)
+        return
+    _condition(d, obs, C.COND_TASKS_DRAINED, False, C.REASON_WAITING_FOR_TASKS, detail)
+    d.status.message = f"Waiting for {detail}"
+    d.wake_by(deadline)
+
+
+def _evicting(d: Decision, obs: Observation) -> None:
+    remaining = obs.instances
+    if not remaining:
+        _condition(
+            d, obs, C.COND_INSTANCES_OFFLINE, True, C.REASON_INSTANCES_OFFLINE, "no instances left"
+        )
+        _condition(
+            d, obs, C.COND_REPAIR_ALLOWED, True, C.REASON_REPAIR_ALLOWED, "the node may be repaired"
+        )
+        d.events.append(
+            Event("Normal", C.REASON_REPAIR_ALLOWED, "Node drained: ready for repair", on_node=True)
+        )
+        _enter(d, obs, Phase.REPAIRING)
+        d.status.message = "Ready for repair"
+        return
+    deadline = _phase_start(d, obs) + timedelta(seconds=obs.spec.drain.eviction_timeout_seconds)
+    blocked = {k: b for k, b in obs.blocked.items() if any(i.key == k for i in remaining)}
+    pdbs = sorted({p for b in blocked.values() for p in b.pdbs})
+    if obs.now >= deadline:
+        why = f"blocked by {', '.join(pdbs)}" if pdbs else "instances still present"
+        _fail(
+            d,
+            obs,
+            C.REASON_EVICTION_TIMEOUT,
+            f"{len(remaining)} instances not offline after"
+            f" {obs.spec.drain.eviction_timeout_seconds}s: {why}",
+        )
+        return
+    forced = _task_timeout_passed(d)
+    for i in remaining:
+        if i.terminating:
+            continue
+        if not forced and (i.tasks.busy or not i.draining):
+            continue  # invariant 1: busy, or its count predates the drain signal; wait
+        if i.sync and i.gated and not i.deregistered:
+            continue  # invariant 2: not out of routing yet
+        b = blocked.get(i.key)
+        if b is not None and b.retry_at > obs.now:
+            d.wake_by(b.retry_at)
+            continue
+        d.evict.append(i.key)
+    if pdbs:
+        reason = C.REASON_EVICTION_BLOCKED
+        message = f"{len(remaining)} instances left; {len(blocked)} blocked by {', '.join(pdbs)}"
+    else:
+        reason, message = C.REASON_EVICTING, f"{len(remaining)} instances left"
+    _condition(d, obs, C.COND_INSTANCES_OFFLINE, False, reason, message)
+    d.status.message = f"Evicting: {message}"
+    d.wake_by(deadline)
+
+
+def _task_timeout_passed(d: Decision) -> bool:
+    cond = conditions.find(d.status.conditions, C.COND_TASKS_DRAINED)
+    return cond is not None and cond.reason == C.REASON_TASK_TIMEOUT
+
+
+def _dry_run(d: Decision, obs: Observation) -> Decision:
+    """The plan, refreshed on every pass; the node and its instances are not touched."""
+    if obs.node is None:
+        d.status.plan = None
+        d.status.message = f"Dry run: node {obs.spec.node_name} does not exist"
+        return d
+    sync = [i for i in obs.instances if i.sync]
+    plan = DryRunPlan(
+        sync=[i.key for i in sync],
+        async_=[i.key for i in obs.instances if not i.sync],
+        no_serving_gate=[i.key for i in sync if not i.gated],
+        inflight_tasks=sum(i.tasks.count for i in obs.instances),
+        blocking_pdbs=list(obs.blocking_pdbs),
+    )
+    d.status.plan = plan
+    _count(d, obs)
+    holder = nodes.lock_holder(obs.node)
+    busy = f"; node is being repaired by {holder}" if holder else ""
+    blocked = f"; blocked by {', '.join(obs.blocking_pdbs)}" if obs.blocking_pdbs else ""
+    d.status.message = (
+        f"Dry run: would cordon {obs.spec.node_name}, deregister {len(sync)} sync instances,"
+        f" wait for {plan.inflight_tasks} tasks, evict {len(obs.instances)} instances"
+        f"{blocked}{busy}"
+    )
+    return d
+
+
+def _fail(d: Decision, obs: Observation, reason: str, message: str) -> Decision:
+    """Failed with a reason; the node stays cordoned with this repair saying why,
+    unless `onFailure: Uncordon` (and only if we hold it)."""
+    holder = nodes.lock_holder(obs.node) if obs.node is not None else None
+    d.release = holder == obs.name and obs.spec.on_failure == OnFailure.UNCORDON
+    d.status.message = f"{reason}: {message}"
+    d.events.append(Event("Warning", reason, message, on_node=obs.node is not None))
+    _enter(d, obs, Phase.FAILED)
+    d.status.completion_time = obs.now
+    return d
+
+
+def _enter(d: Decision, obs: Observation, phase: Phase) -> None:
+    d.status.phase = phase
+    d.status.phase_start_time = obs.now
+    d.status.observed_generation = obs.generation
+
+
+def _phase_start(d: Decision, obs: Observation) -> datetime:
+    """The base of the phase's timeout; recorded now if a status lacks it, so the
+    deadline does not move with every pass."""
+    if d.status.phase_start_time is None:
+        d.status.phase_start_time = obs.now
+    return d.status.phase_start_time
+
+
+def _condition(
+    d: Decision, obs: Observation, type_: str, status: bool, reason: str, message: str
+) -> None:
+    d.status.conditions = conditions.set_condition(
+        d.status.conditions, type_, status, reason, message, obs.now, obs.generation
+    )

@@ -1,0 +1,171 @@
+"""What pitstop keeps in memory from its watches (kopf indexes), and how a watch
+event wakes the repair of the node it concerns.
+
+Indexes instead of LIST calls: pods by node, EndpointSlice readiness by pod, nodes
+by name, NodeRepairs by node. Bodies are slimmed to what the decisions read, so
+20,000 pods stay small. kopf fills every index from its initial listing before any
+handler runs, so a restarted operator decides from a complete picture."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from pitstop import constants
+
+C = constants
+KEPT_POD_ANNOTATIONS = (
+    C.ANNOTATION_DRAINING,
+    C.ANNOTATION_INFLIGHT,
+    "kubernetes.io/config.mirror",
+)
+KEPT_NODE_ANNOTATIONS = (C.ANNOTATION_REPAIR, C.ANNOTATION_WAS_UNSCHEDULABLE)
+
+
+def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta, spec, status = body.get("metadata", {}), body.get("spec", {}), body.get("status", {})
+    annotations = meta.get("annotations") or {}
+    return {
+        "metadata": {
+            "namespace": meta.get("namespace"),
+            "name": meta.get("name"),
+            "uid": meta.get("uid"),
+            "labels": dict(meta.get("labels") or {}),
+            "annotations": {k: annotations[k] for k in KEPT_POD_ANNOTATIONS if k in annotations},
+            "ownerReferences": [{"kind": r.get("kind")} for r in meta.get("ownerReferences") or []],
+            "deletionTimestamp": meta.get("deletionTimestamp"),
+        },
+        "spec": {"nodeName": spec.get("nodeName"), "readinessGates": spec.get("readinessGates")},
+        "status": {
+            "phase": status.get("phase"),
+            "conditions": [
+                c for c in status.get("conditions") or [] if c.get("type") == C.CONDITION_SERVING
+            ],
+        },
+    }
+
+
+def slim_node(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta, spec, status = body.get("metadata", {}), body.get("spec", {}), body.get("status", {})
+    annotations = meta.get("annotations") or {}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": meta.get("name"),
+            "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"),
+            "labels": dict(meta.get("labels") or {}),
+            "annotations": {k: annotations[k] for k in KEPT_NODE_ANNOTATIONS if k in annotations},
+        },
+        "spec": {"unschedulable": spec.get("unschedulable"), "taints": spec.get("taints")},
+        "status": {
+            "conditions": [
+                {k: c.get(k) for k in ("type", "status", "reason", "lastTransitionTime")}
+                for c in status.get("conditions") or []
+            ]
+        },
+    }
+
+
+class Wakers:
+    """asyncio Events per node: a repair waits on its node's, watch handlers set it."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, set[asyncio.Event]] = defaultdict(set)
+
+    def register(self, node: str) -> asyncio.Event:
+        event = asyncio.Event()
+        self._events[node].add(event)
+        return event
+
+    def unregister(self, node: str, event: asyncio.Event) -> None:
+        self._events[node].discard(event)
+        if not self._events[node]:
+            del self._events[node]
+
+    def wake(self, node: str | None) -> None:
+        if node is None:
+            return
+        for event in self._events.get(node, ()):
+            event.set()
+
+
+WAKERS = Wakers()
+"""One per process: the watch handlers and the repair daemons share it."""
+
+UNDER_REPAIR: set[str] = set()
+"""Nodes this process holds for a repair, known before the node's watch event
+arrives (so the serving-gate keeper never reopens a gate we are closing)."""
+
+
+@kopf.index("pods")
+def pods_by_node(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]] | None:
+    node = body.get("spec", {}).get("nodeName")
+    return {node: slim_pod(body)} if node else None
+
+
+@kopf.index("discovery.k8s.io", "v1", "endpointslices")
+def endpoints_by_pod(body: kopf.Body, **_: Any) -> dict[str, bool]:
+    """namespace/pod → ready, for every endpoint that targets a pod (a pod behind
+    several Services appears once per slice; it is routed if any says ready)."""
+    ns = body.get("metadata", {}).get("namespace")
+    found: dict[str, bool] = {}
+    for ep in body.get("endpoints") or []:
+        ref = ep.get("targetRef") or {}
+        if ref.get("kind") == "Pod":
+            key = f"{ref.get('namespace') or ns}/{ref.get('name')}"
+            ready = (ep.get("conditions") or {}).get("ready")
+            found[key] = found.get(key, False) or ready is not False
+    return found
+
+
+@kopf.index("nodes")
+def nodes_by_name(body: kopf.Body, name: str, **_: Any) -> dict[str, dict[str, Any]]:
+    return {name: slim_node(body)}
+
+
+@kopf.index(C.GROUP, C.VERSION, C.NODEREPAIR_PLURAL)
+def repairs_by_node(
+    body: kopf.Body, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
+) -> dict[str, dict[str, Any]] | None:
+    node = spec.get("nodeName")
+    if not node:
+        return None
+    return {
+        node: {
+            "name": name,
+            "phase": status.get("phase"),
+            "deleting": body.get("metadata", {}).get("deletionTimestamp") is not None,
+            "created": body.get("metadata", {}).get("creationTimestamp"),
+            "policy": (body.get("metadata", {}).get("labels") or {}).get(C.LABEL_POLICY),
+        }
+    }
+
+
+@kopf.on.event("discovery.k8s.io", "v1", "endpointslices")
+def wake_on_endpoints(body: kopf.Body, **_: Any) -> None:
+    for ep in body.get("endpoints") or []:
+        WAKERS.wake(ep.get("nodeName"))
+
+
+@kopf.on.event("nodes")
+def wake_on_node(name: str, **_: Any) -> None:
+    WAKERS.wake(name)
+
+
+@kopf.on.event(C.GROUP, C.VERSION, C.NODEREPAIR_PLURAL)
+def wake_on_repair(spec: kopf.Spec, **_: Any) -> None:
+    # A repair that finishes or goes away frees the node for the next one.
+    WAKERS.wake(spec.get("nodeName"))
+
+
+def one(store: kopf.Store[Any] | None) -> Any:
+    """The single value an index keeps under a unique key (e.g. a node by name)."""
+    for value in store or ():
+        return value
+    return None

@@ -1,0 +1,192 @@
+"""The Kubernetes calls pitstop makes, in one place: a thin asyncio JSON client on
+aiohttp (kopf's own HTTP stack) with the operator's credentials.
+
+Raw JSON instead of the generated client models: a drain evicts a hundred pods at
+once, and (de)serialising model objects would cost more than the requests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import kopf
+
+from pitstop import constants
+
+MERGE = "application/merge-patch+json"
+STRATEGIC = "application/strategic-merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+
+
+class ApiError(Exception):
+    """A non-2xx answer; `status` is the HTTP code, `message` the server's words."""
+
+    def __init__(self, status: int, message: str, body: Mapping[str, Any] | None = None):
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+        self.body = dict(body or {})
+
+
+@dataclass(frozen=True)
+class Eviction:
+    """The outcome of one eviction request."""
+
+    pod: str
+    """namespace/name"""
+    result: str
+    """evicted | gone | blocked | error"""
+    message: str = ""
+    blocking_pdbs: tuple[str, ...] = ()
+
+
+class Kube:
+    """An API client for one set of credentials; re-logs in (via `login`) on 401."""
+
+    def __init__(self, login: Callable[[], kopf.ConnectionInfo], request_timeout: float = 30.0):
+        self._login = login
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout, connect=10.0)
+        self._session: aiohttp.ClientSession | None = None
+        self._server = ""
+        self._lock = asyncio.Lock()
+
+    async def _connect(self) -> aiohttp.ClientSession:
+        async with self._lock:
+            if self._session is None or self._session.closed:
+                info = self._login()
+                self._server = info.server.rstrip("/")
+                self._session = aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(ssl=_ssl_context(info), limit=64),
+                    headers=_auth_headers(info),
+                    timeout=self._timeout,
+                    json_serialize=json.dumps,
+                )
+            return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        content_type: str = "application/json",
+        params: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        for attempt in (1, 2):
+            session = await self._connect()
+            data = None if body is None else json.dumps(body)
+            headers = {"Content-Type": content_type} if body is not None else {}
+            async with session.request(
+                method, self._server + path, data=data, headers=headers, params=params
+            ) as response:
+                text = await response.text()
+                if response.status == 401 and attempt == 1:
+                    await session.close()  # credentials expired: log in again once
+                    continue
+                payload: dict[str, Any] = json.loads(text) if text.startswith("{") else {}
+                if response.status >= 400:
+                    raise ApiError(response.status, payload.get("message") or text[:200], payload)
+                return payload
+        raise AssertionError("unreachable")
+
+    # --- nodes ---
+
+    async def get_node(self, name: str) -> dict[str, Any] | None:
+        try:
+            return await self.request("GET", f"/api/v1/nodes/{name}")
+        except ApiError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    async def patch_node(self, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        """JSON merge patch; a `metadata.resourceVersion` in it makes it conditional (409)."""
+        return await self.request("PATCH", f"/api/v1/nodes/{name}", patch, MERGE)
+
+    # --- pods ---
+
+    async def patch_pod(self, key: str, patch: Mapping[str, Any]) -> None:
+        ns, name = key.split("/", 1)
+        await self.request("PATCH", f"/api/v1/namespaces/{ns}/pods/{name}", patch, MERGE)
+
+    async def set_pod_condition(self, key: str, type_: str, status: str, reason: str) -> None:
+        """A pod condition via pods/status; strategic merge keys conditions by type."""
+        ns, name = key.split("/", 1)
+        condition = {"type": type_, "status": status, "reason": reason, "lastProbeTime": None}
+        patch = {"status": {"conditions": [condition]}}
+        await self.request("PATCH", f"/api/v1/namespaces/{ns}/pods/{name}/status", patch, STRATEGIC)
+
+    async def evict(self, key: str, grace_period_seconds: int | None) -> Eviction:
+        ns, name = key.split("/", 1)
+        body: dict[str, Any] = {
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": name, "namespace": ns},
+        }
+        if grace_period_seconds is not None:
+            body["deleteOptions"] = {"gracePeriodSeconds": grace_period_seconds}
+        try:
+            await self.request("POST", f"/api/v1/namespaces/{ns}/pods/{name}/eviction", body)
+        except ApiError as e:
+            if e.status == 404:
+                return Eviction(key, "gone")
+            if e.status == 429:
+                return Eviction(key, "blocked", e.message, blocking_pdbs(e.body, ns))
+            return Eviction(key, "error", f"{e.status} {e.message}")
+        except (aiohttp.ClientError, TimeoutError) as e:
+            return Eviction(key, "error", f"{type(e).__name__}: {e}")
+        return Eviction(key, "evicted")
+
+    # --- pitstop resources ---
+
+    async def patch_status(self, plural: str, name: str, status: Mapping[str, Any]) -> None:
+        path = f"/apis/{constants.GROUP}/{constants.VERSION}/{plural}/{name}/status"
+        await self.request("PATCH", path, {"status": status}, MERGE)
+
+    async def list_pdbs(self, namespace: str) -> list[dict[str, Any]]:
+        answer = await self.request(
+            "GET", f"/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets"
+        )
+        return list(answer.get("items") or [])
+
+
+def blocking_pdbs(status: Mapping[str, Any], namespace: str) -> tuple[str, ...]:
+    """PDB names from a 429 eviction answer: the API server names each budget in a
+    `DisruptionBudget` cause ("The disruption budget <name> needs ...")."""
+    names: list[str] = []
+    for cause in (status.get("details") or {}).get("causes") or []:
+        if cause.get("reason") != "DisruptionBudget":
+            continue
+        words = str(cause.get("message", "")).split()
+        if len(words) > 3 and words[:3] == ["The", "disruption", "budget"]:
+            names.append(f"{namespace}/{words[3]}")
+    return tuple(names)
+
+
+def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
+    if info.insecure:
+        return False
+    context = ssl.create_default_context(
+        cafile=str(info.ca_path) if info.ca_path else None,
+        cadata=info.ca_data.decode() if isinstance(info.ca_data, bytes) else info.ca_data,
+    )
+    if info.certificate_path and info.private_key_path:
+        context.load_cert_chain(str(info.certificate_path), str(info.private_key_path))
+    return context
+
+
+def _auth_headers(info: kopf.ConnectionInfo) -> dict[str, str]:
+    if info.token:
+        return {"Authorization": f"{info.scheme or 'Bearer'} {info.token}"}
+    if info.username and info.password:
+        basic = aiohttp.BasicAuth(info.username, info.password)
+        return {"Authorization": basic.encode()}
+    return {}

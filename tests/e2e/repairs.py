@@ -1,0 +1,92 @@
+"""NodeRepair helpers for e2e tests."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+from tests.e2e.kube import Cluster, wait_until
+
+GROUP, VERSION, PLURAL = "pitstop.dev", "v1alpha1", "noderepairs"
+
+
+class Repairs:
+    """Creates NodeRepairs for one test and deletes them (finalizers and all) after it."""
+
+    def __init__(self, cluster: Cluster):
+        self.cluster = cluster
+        self.made: list[str] = []
+
+    def create(self, node: str, name: str | None = None, **spec: Any) -> str:
+        name = name or f"r-{uuid.uuid4().hex[:8]}"
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "NodeRepair",
+            "metadata": {"name": name},
+            "spec": {"nodeName": node, "reason": "E2E", **spec},
+        }
+        self.cluster.custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, body)
+        self.made.append(name)
+        return name
+
+    def get(self, name: str) -> dict[str, Any]:
+        obj: dict[str, Any] = self.cluster.custom.get_cluster_custom_object(
+            GROUP, VERSION, PLURAL, name
+        )
+        return obj
+
+    def exists(self, name: str) -> bool:
+        try:
+            self.get(name)
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
+
+    def status(self, name: str) -> dict[str, Any]:
+        return dict(self.get(name).get("status") or {})
+
+    def phase(self, name: str) -> str | None:
+        return self.status(name).get("phase")
+
+    def condition(self, name: str, type_: str) -> dict[str, Any] | None:
+        for c in self.status(name).get("conditions") or []:
+            if c["type"] == type_:
+                return dict(c)
+        return None
+
+    def wait_phase(self, name: str, *phases: str, timeout: float = 60) -> dict[str, Any]:
+        status: dict[str, Any] = wait_until(
+            f"{name} in {phases}",
+            lambda: (s := self.status(name)).get("phase") in phases and s,
+            timeout=timeout,
+        )
+        return status
+
+    def delete(self, name: str, wait: bool = True, timeout: float = 30) -> None:
+        try:
+            self.cluster.custom.delete_cluster_custom_object(GROUP, VERSION, PLURAL, name)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+        if wait:
+            wait_until(f"{name} deleted", lambda: not self.exists(name), timeout=timeout)
+
+    def cleanup(self) -> None:
+        for name in self.made:
+            self.delete(name, wait=False)
+        for name in self.made:
+            wait_until(f"{name} deleted", lambda n=name: not self.exists(n), timeout=60)
+
+
+def node_markers(cluster: Cluster, node: str) -> dict[str, Any]:
+    n = cluster.core.read_node(node)
+    annotations = n.metadata.annotations or {}
+    return {
+        "unschedulable": bool(n.spec.unschedulable),
+        "taint": any(t.key == "pitstop.dev/maintenance" for t in n.spec.taints or []),
+        "lock": annotations.get("pitstop.dev/repair"),
+    }

@@ -1,0 +1,860 @@
+"""The drain state machine, pitstop.drain.decide (no cluster).
+
+Observations are built from small factories; each test checks one behaviour. The
+property tests at the end check the DESIGN invariants over many random observations:
+
+1. no busy instance is evicted unless the task timeout passed with onTaskTimeout: Evict;
+2. no gated sync instance is evicted before it is deregistered;
+3. nothing touches an instance before the node's lock is the repair's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from pitstop import constants as C
+from pitstop.conditions import find
+from pitstop.drain import Blocked, Decision, Instance, Observation, decide
+from pitstop.instances import TaskCount
+from pitstop.models import (
+    Condition,
+    ConditionStatus,
+    DrainSpec,
+    InstanceCounts,
+    NodeRepairSpec,
+    NodeRepairStatus,
+    OnFailure,
+    OnTaskTimeout,
+    Phase,
+)
+
+NAME = "r1"
+NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+TAINT = {"key": C.TAINT_MAINTENANCE, "effect": "NoSchedule"}
+
+
+def ago(seconds: float) -> datetime:
+    return NOW - timedelta(seconds=seconds)
+
+
+# --- factories ---
+
+
+def inst(
+    name: str,
+    kind: str = "async",
+    *,
+    gated: bool = False,
+    serving: str | None = None,
+    ready: bool = False,
+    tasks: int | str = 0,
+    draining: bool = True,
+    terminating: bool = False,
+) -> Instance:
+    """One instance in namespace `fn`; `tasks` as a str is an invalid annotation value."""
+    count = TaskCount(0, invalid=tasks) if isinstance(tasks, str) else TaskCount(tasks)
+    return Instance(
+        key=f"fn/{name}",
+        kind=kind,
+        gated=gated,
+        serving=serving,
+        ready_endpoint=ready,
+        tasks=count,
+        draining=draining,
+        terminating=terminating,
+    )
+
+
+def routed(name: str, **kw: Any) -> Instance:
+    """A gated sync instance still in routing."""
+    return inst(name, "sync", gated=True, serving="True", ready=True, **kw)
+
+
+def deregistered(name: str, **kw: Any) -> Instance:
+    """A gated sync instance confirmed out of routing."""
+    return inst(name, "sync", gated=True, serving="False", ready=False, **kw)
+
+
+def ungated(name: str, **kw: Any) -> Instance:
+    """A sync instance without the serving gate (a ready endpoint until evicted)."""
+    return inst(name, "sync", gated=False, ready=True, **kw)
+
+
+def node(
+    holder: str | None = NAME, *, cordoned: bool = True, was: str | None = "false"
+) -> dict[str, Any]:
+    annotations: dict[str, str] = {}
+    if holder is not None:
+        annotations[C.ANNOTATION_REPAIR] = holder
+        if was is not None:
+            annotations[C.ANNOTATION_WAS_UNSCHEDULABLE] = was
+    spec: dict[str, Any] = {"taints": [TAINT]} if cordoned else {}
+    if cordoned:
+        spec["unschedulable"] = True
+    return {
+        "metadata": {"name": "n1", "resourceVersion": "1", "annotations": annotations},
+        "spec": spec,
+    }
+
+
+def free_node() -> dict[str, Any]:
+    return node(None, cordoned=False)
+
+
+def spec(
+    *,
+    task_timeout: int = 1800,
+    on_task_timeout: OnTaskTimeout = OnTaskTimeout.EVICT,
+    eviction_timeout: int = 600,
+    on_failure: OnFailure = OnFailure.KEEP_CORDONED,
+    dry_run: bool = False,
+) -> NodeRepairSpec:
+    return NodeRepairSpec(
+        node_name="n1",
+        dry_run=dry_run,
+        on_failure=on_failure,
+        drain=DrainSpec(
+            task_timeout_seconds=task_timeout,
+            on_task_timeout=on_task_timeout,
+            eviction_timeout_seconds=eviction_timeout,
+        ),
+    )
+
+
+def cond(type_: str, status: bool, reason: str, at: datetime | None = None) -> Condition:
+    return Condition(
+        type=type_,
+        status=ConditionStatus.TRUE if status else ConditionStatus.FALSE,
+        reason=reason,
+        message="",
+        last_transition_time=at or ago(60),
+    )
+
+
+CORDONED = cond(C.COND_CORDONED, True, C.REASON_CORDONED)
+DEREGISTERED = cond(C.COND_DEREGISTERED, True, C.REASON_DEREGISTERED)
+DRAINED = cond(C.COND_TASKS_DRAINED, True, C.REASON_TASKS_DRAINED)
+TIMED_OUT = cond(C.COND_TASKS_DRAINED, False, C.REASON_TASK_TIMEOUT)
+
+
+def status(
+    phase: Phase | None = None, since: float = 0, conditions: list[Condition] | None = None
+) -> NodeRepairStatus:
+    """A repair status in `phase`, entered `since` seconds before NOW."""
+    if phase is None:
+        return NodeRepairStatus()
+    if conditions is None:
+        conditions = {
+            Phase.PENDING: [],
+            Phase.CORDONING: [],
+            Phase.DEREGISTERING: [CORDONED],
+            Phase.WAITING_FOR_TASKS: [CORDONED, DEREGISTERED],
+            Phase.EVICTING: [CORDONED, DEREGISTERED, DRAINED],
+        }.get(phase, [CORDONED, DEREGISTERED, DRAINED])
+    return NodeRepairStatus(
+        phase=phase,
+        conditions=conditions,
+        start_time=ago(3600),
+        phase_start_time=ago(since),
+    )
+
+
+def observe(
+    st: NodeRepairStatus | None = None,
+    instances: list[Instance] | None = None,
+    *,
+    the_node: dict[str, Any] | str | None = "locked",
+    sp: NodeRepairSpec | None = None,
+    holder_active: bool = False,
+    blocked: dict[str, Blocked] | None = None,
+    blocking_pdbs: tuple[str, ...] = (),
+    now: datetime = NOW,
+) -> Observation:
+    return Observation(
+        now=now,
+        name=NAME,
+        generation=4,
+        spec=sp or spec(),
+        status=st or status(),
+        node=node() if the_node == "locked" else the_node,  # type: ignore[arg-type]
+        holder_active=holder_active,
+        instances=instances or [],
+        blocked=blocked or {},
+        blocking_pdbs=blocking_pdbs,
+    )
+
+
+def pod_actions(d: Decision) -> list[str]:
+    return [*d.mark_draining, *d.deregister, *d.evict]
+
+
+def condition(d: Decision, type_: str) -> Condition:
+    found = find(d.status.conditions, type_)
+    assert found is not None, f"no {type_} condition in {d.status.conditions}"
+    return found
+
+
+def reasons(d: Decision, type_: str = "Warning") -> list[str]:
+    return [e.reason for e in d.events if e.type == type_]
+
+
+def blocked_until(retry_at: datetime, *pdbs: str) -> Blocked:
+    return Blocked(retry_at=retry_at, pdbs=pdbs, message="blocked")
+
+
+# --- taking the node ---
+
+
+def test_fresh_repair_on_a_free_node_takes_the_lock_and_touches_no_instance() -> None:
+    d = decide(observe(instances=[routed("a"), inst("b", tasks=2)], the_node=free_node()))
+    assert d.take_lock
+    assert d.status.phase == Phase.CORDONING
+    assert pod_actions(d) == []
+    assert not d.recordon
+    assert d.status.start_time == NOW
+    assert d.status.phase_start_time == NOW
+    assert d.status.observed_generation == 4
+
+
+def test_fresh_repair_sets_no_cordoned_condition_before_the_lock_is_held() -> None:
+    d = decide(observe(the_node=free_node()))
+    assert find(d.status.conditions, C.COND_CORDONED) is None
+
+
+def test_lock_held_by_an_active_repair_waits_pending_with_node_busy() -> None:
+    d = decide(observe(instances=[inst("a")], the_node=node("r0"), holder_active=True))
+    assert d.status.phase == Phase.PENDING
+    assert not d.take_lock
+    assert pod_actions(d) == []
+    assert d.status.message is not None and C.REASON_NODE_BUSY in d.status.message
+    assert "r0" in d.status.message
+    assert [e.reason for e in d.events] == [C.REASON_NODE_BUSY]
+
+
+def test_lock_held_by_an_inactive_or_vanished_repair_is_taken_over() -> None:
+    d = decide(observe(instances=[inst("a")], the_node=node("r0"), holder_active=False))
+    assert d.take_lock
+    assert d.status.phase == Phase.CORDONING
+    assert pod_actions(d) == []
+
+
+def test_lock_lost_to_another_repair_mid_drain_fails_with_lock_lost() -> None:
+    obs = observe(status(Phase.EVICTING), [inst("a")], the_node=node("r0"), holder_active=True)
+    d = decide(obs)
+    assert d.status.phase == Phase.FAILED
+    assert d.status.message is not None and d.status.message.startswith(C.REASON_LOCK_LOST)
+    assert pod_actions(d) == []
+    assert not d.release  # not ours to give back
+
+
+def test_lock_annotation_gone_mid_drain_is_taken_again_before_any_pod_action() -> None:
+    d = decide(observe(status(Phase.EVICTING), [inst("a")], the_node=node(None)))
+    assert d.take_lock
+    assert d.status.phase == Phase.EVICTING
+    assert pod_actions(d) == []
+
+
+def test_missing_node_fails_with_node_not_found() -> None:
+    d = decide(observe(instances=[inst("a")], the_node=None))
+    assert d.status.phase == Phase.FAILED
+    assert d.status.message is not None and d.status.message.startswith(C.REASON_NODE_NOT_FOUND)
+    assert reasons(d) == [C.REASON_NODE_NOT_FOUND]
+    assert d.status.completion_time == NOW
+    assert pod_actions(d) == []
+    assert not d.release
+
+
+def test_locked_but_uncordoned_node_is_recordoned() -> None:
+    d = decide(observe(status(Phase.WAITING_FOR_TASKS), the_node=node(cordoned=False)))
+    assert d.recordon
+    assert not d.take_lock
+
+
+def test_locked_and_cordoned_node_needs_no_recordon() -> None:
+    assert not decide(observe(status(Phase.CORDONING))).recordon
+
+
+def test_holding_the_lock_sets_cordoned_once_and_records_prior_schedulability() -> None:
+    d = decide(observe(status(Phase.CORDONING), [inst("a", tasks=1)], the_node=node(was="true")))
+    assert condition(d, C.COND_CORDONED).status == ConditionStatus.TRUE
+    assert d.status.node is not None and d.status.node.was_unschedulable is True
+    assert C.REASON_CORDONED in [e.reason for e in d.events]
+    again = decide(dataclasses.replace(observe(status(Phase.CORDONING)), status=d.status))
+    assert C.REASON_CORDONED not in [e.reason for e in again.events]
+
+
+# --- Deregistering ---
+
+
+def test_gated_sync_instances_get_deregistered() -> None:
+    obs = observe(status(Phase.DEREGISTERING), [routed("a"), inst("b"), ungated("c")])
+    assert decide(obs).deregister == ["fn/a"]
+
+
+def test_sync_instance_with_serving_unset_is_deregistered() -> None:
+    obs = observe(status(Phase.DEREGISTERING), [inst("a", "sync", gated=True, serving=None)])
+    assert decide(obs).deregister == ["fn/a"]
+
+
+def test_sync_instance_already_serving_false_is_not_deregistered_again() -> None:
+    obs = observe(status(Phase.DEREGISTERING), [inst("a", "sync", gated=True, serving="False")])
+    assert decide(obs).deregister == []
+
+
+def test_every_live_instance_without_the_drain_signal_is_marked_draining() -> None:
+    instances = [
+        routed("a", draining=False),
+        inst("b", draining=False),
+        ungated("c", draining=False),
+        inst("d", draining=True),
+        inst("e", draining=False, terminating=True),
+    ]
+    d = decide(observe(status(Phase.DEREGISTERING), instances))
+    assert d.mark_draining == ["fn/a", "fn/b", "fn/c"]
+
+
+def test_terminating_instances_are_neither_marked_nor_deregistered() -> None:
+    obs = observe(status(Phase.DEREGISTERING), [routed("a", draining=False, terminating=True)])
+    d = decide(obs)
+    assert d.mark_draining == [] and d.deregister == []
+
+
+@pytest.mark.parametrize(
+    "instance",
+    [
+        routed("a"),
+        inst("a", "sync", gated=True, serving="False", ready=True),
+        inst("a", "sync", gated=True, serving="True", ready=False),
+        inst("a", "sync", gated=True, serving=None, ready=False),
+    ],
+    ids=["routed", "still-ready-endpoint", "serving-true", "serving-unset"],
+)
+def test_stays_deregistering_while_a_gated_sync_instance_is_routed(instance: Instance) -> None:
+    d = decide(observe(status(Phase.DEREGISTERING), [instance, deregistered("b")]))
+    assert d.status.phase == Phase.DEREGISTERING
+    assert d.evict == []
+    dereg = condition(d, C.COND_DEREGISTERED)
+    assert dereg.status == ConditionStatus.FALSE
+    assert dereg.reason == C.REASON_DEREGISTERING
+    assert "fn/a" in (dereg.message or "")
+
+
+def test_moves_to_waiting_for_tasks_once_all_gated_sync_instances_are_out() -> None:
+    d = decide(observe(status(Phase.DEREGISTERING), [deregistered("a"), inst("b", tasks=2)]))
+    assert d.status.phase == Phase.WAITING_FOR_TASKS
+    assert d.status.phase_start_time == NOW
+    dereg = condition(d, C.COND_DEREGISTERED)
+    assert (dereg.status, dereg.reason) == (ConditionStatus.TRUE, C.REASON_DEREGISTERED)
+    assert d.evict == []
+
+
+def test_terminating_routed_instance_does_not_hold_deregistering() -> None:
+    d = decide(observe(status(Phase.DEREGISTERING), [routed("a", terminating=True)]))
+    assert d.status.phase != Phase.DEREGISTERING
+
+
+def test_ungated_sync_instance_gets_a_no_serving_gate_warning() -> None:
+    d = decide(observe(status(Phase.DEREGISTERING), [ungated("a"), inst("b", tasks=1)]))
+    assert d.status.phase == Phase.WAITING_FOR_TASKS
+    assert reasons(d) == [C.REASON_NO_SERVING_GATE]
+    assert "fn/a" in d.events[[e.reason for e in d.events].index(C.REASON_NO_SERVING_GATE)].message
+    assert d.status.instances is not None and d.status.instances.no_serving_gate == 1
+
+
+# --- the cascade through steps that are already done ---
+
+
+def test_no_sync_instances_and_no_tasks_reach_evicting_in_the_same_pass() -> None:
+    d = decide(observe(status(Phase.CORDONING), [inst("a"), inst("b")]))
+    assert d.status.phase == Phase.EVICTING
+    assert d.evict == ["fn/a", "fn/b"]
+    assert condition(d, C.COND_DEREGISTERED).status == ConditionStatus.TRUE
+    assert condition(d, C.COND_TASKS_DRAINED).status == ConditionStatus.TRUE
+    assert d.wake_at == NOW + timedelta(seconds=600)
+
+
+def test_empty_node_reaches_repairing_in_the_same_pass() -> None:
+    d = decide(observe(status(Phase.CORDONING), []))
+    assert d.status.phase == Phase.REPAIRING
+    assert condition(d, C.COND_INSTANCES_OFFLINE).status == ConditionStatus.TRUE
+    assert condition(d, C.COND_REPAIR_ALLOWED).status == ConditionStatus.TRUE
+
+
+def test_deregistered_sync_and_idle_async_instances_are_evicted_after_the_cascade() -> None:
+    d = decide(observe(status(Phase.DEREGISTERING), [deregistered("a"), inst("b"), ungated("c")]))
+    assert d.status.phase == Phase.EVICTING
+    assert sorted(d.evict) == ["fn/a", "fn/b", "fn/c"]
+
+
+# --- WaitingForTasks and invariant 1 ---
+
+
+def test_waits_while_an_instance_has_tasks_in_flight() -> None:
+    d = decide(observe(status(Phase.WAITING_FOR_TASKS, since=10), [inst("a", tasks=3), inst("b")]))
+    assert d.status.phase == Phase.WAITING_FOR_TASKS
+    assert d.evict == []
+    drained = condition(d, C.COND_TASKS_DRAINED)
+    assert (drained.status, drained.reason) == (ConditionStatus.FALSE, C.REASON_WAITING_FOR_TASKS)
+    assert d.status.instances is not None and d.status.instances.inflight_tasks == 3
+
+
+def test_waiting_wakes_at_phase_start_plus_task_timeout() -> None:
+    st = status(Phase.WAITING_FOR_TASKS, since=100)
+    d = decide(observe(st, [inst("a", tasks=1)], sp=spec(task_timeout=1800)))
+    assert st.phase_start_time is not None
+    assert d.wake_at == st.phase_start_time + timedelta(seconds=1800)
+
+
+def test_invalid_task_count_is_busy_and_posts_a_warning() -> None:
+    d = decide(observe(status(Phase.WAITING_FOR_TASKS, since=10), [inst("a", tasks="abc")]))
+    assert d.status.phase == Phase.WAITING_FOR_TASKS
+    assert d.evict == []
+    assert reasons(d) == [C.REASON_INVALID_TASK_COUNT]
+    assert "'abc'" in d.events[0].message
+    assert d.status.instances is not None and d.status.instances.invalid_task_counts == 1
+
+
+def test_tasks_finished_moves_to_evicting() -> None:
+    d = decide(observe(status(Phase.WAITING_FOR_TASKS, since=10), [inst("a", tasks=0)]))
+    assert d.status.phase == Phase.EVICTING
+    assert condition(d, C.COND_TASKS_DRAINED).status == ConditionStatus.TRUE
+    assert d.evict == ["fn/a"]
+
+
+def test_task_timeout_with_fail_fails_the_repair() -> None:
+    sp = spec(task_timeout=60, on_task_timeout=OnTaskTimeout.FAIL)
+    d = decide(observe(status(Phase.WAITING_FOR_TASKS, since=60), [inst("a", tasks=2)], sp=sp))
+    assert d.status.phase == Phase.FAILED
+    assert d.status.message is not None and d.status.message.startswith(C.REASON_TASK_TIMEOUT)
+    assert reasons(d) == [C.REASON_TASK_TIMEOUT]
+    assert d.evict == []
+
+
+def test_task_timeout_with_evict_evicts_busy_instances() -> None:
+    sp = spec(task_timeout=60, on_task_timeout=OnTaskTimeout.EVICT)
+    instances = [inst("a", tasks=2), inst("b", tasks="x"), inst("c")]
+    d = decide(observe(status(Phase.WAITING_FOR_TASKS, since=61), instances, sp=sp))
+    assert d.status.phase == Phase.EVICTING
+    drained = condition(d, C.COND_TASKS_DRAINED)
+    assert (drained.status, drained.reason) == (ConditionStatus.FALSE, C.REASON_TASK_TIMEOUT)
+    assert sorted(d.evict) == ["fn/a", "fn/b", "fn/c"]
+    assert C.REASON_TASK_TIMEOUT in reasons(d)
+
+
+def test_task_timeout_does_not_evict_a_routed_sync_instance() -> None:
+    """Invariant 2 holds even when the task timeout forces evictions."""
+    sp = spec(task_timeout=60)
+    instances = [routed("a", tasks=2), inst("b", tasks=2)]
+    d = decide(observe(status(Phase.WAITING_FOR_TASKS, since=61), instances, sp=sp))
+    assert d.evict == ["fn/b"]
+    assert d.deregister == ["fn/a"]
+
+
+def test_forced_evictions_continue_in_later_passes() -> None:
+    st = status(Phase.EVICTING, since=5, conditions=[CORDONED, DEREGISTERED, TIMED_OUT])
+    assert decide(observe(st, [inst("a", tasks=4)])).evict == ["fn/a"]
+
+
+@pytest.mark.parametrize("tasks", [1, "-1"], ids=["count", "invalid"])
+def test_instance_busy_again_while_evicting_is_not_evicted(tasks: int | str) -> None:
+    d = decide(observe(status(Phase.EVICTING, since=5), [inst("a", tasks=tasks), inst("b")]))
+    assert d.evict == ["fn/b"]
+    assert d.status.phase == Phase.EVICTING
+
+
+def test_routed_sync_instance_appearing_while_evicting_is_deregistered_not_evicted() -> None:
+    d = decide(observe(status(Phase.EVICTING, since=5), [routed("a", draining=False)]))
+    assert d.evict == []
+    assert d.deregister == ["fn/a"]
+    assert d.mark_draining == ["fn/a"]
+
+
+# --- Evicting ---
+
+
+def test_terminating_instances_are_never_evicted_again() -> None:
+    d = decide(observe(status(Phase.EVICTING, since=5), [inst("a", terminating=True), inst("b")]))
+    assert d.evict == ["fn/b"]
+    assert d.status.phase == Phase.EVICTING
+    assert d.status.instances is not None and d.status.instances.remaining == 2
+
+
+def test_blocked_instance_waits_for_its_retry_time() -> None:
+    retry = NOW + timedelta(seconds=2)
+    obs = observe(
+        status(Phase.EVICTING, since=5),
+        [inst("a"), inst("b")],
+        blocked={"fn/a": blocked_until(retry, "fn/pdb")},
+    )
+    d = decide(obs)
+    assert d.evict == ["fn/b"]
+    assert d.wake_at is not None and d.wake_at <= retry
+
+
+def test_blocked_instance_is_retried_once_its_retry_time_passed() -> None:
+    obs = observe(
+        status(Phase.EVICTING, since=5),
+        [inst("a")],
+        blocked={"fn/a": blocked_until(NOW - timedelta(seconds=1), "fn/pdb")},
+    )
+    assert decide(obs).evict == ["fn/a"]
+
+
+def test_blocked_condition_names_the_pdbs() -> None:
+    obs = observe(
+        status(Phase.EVICTING, since=5),
+        [inst("a"), inst("b")],
+        blocked={
+            "fn/a": blocked_until(NOW + timedelta(seconds=1), "fn/pdb-2"),
+            "fn/b": blocked_until(NOW + timedelta(seconds=1), "fn/pdb-1", "fn/pdb-2"),
+        },
+    )
+    offline = condition(decide(obs), C.COND_INSTANCES_OFFLINE)
+    assert (offline.status, offline.reason) == (ConditionStatus.FALSE, C.REASON_EVICTION_BLOCKED)
+    assert "fn/pdb-1, fn/pdb-2" in (offline.message or "")
+
+
+def test_refusals_of_instances_already_gone_are_ignored() -> None:
+    obs = observe(
+        status(Phase.EVICTING, since=5),
+        [inst("a")],
+        blocked={"fn/gone": blocked_until(NOW + timedelta(seconds=1), "fn/pdb")},
+    )
+    d = decide(obs)
+    assert condition(d, C.COND_INSTANCES_OFFLINE).reason == C.REASON_EVICTING
+    assert d.evict == ["fn/a"]
+
+
+def test_eviction_timeout_fails_naming_the_pdbs() -> None:
+    obs = observe(
+        status(Phase.EVICTING, since=600),
+        [inst("a")],
+        sp=spec(eviction_timeout=600),
+        blocked={"fn/a": blocked_until(NOW + timedelta(seconds=1), "fn/pdb")},
+    )
+    d = decide(obs)
+    assert d.status.phase == Phase.FAILED
+    assert d.status.message is not None
+    assert d.status.message.startswith(C.REASON_EVICTION_TIMEOUT)
+    assert "fn/pdb" in d.status.message
+    assert d.evict == []
+    assert reasons(d) == [C.REASON_EVICTION_TIMEOUT]
+
+
+def test_eviction_deadline_is_the_wake_time_while_evicting() -> None:
+    d = decide(observe(status(Phase.EVICTING, since=100), [inst("a", terminating=True)]))
+    assert d.wake_at == ago(100) + timedelta(seconds=600)
+
+
+def test_all_instances_gone_allows_the_repair() -> None:
+    d = decide(observe(status(Phase.EVICTING, since=30), []))
+    assert d.status.phase == Phase.REPAIRING
+    for type_, reason in [
+        (C.COND_INSTANCES_OFFLINE, C.REASON_INSTANCES_OFFLINE),
+        (C.COND_REPAIR_ALLOWED, C.REASON_REPAIR_ALLOWED),
+    ]:
+        c = condition(d, type_)
+        assert (c.status, c.reason, c.last_transition_time) == (ConditionStatus.TRUE, reason, NOW)
+    assert any(e.reason == C.REASON_REPAIR_ALLOWED and e.on_node for e in d.events)
+    assert d.status.message == "Ready for repair"
+
+
+# --- onFailure ---
+
+
+def eviction_timeout(on_failure: OnFailure, the_node: dict[str, Any] | None) -> Decision:
+    return decide(
+        observe(
+            status(Phase.EVICTING, since=601),
+            [inst("a")],
+            sp=spec(on_failure=on_failure),
+            the_node=the_node,
+        )
+    )
+
+
+def test_on_failure_uncordon_releases_a_node_we_hold() -> None:
+    d = eviction_timeout(OnFailure.UNCORDON, node())
+    assert d.status.phase == Phase.FAILED
+    assert d.release
+
+
+def test_on_failure_keep_cordoned_does_not_release() -> None:
+    d = eviction_timeout(OnFailure.KEEP_CORDONED, node())
+    assert d.status.phase == Phase.FAILED
+    assert not d.release
+
+
+def test_on_failure_uncordon_never_releases_a_node_held_by_another_repair() -> None:
+    obs = observe(
+        status(Phase.EVICTING),
+        sp=spec(on_failure=OnFailure.UNCORDON),
+        the_node=node("r0"),
+        holder_active=True,
+    )
+    d = decide(obs)
+    assert d.status.phase == Phase.FAILED
+    assert not d.release
+
+
+def test_on_failure_uncordon_with_task_timeout_fail_releases() -> None:
+    sp = spec(task_timeout=60, on_task_timeout=OnTaskTimeout.FAIL, on_failure=OnFailure.UNCORDON)
+    d = decide(observe(status(Phase.WAITING_FOR_TASKS, since=61), [inst("a", tasks=1)], sp=sp))
+    assert d.status.phase == Phase.FAILED
+    assert d.release
+
+
+# --- dry run ---
+
+
+def dry_run(**kw: Any) -> Decision:
+    instances = [routed("s1", tasks=2), ungated("s2"), inst("a1", tasks=3), inst("a2", tasks="?")]
+    return decide(observe(instances=instances, sp=spec(dry_run=True), the_node=free_node(), **kw))
+
+
+def test_dry_run_takes_no_lock_and_touches_nothing() -> None:
+    d = dry_run()
+    assert not d.take_lock and not d.recordon and not d.release
+    assert pod_actions(d) == []
+    assert d.status.phase == Phase.PENDING
+
+
+def test_dry_run_reports_the_plan() -> None:
+    d = dry_run(blocking_pdbs=("fn/pdb",))
+    plan = d.status.plan
+    assert plan is not None
+    assert plan.sync == ["fn/s1", "fn/s2"]
+    assert plan.async_ == ["fn/a1", "fn/a2"]
+    assert plan.no_serving_gate == ["fn/s2"]
+    assert plan.inflight_tasks == 5
+    assert plan.blocking_pdbs == ["fn/pdb"]
+    assert plan.wire()["blockingPDBs"] == ["fn/pdb"]
+
+
+def test_dry_run_message_is_one_line_naming_the_blocking_pdbs() -> None:
+    message = dry_run(blocking_pdbs=("fn/pdb",)).status.message
+    assert message is not None and "\n" not in message
+    assert message.startswith("Dry run")
+    assert "fn/pdb" in message
+
+
+def test_dry_run_on_a_locked_node_takes_nothing_and_says_so() -> None:
+    obs = observe(sp=spec(dry_run=True), the_node=node("r0"), holder_active=True)
+    d = decide(obs)
+    assert not d.take_lock
+    assert d.status.message is not None and "r0" in d.status.message
+
+
+def test_dry_run_on_a_missing_node_does_not_fail() -> None:
+    d = decide(observe(sp=spec(dry_run=True), the_node=None))
+    assert d.status.phase == Phase.PENDING
+    assert d.status.plan is None
+
+
+# --- final phases ---
+
+
+@pytest.mark.parametrize("phase", [Phase.SUCCEEDED, Phase.FAILED, Phase.ABORTED])
+def test_final_phases_change_nothing(phase: Phase) -> None:
+    st = status(phase, since=10_000)
+    for the_node in (node(), free_node(), None):
+        d = decide(observe(st, [routed("a", draining=False), inst("b")], the_node=the_node))
+        assert d.status == st
+        assert not (d.take_lock or d.recordon or d.release)
+        assert pod_actions(d) == [] and d.events == [] and d.wake_at is None
+
+
+def test_decide_does_not_mutate_the_observed_status() -> None:
+    st = status(Phase.DEREGISTERING)
+    before = st.model_copy(deep=True)
+    decide(observe(st, [deregistered("a"), inst("b")]))
+    assert st == before
+
+
+# --- counts ---
+
+
+def test_instance_counts() -> None:
+    instances = [
+        deregistered("s1"),
+        routed("s2", tasks=2),
+        ungated("s3"),
+        inst("a1", tasks=4),
+        inst("a2", tasks="bad"),
+    ]
+    d = decide(observe(status(Phase.DEREGISTERING), instances))
+    assert d.status.instances == InstanceCounts(
+        total=5,
+        sync=3,
+        async_=2,
+        deregistered=1,
+        inflight_tasks=6,
+        remaining=5,
+        no_serving_gate=1,
+        invalid_task_counts=1,
+    )
+
+
+def test_totals_keep_their_high_water_mark_as_instances_leave() -> None:
+    st = status(Phase.EVICTING, since=5)
+    st.instances = InstanceCounts(total=5, sync=2, async_=3, remaining=5)
+    d = decide(observe(st, [inst("a")]))
+    assert d.status.instances is not None
+    assert (d.status.instances.total, d.status.instances.remaining) == (5, 1)
+
+
+# --- regressions: a status without phaseStartTime, invalid counts while evicting ---
+
+
+def test_missing_phase_start_time_still_lets_the_task_timeout_fire() -> None:
+    st = status(Phase.WAITING_FOR_TASKS)
+    st.phase_start_time = None
+    sp = spec(task_timeout=60)
+    first = decide(observe(st, [inst("a", tasks=1)], sp=sp))
+    later = NOW + timedelta(seconds=61)
+    second = decide(observe(first.status, [inst("a", tasks=1)], sp=sp, now=later))
+    assert second.status.phase == Phase.EVICTING
+
+
+def test_invalid_task_count_seen_while_evicting_posts_a_warning() -> None:
+    d = decide(observe(status(Phase.EVICTING, since=5), [inst("a", tasks="abc")]))
+    assert d.evict == []
+    assert C.REASON_INVALID_TASK_COUNT in reasons(d)
+
+
+# --- properties over random observations ---
+
+PHASES = [
+    None,
+    Phase.PENDING,
+    Phase.CORDONING,
+    Phase.DEREGISTERING,
+    Phase.WAITING_FOR_TASKS,
+    Phase.EVICTING,
+]
+
+
+def random_instance(rng: random.Random, i: int) -> Instance:
+    return inst(
+        f"p{i}",
+        rng.choice(["sync", "async"]),
+        gated=rng.random() < 0.6,
+        serving=rng.choice([None, "True", "False"]),
+        ready=rng.random() < 0.5,
+        tasks=rng.choice([0, 0, 1, 5, "abc", "-1"]),
+        draining=rng.random() < 0.5,
+        terminating=rng.random() < 0.15,
+    )
+
+
+def random_observation(rng: random.Random) -> Observation:
+    on_timeout = rng.choice(list(OnTaskTimeout))
+    sp = spec(
+        task_timeout=rng.choice([60, 1800]),
+        on_task_timeout=on_timeout,
+        eviction_timeout=rng.choice([60, 600]),
+        on_failure=rng.choice(list(OnFailure)),
+        dry_run=rng.random() < 0.1,
+    )
+    phase = rng.choice(PHASES)
+    st = status(phase, since=rng.choice([0, 30, 59, 60, 599, 600, 1800, 5000]))
+    if phase == Phase.EVICTING:
+        drained = [DRAINED]
+        if on_timeout == OnTaskTimeout.EVICT:
+            drained.append(TIMED_OUT)  # the task timeout passed earlier, with Evict
+        st.conditions = [CORDONED, DEREGISTERED, rng.choice(drained)]
+    holder = rng.choice([None, NAME, NAME, NAME, "r0"])
+    the_node = None if rng.random() < 0.05 else node(holder, cordoned=rng.random() < 0.8)
+    instances = [random_instance(rng, i) for i in range(rng.randint(0, 6))]
+    blocked = {
+        i.key: blocked_until(NOW + timedelta(seconds=rng.choice([-5, 5])), "fn/pdb")
+        for i in instances
+        if rng.random() < 0.2
+    }
+    return observe(
+        st,
+        instances,
+        the_node=the_node,
+        sp=sp,
+        holder_active=rng.random() < 0.5,
+        blocked=blocked,
+        blocking_pdbs=("fn/pdb",) if rng.random() < 0.3 else (),
+    )
+
+
+def assert_invariants(obs: Observation, d: Decision) -> None:
+    by_key = {i.key: i for i in obs.instances}
+    touched = pod_actions(d)
+    holder = (
+        None if obs.node is None else obs.node["metadata"]["annotations"].get(C.ANNOTATION_REPAIR)
+    )
+    # Invariant 3: no pod is touched unless the node's lock is ours (and never in a dry run
+    # or in the pass that takes the lock).
+    if touched or d.recordon:
+        assert holder == NAME, f"pod actions without the lock: {touched}"
+        assert not d.take_lock
+        assert not obs.spec.dry_run
+    assert len(d.evict) == len(set(d.evict)), "an instance evicted twice in one pass"
+    for key in d.evict:
+        i = by_key[key]
+        assert not i.terminating, f"{key} is already terminating"
+        # Invariant 1: busy instances only after the task timeout with onTaskTimeout: Evict.
+        if i.tasks.busy:
+            drained = find(d.status.conditions, C.COND_TASKS_DRAINED)
+            assert drained is not None and drained.reason == C.REASON_TASK_TIMEOUT, key
+            assert obs.spec.drain.on_task_timeout == OnTaskTimeout.EVICT, key
+        # Invariant 2: a gated sync instance only once it is out of routing.
+        if i.sync and i.gated:
+            assert i.serving == "False" and not i.ready_endpoint, f"{key} still routed"
+        b = obs.blocked.get(key)
+        assert b is None or b.retry_at <= obs.now, f"{key} retried before its backoff"
+    if d.evict:
+        assert d.status.phase == Phase.EVICTING
+    if d.release:
+        assert d.status.phase == Phase.FAILED and holder == NAME
+        assert obs.spec.on_failure == OnFailure.UNCORDON
+
+
+SEEDS = range(4000)
+
+
+def test_invariants_hold_for_random_observations() -> None:
+    rng = random.Random(20240501)
+    evictions = busy_evictions = 0
+    for _ in SEEDS:
+        obs = random_observation(rng)
+        d = decide(obs)
+        assert_invariants(obs, d)
+        evictions += len(d.evict)
+        busy_evictions += sum(1 for k in d.evict if _busy(obs, k))
+    # The generator must reach the interesting cases, or the test proves nothing.
+    assert evictions > 200
+    assert busy_evictions > 50
+
+
+def _busy(obs: Observation, key: str) -> bool:
+    return next(i for i in obs.instances if i.key == key).tasks.busy
+
+
+def test_decide_is_a_fixpoint_on_its_own_status() -> None:
+    """Level-triggered (invariant 6): deciding again on the status just decided, with the
+    same cluster, changes nothing and asks for the same actions."""
+    rng = random.Random(7)
+    for _ in SEEDS:
+        obs = random_observation(rng)
+        first = decide(obs)
+        second = decide(dataclasses.replace(obs, status=first.status))
+        assert_invariants(obs, second)
+        if first.status.phase in (Phase.FAILED, Phase.SUCCEEDED, Phase.ABORTED):
+            continue
+        assert second.status.phase == first.status.phase
+        assert second.status.conditions == first.status.conditions
+        assert (second.take_lock, second.recordon) == (first.take_lock, first.recordon)
+        assert second.evict == first.evict
+        assert second.deregister == first.deregister
+        assert second.mark_draining == first.mark_draining
