@@ -130,7 +130,122 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-SUBCOMMANDS: tuple[Callable[[SubParsers, argparse.ArgumentParser], None], ...] = (_add_run,)
+# --- pitstop repair / status / plan / done ---
+
+
+def _add_repair(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
+    p = subparsers.add_parser(
+        "repair",
+        parents=[common],
+        help="create a NodeRepair for a node (and follow it with --wait)",
+        description="Create a NodeRepair: cordon NODE, drain it gracefully, repair, verify, "
+        "return it.",
+    )
+    p.add_argument("node", metavar="NODE")
+    p.add_argument("--name", help="name of the NodeRepair (default: NODE-<date>-<time>)")
+    p.add_argument("--reason", help="why the node is repaired (shown in Events and columns)")
+    p.add_argument(
+        "--strategy",
+        choices=("Manual", "Job", "Webhook"),
+        default="Manual",
+        help="how the node is repaired (default: %(default)s: `pitstop done NAME` when fixed)",
+    )
+    p.add_argument("--job-file", metavar="FILE", help="the repair Job (strategy Job)")
+    p.add_argument("--webhook-url", metavar="URL", help="the repair service (strategy Webhook)")
+    p.add_argument(
+        "--webhook-secret", metavar="NAME/KEY", help="bearer token: a Secret key in pitstop-system"
+    )
+    p.add_argument("--dry-run", action="store_true", help="only report the plan in status")
+    p.add_argument("--wait", action="store_true", help="follow the repair until it ends")
+    p.add_argument(
+        "--timeout", type=float, default=3600, metavar="SECONDS", help="for --wait (default: 3600)"
+    )
+    p.set_defaults(handler=_cmd_repair)
+
+
+def _cmd_repair(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from pitstop import commands
+
+    name = args.name or commands.default_name(args.node, datetime.now(UTC))
+    body = commands.repair_body(
+        args.node,
+        name,
+        args.reason,
+        args.strategy,
+        job_file=args.job_file,
+        webhook_url=args.webhook_url,
+        webhook_secret=args.webhook_secret,
+        dry_run=args.dry_run,
+    )
+    api = commands.api(args.kubeconfig)
+    commands.create_repair(api, body)
+    print(f"noderepair/{name} created")
+    if not args.wait:
+        return EXIT_OK
+    phase = commands.follow(api, name, timeout=args.timeout)
+    return EXIT_OK if phase in ("Succeeded", "Pending") else EXIT_ERROR
+
+
+def _add_status(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
+    p = subparsers.add_parser(
+        "status", parents=[common], help="list repairs: phase, instances left, tasks, age"
+    )
+    p.set_defaults(handler=_cmd_status)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from pitstop import commands
+
+    repairs = commands.list_repairs(commands.api(args.kubeconfig))
+    print(commands.status_table(repairs, datetime.now(UTC)) if repairs else "No NodeRepairs.")
+    return EXIT_OK
+
+
+def _add_plan(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
+    p = subparsers.add_parser(
+        "plan",
+        parents=[common],
+        help="show what a repair of NODE would do now (changes nothing)",
+    )
+    p.add_argument("node", metavar="NODE")
+    p.set_defaults(handler=_cmd_plan)
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from pitstop import commands
+
+    the_plan, found = commands.plan(commands.api(args.kubeconfig), args.node)
+    print(commands.plan_text(args.node, the_plan, found))
+    return EXIT_OK
+
+
+def _add_done(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
+    p = subparsers.add_parser(
+        "done", parents=[common], help="mark a Manual repair as repaired (or --failed)"
+    )
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--failed", action="store_true", help="declare the repair failed")
+    p.set_defaults(handler=_cmd_done)
+
+
+def _cmd_done(args: argparse.Namespace) -> int:
+    from pitstop import commands
+
+    print(commands.mark_done(commands.api(args.kubeconfig), args.name, args.failed))
+    return EXIT_OK
+
+
+SUBCOMMANDS: tuple[Callable[[SubParsers, argparse.ArgumentParser], None], ...] = (
+    _add_repair,
+    _add_status,
+    _add_plan,
+    _add_done,
+    _add_run,
+)
 """One entry per subcommand, in the order `--help` lists them."""
 
 

@@ -1,5 +1,6 @@
-"""The drain state machine: Pending → Cordoning → Deregistering → WaitingForTasks
-→ Evicting → Repairing (RepairAllowed=True).
+"""The repair state machine's entry, and its first half, the drain: Pending →
+Cordoning → Deregistering → WaitingForTasks → Evicting → Repairing
+(RepairAllowed=True); pitstop.recovery takes it from there.
 
 `decide()` is pure and level-triggered: given what is observed now (the node, its
 instances, the repair's own status) it returns the next status and the actions
@@ -16,113 +17,36 @@ The per-instance guards here are the invariants themselves:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Any
+from collections.abc import Sequence
+from datetime import timedelta
 
-from pitstop import conditions, constants, nodes
-from pitstop.instances import TaskCount
+from pitstop import conditions, constants, nodes, recovery
+from pitstop.flow import (
+    Blocked,
+    Decision,
+    Event,
+    Observation,
+    enter,
+    fail,
+    phase_start,
+    set_cond,
+)
+from pitstop.instances import Instance
 from pitstop.models import (
     FINAL_PHASES,
     DryRunPlan,
     InstanceCounts,
     NodeRecord,
-    NodeRepairSpec,
-    NodeRepairStatus,
-    OnFailure,
     OnTaskTimeout,
     Phase,
 )
+
+__all__ = ["Blocked", "Decision", "Event", "Instance", "Observation", "decide"]
 
 C = constants
 
 DRAIN_PHASES = (Phase.CORDONING, Phase.DEREGISTERING, Phase.WAITING_FOR_TASKS, Phase.EVICTING)
 """Phases in which the node holds instances of ours to take offline."""
-
-
-@dataclass(frozen=True)
-class Instance:
-    """One instance on the node, as observed now."""
-
-    key: str
-    """namespace/name"""
-    kind: str
-    """sync or async"""
-    gated: bool
-    """Declares the pitstop.dev/serving readiness gate."""
-    serving: str | None
-    """Status of the pitstop.dev/serving condition."""
-    ready_endpoint: bool
-    """A ready endpoint of some EndpointSlice."""
-    tasks: TaskCount
-    draining: bool
-    """Carries the pitstop.dev/draining annotation."""
-    terminating: bool
-
-    @property
-    def sync(self) -> bool:
-        return self.kind == C.INSTANCE_SYNC
-
-    @property
-    def deregistered(self) -> bool:
-        """Out of routing: serving False and confirmed by the EndpointSlices."""
-        return self.serving == "False" and not self.ready_endpoint
-
-
-@dataclass(frozen=True)
-class Blocked:
-    """An eviction the API refused (PDB), and when to try again."""
-
-    retry_at: datetime
-    pdbs: tuple[str, ...]
-    message: str
-
-
-@dataclass(frozen=True)
-class Observation:
-    now: datetime
-    name: str
-    generation: int | None
-    spec: NodeRepairSpec
-    status: NodeRepairStatus
-    node: Mapping[str, Any] | None
-    holder_active: bool
-    """The node's lock is held by another NodeRepair that still exists and is active."""
-    instances: list[Instance]
-    blocked: Mapping[str, Blocked] = field(default_factory=dict)
-    """Evictions refused recently (kept by the driver between passes)."""
-    blocking_pdbs: tuple[str, ...] = ()
-    """For dry runs: PDBs of the node's instances that allow no disruption now."""
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str
-    """Normal or Warning"""
-    reason: str
-    message: str
-    on_node: bool = False
-    """Also posted on the Node."""
-
-
-@dataclass
-class Decision:
-    status: NodeRepairStatus
-    take_lock: bool = False
-    recordon: bool = False
-    mark_draining: list[str] = field(default_factory=list)
-    deregister: list[str] = field(default_factory=list)
-    evict: list[str] = field(default_factory=list)
-    release: bool = False
-    """Give the node back (onFailure: Uncordon after a failure)."""
-    events: list[Event] = field(default_factory=list)
-    """Posted once per (reason, message) by the driver."""
-    wake_at: datetime | None = None
-    """When the answer can change without any event (a deadline, a retry)."""
-
-    def wake_by(self, when: datetime) -> None:
-        self.wake_at = when if self.wake_at is None else min(self.wake_at, when)
 
 
 def decide(obs: Observation) -> Decision:
@@ -133,17 +57,20 @@ def decide(obs: Observation) -> Decision:
     if status.start_time is None:
         status.start_time = obs.now
     if status.phase is None:
-        _enter(d, obs, Phase.PENDING)
+        enter(d, obs, Phase.PENDING)
 
     if obs.spec.dry_run:
         return _dry_run(d, obs)
     if obs.node is None:
-        return _fail(d, obs, C.REASON_NODE_NOT_FOUND, f"node {obs.spec.node_name} does not exist")
+        return fail(d, obs, C.REASON_NODE_NOT_FOUND, f"node {obs.spec.node_name} does not exist")
 
+    if status.phase == Phase.UNCORDONING:
+        recovery.uncordoning(d, obs)
+        return d
     holder = nodes.lock_holder(obs.node)
     if holder != obs.name:
         if status.phase not in (Phase.PENDING, Phase.CORDONING) and holder is not None:
-            return _fail(d, obs, C.REASON_LOCK_LOST, f"node lock taken by {holder}")
+            return fail(d, obs, C.REASON_LOCK_LOST, f"node lock taken by {holder}")
         if holder is not None and obs.holder_active:
             message = f"node is being repaired by {holder}"
             d.events.append(Event("Normal", C.REASON_NODE_BUSY, f"Waiting: {message}"))
@@ -152,7 +79,7 @@ def decide(obs: Observation) -> Decision:
         # Free, held by a vanished repair, or ours lost mid-drain and still free: take it.
         d.take_lock = True
         if status.phase == Phase.PENDING:
-            _enter(d, obs, Phase.CORDONING)
+            enter(d, obs, Phase.CORDONING)
         status.message = f"Cordoning {obs.spec.node_name}"
         return d
 
@@ -164,14 +91,15 @@ def decide(obs: Observation) -> Decision:
         d.events.append(
             Event("Normal", C.REASON_CORDONED, "Node cordoned and tainted", on_node=True)
         )
-    _condition(d, obs, C.COND_CORDONED, True, C.REASON_CORDONED, "unschedulable, tainted, locked")
+    set_cond(d, obs, C.COND_CORDONED, True, C.REASON_CORDONED, "unschedulable, tainted, locked")
 
-    _count(d, obs)
-    _mark_and_deregister(d, obs)
+    if status.phase in DRAIN_PHASES or status.phase == Phase.PENDING:
+        _count(d, obs)
+        _mark_and_deregister(d, obs)  # nothing on the node is ours to touch after RepairAllowed
     for _ in range(len(DRAIN_PHASES) + 1):  # cascade through steps that are already done
         before = status.phase
         if status.phase in (Phase.PENDING, Phase.CORDONING):
-            _enter(d, obs, Phase.DEREGISTERING)
+            enter(d, obs, Phase.DEREGISTERING)
         elif status.phase == Phase.DEREGISTERING:
             _deregistering(d, obs)
         elif status.phase == Phase.WAITING_FOR_TASKS:
@@ -180,6 +108,10 @@ def decide(obs: Observation) -> Decision:
             _evicting(d, obs)
         if status.phase == before or status.phase in FINAL_PHASES:
             break
+    if status.phase == Phase.REPAIRING:
+        recovery.repairing(d, obs)
+    elif status.phase == Phase.VERIFYING:
+        recovery.verifying(d, obs)
     return d
 
 
@@ -226,7 +158,7 @@ def _deregistering(d: Decision, obs: Observation) -> None:
     ungated = [i for i in obs.instances if i.sync and not i.gated]
     if waiting:
         names = ", ".join(i.key for i in waiting[:5])
-        _condition(
+        set_cond(
             d,
             obs,
             C.COND_DEREGISTERED,
@@ -249,9 +181,9 @@ def _deregistering(d: Decision, obs: Observation) -> None:
                     " it leaves routing only when evicted",
                 )
             )
-    _condition(d, obs, C.COND_DEREGISTERED, True, C.REASON_DEREGISTERED, message)
+    set_cond(d, obs, C.COND_DEREGISTERED, True, C.REASON_DEREGISTERED, message)
     d.events.append(Event("Normal", C.REASON_DEREGISTERED, message))
-    _enter(d, obs, Phase.WAITING_FOR_TASKS)
+    enter(d, obs, Phase.WAITING_FOR_TASKS)
 
 
 def _waiting_for_tasks(d: Decision, obs: Observation) -> None:
@@ -264,11 +196,11 @@ def _waiting_for_tasks(d: Decision, obs: Observation) -> None:
         return
     if not busy:
         message = "no tasks in flight"
-        _condition(d, obs, C.COND_TASKS_DRAINED, True, C.REASON_TASKS_DRAINED, message)
+        set_cond(d, obs, C.COND_TASKS_DRAINED, True, C.REASON_TASKS_DRAINED, message)
         d.events.append(Event("Normal", C.REASON_TASKS_DRAINED, "All in-flight tasks finished"))
-        _enter(d, obs, Phase.EVICTING)
+        enter(d, obs, Phase.EVICTING)
         return
-    deadline = _phase_start(d, obs) + timedelta(seconds=obs.spec.drain.task_timeout_seconds)
+    deadline = phase_start(d, obs) + timedelta(seconds=obs.spec.drain.task_timeout_seconds)
     tasks = sum(i.tasks.count for i in busy)
     invalid = [i for i in busy if i.tasks.invalid is not None]
     detail = f"{tasks} tasks in flight on {len(busy)} instances"
@@ -276,14 +208,14 @@ def _waiting_for_tasks(d: Decision, obs: Observation) -> None:
         detail += f" ({len(invalid)} with an invalid {C.ANNOTATION_INFLIGHT}, counted busy)"
     if obs.now >= deadline:
         if obs.spec.drain.on_task_timeout == OnTaskTimeout.FAIL:
-            _fail(d, obs, C.REASON_TASK_TIMEOUT, f"task timeout passed with {detail}")
+            fail(d, obs, C.REASON_TASK_TIMEOUT, f"task timeout passed with {detail}")
             return
         message = f"task timeout passed with {detail}; evicting anyway (onTaskTimeout: Evict)"
-        _condition(d, obs, C.COND_TASKS_DRAINED, False, C.REASON_TASK_TIMEOUT, message)
+        set_cond(d, obs, C.COND_TASKS_DRAINED, False, C.REASON_TASK_TIMEOUT, message)
         d.events.append(Event("Warning", C.REASON_TASK_TIMEOUT, message))
-        _enter(d, obs, Phase.EVICTING)
+        enter(d, obs, Phase.EVICTING)
         return
-    _condition(d, obs, C.COND_TASKS_DRAINED, False, C.REASON_WAITING_FOR_TASKS, detail)
+    set_cond(d, obs, C.COND_TASKS_DRAINED, False, C.REASON_WAITING_FOR_TASKS, detail)
     d.status.message = f"Waiting for {detail}"
     d.wake_by(deadline)
 
@@ -291,24 +223,24 @@ def _waiting_for_tasks(d: Decision, obs: Observation) -> None:
 def _evicting(d: Decision, obs: Observation) -> None:
     remaining = obs.instances
     if not remaining:
-        _condition(
+        set_cond(
             d, obs, C.COND_INSTANCES_OFFLINE, True, C.REASON_INSTANCES_OFFLINE, "no instances left"
         )
-        _condition(
+        set_cond(
             d, obs, C.COND_REPAIR_ALLOWED, True, C.REASON_REPAIR_ALLOWED, "the node may be repaired"
         )
         d.events.append(
             Event("Normal", C.REASON_REPAIR_ALLOWED, "Node drained: ready for repair", on_node=True)
         )
-        _enter(d, obs, Phase.REPAIRING)
+        enter(d, obs, Phase.REPAIRING)
         d.status.message = "Ready for repair"
         return
-    deadline = _phase_start(d, obs) + timedelta(seconds=obs.spec.drain.eviction_timeout_seconds)
+    deadline = phase_start(d, obs) + timedelta(seconds=obs.spec.drain.eviction_timeout_seconds)
     blocked = {k: b for k, b in obs.blocked.items() if any(i.key == k for i in remaining)}
     pdbs = sorted({p for b in blocked.values() for p in b.pdbs})
     if obs.now >= deadline:
         why = f"blocked by {', '.join(pdbs)}" if pdbs else "instances still present"
-        _fail(
+        fail(
             d,
             obs,
             C.REASON_EVICTION_TIMEOUT,
@@ -334,7 +266,7 @@ def _evicting(d: Decision, obs: Observation) -> None:
         message = f"{len(remaining)} instances left; {len(blocked)} blocked by {', '.join(pdbs)}"
     else:
         reason, message = C.REASON_EVICTING, f"{len(remaining)} instances left"
-    _condition(d, obs, C.COND_INSTANCES_OFFLINE, False, reason, message)
+    set_cond(d, obs, C.COND_INSTANCES_OFFLINE, False, reason, message)
     d.status.message = f"Evicting: {message}"
     d.wake_by(deadline)
 
@@ -344,20 +276,26 @@ def _task_timeout_passed(d: Decision) -> bool:
     return cond is not None and cond.reason == C.REASON_TASK_TIMEOUT
 
 
+def make_plan(instances: Sequence[Instance], blocking_pdbs: Sequence[str]) -> DryRunPlan:
+    """What a repair of the node would do now (dry runs, and `pitstop plan`)."""
+    sync = [i for i in instances if i.sync]
+    return DryRunPlan(
+        sync=[i.key for i in sync],
+        async_=[i.key for i in instances if not i.sync],
+        no_serving_gate=[i.key for i in sync if not i.gated],
+        inflight_tasks=sum(i.tasks.count for i in instances),
+        blocking_pdbs=list(blocking_pdbs),
+    )
+
+
 def _dry_run(d: Decision, obs: Observation) -> Decision:
     """The plan, refreshed on every pass; the node and its instances are not touched."""
     if obs.node is None:
         d.status.plan = None
         d.status.message = f"Dry run: node {obs.spec.node_name} does not exist"
         return d
-    sync = [i for i in obs.instances if i.sync]
-    plan = DryRunPlan(
-        sync=[i.key for i in sync],
-        async_=[i.key for i in obs.instances if not i.sync],
-        no_serving_gate=[i.key for i in sync if not i.gated],
-        inflight_tasks=sum(i.tasks.count for i in obs.instances),
-        blocking_pdbs=list(obs.blocking_pdbs),
-    )
+    plan = make_plan(obs.instances, obs.blocking_pdbs)
+    sync = plan.sync
     d.status.plan = plan
     _count(d, obs)
     holder = nodes.lock_holder(obs.node)
@@ -369,37 +307,3 @@ def _dry_run(d: Decision, obs: Observation) -> Decision:
         f"{blocked}{busy}"
     )
     return d
-
-
-def _fail(d: Decision, obs: Observation, reason: str, message: str) -> Decision:
-    """Failed with a reason; the node stays cordoned with this repair saying why,
-    unless `onFailure: Uncordon` (and only if we hold it)."""
-    holder = nodes.lock_holder(obs.node) if obs.node is not None else None
-    d.release = holder == obs.name and obs.spec.on_failure == OnFailure.UNCORDON
-    d.status.message = f"{reason}: {message}"
-    d.events.append(Event("Warning", reason, message, on_node=obs.node is not None))
-    _enter(d, obs, Phase.FAILED)
-    d.status.completion_time = obs.now
-    return d
-
-
-def _enter(d: Decision, obs: Observation, phase: Phase) -> None:
-    d.status.phase = phase
-    d.status.phase_start_time = obs.now
-    d.status.observed_generation = obs.generation
-
-
-def _phase_start(d: Decision, obs: Observation) -> datetime:
-    """The base of the phase's timeout; recorded now if a status lacks it, so the
-    deadline does not move with every pass."""
-    if d.status.phase_start_time is None:
-        d.status.phase_start_time = obs.now
-    return d.status.phase_start_time
-
-
-def _condition(
-    d: Decision, obs: Observation, type_: str, status: bool, reason: str, message: str
-) -> None:
-    d.status.conditions = conditions.set_condition(
-        d.status.conditions, type_, status, reason, message, obs.now, obs.generation
-    )

@@ -4,11 +4,11 @@ API give them), so the rules live in one place and are unit-tested without a clu
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Set
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass
 from typing import Any
 
-from pitstop import constants
+from pitstop import constants, selectors
 
 FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
 
@@ -78,3 +78,71 @@ def inflight_tasks(pod: Mapping[str, Any]) -> TaskCount:
 
 def is_terminating(pod: Mapping[str, Any]) -> bool:
     return pod.get("metadata", {}).get("deletionTimestamp") is not None
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One instance on a node, as the repair state machine sees it."""
+
+    key: str
+    """namespace/name"""
+    kind: str
+    """sync or async"""
+    gated: bool
+    """Declares the pitstop.dev/serving readiness gate."""
+    serving: str | None
+    """Status of the pitstop.dev/serving condition."""
+    ready_endpoint: bool
+    """A ready endpoint of some EndpointSlice."""
+    tasks: TaskCount
+    draining: bool
+    """Carries the pitstop.dev/draining annotation."""
+    terminating: bool
+
+    @property
+    def sync(self) -> bool:
+        return self.kind == constants.INSTANCE_SYNC
+
+    @property
+    def deregistered(self) -> bool:
+        """Out of routing: serving False and confirmed by the EndpointSlices."""
+        return self.serving == "False" and not self.ready_endpoint
+
+
+def observe(pod: Mapping[str, Any], endpoint_ready: Iterable[bool] | None) -> Instance:
+    """The instance view of a pod; `endpoint_ready` holds one flag per EndpointSlice
+    entry that targets it (None: it backs no endpoint)."""
+    k = key(pod)
+    flags = list(endpoint_ready) if endpoint_ready is not None else None
+    return Instance(
+        key=k,
+        kind=kind(pod, {k} if flags is not None else set()),
+        gated=has_serving_gate(pod),
+        serving=serving_status(pod),
+        ready_endpoint=any(flags or ()),
+        tasks=inflight_tasks(pod),
+        draining=constants.ANNOTATION_DRAINING
+        in (pod.get("metadata", {}).get("annotations") or {}),
+        terminating=is_terminating(pod),
+    )
+
+
+def blocking_pdbs(
+    pdbs: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]]
+) -> list[str]:
+    """namespace/name of the PodDisruptionBudgets that cover some of `pods` and allow
+    no disruption now: evicting those pods would be refused (429)."""
+    pods = list(pods)
+    found = []
+    for pdb in pdbs:
+        if (pdb.get("status") or {}).get("disruptionsAllowed", 0) > 0:
+            continue
+        ns = pdb["metadata"]["namespace"]
+        selector = (pdb.get("spec") or {}).get("selector")
+        if selector is not None and any(
+            p["metadata"].get("namespace") == ns
+            and selectors.matches(selector, p["metadata"].get("labels") or {})
+            for p in pods
+        ):
+            found.append(f"{ns}/{pdb['metadata']['name']}")
+    return sorted(found)

@@ -95,10 +95,10 @@ def load_configuration(source: KubeSource) -> kubernetes.client.Configuration:
     config = kubernetes.client.Configuration()
     try:
         if source.in_cluster:
-            kubernetes.config.load_incluster_config(client_configuration=config)  # type: ignore[no-untyped-call]
+            kubernetes.config.load_incluster_config(client_configuration=config)
         else:
             _check_kubeconfig_files(source.paths)
-            kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+            kubernetes.config.load_kube_config(
                 config_file=os.pathsep.join(source.paths),
                 client_configuration=config,
                 persist_config=False,  # never rewrite the user's file on token refresh

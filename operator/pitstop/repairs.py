@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -18,11 +19,11 @@ from typing import Any, cast
 import kopf
 from pydantic import ValidationError
 
-from pitstop import constants, drain, instances, metrics, nodes, selectors
+from pitstop import constants, drain, flow, hooks, instances, metrics, nodes
 from pitstop.conditions import set_condition
 from pitstop.indexes import UNDER_REPAIR, WAKERS, one, slim_node
 from pitstop.kube import ApiError, Eviction, Kube
-from pitstop.models import FINAL_PHASES, NodeRepairSpec, NodeRepairStatus, Phase
+from pitstop.models import FINAL_PHASES, NodeRepairSpec, NodeRepairStatus, Phase, RepairStrategy
 
 C = constants
 STATUS_COALESCE = timedelta(milliseconds=250)
@@ -57,6 +58,7 @@ class Driver:
         self.refusals: dict[str, int] = {}
         self.posted: set[tuple[str, str]] = set()
         self.pdbs: tuple[datetime, tuple[str, ...]] | None = None
+        self.webhook_answer: flow.WebhookAnswer | None = None
 
     # --- observe ---
 
@@ -72,27 +74,12 @@ class Driver:
 
     def observe_instances(
         self, pods_by_node: kopf.Index[str, Any], endpoints_by_pod: kopf.Index[str, Any]
-    ) -> list[drain.Instance]:
-        found = []
-        for pod in list(pods_by_node.get(self.node_name, ())):
-            if not instances.is_instance(pod):
-                continue
-            key = instances.key(pod)
-            ready = endpoints_by_pod.get(key)
-            kind = instances.kind(pod, {key} if ready is not None else set())
-            found.append(
-                drain.Instance(
-                    key=key,
-                    kind=kind,
-                    gated=instances.has_serving_gate(pod),
-                    serving=instances.serving_status(pod),
-                    ready_endpoint=any(ready or ()),
-                    tasks=instances.inflight_tasks(pod),
-                    draining=C.ANNOTATION_DRAINING in pod["metadata"]["annotations"],
-                    terminating=instances.is_terminating(pod),
-                )
-            )
-        return found
+    ) -> list[instances.Instance]:
+        return [
+            instances.observe(pod, endpoints_by_pod.get(instances.key(pod)))
+            for pod in list(pods_by_node.get(self.node_name, ()))
+            if instances.is_instance(pod)
+        ]
 
     # --- one pass ---
 
@@ -126,6 +113,11 @@ class Driver:
             instances=found,
             blocked=self.blocked,
             blocking_pdbs=await self.blocking_pdbs(now, pods_by_node) if spec.dry_run else (),
+            repaired_mark=(self.body.get("metadata", {}).get("annotations") or {}).get(
+                C.ANNOTATION_REPAIRED
+            ),
+            job=await self.current_job(spec),
+            webhook=self.webhook_answer,
         )
         d = drain.decide(obs)
         again = False
@@ -147,13 +139,45 @@ class Driver:
         wake_at = await self.write_status(d.status, now, d.wake_at)
         self.post(d.events, node)
         await self.act(d, now, spec)
-        if d.release:
+        again = await self.run_hooks(d, spec) or again
+        if d.release and d.status.phase == Phase.FAILED:
             await self.give_back_after_failure(now, pods_by_node)
+        elif d.release:  # verified: give the node back; the next pass records it
+            await give_back(self.kube, self.node_name, self.name, pods_by_node, self.logger)
+            self.patched_node = None
+            again = True
         if d.status.phase in drain.DRAIN_PHASES:
             metrics.INFLIGHT_TASKS.labels(self.node_name).set(sum(i.tasks.count for i in found))
         else:
             forget_gauge(self.node_name)
         return again, wake_at
+
+    async def current_job(self, spec: NodeRepairSpec) -> flow.JobState | None:
+        """The current attempt's Job, read while one may be running (Jobs live in the
+        operator's namespace, outside the cluster-wide watches)."""
+        rs = self.status.repair
+        if (
+            self.status.phase != Phase.REPAIRING
+            or spec.repair.strategy != RepairStrategy.JOB
+            or rs is None
+            or rs.job_name is None
+            or rs.next_attempt_time is not None
+        ):
+            return None
+        return await hooks.read_job(self.kube, rs.job_name)
+
+    async def run_hooks(self, d: drain.Decision, spec: NodeRepairSpec) -> bool:
+        """Job and webhook actions; True when the outcome is known at once."""
+        if d.delete_job:
+            await hooks.delete_job(self.kube, d.delete_job)
+        if d.create_job:
+            await hooks.create_job(self.kube, self.body, spec, d.create_job)
+        if d.call_webhook:
+            attempt, poll = d.call_webhook
+            answer = await hooks.call_webhook(self.kube, self.body, spec, attempt, poll)
+            self.webhook_answer = dataclasses.replace(answer, at=datetime.now(UTC))
+            return True  # decide on the answer right away
+        return False
 
     def holder_active(
         self, node: Mapping[str, Any] | None, repairs_by_node: kopf.Index[str, Any]
@@ -240,7 +264,9 @@ class Driver:
         if not significant and now - self.written_at < STATUS_COALESCE:
             due = self.written_at + STATUS_COALESCE  # counters only: write a bit later
             return due if wake_at is None else min(wake_at, due)
-        await self.kube.patch_status(C.NODEREPAIR_PLURAL, self.name, wire)
+        await self.kube.patch_status(
+            C.NODEREPAIR_PLURAL, self.name, merge_patch(self.written, wire)
+        )
         old_phase = self.status.phase
         if old_phase != status.phase and old_phase is not None and self.status.phase_start_time:
             spent = (now - self.status.phase_start_time).total_seconds()
@@ -271,19 +297,11 @@ class Driver:
         if self.pdbs is not None and now - self.pdbs[0] < PDB_REFRESH:
             return self.pdbs[1]
         pods = [p for p in pods_by_node.get(self.node_name, ()) if instances.is_instance(p)]
-        blocking: set[str] = set()
+        pdbs = []
         for ns in sorted({p["metadata"]["namespace"] for p in pods}):
-            for pdb in await self.kube.list_pdbs(ns):
-                if (pdb.get("status") or {}).get("disruptionsAllowed", 0) > 0:
-                    continue
-                selector = (pdb.get("spec") or {}).get("selector")
-                if selector is not None and any(
-                    p["metadata"]["namespace"] == ns
-                    and selectors.matches(selector, p["metadata"]["labels"])
-                    for p in pods
-                ):
-                    blocking.add(f"{ns}/{pdb['metadata']['name']}")
-        self.pdbs = (now, tuple(sorted(blocking)))
+            pdbs.extend(await self.kube.list_pdbs(ns))
+        blocking = instances.blocking_pdbs(pdbs, pods)
+        self.pdbs = (now, tuple(blocking))
         return self.pdbs[1]
 
     async def fail_invalid(self, now: datetime, message: str) -> None:
@@ -317,6 +335,18 @@ def forget_gauge(node: str) -> None:
 
 PHASES: dict[str, Phase | None] = {}
 """Phase of every repair this process drives (for the pitstop_repairs gauge)."""
+
+
+def merge_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch from `old` to `new`: fields that went away become null
+    (a merge patch that merely omits them would leave them in place)."""
+    patch: dict[str, Any] = dict(new)
+    for key, value in (old or {}).items():
+        if key not in new:
+            patch[key] = None
+        elif isinstance(value, Mapping) and isinstance(new[key], Mapping):
+            patch[key] = merge_patch(value, new[key])
+    return patch
 
 
 def _parse_status(raw: Mapping[str, Any] | None) -> NodeRepairStatus:
@@ -464,6 +494,9 @@ async def abort(
         except ApiError as e:
             if e.status != 404:
                 raise
+    job = (status.get("repair") or {}).get("jobName")
+    if job and phase == Phase.REPAIRING:
+        await hooks.delete_job(kube, job)  # a repair in progress stops with its repair
     if node_name and await give_back(kube, node_name, name, pods_by_node, logger):
         kopf.event(
             body,

@@ -561,7 +561,9 @@ def test_all_instances_gone_allows_the_repair() -> None:
         c = condition(d, type_)
         assert (c.status, c.reason, c.last_transition_time) == (ConditionStatus.TRUE, reason, NOW)
     assert any(e.reason == C.REASON_REPAIR_ALLOWED and e.on_node for e in d.events)
-    assert d.status.message == "Ready for repair"
+    # ... and the repair hook starts in the same pass (Manual: waits for a human).
+    assert d.status.repair is not None and d.status.repair.attempts == 1
+    assert d.status.message is not None and d.status.message.startswith("Repairing: attempt 1")
 
 
 # --- onFailure ---

@@ -282,6 +282,10 @@ class RepairStatus(CamelModel):
     """Why the last attempt failed."""
     attempt_start_time: datetime | None = None
     """When the current attempt began: the base of repair.timeoutSeconds."""
+    next_attempt_time: datetime | None = None
+    """Set after a failed attempt: when the next one starts (backoff)."""
+    webhook_started: int | None = Field(None, ge=1)
+    """The attempt whose webhook call was sent: after a restart it is polled, not re-sent."""
 
 
 class VerifyStatus(CamelModel):

@@ -1,0 +1,292 @@
+"""The user-facing `pitstop` commands that talk to the cluster: repair, status,
+plan, done. Synchronous (official client); each failure is a CLIError with one
+line for the user."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, TextIO
+
+import yaml
+from kubernetes import client, watch
+from kubernetes.client.exceptions import ApiException
+
+from pitstop import constants, drain, instances
+from pitstop.cli import CLIError
+from pitstop.kubeconfig import load_configuration, resolve_source
+from pitstop.models import FINAL_PHASES, Phase
+
+C = constants
+G, V, P = C.GROUP, C.VERSION, C.NODEREPAIR_PLURAL
+
+
+def api(kubeconfig: str | None) -> client.ApiClient:
+    return client.ApiClient(load_configuration(resolve_source(kubeconfig, os.environ)))
+
+
+def _explain(e: ApiException, what: str) -> CLIError:
+    try:
+        message = json.loads(e.body).get("message") or e.reason
+    except (TypeError, ValueError):
+        message = e.reason
+    return CLIError(f"{what}: {message}")
+
+
+# --- repair ---
+
+
+def repair_body(
+    node: str,
+    name: str,
+    reason: str | None,
+    strategy: str,
+    job_file: str | None = None,
+    webhook_url: str | None = None,
+    webhook_secret: str | None = None,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    repair: dict[str, Any] = {"strategy": strategy}
+    if strategy == "Job":
+        if not job_file:
+            raise CLIError("--strategy Job needs --job-file (a batch/v1 Job or JobTemplateSpec)")
+        repair["job"] = {"template": _job_template(job_file)}
+    if strategy == "Webhook":
+        if not webhook_url:
+            raise CLIError("--strategy Webhook needs --webhook-url")
+        repair["webhook"] = {"url": webhook_url}
+        if webhook_secret:
+            secret, _, key = webhook_secret.partition("/")
+            if not secret or not key:
+                raise CLIError("--webhook-secret must be NAME/KEY (a Secret in pitstop-system)")
+            repair["webhook"]["secretRef"] = {"name": secret, "key": key}
+    spec: dict[str, Any] = {"nodeName": node, "repair": repair, "dryRun": dry_run}
+    if reason:
+        spec["reason"] = reason
+    return {
+        "apiVersion": C.API_VERSION,
+        "kind": "NodeRepair",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def _job_template(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+    except OSError as e:
+        raise CLIError(f"{path}: {e.strerror or e}") from e
+    except yaml.YAMLError as e:
+        raise CLIError(f"{path}: not valid YAML") from e
+    if not isinstance(doc, dict) or not isinstance(doc.get("spec"), dict):
+        raise CLIError(f"{path}: expected a Job or a JobTemplateSpec with a spec")
+    template: dict[str, Any] = {"spec": doc["spec"]}
+    meta = doc.get("metadata")
+    kept = {k: v for k, v in (meta or {}).items() if k in ("labels", "annotations")}
+    if kept:  # a Job's name and namespace are pitstop's to choose
+        template["metadata"] = kept
+    return template
+
+
+def default_name(node: str, now: datetime) -> str:
+    return f"{node}-{now:%Y%m%d-%H%M%S}"[:253]
+
+
+def create_repair(api_client: client.ApiClient, body: dict[str, Any]) -> dict[str, Any]:
+    custom = client.CustomObjectsApi(api_client)
+    try:
+        created: dict[str, Any] = custom.create_cluster_custom_object(G, V, P, body)
+    except ApiException as e:
+        raise _explain(e, f"cannot create NodeRepair {body['metadata']['name']}") from e
+    return created
+
+
+def follow(
+    api_client: client.ApiClient, name: str, out: TextIO = sys.stdout, timeout: float = 3600
+) -> str:
+    """Prints one line per change of phase or counts until the repair ends (or, for
+    a dry run, shows its plan); returns the final phase."""
+    custom = client.CustomObjectsApi(api_client)
+    deadline = time.monotonic() + timeout
+    shown: tuple[Any, ...] = ()
+    while time.monotonic() < deadline:
+        stream = watch.Watch().stream(
+            custom.list_cluster_custom_object,
+            G,
+            V,
+            P,
+            field_selector=f"metadata.name={name}",
+            timeout_seconds=max(1, min(60, int(deadline - time.monotonic()))),
+        )
+        for event in stream:
+            if event["type"] == "DELETED":
+                raise CLIError(f"NodeRepair {name} was deleted")
+            obj = event["object"]
+            status = obj.get("status") or {}
+            line = progress_line(status)
+            if line and (status.get("phase"), line) != shown:
+                shown = (status.get("phase"), line)
+                print(f"{datetime.now():%H:%M:%S}  {line}", file=out, flush=True)
+            phase = status.get("phase")
+            if phase in FINAL_PHASES or (
+                (obj.get("spec") or {}).get("dryRun") and status.get("plan")
+            ):
+                return str(phase)
+    raise CLIError(
+        f"NodeRepair {name} still {shown[0] if shown else 'pending'} after {timeout:.0f}s"
+    )
+
+
+def progress_line(status: Mapping[str, Any]) -> str:
+    phase = status.get("phase")
+    if not phase:
+        return ""
+    counts = status.get("instances") or {}
+    left, tasks = counts.get("remaining", 0), counts.get("inflightTasks", 0)
+    detail = f"instances left {left}, tasks in flight {tasks}"
+    return f"{phase:<16} {detail:<40} {status.get('message') or ''}".rstrip()
+
+
+# --- status ---
+
+
+def status_table(repairs: Sequence[Mapping[str, Any]], now: datetime) -> str:
+    rows = [("NAME", "NODE", "PHASE", "INSTANCES", "TASKS", "AGE", "MESSAGE")]
+    for r in sorted(repairs, key=lambda r: r["metadata"].get("creationTimestamp", "")):
+        st = r.get("status") or {}
+        counts = st.get("instances") or {}
+        rows.append(
+            (
+                r["metadata"]["name"],
+                (r.get("spec") or {}).get("nodeName", ""),
+                st.get("phase") or "Pending",
+                str(counts.get("remaining", "")),
+                str(counts.get("inflightTasks", "")),
+                age(r["metadata"].get("creationTimestamp"), now),
+                st.get("message") or "",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(
+        "   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "   " + row[-1]
+        for row in rows
+    ).rstrip()
+
+
+def age(created: str | None, now: datetime) -> str:
+    if not created:
+        return "?"
+    seconds = int((now - datetime.fromisoformat(created.replace("Z", "+00:00"))).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
+
+
+def list_repairs(api_client: client.ApiClient) -> list[dict[str, Any]]:
+    try:
+        answer = client.CustomObjectsApi(api_client).list_cluster_custom_object(G, V, P)
+    except ApiException as e:
+        raise _explain(e, "cannot list NodeRepairs") from e
+    return list(answer.get("items") or [])
+
+
+# --- plan ---
+
+
+def plan(
+    api_client: client.ApiClient, node: str
+) -> tuple[dict[str, Any], list[instances.Instance]]:
+    """What a repair of `node` would do now, computed here from the cluster's
+    state with the operator's own rules (no NodeRepair is created)."""
+    core = client.CoreV1Api(api_client)
+    try:
+        core.read_node(node)
+    except ApiException as e:
+        if e.status == 404:
+            raise CLIError(f"node {node} does not exist") from e
+        raise _explain(e, f"cannot read node {node}") from e
+
+    def raw(obj: Any) -> dict[str, Any]:
+        body: dict[str, Any] = api_client.sanitize_for_serialization(obj)
+        return body
+
+    pods = [
+        raw(p)
+        for p in core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}").items
+    ]
+    pods = [p for p in pods if instances.is_instance(p)]
+    namespaces = sorted({p["metadata"]["namespace"] for p in pods})
+    discovery, policy = client.DiscoveryV1Api(api_client), client.PolicyV1Api(api_client)
+    ready: dict[str, list[bool]] = {}
+    pdbs: list[dict[str, Any]] = []
+    for ns in namespaces:
+        for s in discovery.list_namespaced_endpoint_slice(ns).items:
+            for ep in s.endpoints or []:
+                if ep.target_ref and ep.target_ref.kind == "Pod":
+                    flag = not (ep.conditions and ep.conditions.ready is False)
+                    ready.setdefault(f"{ns}/{ep.target_ref.name}", []).append(flag)
+        pdbs.extend(raw(b) for b in policy.list_namespaced_pod_disruption_budget(ns).items)
+    found = [instances.observe(p, ready.get(instances.key(p))) for p in pods]
+    result = drain.make_plan(found, instances.blocking_pdbs(pdbs, pods))
+    return result.wire(), found
+
+
+def plan_text(node: str, the_plan: Mapping[str, Any], found: list[instances.Instance]) -> str:
+    lines = [f"A repair of {node} would now:"]
+    sync, async_ = the_plan.get("sync", []), the_plan.get("async", [])
+    lines.append(f"  cordon {node} and taint it {C.TAINT_MAINTENANCE}:NoSchedule")
+    lines.append(f"  deregister {len(sync)} sync instances: {', '.join(sync) or '-'}")
+    if the_plan.get("noServingGate"):
+        lines.append(
+            f"    without the {C.CONDITION_SERVING} gate (leave routing only when evicted): "
+            + ", ".join(the_plan["noServingGate"])
+        )
+    busy = [f"{i.key}={i.tasks.invalid or i.tasks.count}" for i in found if i.tasks.busy]
+    lines.append(
+        f"  wait for {the_plan.get('inflightTasks', 0)} tasks in flight"
+        + (f": {', '.join(busy)}" if busy else "")
+    )
+    evicted = len(sync) + len(async_)
+    lines.append(f"  evict {evicted} instances ({len(async_)} async: {', '.join(async_) or '-'})")
+    blocking = the_plan.get("blockingPDBs") or []
+    lines.append(
+        f"  blocked now by PodDisruptionBudgets: {', '.join(blocking) if blocking else 'none'}"
+    )
+    return "\n".join(lines)
+
+
+# --- done ---
+
+
+def mark_done(api_client: client.ApiClient, name: str, failed: bool) -> str:
+    custom = client.CustomObjectsApi(api_client)
+    try:
+        obj: dict[str, Any] = custom.get_cluster_custom_object(G, V, P, name)
+    except ApiException as e:
+        if e.status == 404:
+            raise CLIError(f"NodeRepair {name} does not exist") from e
+        raise _explain(e, f"cannot read NodeRepair {name}") from e
+    phase = (obj.get("status") or {}).get("phase")
+    strategy = ((obj.get("spec") or {}).get("repair") or {}).get("strategy", "Manual")
+    if strategy != "Manual":
+        raise CLIError(
+            f"NodeRepair {name} uses strategy {strategy}; only Manual repairs wait for done"
+        )
+    if phase in FINAL_PHASES:
+        raise CLIError(f"NodeRepair {name} is already {phase}")
+    value = "false" if failed else "true"
+    patch = {"metadata": {"annotations": {C.ANNOTATION_REPAIRED: value}}}
+    try:
+        custom.patch_cluster_custom_object(G, V, P, name, patch)
+    except ApiException as e:
+        raise _explain(e, f"cannot annotate NodeRepair {name}") from e
+    said = f"NodeRepair {name} marked {'failed' if failed else 'repaired'}"
+    if phase != Phase.REPAIRING:
+        return f"{said}; it is {phase or 'Pending'}: the mark counts once it is Repairing"
+    return said

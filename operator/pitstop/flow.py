@@ -1,0 +1,134 @@
+"""The vocabulary of the repair state machine, shared by its two halves
+(pitstop.drain: cordon to RepairAllowed; pitstop.recovery: repair, verify,
+return): what is observed, what is decided, and the small steps both take.
+Pure: no API calls, no clocks (the observation carries `now`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pitstop import conditions, constants, nodes
+from pitstop.instances import Instance
+from pitstop.models import NodeRepairSpec, NodeRepairStatus, OnFailure, Phase
+
+C = constants
+
+
+@dataclass(frozen=True)
+class JobState:
+    name: str
+    state: str
+    """Running | Complete | Failed | Missing"""
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class WebhookAnswer:
+    attempt: int
+    state: str
+    """Succeeded | Failed | Running | Error"""
+    message: str = ""
+    at: datetime | None = None
+    """When it was received (a Running answer is polled again after a pause)."""
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """An eviction the API refused (PDB), and when to try again."""
+
+    retry_at: datetime
+    pdbs: tuple[str, ...]
+    message: str
+
+
+@dataclass(frozen=True)
+class Observation:
+    now: datetime
+    name: str
+    generation: int | None
+    spec: NodeRepairSpec
+    status: NodeRepairStatus
+    node: Mapping[str, Any] | None
+    holder_active: bool
+    """The node's lock is held by another NodeRepair that still exists and is active."""
+    instances: list[Instance]
+    blocked: Mapping[str, Blocked] = field(default_factory=dict)
+    """Evictions refused recently (kept by the driver between passes)."""
+    blocking_pdbs: tuple[str, ...] = ()
+    """For dry runs: PDBs of the node's instances that allow no disruption now."""
+    repaired_mark: str | None = None
+    """The NodeRepair's pitstop.dev/repaired annotation (Manual strategy)."""
+    job: JobState | None = None
+    """The current attempt's Job, as last read (Job strategy)."""
+    webhook: WebhookAnswer | None = None
+    """The webhook's last answer (Webhook strategy)."""
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str
+    """Normal or Warning"""
+    reason: str
+    message: str
+    on_node: bool = False
+    """Also posted on the Node."""
+
+
+@dataclass
+class Decision:
+    status: NodeRepairStatus
+    take_lock: bool = False
+    recordon: bool = False
+    mark_draining: list[str] = field(default_factory=list)
+    deregister: list[str] = field(default_factory=list)
+    evict: list[str] = field(default_factory=list)
+    release: bool = False
+    """Give the node back: after verification, or after a failure with onFailure: Uncordon."""
+    create_job: str | None = None
+    delete_job: str | None = None
+    call_webhook: tuple[int, bool] | None = None
+    """(attempt, poll): call the repair webhook; poll=True asks about a call already made."""
+    events: list[Event] = field(default_factory=list)
+    """Posted once per (reason, message) by the driver."""
+    wake_at: datetime | None = None
+    """When the answer can change without any event (a deadline, a retry)."""
+
+    def wake_by(self, when: datetime) -> None:
+        self.wake_at = when if self.wake_at is None else min(self.wake_at, when)
+
+
+def fail(d: Decision, obs: Observation, reason: str, message: str) -> Decision:
+    """Failed with a reason; the node stays cordoned with this repair saying why,
+    unless `onFailure: Uncordon` (and only if we hold it)."""
+    holder = nodes.lock_holder(obs.node) if obs.node is not None else None
+    d.release = holder == obs.name and obs.spec.on_failure == OnFailure.UNCORDON
+    d.status.message = f"{reason}: {message}"
+    d.events.append(Event("Warning", reason, message, on_node=obs.node is not None))
+    enter(d, obs, Phase.FAILED)
+    d.status.completion_time = obs.now
+    return d
+
+
+def enter(d: Decision, obs: Observation, phase: Phase) -> None:
+    d.status.phase = phase
+    d.status.phase_start_time = obs.now
+    d.status.observed_generation = obs.generation
+
+
+def phase_start(d: Decision, obs: Observation) -> datetime:
+    """The base of the phase's timeout; recorded now if a status lacks it, so the
+    deadline does not move with every pass."""
+    if d.status.phase_start_time is None:
+        d.status.phase_start_time = obs.now
+    return d.status.phase_start_time
+
+
+def set_cond(
+    d: Decision, obs: Observation, type_: str, status: bool, reason: str, message: str
+) -> None:
+    d.status.conditions = conditions.set_condition(
+        d.status.conditions, type_, status, reason, message, obs.now, obs.generation
+    )

@@ -1,0 +1,184 @@
+"""The repair hooks that touch the outside: the Job (strategy Job) and the HTTP
+call (strategy Webhook). Every failure becomes a WebhookAnswer / JobState with a
+clear message, never an exception that would crash-loop the repair."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import os
+import ssl
+from typing import Any
+
+import aiohttp
+import kopf
+
+from pitstop import constants
+from pitstop.flow import JobState, WebhookAnswer
+from pitstop.kube import ApiError, Kube
+from pitstop.models import NodeRepairSpec
+
+C = constants
+MAX_ANSWER = 64 * 1024
+TOLERATIONS = [
+    {"key": C.TAINT_MAINTENANCE, "operator": "Exists", "effect": "NoSchedule"},
+    {"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"},
+]
+
+
+def namespace() -> str:
+    """Where repair Jobs run and webhook Secrets live: the operator's own namespace."""
+    return os.environ.get("PITSTOP_NAMESPACE", C.OPERATOR_NAMESPACE)
+
+
+def job_body(repair: kopf.Body, spec: NodeRepairSpec, name: str) -> dict[str, Any]:
+    """The Job of one attempt: the user's template, plus what pitstop guarantees:
+    NODE_NAME and NODEREPAIR_NAME in every container, tolerations for the cordon,
+    one try per attempt (pitstop retries), and owned by the NodeRepair, so the
+    garbage collector removes it with the repair."""
+    assert spec.repair.job is not None
+    template = spec.repair.job.template
+    meta = copy.deepcopy(template.metadata or {})
+    job_spec = copy.deepcopy(template.spec)
+    job_spec.setdefault("backoffLimit", 0)
+    pod = job_spec.setdefault("template", {}).setdefault("spec", {})
+    pod.setdefault("restartPolicy", "Never")
+    pod["tolerations"] = [*(pod.get("tolerations") or []), *TOLERATIONS]
+    env = [
+        {"name": "NODE_NAME", "value": spec.node_name},
+        {"name": "NODEREPAIR_NAME", "value": repair["metadata"]["name"]},
+    ]
+    for container in pod.get("containers") or []:
+        given = {e.get("name") for e in container.get("env") or []}
+        container["env"] = [
+            *(container.get("env") or []),
+            *(e for e in env if e["name"] not in given),
+        ]
+    labels = {**(meta.get("labels") or {}), C.ANNOTATION_REPAIR: repair["metadata"]["name"]}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            **meta,
+            "name": name,
+            "namespace": namespace(),
+            "labels": labels,
+            "ownerReferences": [
+                {
+                    "apiVersion": C.API_VERSION,
+                    "kind": "NodeRepair",
+                    "name": repair["metadata"]["name"],
+                    "uid": repair["metadata"]["uid"],
+                }
+            ],
+        },
+        "spec": job_spec,
+    }
+
+
+async def create_job(kube: Kube, repair: kopf.Body, spec: NodeRepairSpec, name: str) -> None:
+    """Idempotent: the name is per attempt, so an existing Job is this attempt's."""
+    try:
+        await kube.request(
+            "POST", f"/apis/batch/v1/namespaces/{namespace()}/jobs", job_body(repair, spec, name)
+        )
+    except ApiError as e:
+        if e.status != 409:
+            raise
+
+
+async def read_job(kube: Kube, name: str) -> JobState:
+    try:
+        job = await kube.request("GET", f"/apis/batch/v1/namespaces/{namespace()}/jobs/{name}")
+    except ApiError as e:
+        if e.status == 404:
+            return JobState(name, "Missing")
+        raise
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("status") != "True":
+            continue
+        if cond.get("type") == "Complete":
+            return JobState(name, "Complete")
+        if cond.get("type") == "Failed":
+            why = cond.get("message") or cond.get("reason") or "failed"
+            return JobState(name, "Failed", str(why))
+    return JobState(name, "Running")
+
+
+async def delete_job(kube: Kube, name: str) -> None:
+    path = f"/apis/batch/v1/namespaces/{namespace()}/jobs/{name}"
+    try:
+        await kube.request("DELETE", path, {"propagationPolicy": "Background"})
+    except ApiError as e:
+        if e.status != 404:
+            raise
+
+
+async def read_secret(kube: Kube, name: str, key: str) -> str:
+    try:
+        secret = await kube.request("GET", f"/api/v1/namespaces/{namespace()}/secrets/{name}")
+    except ApiError as e:
+        if e.status == 404:
+            raise LookupError(f"secret {namespace()}/{name} not found") from e
+        raise LookupError(f"secret {namespace()}/{name}: {e.status} {e.message}") from e
+    data = (secret.get("data") or {}).get(key)
+    if data is None:
+        raise LookupError(f"secret {namespace()}/{name} has no key {key!r}")
+    return base64.b64decode(data).decode().strip()
+
+
+async def call_webhook(
+    kube: Kube, repair: kopf.Body, spec: NodeRepairSpec, attempt: int, poll: bool
+) -> WebhookAnswer:
+    """POSTs {node, repair, reason, attempt, poll}; the answer must be 2xx JSON with
+    status Succeeded | Failed | Running. `poll` marks a call about an attempt that
+    was already started (after a Running answer, or after an operator restart)."""
+    hook = spec.repair.webhook
+    assert hook is not None
+    headers = {"Content-Type": "application/json"}
+    try:
+        if hook.secret_ref is not None:
+            token = await read_secret(kube, hook.secret_ref.name, hook.secret_ref.key)
+            headers["Authorization"] = f"Bearer {token}"
+    except LookupError as e:
+        return WebhookAnswer(attempt, "Error", str(e))
+    payload = {
+        "node": spec.node_name,
+        "repair": repair["metadata"]["name"],
+        "reason": spec.reason or "",
+        "attempt": attempt,
+        "poll": poll,
+    }
+    timeout = aiohttp.ClientTimeout(total=hook.timeout_seconds)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.post(hook.url, data=json.dumps(payload), headers=headers) as response,
+        ):
+            raw = await response.content.read(MAX_ANSWER + 1)
+            status = response.status
+    except TimeoutError:
+        return WebhookAnswer(attempt, "Error", f"webhook timed out after {hook.timeout_seconds}s")
+    except (aiohttp.ClientSSLError, ssl.SSLError) as e:
+        return WebhookAnswer(attempt, "Error", f"webhook TLS error: {e}")
+    except aiohttp.ClientError as e:
+        return WebhookAnswer(attempt, "Error", f"webhook unreachable: {type(e).__name__}: {e}")
+    if not 200 <= status < 300:
+        return WebhookAnswer(attempt, "Error", f"webhook answered HTTP {status}")
+    if len(raw) > MAX_ANSWER:
+        return WebhookAnswer(attempt, "Error", "webhook answer larger than 64 KiB")
+    try:
+        answer = json.loads(raw)
+        state = answer["status"] if isinstance(answer, dict) else None
+    except (ValueError, KeyError):
+        state = None
+    if state not in ("Succeeded", "Failed", "Running"):
+        text = raw[:120].decode(errors="replace")
+        return WebhookAnswer(
+            attempt,
+            "Error",
+            f'webhook answer is not {{"status": Succeeded|Failed|Running}}: {text!r}',
+        )
+    message = str(answer.get("message") or "") if isinstance(answer, dict) else ""
+    return WebhookAnswer(attempt, state, message)
