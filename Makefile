@@ -10,7 +10,7 @@ PITSTOP_CACHE ?= $(HOME)/.cache/pitstop
 # The kubectl built with the control plane comes first: same release as the server.
 export PATH := $(CURDIR)/$(BIN):$(PITSTOP_CACHE)/bin/kube-$(KUBE_VERSION):$(PATH)
 
-.PHONY: help venv build cluster-up cluster-down kubeconfig crds crds-check lint unit e2e test clean
+.PHONY: help venv build cluster-up cluster-down kubeconfig crds crds-check lint unit e2e test demo clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -42,8 +42,8 @@ crds-check: venv ## fail when crds/ is stale
 	$(BIN)/python -m pitstop.crdgen --check crds/
 
 lint: venv ## ruff and mypy
-	$(BIN)/ruff check operator tests
-	$(BIN)/ruff format --check operator tests
+	$(BIN)/ruff check operator tests hack bench
+	$(BIN)/ruff format --check operator tests hack bench
 	$(BIN)/mypy
 
 unit: venv ## unit tests (no cluster)
@@ -53,6 +53,9 @@ e2e: venv build ## e2e tests on a fresh local control plane (PITSTOP_KEEP_CLUSTE
 	$(BIN)/pytest -q tests/e2e
 
 test: lint unit e2e ## everything CI runs
+
+demo: venv build ## a fault, and a full repair shown live, on its own local control plane
+	$(BIN)/python hack/demo.py
 
 clean: cluster-down ## remove the virtualenv and caches (not the binary cache)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

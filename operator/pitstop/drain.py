@@ -203,7 +203,7 @@ def _waiting_for_tasks(d: Decision, obs: Observation) -> None:
     deadline = phase_start(d, obs) + timedelta(seconds=obs.spec.drain.task_timeout_seconds)
     tasks = sum(i.tasks.count for i in busy)
     invalid = [i for i in busy if i.tasks.invalid is not None]
-    detail = f"{tasks} tasks in flight on {len(busy)} instances"
+    detail = f"{_n(tasks, 'task')} in flight on {_n(len(busy), 'instance')}"
     if invalid:
         detail += f" ({len(invalid)} with an invalid {C.ANNOTATION_INFLIGHT}, counted busy)"
     if obs.now >= deadline:
@@ -307,3 +307,7 @@ def _dry_run(d: Decision, obs: Observation) -> Decision:
         f"{blocked}{busy}"
     )
     return d
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
