@@ -97,6 +97,20 @@ def _add_run(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
         help="port of the Prometheus endpoint /metrics (default: %(default)s)",
     )
     p.add_argument(
+        "--alerts-port",
+        type=_port_or_zero,
+        default=constants.ALERTS_PORT,
+        metavar="PORT",
+        help="port of the Alertmanager receiver POST /alerts; 0 disables it (default: %(default)s)",
+    )
+    p.add_argument(
+        "--alerts-secret",
+        default=constants.ALERTS_SECRET,
+        metavar="NAME/KEY",
+        help="Secret (in the operator's namespace) with the receiver's bearer token "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
         "--bind",
         default="0.0.0.0",
         metavar="ADDR",
@@ -108,8 +122,12 @@ def _add_run(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     source = resolve_source(args.kubeconfig, os.environ)
     load_configuration(source)  # fail now, in one line, rather than inside kopf's login loop
-    if args.health_port == args.metrics_port:
-        raise CLIError(f"--health-port and --metrics-port are both {args.health_port}")
+    ports = [args.health_port, args.metrics_port] + ([args.alerts_port] if args.alerts_port else [])
+    if len(set(ports)) != len(ports):
+        twice = sorted({p for p in ports if ports.count(p) > 1})
+        raise CLIError(f"port {twice[0]} given twice: health, metrics and alerts ports must differ")
+    if "/" not in args.alerts_secret or args.alerts_secret.startswith("/"):
+        raise CLIError(f"--alerts-secret must be NAME/KEY, not {args.alerts_secret!r}")
 
     # Imported late: kopf and the handlers are not needed for parsing or for errors.
     from pitstop.runner import RunOptions, run
@@ -119,6 +137,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         bind=args.bind,
         health_port=args.health_port,
         metrics_port=args.metrics_port,
+        alerts_port=args.alerts_port,
+        alerts_secret=args.alerts_secret,
         verbose=args.verbose,
     )
     try:
@@ -260,6 +280,10 @@ def _port(value: str) -> int:
     if not 1 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"port out of range 1-65535: {port}")
     return port
+
+
+def _port_or_zero(value: str) -> int:
+    return 0 if value.strip() == "0" else _port(value)
 
 
 def _one_line(error: BaseException) -> str:

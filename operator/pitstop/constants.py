@@ -51,6 +51,10 @@ HEALTH_PATH: Final = "/healthz"
 """Path of the liveness/readiness endpoint."""
 METRICS_PORT: Final = 9090
 """Default port of the Prometheus `/metrics` endpoint (container port `metrics`)."""
+ALERTS_PORT: Final = 9095
+"""Default port of the Alertmanager receiver, POST /alerts (container port `alerts`)."""
+ALERTS_SECRET: Final = "pitstop-alerts/token"
+"""NAME/KEY of the Secret in the operator's namespace with the receiver's bearer token."""
 
 # --- node markers remembered across restarts (invariant 6) ---
 ANNOTATION_WAS_UNSCHEDULABLE: Final = f"{GROUP}/was-unschedulable"
@@ -110,3 +114,5 @@ REASON_NODE_UNHEALTHY: Final = "NodeUnhealthy"
 REASON_VERIFY_TIMEOUT: Final = "VerifyTimeout"
 REASON_UNCORDONED: Final = "Uncordoned"
 REASON_SUCCEEDED: Final = "RepairSucceeded"
+REASON_WAITING_FOR_CAPACITY: Final = "WaitingForCapacity"
+"""The pool limits (maxConcurrentRepairs, minAvailable, creation order) hold it Pending."""

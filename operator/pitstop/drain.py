@@ -67,6 +67,10 @@ def decide(obs: Observation) -> Decision:
     if status.phase == Phase.UNCORDONING:
         recovery.uncordoning(d, obs)
         return d
+    if obs.waiting_for and status.phase == Phase.PENDING:
+        d.events.append(Event("Normal", C.REASON_WAITING_FOR_CAPACITY, obs.waiting_for))
+        status.message = f"{C.REASON_WAITING_FOR_CAPACITY}: {obs.waiting_for}"
+        return d
     holder = nodes.lock_holder(obs.node)
     if holder != obs.name:
         if status.phase not in (Phase.PENDING, Phase.CORDONING) and holder is not None:

@@ -59,6 +59,8 @@ class Observation:
     """Evictions refused recently (kept by the driver between passes)."""
     blocking_pdbs: tuple[str, ...] = ()
     """For dry runs: PDBs of the node's instances that allow no disruption now."""
+    waiting_for: str | None = None
+    """Why the pool does not let this repair start yet (admission), if it does not."""
     repaired_mark: str | None = None
     """The NodeRepair's pitstop.dev/repaired annotation (Manual strategy)."""
     job: JobState | None = None

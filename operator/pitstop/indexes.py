@@ -143,6 +143,7 @@ def repairs_by_node(
             "deleting": body.get("metadata", {}).get("deletionTimestamp") is not None,
             "created": body.get("metadata", {}).get("creationTimestamp"),
             "policy": (body.get("metadata", {}).get("labels") or {}).get(C.LABEL_POLICY),
+            "dryRun": bool(spec.get("dryRun")),
         }
     }
 
@@ -162,6 +163,21 @@ def wake_on_node(name: str, **_: Any) -> None:
 def wake_on_repair(spec: kopf.Spec, **_: Any) -> None:
     # A repair that finishes or goes away frees the node for the next one.
     WAKERS.wake(spec.get("nodeName"))
+
+
+async def nap(waker: asyncio.Event, stopped: kopf.DaemonStopped, seconds: float) -> None:
+    """Sleeps until `waker` is set, the daemon is stopped, or `seconds` pass."""
+    woken = asyncio.ensure_future(waker.wait())
+    halted = asyncio.ensure_future(_stopped(stopped))
+    try:
+        await asyncio.wait({woken, halted}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        woken.cancel()
+        halted.cancel()
+
+
+async def _stopped(stopped: kopf.DaemonStopped) -> None:
+    await stopped.wait()
 
 
 def one(store: kopf.Store[Any] | None) -> Any:

@@ -158,6 +158,18 @@ class Kube:
         return list(answer.get("items") or [])
 
 
+def merge_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch from `old` to `new`: fields that went away become null
+    (a merge patch that merely omits them would leave them in place)."""
+    patch: dict[str, Any] = dict(new)
+    for key, value in (old or {}).items():
+        if key not in new:
+            patch[key] = None
+        elif isinstance(value, Mapping) and isinstance(new[key], Mapping):
+            patch[key] = merge_patch(value, new[key])
+    return patch
+
+
 def blocking_pdbs(status: Mapping[str, Any], namespace: str) -> tuple[str, ...]:
     """PDB names from a 429 eviction answer: the API server names each budget in a
     `DisruptionBudget` cause ("The disruption budget <name> needs ...")."""

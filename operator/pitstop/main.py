@@ -14,13 +14,15 @@ from typing import Any
 import kopf
 
 # Importing a module registers its handlers: each step of the flow lives in its own.
-from pitstop import __version__, constants, indexes, metrics, repairs, serving
+from pitstop import __version__, alerts, constants, indexes, metrics, policies, repairs, serving
 from pitstop.kube import Kube
 from pitstop.kubeconfig import KubeSource, connection_info, resolve_source
 
-__all__ = ["indexes", "repairs", "serving"]
+__all__ = ["indexes", "policies", "repairs", "serving"]
 
 MEMO_KUBE_SOURCE = "kube_source"
+MEMO_OPTIONS = "options"
+"""Key under which pitstop.runner passes its RunOptions (ports, the alerts Secret)."""
 """Key in the operator-wide memo under which pitstop.runner passes the KubeSource."""
 
 # Watch streams: ask the server to end each watch after WATCH_SERVER_TIMEOUT (it
@@ -79,9 +81,24 @@ def configure(
     logger.info(f"pitstop {__version__} started.")
 
 
+@kopf.on.startup()
+async def start_alert_receiver(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """Alertmanager's webhook receiver (RepairPolicy alerts), unless disabled."""
+    options = memo.get(MEMO_OPTIONS)
+    if options is None or not options.alerts_port:
+        return
+    secret, _, key = options.alerts_secret.partition("/")
+    memo["alerts"] = await alerts.serve(
+        memo["kube"], options.bind, options.alerts_port, secret, key
+    )
+    logger.info(f"Alert receiver on http://{options.bind}:{options.alerts_port}/alerts.")
+
+
 @kopf.on.cleanup()
 async def mark_down(memo: kopf.Memo, **_: Any) -> None:
     metrics.UP.set(0)
+    if "alerts" in memo:
+        await memo["alerts"].cleanup()
     if "kube" in memo:
         await memo["kube"].close()
 

@@ -19,10 +19,10 @@ from typing import Any, cast
 import kopf
 from pydantic import ValidationError
 
-from pitstop import constants, drain, flow, hooks, instances, metrics, nodes
+from pitstop import constants, drain, flow, hooks, instances, metrics, nodes, policies
 from pitstop.conditions import set_condition
-from pitstop.indexes import UNDER_REPAIR, WAKERS, one, slim_node
-from pitstop.kube import ApiError, Eviction, Kube
+from pitstop.indexes import UNDER_REPAIR, WAKERS, nap, one, slim_node
+from pitstop.kube import ApiError, Eviction, Kube, merge_patch
 from pitstop.models import FINAL_PHASES, NodeRepairSpec, NodeRepairStatus, Phase, RepairStrategy
 
 C = constants
@@ -90,6 +90,7 @@ class Driver:
         endpoints_by_pod: kopf.Index[str, Any],
         nodes_by_name: kopf.Index[str, Any],
         repairs_by_node: kopf.Index[str, Any],
+        policies_by_name: kopf.Index[str, Any],
     ) -> tuple[bool, datetime | None]:
         """Moves the repair as far as it can now. Returns (again, wake_at): `again`
         asks for an immediate next pass (our own node write is already known)."""
@@ -102,6 +103,12 @@ class Driver:
             return False, None
         node = self.node(nodes_by_name)
         found = self.observe_instances(pods_by_node, endpoints_by_pod)
+        waiting_for = None
+        if self.status.phase in (None, Phase.PENDING) and not spec.dry_run:
+            created = self.body.get("metadata", {}).get("creationTimestamp") or ""
+            waiting_for = await policies.ADMISSION.check(
+                self.name, self.node_name, created, nodes_by_name, repairs_by_node, policies_by_name
+            )
         obs = drain.Observation(
             now=now,
             name=self.name,
@@ -112,6 +119,7 @@ class Driver:
             holder_active=self.holder_active(node, repairs_by_node),
             instances=found,
             blocked=self.blocked,
+            waiting_for=waiting_for,
             blocking_pdbs=await self.blocking_pdbs(now, pods_by_node) if spec.dry_run else (),
             repaired_mark=(self.body.get("metadata", {}).get("annotations") or {}).get(
                 C.ANNOTATION_REPAIRED
@@ -337,18 +345,6 @@ PHASES: dict[str, Phase | None] = {}
 """Phase of every repair this process drives (for the pitstop_repairs gauge)."""
 
 
-def merge_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
-    """A JSON merge patch from `old` to `new`: fields that went away become null
-    (a merge patch that merely omits them would leave them in place)."""
-    patch: dict[str, Any] = dict(new)
-    for key, value in (old or {}).items():
-        if key not in new:
-            patch[key] = None
-        elif isinstance(value, Mapping) and isinstance(new[key], Mapping):
-            patch[key] = merge_patch(value, new[key])
-    return patch
-
-
 def _parse_status(raw: Mapping[str, Any] | None) -> NodeRepairStatus:
     try:
         return NodeRepairStatus.model_validate(dict(raw or {}))
@@ -425,6 +421,7 @@ async def drive(
     endpoints_by_pod: kopf.Index[str, Any],
     nodes_by_name: kopf.Index[str, Any],
     repairs_by_node: kopf.Index[str, Any],
+    policies_by_name: kopf.Index[str, Any],
     **_: Any,
 ) -> None:
     driver = Driver(name, body, memo["kube"], logger)
@@ -432,41 +429,38 @@ async def drive(
         PHASES[name] = driver.status.phase
         return
     waker = WAKERS.register(driver.node_name)
+    policies.CAPACITY.register(waker)  # room freed anywhere in the pool wakes it too
     try:
         while not stopped and not body.get("metadata", {}).get("deletionTimestamp"):
             waker.clear()
             now = datetime.now(UTC)
             try:
                 again, wake_at = await driver.step(
-                    now, pods_by_node, endpoints_by_pod, nodes_by_name, repairs_by_node
+                    now,
+                    pods_by_node,
+                    endpoints_by_pod,
+                    nodes_by_name,
+                    repairs_by_node,
+                    policies_by_name,
                 )
             except (ApiError, OSError, TimeoutError) as e:
                 logger.warning(f"Pass failed, retrying in 1s: {e}")
                 again, wake_at = False, now + timedelta(seconds=1)
             if driver.status.phase in FINAL_PHASES:
                 return
+            if driver.status.phase != Phase.PENDING:
+                policies.CAPACITY.unregister(waker)
             if again:
                 continue
             timeout = RESYNC
             if wake_at is not None:
                 timeout = min(RESYNC, max(0.0, (wake_at - datetime.now(UTC)).total_seconds()))
-            await _sleep(waker, stopped, timeout)
+            await nap(waker, stopped, timeout)
     finally:
         WAKERS.unregister(driver.node_name, waker)
-
-
-async def _sleep(waker: asyncio.Event, stopped: kopf.DaemonStopped, seconds: float) -> None:
-    woken = asyncio.ensure_future(waker.wait())
-    halted = asyncio.ensure_future(_stopped(stopped))
-    try:
-        await asyncio.wait({woken, halted}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        woken.cancel()
-        halted.cancel()
-
-
-async def _stopped(stopped: kopf.DaemonStopped) -> None:
-    await stopped.wait()
+        policies.CAPACITY.unregister(waker)
+        if driver.status.phase in FINAL_PHASES:
+            policies.ADMISSION.release(name)
 
 
 @kopf.on.delete(C.GROUP, C.VERSION, C.NODEREPAIR_PLURAL)  # type: ignore[arg-type]  # (index kwargs)
@@ -505,4 +499,5 @@ async def abort(
             message=f"Repair deleted; {node_name} given back",
         )
     PHASES.pop(name, None)
+    policies.ADMISSION.release(name)
     WAKERS.wake(node_name)

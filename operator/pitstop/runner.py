@@ -21,6 +21,10 @@ class RunOptions:
     bind: str = "0.0.0.0"
     health_port: int = constants.HEALTH_PORT
     metrics_port: int = constants.METRICS_PORT
+    alerts_port: int = constants.ALERTS_PORT
+    """0 disables the Alertmanager receiver."""
+    alerts_secret: str = constants.ALERTS_SECRET
+    """NAME/KEY of the Secret (operator's namespace) holding the receiver's bearer token."""
     verbose: bool = False
 
 
@@ -52,7 +56,7 @@ def run(options: RunOptions) -> None:
         kopf.run(
             clusterwide=True,  # NodeRepair, RepairPolicy and Node are cluster-scoped
             liveness_endpoint=liveness_endpoint(options.bind, options.health_port),
-            memo=kopf.Memo({main.MEMO_KUBE_SOURCE: options.source}),
+            memo=kopf.Memo({main.MEMO_KUBE_SOURCE: options.source, main.MEMO_OPTIONS: options}),
         )
     finally:
         metrics.UP.set(0)

@@ -29,11 +29,13 @@ class Operator:
         self.proc: subprocess.Popen[bytes] | None = None
         self.health_port = 0
         self.metrics_port = 0
+        self.alerts_port = 0
         self.starts = 0
 
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.health_port, self.metrics_port = free_port(), free_port()
+        self.alerts_port = free_port()
         self.starts += 1
         with self.log.open("ab") as out:
             out.write(f"\n===== start #{self.starts} =====\n".encode())
@@ -49,6 +51,8 @@ class Operator:
                     str(self.health_port),
                     "--metrics-port",
                     str(self.metrics_port),
+                    "--alerts-port",
+                    str(self.alerts_port),
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -49,7 +49,7 @@ class Operator:
 
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [PITSTOP, "run", *args],
+            [PITSTOP, "run", "--alerts-port", "0", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -183,6 +183,8 @@ def test_run_with_a_busy_port_fails_in_one_line(sa_kubeconfig: str) -> None:
                 str(free_port()),
                 "--metrics-port",
                 str(port),
+                "--alerts-port",
+                "0",
             ],
             capture_output=True,
             text=True,

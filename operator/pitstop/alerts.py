@@ -1,0 +1,107 @@
+"""The Alertmanager receiver: POST /alerts with Alertmanager's webhook payload
+(version 4), authenticated with a bearer token read from a Secret in the
+operator's namespace. Alerts go to the policy daemons' inbox (pitstop.policies),
+which match them to pools and create NodeRepairs.
+
+401 without a valid token, 400 with a clear message for a malformed payload,
+413 for a body over 1 MiB. Resolved alerts do not cancel running repairs."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+
+from aiohttp import web
+
+from pitstop import hooks
+from pitstop.kube import Kube
+from pitstop.policies import ALERTS
+
+MAX_BODY = 1024 * 1024
+TOKEN_TTL = 30.0
+"""The token is re-read from its Secret at most this often (rotation without restart)."""
+
+
+class Receiver:
+    def __init__(self, kube: Kube, secret: str, key: str):
+        self.kube, self.secret, self.key = kube, secret, key
+        self._token: tuple[float, str | None] = (0.0, None)
+
+    async def token(self) -> str | None:
+        read_at, token = self._token
+        if time.monotonic() - read_at < TOKEN_TTL:
+            return token
+        try:
+            token = await hooks.read_secret(self.kube, self.secret, self.key)
+        except LookupError:
+            token = None  # no Secret, no entry: every request is refused
+        self._token = (time.monotonic(), token)
+        return token
+
+    async def handle(self, request: web.Request) -> web.Response:
+        expected = await self.token()
+        given = request.headers.get("Authorization", "")
+        if expected is None or not hmac.compare_digest(
+            given.encode(), f"Bearer {expected}".encode()
+        ):
+            return _error(401, "missing or wrong bearer token")
+        if request.content_length is not None and request.content_length > MAX_BODY:
+            return _error(413, f"body larger than {MAX_BODY} bytes")
+        raw = await request.content.read(MAX_BODY + 1)
+        if len(raw) > MAX_BODY:
+            return _error(413, f"body larger than {MAX_BODY} bytes")
+        try:
+            alerts = parse(raw)
+        except ValueError as e:
+            return _error(400, str(e))
+        for name, labels, starts_at, firing in alerts:
+            ALERTS.add(name, labels, starts_at, firing)
+        firing_count = sum(1 for a in alerts if a[3])
+        return web.json_response({"accepted": len(alerts), "firing": firing_count})
+
+
+def parse(raw: bytes) -> list[tuple[str, dict[str, str], str, bool]]:
+    """(alertname, labels, startsAt, firing) for each alert of a version-4 payload."""
+    try:
+        payload = json.loads(raw)
+    except ValueError as e:
+        raise ValueError(f"body is not JSON: {e}") from e
+    if not isinstance(payload, dict):
+        raise ValueError("body must be a JSON object (Alertmanager webhook payload)")
+    if str(payload.get("version")) != "4":
+        raise ValueError(f'unsupported payload version {payload.get("version")!r}: expected "4"')
+    alerts = payload.get("alerts")
+    if not isinstance(alerts, list):
+        raise ValueError("alerts must be a list")
+    found = []
+    for i, alert in enumerate(alerts):
+        if not isinstance(alert, dict):
+            raise ValueError(f"alerts[{i}] must be an object")
+        labels = alert.get("labels")
+        if not isinstance(labels, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+        ):
+            raise ValueError(f"alerts[{i}].labels must map strings to strings")
+        name = labels.get("alertname")
+        if not name:
+            raise ValueError(f"alerts[{i}].labels.alertname is missing")
+        status = alert.get("status")
+        if status not in ("firing", "resolved"):
+            raise ValueError(f"alerts[{i}].status must be firing or resolved, not {status!r}")
+        found.append((name, labels, str(alert.get("startsAt") or ""), status == "firing"))
+    return found
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+async def serve(kube: Kube, bind: str, port: int, secret: str, key: str) -> web.AppRunner:
+    receiver = Receiver(kube, secret, key)
+    app = web.Application(client_max_size=MAX_BODY + 1)
+    app.router.add_post("/alerts", receiver.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, bind, port).start()
+    return runner

@@ -1,0 +1,408 @@
+"""RepairPolicies at work: a daemon per policy turns its pool's unhealthy nodes
+(conditions held for their duration, or firing alerts) into NodeRepairs, within
+the storm guard; and the admission that every NodeRepair of a pool passes before
+it takes its node (maxConcurrentRepairs, minAvailable, creation order).
+
+Admission decisions are serialised by one lock in the process, and a repair
+admitted but not yet visible in the index counts as active: a burst of failures
+can never push a pool past its limits."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from pitstop import conditions, constants, policy
+from pitstop.indexes import nap, one
+from pitstop.kube import ApiError, Kube, merge_patch
+from pitstop.models import Phase, RepairPolicySpec, RepairPolicyStatus, Suppression
+
+C = constants
+RESYNC = 300.0
+ALERT_MEMORY = timedelta(minutes=10)
+"""A node with a firing alert counts as unhealthy this long after the last firing
+notice (Alertmanager repeats them while the alert fires)."""
+
+
+# --- events that wake waiting repairs and policy daemons ---
+
+
+class Waiters:
+    """asyncio Events of everyone waiting for the pools to change."""
+
+    def __init__(self) -> None:
+        self._events: set[asyncio.Event] = set()
+
+    def register(self, event: asyncio.Event | None = None) -> asyncio.Event:
+        event = event or asyncio.Event()
+        self._events.add(event)
+        return event
+
+    def unregister(self, event: asyncio.Event) -> None:
+        self._events.discard(event)
+
+    def wake(self) -> None:
+        for event in self._events:
+            event.set()
+
+
+CAPACITY = Waiters()
+"""NodeRepairs waiting for room in their pool."""
+POLICIES = Waiters()
+"""Policy daemons."""
+
+
+@kopf.index(C.GROUP, C.VERSION, C.REPAIRPOLICY_PLURAL)
+def policies_by_name(name: str, spec: kopf.Spec, **_: Any) -> dict[str, dict[str, Any]]:
+    return {name: dict(spec)}
+
+
+def parse_policy(raw: Mapping[str, Any]) -> RepairPolicySpec | None:
+    try:
+        return RepairPolicySpec.model_validate(dict(raw))
+    except ValidationError:
+        return None
+
+
+def pools_of(
+    node: policy.NodeView, policies_index: kopf.Index[str, Any]
+) -> list[tuple[str, RepairPolicySpec]]:
+    found = []
+    for name, store in list(policies_index.items()):
+        for raw in store:
+            spec = parse_policy(raw)
+            if spec is not None and policy.in_pool(spec, node):
+                found.append((name, spec))
+    return found
+
+
+def repair_views(
+    repairs_index: kopf.Index[str, Any], admitted: Iterable[str] = ()
+) -> list[policy.RepairView]:
+    """Every NodeRepair as the pool logic sees it; those admitted in this process but
+    not yet past Pending in the index count as active already."""
+    admitted = set(admitted)
+    views = []
+    for node, store in list(repairs_index.items()):
+        for r in store:
+            phase = r["phase"]
+            if r["name"] in admitted and phase in (None, Phase.PENDING):
+                phase = Phase.CORDONING
+            views.append(
+                policy.RepairView(
+                    name=r["name"],
+                    node=node,
+                    phase=phase,
+                    created=r["created"] or "",
+                    deleting=r["deleting"],
+                    dry_run=r.get("dryRun", False),
+                )
+            )
+    return views
+
+
+# --- admission (called by the NodeRepair driver before it takes a node) ---
+
+
+class Admission:
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.admitted: set[str] = set()
+
+    async def check(
+        self,
+        repair: str,
+        node_name: str,
+        created: str,
+        nodes_index: kopf.Index[str, Any],
+        repairs_index: kopf.Index[str, Any],
+        policies_index: kopf.Index[str, Any],
+    ) -> str | None:
+        """None when the repair may take its node now (it is then counted as active
+        until it ends); else the reason it waits."""
+        async with self.lock:
+            if repair in self.admitted:
+                return None
+            raw = one(nodes_index.get(node_name))
+            if raw is None:
+                return None  # the state machine reports the missing node
+            node = policy.node_view(raw)
+            pools = pools_of(node, policies_index)
+            if not pools:
+                self.admitted.add(repair)
+                return None
+            views = repair_views(repairs_index, self.admitted)
+            candidate = policy.RepairView(repair, node_name, Phase.PENDING, created)
+            all_nodes = [policy.node_view(n) for s in list(nodes_index.values()) for n in s]
+            for name, spec in pools:
+                pool = [n for n in all_nodes if policy.in_pool(spec, n)]
+                refusal = policy.admit(candidate, spec, pool, views)
+                if refusal:
+                    return f"{refusal} (policy {name})"
+            self.admitted.add(repair)
+            return None
+
+    def release(self, repair: str) -> None:
+        self.admitted.discard(repair)
+        CAPACITY.wake()
+
+
+ADMISSION = Admission()
+
+
+# --- alerts received by pitstop.alerts, consumed by the policy daemons ---
+
+
+@dataclass(frozen=True)
+class Alert:
+    seq: int
+    name: str
+    labels: Mapping[str, str]
+    starts_at: str
+    firing: bool
+    received: datetime
+
+
+class AlertInbox:
+    def __init__(self, size: int = 10_000) -> None:
+        self.items: deque[Alert] = deque(maxlen=size)
+        self.seq = 0
+
+    def add(self, name: str, labels: Mapping[str, str], starts_at: str, firing: bool) -> None:
+        self.seq += 1
+        self.items.append(Alert(self.seq, name, dict(labels), starts_at, firing, datetime.now(UTC)))
+        POLICIES.wake()
+
+    def since(self, seq: int) -> list[Alert]:
+        return [a for a in self.items if a.seq > seq]
+
+
+ALERTS = AlertInbox()
+
+
+# --- the policy daemon ---
+
+
+class PolicyDriver:
+    def __init__(self, name: str, body: kopf.Body, kube: Kube, logger: kopf.Logger):
+        self.name, self.body, self.kube, self.logger = name, body, kube, logger
+        self.seen_alerts = ALERTS.seq if body.get("status") else 0
+        self.alerted: dict[str, tuple[datetime, policy.Fault]] = {}
+        self.written: dict[str, Any] | None = None
+        self.posted: set[tuple[str, str]] = set()
+        self.last_repair: datetime | None = None
+        raw = (body.get("status") or {}).get("lastRepairTime")
+        if raw:
+            self.last_repair = datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
+
+    async def step(
+        self,
+        now: datetime,
+        nodes_index: kopf.Index[str, Any],
+        repairs_index: kopf.Index[str, Any],
+        policies_index: kopf.Index[str, Any],
+    ) -> datetime | None:
+        spec = parse_policy(self.body.get("spec") or {})
+        if spec is None:
+            return None  # the schema admitted it, so this cannot happen; nothing to do
+        all_nodes = [policy.node_view(n) for s in list(nodes_index.values()) for n in s]
+        pool = [n for n in all_nodes if policy.in_pool(spec, n)]
+        names = {n.name for n in pool}
+        conflicts = sorted(n.name for n in pool if len(pools_of(n, policies_index)) > 1)
+
+        faults: dict[str, policy.Fault] = {}
+        due_next: datetime | None = None
+        for node in pool:
+            fault, due = policy.fault_of(spec, node, now)
+            if fault is not None:
+                faults[node.name] = fault
+            elif due is not None:
+                due_next = due if due_next is None else min(due_next, due)
+        self.take_alerts(spec, names, now)
+        for node_name, (_, fault) in self.alerted.items():
+            faults.setdefault(node_name, fault)
+
+        views = repair_views(repairs_index, ADMISSION.admitted)
+        active = [r for r in views if r.node in names and r.active]
+        limit = policy.max_unhealthy(spec, len(pool))
+        storm = len(faults) > limit
+        suppressed: list[str] = []
+        reason = message = None
+        for node_name, fault in sorted(faults.items()):
+            repair = policy.repair_name(node_name, fault.key)
+            mine = [r for r in views if r.node == node_name]
+            if any(r.name == repair for r in mine) or any(
+                not r.dry_run and (r.active or r.waiting) for r in mine
+            ):
+                continue  # this fault has its repair, or the node is being repaired anyway
+            self.post("Warning", "UnhealthyNodeDetected", f"{node_name}: {fault.cause}", node_name)
+            if node_name in conflicts:
+                suppressed.append(node_name)
+                reason, message = "PoolConflict", f"{node_name} is in several pools"
+            elif spec.paused:
+                suppressed.append(node_name)
+                reason, message = "Paused", "the policy is paused"
+            elif storm:
+                suppressed.append(node_name)
+                reason = "MaxUnhealthyExceeded"
+                message = (
+                    f"{len(faults)} of {len(pool)} nodes unhealthy, more than maxUnhealthy"
+                    f" {spec.max_unhealthy} ({limit}): no new automatic repairs"
+                )
+            else:
+                await self.create(spec, node_name, repair, fault, now)
+        for node_name in suppressed:
+            self.post("Warning", "NodeRepairSuppressed", f"{node_name}: {message}", node_name)
+
+        status = RepairPolicyStatus(
+            nodes=len(pool),
+            available_nodes=sum(1 for n in pool if n.available),
+            unhealthy_nodes=len(faults),
+            active_repairs=len(active),
+            suppressed=Suppression(
+                active=bool(suppressed), reason=reason, message=message, nodes=suppressed
+            ),
+            last_repair_time=self.last_repair,
+            observed_generation=self.body.get("metadata", {}).get("generation"),
+        )
+        old = RepairPolicyStatus.model_validate(dict(self.body.get("status") or {}))
+        status.conditions = old.conditions
+        gen = status.observed_generation
+        storm_message = (
+            message if storm else f"{len(faults)} unhealthy of {len(pool)}, limit {limit}"
+        )
+        if storm and not conditions.is_true(old.conditions, "StormActive"):
+            self.post("Warning", "StormActive", storm_message or "", None)
+        status.conditions = conditions.set_condition(
+            status.conditions,
+            "StormActive",
+            storm,
+            "MaxUnhealthyExceeded" if storm else "WithinLimits",
+            storm_message or "",
+            now,
+            gen,
+        )
+        conflict_msg = f"nodes in several pools: {', '.join(conflicts)}" if conflicts else "none"
+        status.conditions = conditions.set_condition(
+            status.conditions,
+            "PoolConflict",
+            bool(conflicts),
+            "OverlappingPools" if conflicts else "NoOverlap",
+            conflict_msg,
+            now,
+            gen,
+        )
+        await self.write_status(status)
+        return due_next
+
+    def take_alerts(self, spec: RepairPolicySpec, pool: set[str], now: datetime) -> None:
+        for alert in ALERTS.since(self.seen_alerts):
+            self.seen_alerts = alert.seq
+            if spec.alerts is None or alert.name not in spec.alerts.names:
+                continue
+            node = alert.labels.get(spec.alerts.node_label)
+            if node not in pool or node is None:
+                continue
+            if not alert.firing:
+                self.alerted.pop(node, None)  # resolved: no new repair; a running one goes on
+                continue
+            key = f"alert-{alert.name}/{alert.starts_at}"
+            self.alerted[node] = (alert.received, policy.Fault(node, f"alert {alert.name}", key))
+        for node, (when, _) in list(self.alerted.items()):
+            if now - when > ALERT_MEMORY:
+                del self.alerted[node]
+
+    async def create(
+        self, spec: RepairPolicySpec, node: str, name: str, fault: policy.Fault, now: datetime
+    ) -> None:
+        template = spec.repair_template.spec.wire()
+        template["reason"] = template.get("reason") or fault.cause
+        body = {
+            "apiVersion": C.API_VERSION,
+            "kind": "NodeRepair",
+            "metadata": {"name": name, "labels": {C.LABEL_POLICY: self.name}},
+            "spec": {**template, "nodeName": node},
+        }
+        try:
+            await self.kube.request(
+                "POST", f"/apis/{C.GROUP}/{C.VERSION}/{C.NODEREPAIR_PLURAL}", body
+            )
+        except ApiError as e:
+            if e.status == 409:
+                return  # made before (e.g. by this policy before a restart): the same fault
+            self.post("Warning", "NodeRepairCreateFailed", f"{node}: {e.message}", node)
+            return
+        self.last_repair = now
+        self.post("Normal", "NodeRepairCreated", f"{name} for {node}: {fault.cause}", node)
+
+    def post(self, type_: str, reason: str, message: str, node: str | None) -> None:
+        if (reason, message) in self.posted:
+            return
+        self.posted.add((reason, message))
+        kopf.event(self.body, type=type_, reason=reason, message=message)
+
+    async def write_status(self, status: RepairPolicyStatus) -> None:
+        wire = status.wire()
+        if wire == self.written:
+            return
+        patch = merge_patch(self.written or dict(self.body.get("status") or {}), wire)
+        await self.kube.patch_status(C.REPAIRPOLICY_PLURAL, self.name, patch)
+        self.written = wire
+
+
+@kopf.daemon(  # type: ignore[arg-type]  # kopf's protocols omit index kwargs
+    C.GROUP, C.VERSION, C.REPAIRPOLICY_PLURAL, cancellation_timeout=5.0, backoff=2.0
+)
+async def watch_pool(
+    name: str,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    stopped: kopf.DaemonStopped,
+    nodes_by_name: kopf.Index[str, Any],
+    repairs_by_node: kopf.Index[str, Any],
+    policies_by_name: kopf.Index[str, Any],
+    **_: Any,
+) -> None:
+    driver = PolicyDriver(name, body, memo["kube"], logger)
+    waker = POLICIES.register()
+    try:
+        while not stopped:
+            waker.clear()
+            now = datetime.now(UTC)
+            try:
+                due = await driver.step(now, nodes_by_name, repairs_by_node, policies_by_name)
+            except (ApiError, OSError, TimeoutError) as e:
+                logger.warning(f"Pool check failed, retrying in 1s: {e}")
+                due = now + timedelta(seconds=1)
+            timeout = RESYNC
+            if due is not None:
+                timeout = min(RESYNC, max(0.0, (due - datetime.now(UTC)).total_seconds()))
+            await nap(waker, stopped, timeout)
+    finally:
+        POLICIES.unregister(waker)
+
+
+@kopf.on.event("nodes")
+def wake_policies(**_: Any) -> None:
+    POLICIES.wake()
+    CAPACITY.wake()
+
+
+@kopf.on.event(C.GROUP, C.VERSION, C.NODEREPAIR_PLURAL)
+def wake_on_repairs(**_: Any) -> None:
+    POLICIES.wake()
+    CAPACITY.wake()
+
+
+@kopf.on.event(C.GROUP, C.VERSION, C.REPAIRPOLICY_PLURAL)
+def wake_on_policies(**_: Any) -> None:
+    POLICIES.wake()
+    CAPACITY.wake()
