@@ -29,7 +29,7 @@ TOLERATIONS = [
 
 def namespace() -> str:
     """Where repair Jobs run and webhook Secrets live: the operator's own namespace."""
-    return os.environ.get("PITSTOP_NAMESPACE", C.OPERATOR_NAMESPACE)
+    return os.environ.get("POD_NAMESPACE") or C.OPERATOR_NAMESPACE
 
 
 def job_body(repair: kopf.Body, spec: NodeRepairSpec, name: str) -> dict[str, Any]:
