@@ -332,7 +332,7 @@ def _contains(outer: Any, inner: Any) -> bool:
 
 def test_examples_exist() -> None:
     kinds = sorted(d["kind"] for d in _documents())
-    assert kinds == ["NodeRepair", "NodeRepair", "NodeRepair", "RepairPolicy"]
+    assert kinds == ["NodeRepair", "NodeRepair", "NodeRepair", "RepairPolicy", "RepairPolicy"]
     assert {d["apiVersion"] for d in _documents()} == {API_VERSION}
 
 
