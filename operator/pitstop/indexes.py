@@ -98,6 +98,32 @@ class Wakers:
 WAKERS = Wakers()
 """One per process: the watch handlers and the repair daemons share it."""
 
+
+class Waiters:
+    """asyncio Events of everyone waiting for the pools to change."""
+
+    def __init__(self) -> None:
+        self._events: set[asyncio.Event] = set()
+
+    def register(self, event: asyncio.Event | None = None) -> asyncio.Event:
+        event = event or asyncio.Event()
+        self._events.add(event)
+        return event
+
+    def unregister(self, event: asyncio.Event) -> None:
+        self._events.discard(event)
+
+    def wake(self) -> None:
+        for event in self._events:
+            event.set()
+
+
+CAPACITY = Waiters()
+"""NodeRepairs waiting for room in their pool."""
+POLICIES = Waiters()
+"""Policy daemons."""
+
+
 UNDER_REPAIR: set[str] = set()
 """Nodes this process holds for a repair, known before the node's watch event
 arrives (so the serving-gate keeper never reopens a gate we are closing)."""
@@ -157,12 +183,22 @@ def wake_on_endpoints(body: kopf.Body, **_: Any) -> None:
 @kopf.on.event("nodes")
 def wake_on_node(name: str, **_: Any) -> None:
     WAKERS.wake(name)
+    POLICIES.wake()  # pools are made of nodes
+    CAPACITY.wake()  # availability may have changed
 
 
 @kopf.on.event(C.GROUP, C.VERSION, C.NODEREPAIR_PLURAL)
 def wake_on_repair(spec: kopf.Spec, **_: Any) -> None:
-    # A repair that finishes or goes away frees the node for the next one.
+    # A repair that finishes or goes away frees the node, and room in its pool.
     WAKERS.wake(spec.get("nodeName"))
+    POLICIES.wake()
+    CAPACITY.wake()
+
+
+@kopf.on.event(C.GROUP, C.VERSION, C.REPAIRPOLICY_PLURAL)
+def wake_on_policy(**_: Any) -> None:
+    POLICIES.wake()
+    CAPACITY.wake()
 
 
 async def nap(waker: asyncio.Event, stopped: kopf.DaemonStopped, seconds: float) -> None:

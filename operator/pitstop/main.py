@@ -20,6 +20,18 @@ from pitstop.kubeconfig import KubeSource, connection_info, resolve_source
 
 __all__ = ["indexes", "policies", "repairs", "serving"]
 
+WATCH_HANDLERS = frozenset(
+    {
+        "on_pod",
+        "on_node",
+        "wake_on_endpoints",
+        "wake_on_node",
+        "wake_on_repair",
+        "wake_on_policy",
+    }
+)
+"""Handlers run on every watch event; their success is not logged (pitstop.runner)."""
+
 MEMO_KUBE_SOURCE = "kube_source"
 MEMO_OPTIONS = "options"
 """Key under which pitstop.runner passes its RunOptions (ports, the alerts Secret)."""

@@ -20,7 +20,7 @@ import kopf
 from pydantic import ValidationError
 
 from pitstop import conditions, constants, policy
-from pitstop.indexes import nap, one
+from pitstop.indexes import CAPACITY, POLICIES, nap, one
 from pitstop.kube import ApiError, Kube, merge_patch
 from pitstop.models import Phase, RepairPolicySpec, RepairPolicyStatus, Suppression
 
@@ -29,34 +29,6 @@ RESYNC = 300.0
 ALERT_MEMORY = timedelta(minutes=10)
 """A node with a firing alert counts as unhealthy this long after the last firing
 notice (Alertmanager repeats them while the alert fires)."""
-
-
-# --- events that wake waiting repairs and policy daemons ---
-
-
-class Waiters:
-    """asyncio Events of everyone waiting for the pools to change."""
-
-    def __init__(self) -> None:
-        self._events: set[asyncio.Event] = set()
-
-    def register(self, event: asyncio.Event | None = None) -> asyncio.Event:
-        event = event or asyncio.Event()
-        self._events.add(event)
-        return event
-
-    def unregister(self, event: asyncio.Event) -> None:
-        self._events.discard(event)
-
-    def wake(self) -> None:
-        for event in self._events:
-            event.set()
-
-
-CAPACITY = Waiters()
-"""NodeRepairs waiting for room in their pool."""
-POLICIES = Waiters()
-"""Policy daemons."""
 
 
 @kopf.index(C.GROUP, C.VERSION, C.REPAIRPOLICY_PLURAL)
@@ -388,21 +360,3 @@ async def watch_pool(
             await nap(waker, stopped, timeout)
     finally:
         POLICIES.unregister(waker)
-
-
-@kopf.on.event("nodes")
-def wake_policies(**_: Any) -> None:
-    POLICIES.wake()
-    CAPACITY.wake()
-
-
-@kopf.on.event(C.GROUP, C.VERSION, C.NODEREPAIR_PLURAL)
-def wake_on_repairs(**_: Any) -> None:
-    POLICIES.wake()
-    CAPACITY.wake()
-
-
-@kopf.on.event(C.GROUP, C.VERSION, C.REPAIRPOLICY_PLURAL)
-def wake_on_policies(**_: Any) -> None:
-    POLICIES.wake()
-    CAPACITY.wake()

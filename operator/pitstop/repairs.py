@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from pitstop import constants, drain, flow, hooks, instances, metrics, nodes, policies
 from pitstop.conditions import set_condition
-from pitstop.indexes import UNDER_REPAIR, WAKERS, nap, one, slim_node
+from pitstop.indexes import CAPACITY, UNDER_REPAIR, WAKERS, nap, one, slim_node
 from pitstop.kube import ApiError, Eviction, Kube, merge_patch
 from pitstop.models import FINAL_PHASES, NodeRepairSpec, NodeRepairStatus, Phase, RepairStrategy
 
@@ -429,7 +429,7 @@ async def drive(
         PHASES[name] = driver.status.phase
         return
     waker = WAKERS.register(driver.node_name)
-    policies.CAPACITY.register(waker)  # room freed anywhere in the pool wakes it too
+    CAPACITY.register(waker)  # room freed anywhere in the pool wakes it too
     try:
         while not stopped and not body.get("metadata", {}).get("deletionTimestamp"):
             waker.clear()
@@ -449,7 +449,7 @@ async def drive(
             if driver.status.phase in FINAL_PHASES:
                 return
             if driver.status.phase != Phase.PENDING:
-                policies.CAPACITY.unregister(waker)
+                CAPACITY.unregister(waker)
             if again:
                 continue
             timeout = RESYNC
@@ -458,7 +458,7 @@ async def drive(
             await nap(waker, stopped, timeout)
     finally:
         WAKERS.unregister(driver.node_name, waker)
-        policies.CAPACITY.unregister(waker)
+        CAPACITY.unregister(waker)
         if driver.status.phase in FINAL_PHASES:
             policies.ADMISSION.release(name)
 

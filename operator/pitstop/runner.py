@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import kopf
 
@@ -34,12 +35,27 @@ def liveness_endpoint(bind: str, port: int) -> str:
     return f"http://{host}:{port}{constants.HEALTH_PATH}"
 
 
+class QuietWatchers(logging.Filter):
+    """Drops kopf's "Handler '...' succeeded." line for the watch handlers that run
+    on every pod, node and EndpointSlice event: thousands a minute on a busy cluster,
+    telling nothing (their failures are still logged)."""
+
+    def __init__(self, names: frozenset[str]) -> None:
+        super().__init__()
+        self.lines = frozenset(f"Handler '{name}' succeeded." for name in names)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() not in self.lines
+
+
 def run(options: RunOptions) -> None:
     """Run until SIGTERM/SIGINT; raises OSError if a port cannot be bound."""
     kopf.configure(verbose=options.verbose)
+    if not options.verbose:
+        quiet = QuietWatchers(main_module().WATCH_HANDLERS)
+        logging.getLogger("kopf.objects").addFilter(quiet)
 
-    # Importing registers the handlers in kopf's default registry.
-    from pitstop import main
+    main = main_module()
 
     try:
         server = metrics.serve(options.metrics_port, addr=options.bind)
@@ -61,3 +77,10 @@ def run(options: RunOptions) -> None:
     finally:
         metrics.UP.set(0)
         server.close()
+
+
+def main_module() -> Any:
+    """pitstop.main; importing it registers the handlers in kopf's default registry."""
+    from pitstop import main
+
+    return main
