@@ -280,7 +280,7 @@ class Driver:
             spent = (now - self.status.phase_start_time).total_seconds()
             metrics.PHASE_DURATION.labels(old_phase.value).observe(spent)
         self.status, self.written, self.written_at = status, wire, now
-        PHASES[self.name] = status.phase
+        record_phase(self.name, status.phase)
         return wake_at
 
     def post(self, events: list[drain.Event], node: Mapping[str, Any] | None) -> None:
@@ -341,8 +341,18 @@ def forget_gauge(node: str) -> None:
         metrics.INFLIGHT_TASKS.remove(node)
 
 
-PHASES: dict[str, Phase | None] = {}
-"""Phase of every repair this process drives (for the pitstop_repairs gauge)."""
+PHASES: dict[str, Phase] = {}
+"""Phase of every repair this process knows (for the pitstop_repairs gauge)."""
+
+
+def record_phase(repair: str, phase: Phase | None) -> None:
+    """Keeps pitstop_repairs{phase} equal to the count of repairs in each phase."""
+    if phase is None:
+        PHASES.pop(repair, None)
+    else:
+        PHASES[repair] = phase
+    for p in Phase:
+        metrics.REPAIRS.labels(p.value).set(sum(1 for v in PHASES.values() if v == p))
 
 
 def _parse_status(raw: Mapping[str, Any] | None) -> NodeRepairStatus:
@@ -426,7 +436,7 @@ async def drive(
 ) -> None:
     driver = Driver(name, body, memo["kube"], logger)
     if driver.status.phase in FINAL_PHASES:
-        PHASES[name] = driver.status.phase
+        record_phase(name, driver.status.phase)
         return
     waker = WAKERS.register(driver.node_name)
     CAPACITY.register(waker)  # room freed anywhere in the pool wakes it too
@@ -498,6 +508,6 @@ async def abort(
             reason=C.REASON_ABORTED,
             message=f"Repair deleted; {node_name} given back",
         )
-    PHASES.pop(name, None)
+    record_phase(name, None)
     policies.ADMISSION.release(name)
     WAKERS.wake(node_name)
