@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import json
 import os
 import ssl
@@ -55,7 +56,14 @@ def job_body(repair: kopf.Body, spec: NodeRepairSpec, name: str) -> dict[str, An
             *(container.get("env") or []),
             *(e for e in env if e["name"] not in given),
         ]
-    labels = {**(meta.get("labels") or {}), C.ANNOTATION_REPAIR: repair["metadata"]["name"]}
+    labels = {
+        **(meta.get("labels") or {}),
+        C.ANNOTATION_REPAIR: label_value(repair["metadata"]["name"]),
+    }
+    annotations = {
+        **(meta.get("annotations") or {}),
+        C.ANNOTATION_REPAIR: repair["metadata"]["name"],
+    }
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -64,6 +72,7 @@ def job_body(repair: kopf.Body, spec: NodeRepairSpec, name: str) -> dict[str, An
             "name": name,
             "namespace": namespace(),
             "labels": labels,
+            "annotations": annotations,
             "ownerReferences": [
                 {
                     "apiVersion": C.API_VERSION,
@@ -77,15 +86,30 @@ def job_body(repair: kopf.Body, spec: NodeRepairSpec, name: str) -> dict[str, An
     }
 
 
-async def create_job(kube: Kube, repair: kopf.Body, spec: NodeRepairSpec, name: str) -> None:
-    """Idempotent: the name is per attempt, so an existing Job is this attempt's."""
+def label_value(repair: str) -> str:
+    """A NodeRepair name as a label value (at most 63 characters); the full name is
+    in the annotation of the same key."""
+    if len(repair) <= 63:
+        return repair
+    return f"{repair[:52].rstrip('-.')}-{hashlib.sha256(repair.encode()).hexdigest()[:10]}"
+
+
+async def create_job(
+    kube: Kube, repair: kopf.Body, spec: NodeRepairSpec, name: str
+) -> JobState | None:
+    """Idempotent: the name is per attempt, so an existing Job is this attempt's.
+    A Job the API server refuses (a bad template) is a failed attempt, not a retry."""
     try:
         await kube.request(
             "POST", f"/apis/batch/v1/namespaces/{namespace()}/jobs", job_body(repair, spec, name)
         )
     except ApiError as e:
-        if e.status != 409:
-            raise
+        if e.status == 409:
+            return None
+        if e.status in (400, 403, 404, 422):
+            return JobState(name, "Failed", f"cannot create Job {name}: {e.message}")
+        raise
+    return None
 
 
 async def read_job(kube: Kube, name: str) -> JobState:

@@ -83,7 +83,7 @@ def repairing(d: Decision, obs: Observation) -> None:
         outcome = "failed"
         message = f"attempt {rs.attempts} timed out after {spec.repair.timeout_seconds}s"
         if strategy == RepairStrategy.JOB and rs.job_name:
-            d.delete_job = rs.job_name
+            d.delete_job, d.create_job = rs.job_name, None
     if outcome == "repaired":
         set_cond(d, obs, C.COND_REPAIRED, True, C.REASON_REPAIRED, message)
         d.events.append(Event("Normal", C.REASON_REPAIRED, message, True))

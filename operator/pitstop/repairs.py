@@ -23,7 +23,14 @@ from pitstop import constants, drain, flow, hooks, instances, metrics, nodes, po
 from pitstop.conditions import set_condition
 from pitstop.indexes import CAPACITY, UNDER_REPAIR, WAKERS, nap, one, slim_node
 from pitstop.kube import ApiError, Eviction, Kube, merge_patch
-from pitstop.models import FINAL_PHASES, NodeRepairSpec, NodeRepairStatus, Phase, RepairStrategy
+from pitstop.models import (
+    FINAL_PHASES,
+    NodeRepairSpec,
+    NodeRepairStatus,
+    OnFailure,
+    Phase,
+    RepairStrategy,
+)
 
 C = constants
 STATUS_COALESCE = timedelta(milliseconds=250)
@@ -59,6 +66,7 @@ class Driver:
         self.posted: set[tuple[str, str]] = set()
         self.pdbs: tuple[datetime, tuple[str, ...]] | None = None
         self.webhook_answer: flow.WebhookAnswer | None = None
+        self.job_refused: flow.JobState | None = None
 
     # --- observe ---
 
@@ -172,6 +180,8 @@ class Driver:
             or rs.next_attempt_time is not None
         ):
             return None
+        if self.job_refused is not None and self.job_refused.name == rs.job_name:
+            return self.job_refused
         return await hooks.read_job(self.kube, rs.job_name)
 
     async def run_hooks(self, d: drain.Decision, spec: NodeRepairSpec) -> bool:
@@ -179,7 +189,10 @@ class Driver:
         if d.delete_job:
             await hooks.delete_job(self.kube, d.delete_job)
         if d.create_job:
-            await hooks.create_job(self.kube, self.body, spec, d.create_job)
+            refused = await hooks.create_job(self.kube, self.body, spec, d.create_job)
+            if refused is not None:
+                self.job_refused = refused
+                return True  # decide on the refusal right away: the attempt failed
         if d.call_webhook:
             attempt, poll = d.call_webhook
             answer = await hooks.call_webhook(self.kube, self.body, spec, attempt, poll)
@@ -319,6 +332,14 @@ class Driver:
         await self.write_status(status, now, None)
         self.post([drain.Event("Warning", "InvalidSpec", message)], None)
 
+    async def finish_failure(self, now: datetime, pods_by_node: kopf.Index[str, Any]) -> None:
+        """A Failed repair with onFailure: Uncordon that still holds its node (the
+        operator died between the two writes, or the release failed): release it.
+        Safe to repeat: give_back does nothing unless the lock is ours."""
+        spec = self.body.get("spec") or {}
+        if self.status.phase == Phase.FAILED and spec.get("onFailure") == OnFailure.UNCORDON:
+            await self.give_back_after_failure(now, pods_by_node)
+
     async def give_back_after_failure(
         self, now: datetime, pods_by_node: kopf.Index[str, Any]
     ) -> None:
@@ -437,6 +458,7 @@ async def drive(
     driver = Driver(name, body, memo["kube"], logger)
     if driver.status.phase in FINAL_PHASES:
         record_phase(name, driver.status.phase)
+        await driver.finish_failure(datetime.now(UTC), pods_by_node)
         return
     waker = WAKERS.register(driver.node_name)
     CAPACITY.register(waker)  # room freed anywhere in the pool wakes it too
@@ -457,6 +479,7 @@ async def drive(
                 logger.warning(f"Pass failed, retrying in 1s: {e}")
                 again, wake_at = False, now + timedelta(seconds=1)
             if driver.status.phase in FINAL_PHASES:
+                await driver.finish_failure(datetime.now(UTC), pods_by_node)
                 return
             if driver.status.phase != Phase.PENDING:
                 CAPACITY.unregister(waker)
