@@ -48,8 +48,9 @@ class Receiver:
             return _error(401, "missing or wrong bearer token")
         if request.content_length is not None and request.content_length > MAX_BODY:
             return _error(413, f"body larger than {MAX_BODY} bytes")
-        raw = await request.content.read(MAX_BODY + 1)
-        if len(raw) > MAX_BODY:
+        try:
+            raw = await request.read()  # the whole body, chunked or not, up to client_max_size
+        except web.HTTPRequestEntityTooLarge:
             return _error(413, f"body larger than {MAX_BODY} bytes")
         try:
             alerts = parse(raw)
@@ -99,7 +100,7 @@ def _error(status: int, message: str) -> web.Response:
 
 async def serve(kube: Kube, bind: str, port: int, secret: str, key: str) -> web.AppRunner:
     receiver = Receiver(kube, secret, key)
-    app = web.Application(client_max_size=MAX_BODY + 1)
+    app = web.Application(client_max_size=MAX_BODY)
     app.router.add_post("/alerts", receiver.handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -55,6 +55,12 @@ def pools_of(
     return found
 
 
+def lock_holders(nodes: Iterable[policy.NodeView]) -> set[str]:
+    """Repairs that hold a node's lock: active, whatever their status says yet (the
+    lock is written before the first status, so a crash in between leaves this)."""
+    return {n.lock for n in nodes if n.lock}
+
+
 def repair_views(
     repairs_index: kopf.Index[str, Any], admitted: Iterable[str] = ()
 ) -> list[policy.RepairView]:
@@ -106,13 +112,16 @@ class Admission:
             if raw is None:
                 return None  # the state machine reports the missing node
             node = policy.node_view(raw)
+            if node.lock == repair:  # it took its node before a restart: it is active
+                self.admitted.add(repair)
+                return None
             pools = pools_of(node, policies_index)
             if not pools:
                 self.admitted.add(repair)
                 return None
-            views = repair_views(repairs_index, self.admitted)
-            candidate = policy.RepairView(repair, node_name, Phase.PENDING, created)
             all_nodes = [policy.node_view(n) for s in list(nodes_index.values()) for n in s]
+            views = repair_views(repairs_index, self.admitted | lock_holders(all_nodes))
+            candidate = policy.RepairView(repair, node_name, Phase.PENDING, created)
             for name, spec in pools:
                 pool = [n for n in all_nodes if policy.in_pool(spec, n)]
                 refusal = policy.admit(candidate, spec, pool, views)
@@ -162,6 +171,10 @@ ALERTS = AlertInbox()
 # --- the policy daemon ---
 
 
+class Gone(Exception):
+    """The object a daemon drives was deleted (seen as a 404 or gone from the index)."""
+
+
 class PolicyDriver:
     def __init__(self, name: str, body: kopf.Body, kube: Kube, logger: kopf.Logger):
         self.name, self.body, self.kube, self.logger = name, body, kube, logger
@@ -184,6 +197,8 @@ class PolicyDriver:
         spec = parse_policy(self.body.get("spec") or {})
         if spec is None:
             return None  # the schema admitted it, so this cannot happen; nothing to do
+        if self.name not in policies_index:
+            raise Gone(f"RepairPolicy {self.name} is gone")
         all_nodes = [policy.node_view(n) for s in list(nodes_index.values()) for n in s]
         pool = [n for n in all_nodes if policy.in_pool(spec, n)]
         names = {n.name for n in pool}
@@ -201,7 +216,7 @@ class PolicyDriver:
         for node_name, (_, fault) in self.alerted.items():
             faults.setdefault(node_name, fault)
 
-        views = repair_views(repairs_index, ADMISSION.admitted)
+        views = repair_views(repairs_index, ADMISSION.admitted | lock_holders(all_nodes))
         active = [r for r in views if r.node in names and r.active]
         limit = policy.max_unhealthy(spec, len(pool))
         storm = len(faults) > limit
@@ -248,10 +263,11 @@ class PolicyDriver:
         status.conditions = old.conditions
         gen = status.observed_generation
         storm_message = (
-            message if storm else f"{len(faults)} unhealthy of {len(pool)}, limit {limit}"
+            f"{len(faults)} of {len(pool)} nodes unhealthy; maxUnhealthy {spec.max_unhealthy}"
+            f" allows {limit}" + (": no new automatic repairs" if storm else "")
         )
         if storm and not conditions.is_true(old.conditions, "StormActive"):
-            self.post("Warning", "StormActive", storm_message or "", None)
+            self.post("Warning", "StormActive", storm_message, None)
         status.conditions = conditions.set_condition(
             status.conditions,
             "StormActive",
@@ -325,7 +341,12 @@ class PolicyDriver:
         if wire == self.written:
             return
         patch = merge_patch(self.written or dict(self.body.get("status") or {}), wire)
-        await self.kube.patch_status(C.REPAIRPOLICY_PLURAL, self.name, patch)
+        try:
+            await self.kube.patch_status(C.REPAIRPOLICY_PLURAL, self.name, patch)
+        except ApiError as e:
+            if e.status == 404:
+                raise Gone(f"RepairPolicy {self.name} is gone") from e
+            raise
         self.written = wire
 
 
@@ -351,6 +372,9 @@ async def watch_pool(
             now = datetime.now(UTC)
             try:
                 due = await driver.step(now, nodes_by_name, repairs_by_node, policies_by_name)
+            except Gone:
+                # Deleted before kopf put its finalizer on it: kopf never stops this daemon.
+                return
             except (ApiError, OSError, TimeoutError) as e:
                 logger.warning(f"Pool check failed, retrying in 1s: {e}")
                 due = now + timedelta(seconds=1)

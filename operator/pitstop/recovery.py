@@ -115,7 +115,8 @@ def _outcome(
         if job.state == "Complete":
             return "repaired", f"Job {job.name} completed"
         if job.state == "Failed":
-            return "failed", f"Job {job.name} failed: {job.message}"
+            refused = job.message.startswith("cannot create")
+            return "failed", job.message if refused else f"Job {job.name} failed: {job.message}"
         if job.state == "Missing":
             d.create_job = job.name  # deleted by someone: run it again (same name)
         d.wake_by(obs.now + JOB_POLL)

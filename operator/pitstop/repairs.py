@@ -31,6 +31,7 @@ from pitstop.models import (
     Phase,
     RepairStrategy,
 )
+from pitstop.policies import Gone
 
 C = constants
 STATUS_COALESCE = timedelta(milliseconds=250)
@@ -109,6 +110,13 @@ class Driver:
             where = ".".join(str(p) for p in first["loc"])
             await self.fail_invalid(now, f"spec.{where}: {first['msg']}")
             return False, None
+        if self.name not in {r["name"] for r in repairs_by_node.get(self.node_name, ())}:
+            raise Gone(f"NodeRepair {self.name} is gone")
+        finalizers = self.body.get("metadata", {}).get("finalizers") or []
+        if self.status.phase in (None, Phase.PENDING) and C.FINALIZER not in finalizers:
+            # Nothing is touched before the finalizer is on: a repair deleted in that
+            # window would vanish without its deletion handler giving the node back.
+            return False, now + timedelta(seconds=1)
         node = self.node(nodes_by_name)
         found = self.observe_instances(pods_by_node, endpoints_by_pod)
         waiting_for = None
@@ -285,9 +293,14 @@ class Driver:
         if not significant and now - self.written_at < STATUS_COALESCE:
             due = self.written_at + STATUS_COALESCE  # counters only: write a bit later
             return due if wake_at is None else min(wake_at, due)
-        await self.kube.patch_status(
-            C.NODEREPAIR_PLURAL, self.name, merge_patch(self.written, wire)
-        )
+        try:
+            await self.kube.patch_status(
+                C.NODEREPAIR_PLURAL, self.name, merge_patch(self.written, wire)
+            )
+        except ApiError as e:
+            if e.status == 404:
+                raise Gone(f"NodeRepair {self.name} is gone") from e
+            raise
         old_phase = self.status.phase
         if old_phase != status.phase and old_phase is not None and self.status.phase_start_time:
             spent = (now - self.status.phase_start_time).total_seconds()
@@ -475,6 +488,12 @@ async def drive(
                     repairs_by_node,
                     policies_by_name,
                 )
+            except Gone:
+                # Deleted before kopf put its finalizer on it, so kopf will neither stop
+                # this daemon nor run the deletion handler: give the node back here.
+                await give_back(memo["kube"], driver.node_name, name, pods_by_node, logger)
+                record_phase(name, None)
+                return
             except (ApiError, OSError, TimeoutError) as e:
                 logger.warning(f"Pass failed, retrying in 1s: {e}")
                 again, wake_at = False, now + timedelta(seconds=1)
