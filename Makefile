@@ -10,7 +10,7 @@ PITSTOP_CACHE ?= $(HOME)/.cache/pitstop
 # The kubectl built with the control plane comes first: same release as the server.
 export PATH := $(CURDIR)/$(BIN):$(PITSTOP_CACHE)/bin/kube-$(KUBE_VERSION):$(PATH)
 
-.PHONY: help venv build cluster-up cluster-down kubeconfig crds crds-check lint unit e2e test bench demo clean
+.PHONY: help venv build cluster-up cluster-down kubeconfig crds crds-check lint unit e2e test bench bench-drain bench-policy demo clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -54,8 +54,13 @@ e2e: venv build ## e2e tests on a fresh local control plane (PITSTOP_KEEP_CLUSTE
 
 test: lint unit e2e ## everything CI runs
 
-bench: venv build ## drain benchmark against kubectl drain, on its own cluster (~6 min)
+bench: bench-drain bench-policy ## all benchmarks, each on its own cluster
+
+bench-drain: venv build ## drain vs kubectl drain, cordon and task->eviction latency (~6 min)
 	$(BIN)/python bench/drain.py
+
+bench-policy: venv build ## 1,000 nodes / 20,000 pods: RSS, idle CPU, detection latency, burst
+	$(BIN)/python bench/policy.py
 
 demo: venv build ## a fault, and a full repair shown live, on its own local control plane
 	$(BIN)/python hack/demo.py
