@@ -123,15 +123,20 @@ def _count(d: Decision, obs: Observation) -> None:
     live = obs.instances
     old = d.status.instances or InstanceCounts()
     sync = [i for i in live if i.sync]
+    total = max(old.total, len(live))
+    sync_count = max(old.sync, len(sync))
     d.status.instances = InstanceCounts(
-        total=max(old.total, len(live)),
-        sync=max(old.sync, len(sync)),
-        async_=max(old.async_, len(live) - len(sync)),
+        total=total,
+        sync=sync_count,
+        async_=total - sync_count,
         deregistered=sum(1 for i in sync if i.gated and i.deregistered),
         inflight_tasks=sum(i.tasks.count for i in live),
         remaining=len(live),
-        no_serving_gate=sum(1 for i in sync if not i.gated),
-        invalid_task_counts=sum(1 for i in live if i.tasks.invalid is not None),
+        # Running maxima, like total: a finished repair still says what it met.
+        no_serving_gate=max(old.no_serving_gate, sum(1 for i in sync if not i.gated)),
+        invalid_task_counts=max(
+            old.invalid_task_counts, sum(1 for i in live if i.tasks.invalid is not None)
+        ),
     )
 
 
@@ -160,7 +165,22 @@ def _deregistering(d: Decision, obs: Observation) -> None:
     gated = [i for i in obs.instances if i.sync and i.gated and not i.terminating]
     waiting = [i for i in gated if not i.deregistered]
     ungated = [i for i in obs.instances if i.sync and not i.gated]
+    deadline = phase_start(d, obs) + timedelta(seconds=obs.spec.drain.task_timeout_seconds)
+    if waiting and obs.now >= deadline:
+        # Still ready endpoints although their gate is closed: the Service publishes
+        # not-ready addresses, or routing ignores readiness. Eviction will take them out.
+        names = ", ".join(i.key for i in waiting[:5])
+        message = (
+            f"{len(waiting)} sync instances still routed after"
+            f" {obs.spec.drain.task_timeout_seconds}s with their gate closed ({names});"
+            " they leave routing when evicted"
+        )
+        set_cond(d, obs, C.COND_DEREGISTERED, False, C.REASON_DEREGISTRATION_TIMEOUT, message)
+        d.events.append(Event("Warning", C.REASON_DEREGISTRATION_TIMEOUT, message))
+        enter(d, obs, Phase.WAITING_FOR_TASKS)
+        return
     if waiting:
+        d.wake_by(deadline)
         names = ", ".join(i.key for i in waiting[:5])
         set_cond(
             d,
@@ -258,7 +278,7 @@ def _evicting(d: Decision, obs: Observation) -> None:
             continue
         if not forced and (i.tasks.busy or not i.draining):
             continue  # invariant 1: busy, or its count predates the drain signal; wait
-        if i.sync and i.gated and not i.deregistered:
+        if i.sync and i.gated and not i.deregistered and not _deregistration_timed_out(d):
             continue  # invariant 2: not out of routing yet
         b = blocked.get(i.key)
         if b is not None and b.retry_at > obs.now:
@@ -273,6 +293,11 @@ def _evicting(d: Decision, obs: Observation) -> None:
     set_cond(d, obs, C.COND_INSTANCES_OFFLINE, False, reason, message)
     d.status.message = f"Evicting: {message}"
     d.wake_by(deadline)
+
+
+def _deregistration_timed_out(d: Decision) -> bool:
+    cond = conditions.find(d.status.conditions, C.COND_DEREGISTERED)
+    return cond is not None and cond.reason == C.REASON_DEREGISTRATION_TIMEOUT
 
 
 def _task_timeout_passed(d: Decision) -> bool:

@@ -68,15 +68,20 @@ class Driver:
         self.pdbs: tuple[datetime, tuple[str, ...]] | None = None
         self.webhook_answer: flow.WebhookAnswer | None = None
         self.job_refused: flow.JobState | None = None
+        self.marked_draining: set[str] = set()
+        self.marked_closed: set[tuple[str, str]] = set()
 
     # --- observe ---
 
     def node(self, nodes_by_name: kopf.Index[str, Any]) -> dict[str, Any] | None:
         """The node from the index, unless our own patch is newer than what it shows."""
         seen = one(nodes_by_name.get(self.node_name))
+        if seen is None:
+            self.patched_node = None  # deleted: our last patch describes nothing any more
+            return None
         if self.patched_node is not None:
             before, patched = self.patched_node
-            if seen is None or seen["metadata"]["resourceVersion"] == before:
+            if seen["metadata"]["resourceVersion"] == before:
                 return patched
             self.patched_node = None
         return seen  # type: ignore[no-any-return]
@@ -119,6 +124,7 @@ class Driver:
             return False, now + timedelta(seconds=1)
         node = self.node(nodes_by_name)
         found = self.observe_instances(pods_by_node, endpoints_by_pod)
+        self.forget_sent(found)
         waiting_for = None
         if self.status.phase in (None, Phase.PENDING) and not spec.dry_run:
             created = self.body.get("metadata", {}).get("creationTimestamp") or ""
@@ -216,7 +222,8 @@ class Driver:
             return False
         for repair in repairs_by_node.get(self.node_name, ()):
             if repair["name"] == holder:
-                return repair["phase"] not in FINAL_PHASES and not repair["deleting"]
+                # One being deleted still holds the node until its handler released it.
+                return repair["phase"] not in FINAL_PHASES or repair["deleting"]
         # The holder is gone, or ended (a Failed repair keeps its node cordoned): this
         # repair takes the lock over, and with it the record of the prior schedulability.
         return False
@@ -234,30 +241,51 @@ class Driver:
         return True
 
     async def act(self, d: drain.Decision, now: datetime, spec: NodeRepairSpec) -> None:
-        """Pod actions, concurrently: drain signal, deregistration, evictions."""
+        """Pod actions, concurrently: drain signal, deregistration, evictions. What
+        succeeded is remembered (the indexes lag behind our writes); what failed is
+        tried again on the next pass."""
         stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
-        jobs: list[Any] = []
+        writes: list[tuple[tuple[str, str], Any]] = []
         for key in d.mark_draining:
             if ("drain", key) not in self.sent:
-                self.sent.add(("drain", key))
                 patch = {"metadata": {"annotations": {C.ANNOTATION_DRAINING: stamp}}}
-                jobs.append(self._ignore_gone(self.kube.patch_pod(key, patch)))
+                writes.append((("drain", key), self.kube.patch_pod(key, patch)))
         for key in d.deregister:
             if ("deregister", key) not in self.sent:
-                self.sent.add(("deregister", key))
                 call = self.kube.set_pod_condition(key, C.CONDITION_SERVING, "False", "NodeRepair")
-                jobs.append(self._ignore_gone(call))
+                writes.append((("deregister", key), call))
         evictions = [k for k in d.evict if ("evict", k) not in self.sent]
         grace = spec.drain.grace_period_seconds
         results = await asyncio.gather(
-            *jobs, *(self.kube.evict(k, grace) for k in evictions), return_exceptions=True
+            *(self._ignore_gone(call) for _, call in writes),
+            *(self.kube.evict(k, grace) for k in evictions),
+            return_exceptions=True,
         )
-        for result in results:
+        failure: BaseException | None = None
+        for (done, _), result in zip(writes, results, strict=False):
             if isinstance(result, BaseException):
-                raise result
-        for outcome in results[len(jobs) :]:
+                failure = failure or result
+            else:
+                self.sent.add(done)
+        for outcome in results[len(writes) :]:
             assert isinstance(outcome, Eviction)
             self.record(outcome, now)
+        if failure is not None:
+            raise failure
+
+    def forget_sent(self, found: list[instances.Instance]) -> None:
+        """A mark someone removed mid-repair (the drain signal, a closed gate) must be
+        set again: forget having sent it once the index shows it missing."""
+        for i in found:
+            if not i.draining and ("drain", i.key) in self.sent and self._seen_marked(i.key):
+                self.sent.discard(("drain", i.key))
+            if i.gated and i.serving != "False" and ("deregister", i.key) in self.marked_closed:
+                self.sent.discard(("deregister", i.key))
+        self.marked_closed = {("deregister", i.key) for i in found if i.serving == "False"}
+        self.marked_draining = {i.key for i in found if i.draining}
+
+    def _seen_marked(self, key: str) -> bool:
+        return key in self.marked_draining
 
     def record(self, outcome: Eviction, now: datetime) -> None:
         metrics.EVICTIONS.labels(outcome.result).inc()

@@ -86,6 +86,12 @@ def pool(cluster: Cluster) -> Iterator[Callable[[int], Pool]]:
             made.append(name)
         for name in names:
             wait_until(f"node {name} Ready", lambda n=name: cluster.node_ready(n), timeout=30)
+            # ... and rid of the node controller's not-ready taint, which spreading honours
+            wait_until(
+                f"node {name} untainted",
+                lambda n=name: not cluster.core.read_node(n).spec.taints,
+                timeout=30,
+            )
         return Pool(names=names, selector={"pool": pool_id})
 
     yield make

@@ -142,7 +142,7 @@ class FaasRuntime:
 
     def _watch_pods(self) -> None:
         w = watch.Watch()
-        for event in w.stream(self.core.list_namespaced_pod, self.ns, timeout_seconds=30):
+        for event in w.stream(self.core.list_namespaced_pod, self.ns, timeout_seconds=2):
             if self._stop.is_set():
                 w.stop()
                 return
@@ -185,7 +185,7 @@ class FaasRuntime:
             self.discovery.list_namespaced_endpoint_slice,
             self.ns,
             label_selector=selector,
-            timeout_seconds=30,
+            timeout_seconds=2,  # short: stop() waits for the stream to end
         )
         for event in stream:
             if self._stop.is_set():

@@ -810,9 +810,15 @@ def assert_invariants(obs: Observation, d: Decision) -> None:
             drained = find(d.status.conditions, C.COND_TASKS_DRAINED)
             assert drained is not None and drained.reason == C.REASON_TASK_TIMEOUT, key
             assert obs.spec.drain.on_task_timeout == OnTaskTimeout.EVICT, key
-        # Invariant 2: a gated sync instance only once it is out of routing.
+        # Invariant 2: a gated sync instance only once it is out of routing — or once
+        # its gate was closed for the whole task timeout and routing still ignored it
+        # (DeregistrationTimeout: eviction is then what takes it out).
         if i.sync and i.gated:
-            assert i.serving == "False" and not i.ready_endpoint, f"{key} still routed"
+            dereg = find(d.status.conditions, C.COND_DEREGISTERED)
+            timed_out = dereg is not None and dereg.reason == C.REASON_DEREGISTRATION_TIMEOUT
+            assert timed_out or (i.serving == "False" and not i.ready_endpoint), (
+                f"{key} still routed"
+            )
         b = obs.blocked.get(key)
         assert b is None or b.retry_at <= obs.now, f"{key} retried before its backoff"
     if d.evict:
@@ -860,3 +866,22 @@ def test_decide_is_a_fixpoint_on_its_own_status() -> None:
         assert second.evict == first.evict
         assert second.deregister == first.deregister
         assert second.mark_draining == first.mark_draining
+
+
+def test_deregistration_waits_for_the_endpointslices_until_the_task_timeout() -> None:
+    routed = inst("a", "sync", gated=True, serving="False", ready=True)
+    d = decide(observe(status(Phase.DEREGISTERING, since=30), [routed], sp=spec(task_timeout=60)))
+    assert d.status.phase == Phase.DEREGISTERING and d.evict == []
+    assert d.wake_at == NOW + timedelta(seconds=30), "wakes when the timeout passes"
+
+
+def test_deregistration_timeout_moves_on_when_routing_ignores_the_gate() -> None:
+    """A Service with publishNotReadyAddresses keeps the endpoint ready although the
+    gate is closed: after the task timeout the repair goes on, says so, and eviction
+    is what takes the instance out of routing."""
+    routed = inst("a", "sync", gated=True, serving="False", ready=True)
+    d = decide(observe(status(Phase.DEREGISTERING, since=61), [routed], sp=spec(task_timeout=60)))
+    cond = find(d.status.conditions, C.COND_DEREGISTERED)
+    assert cond is not None and cond.reason == C.REASON_DEREGISTRATION_TIMEOUT
+    assert C.REASON_DEREGISTRATION_TIMEOUT in reasons(d)
+    assert d.status.phase == Phase.EVICTING and d.evict == ["fn/a"]
