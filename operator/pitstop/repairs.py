@@ -528,7 +528,7 @@ async def drive(
             if driver.status.phase in FINAL_PHASES:
                 await driver.finish_failure(datetime.now(UTC), pods_by_node)
                 return
-            if driver.status.phase != Phase.PENDING:
+            if driver.status.phase not in (None, Phase.PENDING):  # admitted: no more waiting
                 CAPACITY.unregister(waker)
             if again:
                 continue

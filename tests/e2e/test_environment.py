@@ -14,7 +14,11 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.e2e.kube import Cluster, Pool, wait_until
-from tests.e2e.workloads import GATE, deployment, is_ready, pods, ready_endpoints, service
+from tests.e2e.workloads import deployment, is_ready, pods, ready_endpoints, service
+
+# A gate of the test's own: pitstop (if an operator runs) opens its pitstop.dev/serving
+# gate on every pod, and this test is about kwok's handling of gates, not pitstop's.
+GATE = "e2e.pitstop.dev/gate"
 
 pytestmark = pytest.mark.e2e
 
@@ -61,7 +65,7 @@ def test_readiness_gate_controls_ready_and_endpoints(
 ) -> None:
     nodes: Pool = pool(1)
     cluster.apps.create_namespaced_deployment(
-        namespace, deployment("gated", 2, nodes.selector, gated=True)
+        namespace, deployment("gated", 2, nodes.selector, gated=True, gate=GATE)
     )
     service(cluster, namespace, "gated")
     running = wait_until(

@@ -20,6 +20,7 @@ def deployment(
     gated: bool = False,
     grace: int = 1,
     labels: dict[str, str] | None = None,
+    gate: str = GATE,
 ) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "terminationGracePeriodSeconds": grace,
@@ -27,7 +28,7 @@ def deployment(
         "containers": [{"name": "fn", "image": "fake"}],
     }
     if gated:
-        spec["readinessGates"] = [{"conditionType": GATE}]
+        spec["readinessGates"] = [{"conditionType": gate}]
     # An even spread over the pool's nodes, so a test knows what each node carries;
     # cordoned or tainted nodes leave the count, so replacements go to the others.
     spec["topologySpreadConstraints"] = [
