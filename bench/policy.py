@@ -287,6 +287,24 @@ class Bench:
                 latencies.append(seen[node] - (ltt + 3.0))
         stop.set()
         self.custom.delete_cluster_custom_object(GROUP, VERSION, "repairpolicies", "detect")
+        # Leave the pool as found: heal the nodes, end their repairs (they would
+        # otherwise occupy the burst policy's maxConcurrentRepairs).
+        for i in range(self.args.samples):
+            node = f"bn-{i:04d}"
+            self.core.patch_node(
+                node, {"metadata": {"annotations": {"sim.pitstop.dev/fault": None}}}
+            )
+        for r in self.custom.list_cluster_custom_object(GROUP, VERSION, "noderepairs")["items"]:
+            self.custom.delete_cluster_custom_object(
+                GROUP, VERSION, "noderepairs", r["metadata"]["name"]
+            )
+        wait(
+            "detection repairs gone",
+            lambda: (
+                not self.custom.list_cluster_custom_object(GROUP, VERSION, "noderepairs")["items"]
+            ),
+            timeout=120,
+        )
         return latencies
 
     def burst(self) -> dict[str, float]:
