@@ -89,6 +89,8 @@ class Decision:
     evict: list[str] = field(default_factory=list)
     release: bool = False
     """Give the node back: after verification, or after a failure with onFailure: Uncordon."""
+    passed: list[Phase] = field(default_factory=list)
+    """Phases entered in this pass, in order (for the phase-duration metric)."""
     create_job: str | None = None
     delete_job: str | None = None
     call_webhook: tuple[int, bool] | None = None
@@ -115,6 +117,7 @@ def fail(d: Decision, obs: Observation, reason: str, message: str) -> Decision:
 
 
 def enter(d: Decision, obs: Observation, phase: Phase) -> None:
+    d.passed.append(phase)
     d.status.phase = phase
     d.status.phase_start_time = obs.now
     d.status.observed_generation = obs.generation

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -166,7 +166,7 @@ class Driver:
         if d.status.phase not in FINAL_PHASES and nodes.lock_holder(node or {}) == self.name:
             UNDER_REPAIR.add(self.node_name)
 
-        wake_at = await self.write_status(d.status, now, d.wake_at)
+        wake_at = await self.write_status(d.status, now, d.wake_at, d.passed)
         self.post(d.events, node)
         await self.act(d, now, spec)
         again = await self.run_hooks(d, spec) or again
@@ -312,7 +312,11 @@ class Driver:
                 raise
 
     async def write_status(
-        self, status: NodeRepairStatus, now: datetime, wake_at: datetime | None
+        self,
+        status: NodeRepairStatus,
+        now: datetime,
+        wake_at: datetime | None,
+        passed: Sequence[Phase] = (),
     ) -> datetime | None:
         wire = status.wire()
         if wire == self.written:
@@ -333,6 +337,10 @@ class Driver:
         if old_phase != status.phase and old_phase is not None and self.status.phase_start_time:
             spent = (now - self.status.phase_start_time).total_seconds()
             metrics.PHASE_DURATION.labels(old_phase.value).observe(spent)
+            # Phases gone through within this one pass took no time of their own.
+            for phase in passed[:-1]:
+                if phase != old_phase:
+                    metrics.PHASE_DURATION.labels(phase.value).observe(0.0)
         self.status, self.written, self.written_at = status, wire, now
         record_phase(self.name, status.phase)
         return wake_at

@@ -17,6 +17,15 @@ import pytest
 from kubernetes import client, watch
 
 from tests.e2e.faas import FaasRuntime, Judge
+from tests.e2e.helpers import (
+    log_since,
+    make_pdb,
+    make_pool,
+    make_service,
+    node_pods,
+    pdb_settled,
+    repair_events,
+)
 from tests.e2e.kube import Cluster, Pool, wait_until
 from tests.e2e.operator import Operator
 from tests.e2e.repairs import Repairs, node_markers
@@ -32,69 +41,6 @@ GATE = "pitstop.dev/serving"
 
 
 # --- helpers ---
-
-
-def make_pool(cluster: Cluster, pool: Callable[[int], Pool], count: int) -> Pool:
-    """Ready and untainted nodes (the not-ready taint goes a moment after Ready; until
-    then the spread, which honours taints, would leave the node out)."""
-    p = pool(count)
-    wait_until(
-        f"nodes {p.names} untainted",
-        lambda: all(not cluster.core.read_node(n).spec.taints for n in p.names),
-        timeout=30,
-    )
-    return p
-
-
-def make_service(cluster: Cluster, ns: str, name: str, publish_not_ready: bool) -> None:
-    body = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name},
-        "spec": {
-            "selector": {"app": name},
-            "ports": [{"port": 80}],
-            "publishNotReadyAddresses": publish_not_ready,
-        },
-    }
-    cluster.core.create_namespaced_service(ns, body)
-
-
-def make_pdb(cluster: Cluster, ns: str, name: str, app: str, min_available: int) -> None:
-    body = {
-        "apiVersion": "policy/v1",
-        "kind": "PodDisruptionBudget",
-        "metadata": {"name": name},
-        "spec": {"minAvailable": min_available, "selector": {"matchLabels": {"app": app}}},
-    }
-    policy = client.PolicyV1Api(cluster.api)
-    policy.create_namespaced_pod_disruption_budget(ns, body)
-
-    def settled() -> bool:
-        pdb = policy.read_namespaced_pod_disruption_budget(name, ns)
-        s = pdb.status
-        return bool(
-            s
-            and s.observed_generation == pdb.metadata.generation
-            and s.current_healthy == min_available
-            and s.disruptions_allowed == 0
-        )
-
-    wait_until(f"PDB {name} computed", settled, timeout=30)
-
-
-def on_node(cluster: Cluster, ns: str, node: str) -> list[client.V1Pod]:
-    return list(cluster.core.list_namespaced_pod(ns, field_selector=f"spec.nodeName={node}").items)
-
-
-def repair_events(cluster: Cluster, repair: str, reason: str) -> list[client.CoreV1Event]:
-    return [
-        e
-        for e in cluster.core.list_event_for_all_namespaces(
-            field_selector=f"involvedObject.kind=NodeRepair,involvedObject.name={repair}"
-        ).items
-        if e.reason == reason
-    ]
 
 
 @dataclass
@@ -120,7 +66,7 @@ def faas_pool(
     running_pods(cluster, ns, "worker", 4)
     wait_until("all fn pods routed", lambda: len(ready_endpoints(cluster, ns, "fn")) == 4)
     target = p.names[0]
-    here = sorted(x.metadata.name for x in on_node(cluster, ns, target))
+    here = sorted(x.metadata.name for x in node_pods(cluster, ns, target))
     assert len(here) == 4, ("two fn and two worker pods per node", here)
     return FaasNode(pool=p, target=target, instances=here)
 
@@ -278,10 +224,6 @@ def _stop(runtime: FaasRuntime) -> Judge | BaseException:
         return e
 
 
-def log_since(op: Operator, offset: int) -> str:
-    return op.log.read_bytes()[offset:].decode(errors="replace")
-
-
 # --- the tests ---
 
 PHASES = ["early", "Deregistering", "WaitingForTasks", "Evicting", "Repairing"]
@@ -302,6 +244,7 @@ def test_killed_operator_resumes_the_drain(
     f = faas_pool(cluster, namespace, pool, publish_not_ready=phase == "Deregistering")
     if phase == "Evicting":
         make_pdb(cluster, namespace, "keep-workers", "worker", 4)
+        pdb_settled(cluster, namespace, "keep-workers", healthy=4, allowed=0)
     tasks = (2.5, 3.5) if phase == "WaitingForTasks" else (0.3, 1.5)
     runtime = FaasRuntime(cluster, namespace, "fn", task_seconds=tasks, take_probability=0.5)
     runtime.start()
@@ -381,7 +324,7 @@ def test_killed_operator_resumes_the_drain(
         judge.evicted,
         f.instances,
     )
-    assert on_node(cluster, namespace, f.target) == []
+    assert node_pods(cluster, namespace, f.target) == []
     assert pod_watch.redone() == {}, "drain signal or deregistration done twice"
     assert {x for x, seen in pod_watch.states.items() if any(d for d, _ in seen)} == set(
         f.instances
@@ -425,6 +368,7 @@ def test_killed_while_evicting_keeps_a_precordoned_node_cordoned(
     is left cordoned when the repair is deleted."""
     f = faas_pool(cluster, namespace, pool)
     make_pdb(cluster, namespace, "keep-workers", "worker", 4)
+    pdb_settled(cluster, namespace, "keep-workers", healthy=4, allowed=0)
     cluster.core.patch_node(f.target, {"spec": {"unschedulable": True}})
     with watching_node(cluster, f.target) as node_watch:
         name = repairs.create(f.target)
@@ -498,7 +442,7 @@ def test_repair_deleted_while_operator_down_is_undone_on_restart(
         "drain signal removed",
         lambda: all(
             DRAINING not in (x.metadata.annotations or {})
-            for x in on_node(cluster, namespace, node)
+            for x in node_pods(cluster, namespace, node)
             if x.metadata.deletion_timestamp is None
         ),
         timeout=15,

@@ -18,6 +18,18 @@ import pytest
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
+from tests.e2e.helpers import (
+    cond,
+    log_since,
+    make_pdb,
+    make_pool,
+    make_service,
+    node_pods,
+    pdb_settled,
+    relax_pdb,
+    untainted,
+    wait_event,
+)
 from tests.e2e.kube import Cluster, Pool, wait_until
 from tests.e2e.operator import Operator
 from tests.e2e.repairs import GROUP, PLURAL, VERSION, Repairs, node_markers
@@ -43,22 +55,6 @@ RELEASED = {"unschedulable": False, "taint": False, "lock": None}
 # --- helpers ---
 
 
-def untainted(cluster: Cluster, p: Pool) -> Pool:
-    """Nodes that are Ready *and* untainted: the node lifecycle controller removes
-    its not-ready taint a moment after Ready; until then the scheduler (and a
-    topology spread that honours taints) leaves the node out."""
-    wait_until(
-        f"nodes {p.names} untainted",
-        lambda: all(not cluster.core.read_node(n).spec.taints for n in p.names),
-        timeout=30,
-    )
-    return p
-
-
-def make_pool(cluster: Cluster, pool: Callable[[int], Pool], count: int = 1) -> Pool:
-    return untainted(cluster, pool(count))
-
-
 def deploy(
     cluster: Cluster,
     ns: str,
@@ -73,82 +69,8 @@ def deploy(
     )
 
 
-def make_service(cluster: Cluster, ns: str, name: str, publish_not_ready: bool = False) -> None:
-    body = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name},
-        "spec": {
-            "selector": {"app": name},
-            "ports": [{"port": 80}],
-            "publishNotReadyAddresses": publish_not_ready,
-        },
-    }
-    cluster.core.create_namespaced_service(ns, body)
-
-
 def set_tasks(cluster: Cluster, ns: str, pod: str, value: str | None) -> None:
     cluster.core.patch_namespaced_pod(pod, ns, {"metadata": {"annotations": {INFLIGHT: value}}})
-
-
-def make_pdb(cluster: Cluster, ns: str, name: str, app: str, min_available: int) -> None:
-    body = {
-        "apiVersion": "policy/v1",
-        "kind": "PodDisruptionBudget",
-        "metadata": {"name": name},
-        "spec": {"minAvailable": min_available, "selector": {"matchLabels": {"app": app}}},
-    }
-    client.PolicyV1Api(cluster.api).create_namespaced_pod_disruption_budget(ns, body)
-
-
-def pdb_settled(cluster: Cluster, ns: str, name: str, healthy: int, allowed: int) -> None:
-    """The disruption controller has computed the budget for the current spec."""
-    policy = client.PolicyV1Api(cluster.api)
-
-    def probe() -> bool:
-        pdb = policy.read_namespaced_pod_disruption_budget(name, ns)
-        s = pdb.status
-        return bool(
-            s
-            and s.observed_generation == pdb.metadata.generation
-            and s.current_healthy == healthy
-            and s.disruptions_allowed == allowed
-        )
-
-    wait_until(f"PDB {name} healthy={healthy} allowed={allowed}", probe, timeout=30)
-
-
-def relax_pdb(cluster: Cluster, ns: str, name: str) -> None:
-    client.PolicyV1Api(cluster.api).patch_namespaced_pod_disruption_budget(
-        name, ns, {"spec": {"minAvailable": 0}}
-    )
-
-
-def repair_events(cluster: Cluster, repair: str) -> list[client.CoreV1Event]:
-    """Events about a NodeRepair (cluster-scoped: kopf posts them in some namespace)."""
-    return list(
-        cluster.core.list_event_for_all_namespaces(
-            field_selector=f"involvedObject.kind=NodeRepair,involvedObject.name={repair}"
-        ).items
-    )
-
-
-def wait_event(
-    cluster: Cluster, repair: str, reason: str, type_: str = "Warning", timeout: float = 20
-) -> list[client.CoreV1Event]:
-    found: list[client.CoreV1Event] = wait_until(
-        f"{type_} Event {reason} on {repair}",
-        lambda: [
-            e for e in repair_events(cluster, repair) if e.reason == reason and e.type == type_
-        ],
-        timeout=timeout,
-    )
-    return found
-
-
-def node_pods(cluster: Cluster, ns: str, node: str) -> list[client.V1Pod]:
-    """Every pod of the namespace bound to the node, terminating ones included."""
-    return list(cluster.core.list_namespaced_pod(ns, field_selector=f"spec.nodeName={node}").items)
 
 
 def live(pods_: list[client.V1Pod]) -> list[client.V1Pod]:
@@ -168,12 +90,6 @@ def gated(pod: client.V1Pod) -> bool:
 
 def node_annotations(cluster: Cluster, node: str) -> dict[str, str]:
     return dict(cluster.core.read_node(node).metadata.annotations or {})
-
-
-def cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
-    found = [c for c in status.get("conditions") or [] if c["type"] == type_]
-    assert found, (type_, status)
-    return dict(found[0])
 
 
 def wait_condition(
@@ -245,10 +161,6 @@ def watching_repair(cluster: Cluster, name: str) -> Iterator[list[tuple[str, str
     finally:
         stop.set()
         thread.join(timeout=35)
-
-
-def log_since(op: Operator, offset: int) -> str:
-    return op.log.read_bytes()[offset:].decode(errors="replace")
 
 
 def metric(text: str, name: str, **labels: str) -> float:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -21,7 +21,8 @@ import pytest
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from tests.e2e.kube import Cluster, Pool, wait_until
+from tests.e2e.helpers import cond, make_pool, repair_events, wait_event
+from tests.e2e.kube import Cluster, wait_until
 from tests.e2e.operator import Operator
 from tests.e2e.repairs import GROUP, PLURAL, VERSION, Repairs, node_markers
 from tests.e2e.workloads import deployment, running_pods
@@ -48,18 +49,6 @@ def held(name: str) -> dict[str, Any]:
 
 
 # --- nodes and faults ---
-
-
-def make_pool(cluster: Cluster, pool: Callable[[int], Pool], count: int = 1) -> Pool:
-    """Ready nodes without the not-ready taint the node lifecycle controller puts on
-    a new node for a moment (repair Jobs do not tolerate it)."""
-    p = pool(count)
-    wait_until(
-        f"nodes {p.names} untainted",
-        lambda: all(not cluster.core.read_node(n).spec.taints for n in p.names),
-        timeout=30,
-    )
-    return p
 
 
 def node_condition(cluster: Cluster, node: str, type_: str) -> str | None:
@@ -99,36 +88,8 @@ def mark(cluster: Cluster, name: str, value: str) -> None:
     )
 
 
-def cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
-    found = [c for c in status.get("conditions") or [] if c["type"] == type_]
-    assert found, (type_, status)
-    return dict(found[0])
-
-
 def parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-def repair_events(cluster: Cluster, repair: str) -> list[client.CoreV1Event]:
-    """Events about a NodeRepair (cluster-scoped: they land in some namespace)."""
-    return list(
-        cluster.core.list_event_for_all_namespaces(
-            field_selector=f"involvedObject.kind=NodeRepair,involvedObject.name={repair}"
-        ).items
-    )
-
-
-def wait_event(
-    cluster: Cluster, repair: str, reason: str, type_: str = "Warning", timeout: float = 20
-) -> list[client.CoreV1Event]:
-    found: list[client.CoreV1Event] = wait_until(
-        f"{type_} Event {reason} on {repair}",
-        lambda: [
-            e for e in repair_events(cluster, repair) if e.reason == reason and e.type == type_
-        ],
-        timeout=timeout,
-    )
-    return found
 
 
 @contextmanager
