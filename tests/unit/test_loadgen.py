@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,90 +29,10 @@ from tests.e2e.loadgen import (
     main,
     summarize,
 )
+from tests.unit.function_proc import FunctionProcess
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-# --- the function runtime as a process ---
-
-
-@pytest.fixture(scope="session")
-def function_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The runtime's binary: $PITSTOP_FUNCTION_BIN, or built now (go caches it)."""
-    given = os.environ.get("PITSTOP_FUNCTION_BIN")
-    if given:
-        return Path(given)
-    out = tmp_path_factory.mktemp("function") / "function"
-    subprocess.run(
-        ["go", "build", "-trimpath", "-buildvcs=false", "-o", str(out), "."],
-        cwd=REPO / "function",
-        env={**os.environ, "CGO_ENABLED": "0"},
-        check=True,
-        timeout=300,
-    )
-    return out
-
-
-class FunctionProcess:
-    """One instance of the runtime on loopback ports the OS picks."""
-
-    def __init__(self, binary: Path, tmp: Path, pod: str, *args: str, **env: str):
-        self.pod = pod
-        self.log = tmp / f"{pod}.log"
-        addr_file = tmp / f"{pod}.addr.json"
-        with self.log.open("w") as log:
-            self.proc = subprocess.Popen(
-                [
-                    *(str(binary), "-bind", "127.0.0.1", "-port", "0", "-admin-port", "0"),
-                    *("-annotations-file", "", "-pod-name", pod, "-addr-file", str(addr_file)),
-                    *args,
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **env},
-            )
-        deadline = time.monotonic() + 10
-        while not addr_file.exists():
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise AssertionError(f"{pod} did not start: {self.log.read_text()}")
-            time.sleep(0.01)
-        addrs = json.loads(addr_file.read_text())
-        host, _, port = addrs["serve"].rpartition(":")
-        self.endpoint = Endpoint(pod, host, int(port))
-        self.admin = f"http://{addrs['admin']}"
-
-    def signal(self, sig: signal.Signals) -> None:
-        self.proc.send_signal(sig)
-
-    def wait(self, timeout: float = 15) -> int:
-        return self.proc.wait(timeout=timeout)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-
-
-@pytest.fixture
-def functions(function_bin: Path, tmp_path: Path) -> Iterator[Any]:
-    started: list[FunctionProcess] = []
-
-    def start(pod: str, *args: str, **env: str) -> FunctionProcess:
-        fp = FunctionProcess(function_bin, tmp_path, pod, *args, **env)
-        started.append(fp)
-        return fp
-
-    yield start
-    for fp in started:
-        fp.stop()
-
-
-async def until(what: str, probe: Any, within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not probe():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
+Start = Callable[..., FunctionProcess]
 
 
 # --- the ready set, from EndpointSlices ---
@@ -267,7 +186,7 @@ def run_load(ready: ReadySet, **cfg: Any) -> Summary:
     return asyncio.run(LoadGenerator(ready, LoadConfig(**cfg)).run())
 
 
-def test_a_clean_run_spreads_over_the_ready_pods(functions: Any) -> None:
+def test_a_clean_run_spreads_over_the_ready_pods(functions: Start) -> None:
     a, b = functions("fn-a"), functions("fn-b")
     ready = ReadySet()
     ready.set_endpoints([a.endpoint, b.endpoint])
@@ -278,7 +197,7 @@ def test_a_clean_run_spreads_over_the_ready_pods(functions: Any) -> None:
     assert s.latency_p50_ms is not None and 20 <= s.latency_p50_ms < 1000
 
 
-def test_open_loop_rate_stops_at_its_duration(functions: Any) -> None:
+def test_open_loop_rate_stops_at_its_duration(functions: Start) -> None:
     a = functions("fn-a")
     ready = ReadySet()
     ready.set_endpoints([a.endpoint])
@@ -318,7 +237,7 @@ async def leave_then(
     return await run, gen
 
 
-def test_sigterm_with_requests_in_flight_cuts_none(functions: Any) -> None:
+def test_sigterm_with_requests_in_flight_cuts_none(functions: Start) -> None:
     a, b = functions("fn-a"), functions("fn-b")
     s, _ = asyncio.run(leave_then(signal.SIGTERM, True, a, b))
     assert s.clean, s.text()
@@ -328,7 +247,7 @@ def test_sigterm_with_requests_in_flight_cuts_none(functions: Any) -> None:
     assert "shutdown: every request ended" in a.log.read_text()
 
 
-def test_sigkill_mid_request_is_counted_as_cut(functions: Any) -> None:
+def test_sigkill_mid_request_is_counted_as_cut(functions: Start) -> None:
     """The judge can fail: a killed instance's requests in flight are cut."""
     a, b = functions("fn-a"), functions("fn-b")
     s, gen = asyncio.run(leave_then(signal.SIGKILL, True, a, b))
@@ -338,14 +257,14 @@ def test_sigkill_mid_request_is_counted_as_cut(functions: Any) -> None:
     assert f"{s.cut} cut mid-flight" in s.defects()
 
 
-def test_an_instance_killed_while_still_routed_fails_requests(functions: Any) -> None:
+def test_an_instance_killed_while_still_routed_fails_requests(functions: Start) -> None:
     a, b = functions("fn-a"), functions("fn-b")
     s, _ = asyncio.run(leave_then(signal.SIGKILL, False, a, b))
     assert s.cut >= 2 and s.failed.get("refused", 0) >= 1, s.text()
     assert not s.clean
 
 
-def test_a_function_refusing_while_draining_is_a_5xx(functions: Any) -> None:
+def test_a_function_refusing_while_draining_is_a_5xx(functions: Start) -> None:
     a = functions("fn-a", "-draining-requests", "refuse")
     urllib.request.urlopen(urllib.request.Request(a.admin + "/drain", method="POST"), timeout=5)
     ready = ReadySet()
@@ -354,7 +273,7 @@ def test_a_function_refusing_while_draining_is_a_5xx(functions: Any) -> None:
     assert s.failed == {"http_5xx": 3}, s.text()
 
 
-def test_command_line_with_fixed_endpoints(functions: Any, tmp_path: Path) -> None:
+def test_command_line_with_fixed_endpoints(functions: Start, tmp_path: Path) -> None:
     a = functions("fn-a")
     out = tmp_path / "run.json"
     e = a.endpoint
