@@ -241,9 +241,10 @@ class SliceWatch:
                         resource_version=rv,
                         allow_watch_bookmarks=True,
                         timeout_seconds=2,  # short: stop() waits for the stream to end
-                        deserialize=False,
                     ):
-                        obj = event["object"]
+                        # The raw JSON: the client's deserialize=False path breaks on
+                        # ERROR events (it looks for raw_object), so take it from here.
+                        obj = event["raw_object"]
                         rv = obj["metadata"]["resourceVersion"]
                         if event["type"] != "BOOKMARK":
                             self.loop.call_soon_threadsafe(self.ready.apply, event["type"], obj)
