@@ -618,6 +618,107 @@ def summarize(
     )
 
 
+class BackgroundLoad:
+    """The generator and its watch on their own event loop in a thread, for
+    synchronous callers (e2e tests, the demo, benchmarks)::
+
+        cfg = LoadConfig(rate=50, count=100_000, duration=300)
+        with BackgroundLoad(cfg, api=cluster.api, namespace=ns, service="pitstop-function",
+                            port_name="http") as load:
+            ...  # repair the node
+        assert load.summary.clean, load.summary.text()
+
+    `stop()` (or leaving the block) sends no new request, waits for those in
+    flight and returns the summary; the run also ends by itself at its bounds.
+    """
+
+    def __init__(
+        self,
+        config: LoadConfig,
+        *,
+        api: Any = None,  # kubernetes.client.ApiClient, with service
+        namespace: str = "default",
+        service: str | None = None,
+        port_name: str | None = None,
+        endpoints: Iterable[Endpoint] = (),
+    ):
+        self.config = config
+        self.api = api
+        self.namespace = namespace
+        self.service = service
+        self.port_name = port_name
+        self.endpoints = list(endpoints)
+        if not self.endpoints and (service is None or api is None):
+            raise ValueError("give endpoints, or a service and an api client")
+        self.summary: Summary | None = None
+        self.generator: LoadGenerator | None = None
+        self.watch: SliceWatch | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="loadgen", daemon=True)
+
+    def start(self, within: float = 30.0) -> BackgroundLoad:
+        """Returns once the generator is sending (the watch has listed)."""
+        self._thread.start()
+        if not self._started.wait(within):
+            raise TimeoutError(f"the load generator did not start within {within}s")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def stop(self) -> Summary:
+        loop, gen = self._loop, self.generator
+        if loop is not None and gen is not None and self._thread.is_alive():
+            with contextlib.suppress(RuntimeError):  # the loop may just have ended
+                loop.call_soon_threadsafe(gen.stop)
+        self._thread.join(timeout=self.config.request_timeout + 30)
+        if self._error is not None:
+            raise self._error
+        if self.summary is None:
+            raise RuntimeError("the load generator did not end")
+        return self.summary
+
+    def wait(self, timeout: float | None = None) -> Summary | None:
+        """Waits for the run to end at its own bounds; the summary, or None if still running."""
+        self._thread.join(timeout)
+        return self.summary
+
+    def __enter__(self) -> BackgroundLoad:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as e:
+            self._error = e
+        finally:
+            self._started.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        ready = ReadySet(port_name=self.port_name)
+        if self.endpoints:
+            ready.set_endpoints(self.endpoints)
+        else:
+            assert self.service is not None
+            self.watch = SliceWatch(self.api, self.namespace, self.service, ready, self._loop)
+            self.watch.start()
+        try:
+            if self.watch is not None:
+                await self.watch.wait_synced()
+            self.generator = LoadGenerator(ready, self.config)
+            run = asyncio.create_task(self.generator.run())
+            self._started.set()
+            self.summary = await run
+        finally:
+            if self.watch is not None:
+                await asyncio.to_thread(self.watch.stop)
+
+
 # --- command line ---
 
 

@@ -19,6 +19,7 @@ import pytest
 
 from tests.e2e.loadgen import (
     TRIGGER_TIME,
+    BackgroundLoad,
     Change,
     Endpoint,
     LoadConfig,
@@ -294,3 +295,18 @@ def test_command_line_help_runs_as_a_module() -> None:
         timeout=60,
     )
     assert proc.returncode == 0 and "EndpointSlices" in proc.stdout
+
+
+def test_background_load_for_synchronous_callers(functions: Start) -> None:
+    a = functions("fn-a")
+    cfg = LoadConfig(concurrency=2, count=100_000, duration=30, ms=(20, 20))
+    with BackgroundLoad(cfg, endpoints=[a.endpoint]) as load:
+        time.sleep(0.5)
+        assert load.generator is not None and load.generator.sent > 0
+    assert load.summary is not None and load.summary.clean and load.summary.sent > 5
+    # bounded by count: it ends by itself
+    short = BackgroundLoad(LoadConfig(concurrency=1, count=3, ms=(0, 0)), endpoints=[a.endpoint])
+    summary = short.start().wait(timeout=10)
+    assert summary is not None and summary.ok == 3
+    with pytest.raises(ValueError):
+        BackgroundLoad(cfg)
