@@ -26,9 +26,10 @@ beside the moment the generator saw the change, for measuring that lag.
 Ready means `conditions.ready` true (nil counts as true, as the API documents)
 and not `terminating`: `serving` endpoints that are terminating get no requests.
 
-Run `python -m tests.e2e.loadgen --help`. Tests use `ReadySet.set_endpoints` to
-route to loopback processes directly (EndpointSlices cannot hold loopback
-addresses), and `SliceWatch` for a real Service.
+Run `python -m tests.e2e.loadgen --help`. Synchronous callers (e2e tests, the
+demo, benchmarks) use `BackgroundLoad`. Tests route to loopback processes with
+`ReadySet.set_endpoints` (EndpointSlices cannot hold loopback addresses);
+`SliceWatch` follows a real Service.
 """
 
 from __future__ import annotations
