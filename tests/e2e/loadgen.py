@@ -20,7 +20,10 @@ router never does that, so it must be 0; it catches a router that picks from a
 stale view. Requests sent in the watch lag (after the EndpointSlice changed in
 the API, before the watch delivered it) are not counted as such: the generator
 cannot see them, the function must serve them, and `cut`/`failed` judge that.
-The history keeps each slice's `endpoints.kubernetes.io/last-change-trigger-time`
+Only endpoints in `LoadConfig.allowed_networks` (loopback unless the caller adds
+the pod network of the project's own nodes) get requests; a pick outside them
+is counted as `blocked` and is a defect of the setup (e.g. kwok pod IPs, which
+route nowhere). The history keeps each slice's `endpoints.kubernetes.io/last-change-trigger-time`
 beside the moment the generator saw the change, for measuring that lag.
 
 Ready means `conditions.ready` true (nil counts as true, as the API documents)
@@ -38,6 +41,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import itertools
 import json
 import math
@@ -290,6 +294,12 @@ class LoadConfig:
     keepalive: bool = True  # reuse connections, as a router's pool does
     max_in_flight: int = 1000  # open loop: no more than this many at once (then: overload)
     seed: int = 1
+    allowed_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    """Send only to endpoints in these networks (add the pod network of the project's
+    own nodes); another address is never a target: it is counted as `blocked`."""
+    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(
+        init=False, repr=False, default_factory=list
+    )
 
     def __post_init__(self) -> None:
         if (self.rate is None) == (self.concurrency is None):
@@ -302,6 +312,14 @@ class LoadConfig:
             raise ValueError("count and duration bound the run: both must be positive and finite")
         if not 0 <= self.ms[0] <= self.ms[1]:
             raise ValueError("ms: want 0 <= lo <= hi")
+        self.networks = [ipaddress.ip_network(n) for n in self.allowed_networks]
+
+    def allows(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in n for n in self.networks)
 
     @property
     def request_timeout(self) -> float:
@@ -317,6 +335,7 @@ class LoadGenerator:
         self.config = config
         self.records: list[Record] = []
         self.no_endpoint = 0
+        self.blocked = 0
         self.overload = 0
         self._rand = random.Random(config.seed)
         self._ids = itertools.count(1)
@@ -390,6 +409,9 @@ class LoadGenerator:
             if target is None:
                 self.no_endpoint += 1
                 continue
+            if not self.config.allows(target.address):
+                self.blocked += 1
+                continue
             task = asyncio.create_task(self._request(session, target))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
@@ -397,8 +419,11 @@ class LoadGenerator:
     async def _worker(self, session: aiohttp.ClientSession, deadline: float) -> None:
         while self._more(deadline):
             target = self.ready.pick()
-            if target is None:
-                self.no_endpoint += 1  # each 50 ms without a ready endpoint counts once
+            if target is None or not self.config.allows(target.address):
+                if target is None:
+                    self.no_endpoint += 1  # each 50 ms without a ready endpoint counts once
+                else:
+                    self.blocked += 1
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), 0.05)
                 continue
@@ -463,6 +488,7 @@ class LoadGenerator:
             self.ready.history,
             t0=self.t0,
             no_endpoint=self.no_endpoint,
+            blocked=self.blocked,
             overload=self.overload,
             started_unix=self.started_unix,
         )
@@ -483,6 +509,8 @@ class Summary:
     sent_after_leaving: int
     wrong_pod: int
     no_endpoint: int
+    blocked: int
+    """picks not sent: the endpoint is outside LoadConfig.allowed_networks"""
     overload: int
     latency_p50_ms: float | None
     latency_p99_ms: float | None
@@ -511,6 +539,8 @@ class Summary:
             out.append(f"{self.sent_after_leaving} sent after their pod left the ready endpoints")
         if self.wrong_pod:
             out.append(f"{self.wrong_pod} answered by another pod than the target")
+        if self.blocked:
+            out.append(f"{self.blocked} not sent: their endpoint is outside the allowed networks")
         return out
 
     @property
@@ -530,6 +560,7 @@ class Summary:
             f"sent after leaving ready set  {self.sent_after_leaving}",
             f"answered by another pod       {self.wrong_pod}",
             f"no ready endpoint / overload  {self.no_endpoint} / {self.overload}",
+            f"blocked (not allowed network) {self.blocked}",
             f"latency of ok p50 / p99       {ms(self.latency_p50_ms)} / {ms(self.latency_p99_ms)}",
         ]
         for pod, n in sorted(self.in_flight_at_leave.items()):
@@ -554,6 +585,7 @@ def summarize(
     *,
     t0: float = 0.0,
     no_endpoint: int = 0,
+    blocked: int = 0,
     overload: int = 0,
     started_unix: float = 0.0,
 ) -> Summary:
@@ -606,6 +638,7 @@ def summarize(
         sent_after_leaving=after,
         wrong_pod=wrong,
         no_endpoint=no_endpoint,
+        blocked=blocked,
         overload=overload,
         latency_p50_ms=_nearest_rank(latencies, 0.50),
         latency_p99_ms=_nearest_rank(latencies, 0.99),
@@ -767,6 +800,14 @@ def parser() -> argparse.ArgumentParser:
     load.add_argument("--ms", type=_ms, default=(100, 100), help="work per request: N or LO:HI")
     load.add_argument("--timeout", type=float, help="per request (default: max ms + 10 s)")
     load.add_argument("--no-keepalive", action="store_true", help="a new connection each time")
+    target.add_argument(
+        "--allow-network",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="also send to endpoints in this network, e.g. the local nodes' pod network "
+        "(repeatable; loopback is always allowed, nothing else is by default)",
+    )
     p.add_argument("--json", metavar="FILE", help="write the summary and every record here")
     return p
 
@@ -780,6 +821,7 @@ async def _run(args: argparse.Namespace) -> Summary | None:
         ms=args.ms,
         timeout=args.timeout,
         keepalive=not args.no_keepalive,
+        allowed_networks=("127.0.0.0/8", "::1/128", *args.allow_network),
     )
     ready = ReadySet(port_name=args.port_name)
     watch: SliceWatch | None = None

@@ -310,3 +310,13 @@ def test_background_load_for_synchronous_callers(functions: Start) -> None:
     assert summary is not None and summary.ok == 3
     with pytest.raises(ValueError):
         BackgroundLoad(cfg)
+
+
+def test_endpoints_outside_the_allowed_networks_get_no_request() -> None:
+    cfg = LoadConfig(concurrency=1, count=5, duration=0.3, allowed_networks=("10.244.0.0/24",))
+    assert cfg.allows("10.244.0.7") and not cfg.allows("10.244.1.7") and not cfg.allows("x")
+    assert LoadConfig(rate=1).allows("127.0.0.1") and not LoadConfig(rate=1).allows("10.0.0.1")
+    ready = ReadySet()
+    ready.set_endpoints([Endpoint("kwok-pod", "10.0.0.9", 8080)])  # routes nowhere: never sent to
+    s = run_load(ready, concurrency=2, count=5, duration=0.3)
+    assert s.sent == 0 and s.blocked > 0 and not s.clean, s.text()
