@@ -656,7 +656,8 @@ class BackgroundLoad:
     """The generator and its watch on their own event loop in a thread, for
     synchronous callers (e2e tests, the demo, benchmarks)::
 
-        cfg = LoadConfig(rate=50, count=100_000, duration=300)
+        cfg = LoadConfig(rate=50, count=100_000, duration=300,
+                         allowed_networks=("10.244.0.0/24",))  # the local nodes' pods
         with BackgroundLoad(cfg, api=cluster.api, namespace=ns, service="pitstop-function",
                             port_name="http") as load:
             ...  # repair the node
