@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -44,8 +45,9 @@ def log(message: str) -> None:
 
 
 def pct(values: list[float], q: float) -> float:
+    """Nearest-rank percentile, as in bench/drain.py."""
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
 def kubectl(kubeconfig: str, *args: str, input: str | None = None) -> str:
