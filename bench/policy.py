@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """The policy benchmark (`make bench-policy`, part of `make bench`): pitstop at
 scale on one local control plane.
 
@@ -19,224 +18,87 @@ Printed with PASS/MISS; the benchmark never fails on them (shared, noisy machine
 from __future__ import annotations
 
 import argparse
-import json
-import math
+import contextlib
 import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client, config, watch
+from kubernetes import watch
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results"
-GROUP, VERSION = "pitstop.dev", "v1alpha1"
+from bench import report, workload
+from bench.cluster import RESULTS, Cluster, Operator, log, poll, proc_stats
+from bench.main import entry
+from bench.watches import GROUP, VERSION
+
 POOL = "bench-pool"
-
-
-def log(message: str) -> None:
-    print(f"[bench-policy] {message}", file=sys.stderr, flush=True)
-
-
-def pct(values: list[float], q: float) -> float:
-    """Nearest-rank percentile, as in bench/drain.py."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
-
-
-def kubectl(kubeconfig: str, *args: str, input: str | None = None) -> str:
-    proc = subprocess.run(
-        ["kubectl", "--kubeconfig", kubeconfig, *args],
-        input=input,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"kubectl {' '.join(args[:3])}: {proc.stderr.strip()[:300]}")
-    return proc.stdout
-
-
-def nodes_yaml(names: list[str]) -> str:
-    items = [
-        {
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {
-                "name": n,
-                "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
-                "labels": {"type": "kwok", "pool": POOL, "kubernetes.io/hostname": n},
-            },
-        }
-        for n in names
-    ]
-    return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
-
-
-def proc_stats(pid: int) -> tuple[float, float]:
-    """(RSS in MB, CPU seconds used so far) of a process, from /proc."""
-    with open(f"/proc/{pid}/status") as f:
-        rss_kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return rss_kb / 1024, (int(fields[11]) + int(fields[12])) / ticks
-
-
-def wait(what: str, probe: Any, timeout: float, interval: float = 1.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not probe():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(interval)
+LOAD_NS = "load"
 
 
 def policy(name: str, concurrent: int, min_available: str, duration: str = "3s") -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "RepairPolicy",
-        "metadata": {"name": name},
-        "spec": {
-            "nodeSelector": {"matchLabels": {"pool": POOL}},
-            "unhealthyConditions": [
-                {"type": "KernelDeadlock", "status": "True", "duration": duration}
-            ],
-            "maxUnhealthy": "100%",
-            "maxConcurrentRepairs": concurrent,
-            "minAvailable": min_available,
-            "repairTemplate": {
-                "spec": {
-                    "repair": {"strategy": "Manual", "timeoutSeconds": 600},
-                    "verify": {"stableSeconds": 0, "timeoutSeconds": 60},
-                    "drain": {"taskTimeoutSeconds": 60},
-                }
-            },
-        },
-    }
+    return workload.policy(name, POOL, concurrent, min_available, duration)
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, args: argparse.Namespace, cluster: Cluster, operator: Operator) -> None:
         self.args = args
-        self.state = tempfile.mkdtemp(prefix="pitstop-bench-policy-")
-        self.env = {**os.environ, "PITSTOP_CLUSTER_DIR": self.state, "PITSTOP_NODES": "0"}
-        self.kubeconfig = f"{self.state}/admin.kubeconfig"
-        self.operator: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> Bench:
-        subprocess.run([str(REPO / "hack/cluster.sh"), "up"], env=self.env, check=True)
-        self.api = config.new_client_from_config(config_file=self.kubeconfig)
-        self.core = client.CoreV1Api(self.api)
-        self.custom = client.CustomObjectsApi(self.api)
-        kubectl(self.kubeconfig, "apply", "--server-side", "-k", str(REPO / "crds"))
-        kubectl(
-            self.kubeconfig, "wait", "--for=condition=Established", "crd/repairpolicies.pitstop.dev"
-        )
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.operator is not None:
-            self.operator.terminate()
-            try:
-                self.operator.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.operator.kill()
-        subprocess.run([str(REPO / "hack/cluster.sh"), "down"], env=self.env, check=False)
-
-    def start_operator(self) -> None:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        out = (RESULTS / "operator-policy.log").open("w")
-        pitstop = Path(sys.executable).parent / "pitstop"
-        self.operator = subprocess.Popen(
-            [
-                str(pitstop),
-                "run",
-                "--kubeconfig",
-                self.kubeconfig,
-                "--bind",
-                "127.0.0.1",
-                "--health-port",
-                str(free_port()),
-                "--metrics-port",
-                str(free_port()),
-                "--alerts-port",
-                "0",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        self.cluster = cluster
+        self.core = cluster.core
+        self.custom = cluster.custom
+        self.operator = operator
 
     def populate(self) -> None:
         n, pods = self.args.nodes, self.args.pods
         names = [f"bn-{i:04d}" for i in range(n)]
         log(f"creating {n} nodes")
-        for start in range(0, n, 250):
-            kubectl(
-                self.kubeconfig,
-                "apply",
-                "--server-side",
-                "-f",
-                "-",
-                input=nodes_yaml(names[start : start + 250]),
-            )
-        wait(f"{n} nodes Ready", lambda: self.ready_nodes() >= n, timeout=600, interval=3)
+        workload.apply_nodes(self.cluster, names, {"pool": POOL})
+        poll(f"{n} nodes Ready", lambda: self.ready_nodes() >= n, timeout=600, interval=3)
         log(f"creating {pods} pods")
-        self.core.create_namespace({"metadata": {"name": "load"}})
-        wait(
-            "default ServiceAccount",
-            lambda: self.core.list_namespaced_service_account("load").items,
-            60,
-        )
+        self.cluster.make_namespace(LOAD_NS)
         per = 1000
         for i in range(pods // per):
-            body = {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": {"name": f"fn-{i}"},
-                "spec": {
-                    "replicas": per,
-                    "selector": {"matchLabels": {"app": f"fn-{i}"}},
-                    "template": {
-                        "metadata": {"labels": {"app": f"fn-{i}"}},
-                        "spec": {
-                            "terminationGracePeriodSeconds": 0,
-                            "containers": [{"name": "fn", "image": "fake"}],
-                        },
-                    },
-                },
-            }
-            client.AppsV1Api(self.api).create_namespaced_deployment("load", body)
-        wait(f"{pods} pods Running", lambda: self.running_pods() >= pods, timeout=1800, interval=10)
+            body = workload.deployment(f"fn-{i}", per, {}, grace=0, image="fake")
+            self.cluster.apps.create_namespaced_deployment(LOAD_NS, body)
+        poll(f"{pods} pods Running", lambda: self.running_pods() >= pods, timeout=1800, interval=10)
 
     def ready_nodes(self) -> int:
-        out = kubectl(self.kubeconfig, "get", "nodes", "-l", f"pool={POOL}", "--no-headers")
+        out = self.cluster.run_kubectl("get", "nodes", "-l", f"pool={POOL}", "--no-headers").stdout
         return sum(1 for line in out.splitlines() if " Ready " in line)
 
     def running_pods(self) -> int:
-        out = kubectl(
-            self.kubeconfig,
+        out = self.cluster.run_kubectl(
             "get",
             "pods",
             "-n",
-            "load",
+            LOAD_NS,
             "--no-headers",
             "--field-selector=status.phase=Running",
             "-o",
             "name",
-        )
+        ).stdout
         count = len(out.splitlines())
         log(f"  {count} pods Running")
         return count
 
+    def repair_events(self, stop: threading.Event, timeout: int) -> Iterator[dict[str, Any]]:
+        """NodeRepair watch events, until `stop` is seen set after one."""
+        w = watch.Watch()
+        for ev in w.stream(
+            self.custom.list_cluster_custom_object,
+            GROUP,
+            VERSION,
+            "noderepairs",
+            timeout_seconds=timeout,
+        ):
+            yield ev
+            if stop.is_set():
+                w.stop()
+
     def idle(self) -> dict[str, float]:
-        assert self.operator is not None
         time.sleep(self.args.settle)
         rss0, cpu0 = proc_stats(self.operator.pid)
         t0 = time.monotonic()
@@ -253,18 +115,9 @@ class Bench:
         stop = threading.Event()
 
         def watcher() -> None:
-            w = watch.Watch()
-            for ev in w.stream(
-                self.custom.list_cluster_custom_object,
-                GROUP,
-                VERSION,
-                "noderepairs",
-                timeout_seconds=600,
-            ):
+            for ev in self.repair_events(stop, 600):
                 if ev["type"] == "ADDED":
                     seen.setdefault(ev["object"]["spec"]["nodeName"], time.time())
-                if stop.is_set():
-                    w.stop()
 
         t = threading.Thread(target=watcher, daemon=True)
         t.start()
@@ -272,9 +125,7 @@ class Bench:
         latencies = []
         for i in range(self.args.samples):
             node = f"bn-{i:04d}"
-            self.core.patch_node(
-                node, {"metadata": {"annotations": {"sim.pitstop.dev/fault": "KernelDeadlock"}}}
-            )
+            workload.set_fault(self.cluster, node, "KernelDeadlock")
             ltt = None
             deadline = time.monotonic() + 30
             while node not in seen and time.monotonic() < deadline:
@@ -293,14 +144,12 @@ class Bench:
         # otherwise occupy the burst policy's maxConcurrentRepairs).
         for i in range(self.args.samples):
             node = f"bn-{i:04d}"
-            self.core.patch_node(
-                node, {"metadata": {"annotations": {"sim.pitstop.dev/fault": None}}}
-            )
+            workload.set_fault(self.cluster, node, None)
         for r in self.custom.list_cluster_custom_object(GROUP, VERSION, "noderepairs")["items"]:
             self.custom.delete_cluster_custom_object(
                 GROUP, VERSION, "noderepairs", r["metadata"]["name"]
             )
-        wait(
+        poll(
             "detection repairs gone",
             lambda: (
                 not self.custom.list_cluster_custom_object(GROUP, VERSION, "noderepairs")["items"]
@@ -321,14 +170,7 @@ class Bench:
 
         def crew() -> None:
             nonlocal peak
-            w = watch.Watch()
-            for ev in w.stream(
-                self.custom.list_cluster_custom_object,
-                GROUP,
-                VERSION,
-                "noderepairs",
-                timeout_seconds=900,
-            ):
+            for ev in self.repair_events(stop, 900):
                 obj = ev["object"]
                 node = obj["spec"]["nodeName"]
                 phase = (obj.get("status") or {}).get("phase")
@@ -339,9 +181,7 @@ class Bench:
                 if phase == "Repairing" and not (obj["metadata"].get("annotations") or {}).get(
                     "pitstop.dev/repaired"
                 ):
-                    self.core.patch_node(
-                        node, {"metadata": {"annotations": {"sim.pitstop.dev/fault": None}}}
-                    )
+                    workload.set_fault(self.cluster, node, None)
                     self.custom.patch_cluster_custom_object(
                         GROUP,
                         VERSION,
@@ -349,8 +189,6 @@ class Bench:
                         obj["metadata"]["name"],
                         {"metadata": {"annotations": {"pitstop.dev/repaired": "true"}}},
                     )
-                if stop.is_set():
-                    w.stop()
 
         def counter() -> None:
             nonlocal peak
@@ -377,10 +215,8 @@ class Bench:
         time.sleep(1)
         start = time.monotonic()
         for node in names:
-            self.core.patch_node(
-                node, {"metadata": {"annotations": {"sim.pitstop.dev/fault": "KernelDeadlock"}}}
-            )
-        wait("all 50 admitted", lambda: len(admitted) == 50, timeout=900, interval=0.2)
+            workload.set_fault(self.cluster, node, "KernelDeadlock")
+        poll("all 50 admitted", lambda: len(admitted) == 50, timeout=900, interval=0.2)
         stop.set()
         return {
             "burst_admitted_s": max(admitted.values()) - start,
@@ -388,55 +224,35 @@ class Bench:
         }
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description="pitstop policy benchmark")
-    parser.add_argument("--nodes", type=int, default=1000)
-    parser.add_argument("--pods", type=int, default=20000)
-    parser.add_argument("--samples", type=int, default=60)
-    parser.add_argument("--settle", type=float, default=30.0, help="seconds before the idle window")
-    parser.add_argument("--idle-window", type=float, default=60.0)
-    parser.add_argument("--quick", action="store_true", help="200 nodes, 2,000 pods, 20 samples")
-    args = parser.parse_args()
-    if args.quick:
-        args.nodes, args.pods, args.samples, args.settle, args.idle_window = 200, 2000, 20, 10, 20
+def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
-    with Bench(args) as bench:
-        bench.start_operator()
+    with contextlib.ExitStack() as stack:
+        cluster = Cluster(stack, prefix="pitstop-bench-policy-")
+        cluster.start()
+        operator = Operator(cluster, "operator-policy.log")
+        operator.start("--alerts-port", "0")
+        bench = Bench(args, cluster, operator)
         bench.populate()
         idle = bench.idle()
         log(f"idle: {idle}")
         latencies = bench.detection()
         burst = bench.burst()
-    results = {
+    return {
         "when": datetime.now(UTC).isoformat(),
         "machine": {"cpus": os.cpu_count(), "load": os.getloadavg()},
         "nodes": args.nodes,
         "pods": args.pods,
         **idle,
         "detection_p50_s": statistics.median(latencies) if latencies else None,
-        "detection_p99_s": pct(latencies, 99) if latencies else None,
+        "detection_p99_s": report.pct(latencies, 99) if latencies else None,
         "detection_samples": len(latencies),
         **burst,
         "wall_s": time.monotonic() - started,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "policy.json").write_text(json.dumps(results, indent=2))
-    print(report(results))
-    return 0
 
 
-def report(r: dict[str, Any]) -> str:
-    def mark(ok: bool) -> str:
-        return "PASS" if ok else "MISS"
-
+def render(r: dict[str, Any]) -> str:
+    mark = report.verdict
     p99 = r["detection_p99_s"]
     lines = [
         f"pitstop policy benchmark: {r['nodes']} nodes, {r['pods']} pods"
@@ -452,5 +268,27 @@ def report(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench policy", description="pitstop policy benchmark"
+    )
+    p.add_argument("--nodes", type=int, default=1000)
+    p.add_argument("--pods", type=int, default=20000)
+    p.add_argument("--samples", type=int, default=60)
+    p.add_argument("--settle", type=float, default=30.0, help="seconds before the idle window")
+    p.add_argument("--idle-window", type=float, default=60.0)
+    p.add_argument("--quick", action="store_true", help="200 nodes, 2,000 pods, 20 samples")
+    p.add_argument("--output", type=Path, default=RESULTS / "policy.json")
+    return p
+
+
+def quick(args: argparse.Namespace) -> None:
+    args.nodes, args.pods, args.samples, args.settle, args.idle_window = 200, 2000, 20, 10, 20
+
+
+def main(argv: list[str] | None = None) -> int:
+    return entry(parser(), quick, run, render, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())
