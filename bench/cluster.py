@@ -67,10 +67,14 @@ def versions() -> dict[str, str]:
     )
 
 
+def cache_dir() -> Path:
+    """Where hack/build-control-plane.sh keeps its builds and binaries."""
+    return Path(os.environ.get("PITSTOP_CACHE", Path.home() / ".cache/pitstop"))
+
+
 def kubectl_binary() -> str:
     """The kubectl built with the control plane (same release), else the one on PATH."""
-    cache = Path(os.environ.get("PITSTOP_CACHE", Path.home() / ".cache/pitstop"))
-    pinned = cache / "bin" / f"kube-{versions()['KUBE_VERSION']}" / "kubectl"
+    pinned = cache_dir() / "bin" / f"kube-{versions()['KUBE_VERSION']}" / "kubectl"
     if pinned.exists():
         return str(pinned)
     found = shutil.which("kubectl")
@@ -161,9 +165,14 @@ class Cluster:
             60,
         )
 
-    def kubectl_command(self, *args: str) -> list[str]:
+    def kubectl_command(
+        self, *args: str, binary: str | None = None, kubeconfig: str | None = None
+    ) -> list[str]:
+        """kubectl (or a build of it) with the admin kubeconfig (or another) and a warm
+        discovery cache."""
         cache = str(self.state / "kubectl-cache")
-        return [self.kubectl, "--kubeconfig", self.kubeconfig, "--cache-dir", cache, *args]
+        kubectl, config = binary or self.kubectl, kubeconfig or self.kubeconfig
+        return [kubectl, "--kubeconfig", config, "--cache-dir", cache, *args]
 
     def run_kubectl(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(

@@ -1,11 +1,14 @@
-"""The drain benchmark (`make bench-drain`): pitstop against `kubectl drain` on one
+"""The drain benchmark (`make bench-drain`): pitstop against its peers on one
 local control plane, in one run.
 
-- Drain: per round, two fresh fake nodes carrying 110 Deployment-owned instance
-  pods each (PDBs allowing every disruption, no tasks in flight); one is drained by
-  pitstop (NodeRepair created -> phase Repairing), the other by `kubectl drain
-  --ignore-daemonsets --delete-emptydir-data` (wall time of the command). The tool
-  that goes first alternates per round. Evicted pods are re-created on a spare pool.
+- Drain: for each PDB layout (no PDB; one PDB `maxUnavailable: 10%` over all the
+  node's instances), rounds in which each tool drains a fresh fake node carrying
+  110 Deployment-owned instance pods (no tasks in flight): pitstop (NodeRepair
+  created -> phase Repairing), `kubectl drain --ignore-daemonsets
+  --delete-emptydir-data` (wall time of the command), and the same drain with
+  kubectl's client rate limit raised (bench/kubectl_qps). The tool that goes first
+  rotates per round. Evicted pods are re-created on a spare pool. Under the PDB,
+  one eviction is timed first, for the lower bound the budget sets.
 - NodeRepair -> cordon: create call returned -> node seen `spec.unschedulable: true`.
 - Last task done -> first eviction: an instance's `pitstop.dev/inflight-tasks`
   seen going 1 -> 0 -> the first pod of that node seen with a deletionTimestamp.
@@ -20,174 +23,66 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import statistics
 from pathlib import Path
 from typing import Any
 
-from bench import latency, peers, report, workload
-from bench.cluster import RESULTS, Cluster, Operator, log, now, poll
+from bench import latency, peers, report
+from bench.cluster import RESULTS, Cluster, Operator, log, now
 from bench.latency import Series
 from bench.main import entry
+from bench.rounds import LAYOUTS, Drains
 from bench.watches import World, start_watches
-from bench.workload import KEY, NS
+from bench.workload import NS
 
-TARGET_RATIO = 3.0
+TARGET_RATIO = 8.0
+"""pitstop against default `kubectl drain` (issue 11)."""
+TARGET_TUNED_RATIO = 2.0
+"""pitstop against the best tuned peer."""
+TARGET_BOUND = 1.25
+"""Under the PDB, pitstop within this factor of the budget's lower bound."""
 TARGET_CORDON_MS = 50.0
 TARGET_TASK_MS = 100.0
+TOOLS = ("pitstop", "kubectl", "kubectl-qps")
 
 
-class Drains:
-    """Round after round, a node drained by pitstop and one by kubectl."""
-
-    def __init__(self, s: Series, operator: Operator) -> None:
-        self.s, self.c, self.w, self.args = s, s.cluster, s.world, s.args
-        self.operator = operator
-
-    def rounds(self) -> list[dict[str, Any]]:
-        args, c, w = self.args, self.c, self.w
-        spares = [f"bench-spare-{i}" for i in range(args.spares)]
-        workload.make_nodes(c, w, spares, {KEY + "/pool": "spare"})
-        per_fn = [
-            args.pods // args.functions + (i < args.pods % args.functions)
-            for i in range(args.functions)
-        ]
-        rounds = []
-        for r in range(1, args.rounds + 1):
-            order = ["pitstop", "kubectl"] if r % 2 else ["kubectl", "pitstop"]
-            nodes = {tool: f"bench-r{r}-{tool}" for tool in order}
-            slot = {tool: f"{KEY}/r{r}-{tool}" for tool in order}
-            round_label = {KEY + "/round": str(r)}
-            stages = Laps()
-            stage = stages.lap
-            for tool, node in nodes.items():
-                workload.make_nodes(c, w, [node], {slot[tool]: "true"})
-            for tool in order:
-                for f, replicas in enumerate(per_fn):
-                    workload.make_function(
-                        c,
-                        f"r{r}-{tool}-f{f}",
-                        replicas,
-                        {slot[tool]: "true"},
-                        {**round_label, KEY + "/tool": tool},
-                        args.grace,
-                        "100%",
-                    )
-            w.wait(
-                f"round {r}: {args.pods} Running pods on each node",
-                lambda nodes=nodes: all(len(w.serving_on(n)) == args.pods for n in nodes.values()),
-                300,
-            )
-            stage("pods_running")
-            poll("PDBs settled", lambda r=r: workload.pdbs_settled(c, f"{KEY}/round={r}"), 60)
-            stage("pdbs_settled")
-            # From now on, re-created pods may also land on the spare pool.
-            for spare in spares:
-                c.core.patch_node(
-                    spare, {"metadata": {"labels": {s: "true" for s in slot.values()}}}
-                )
-            result: dict[str, Any] = {"round": r, "first": order[0], "stages_s": stages.laps}
-            for tool in order:
-                measure = self.pitstop if tool == "pitstop" else self.kubectl
-                result[tool] = measure(nodes[tool], f"bench-drain-r{r}")
-                stage(tool)
-                w.wait(
-                    f"round {r}: {tool}'s evicted pods re-created and Running",
-                    lambda tool=tool, r=r: (
-                        w.count_serving({KEY + "/round": str(r), KEY + "/tool": tool}) == args.pods
-                    ),
-                    300,
-                )
-                stage(f"{tool}_pods_recreated")
-            p, k = result["pitstop"], result["kubectl"]
-            result["ratio"] = k["drain_s"] / p["drain_s"]
-            log(
-                f"round {r}/{args.rounds} ({order[0]} first): pitstop {p['drain_s']:.2f}s,"
-                f" kubectl {k['drain_s']:.2f}s, ratio {result['ratio']:.1f}x"
-            )
-            rounds.append(result)
-            self.end_round(r, list(nodes.values()), spares, list(slot.values()))
-            stage("cleanup")
-            log(f"    stages (s): {stages.laps}")
-        workload.delete_nodes(c, spares)
-        return rounds
-
-    def end_round(self, r: int, nodes: list[str], spares: list[str], slots: list[str]) -> None:
-        c, w = self.c, self.w
-        workload.delete_workload(c, f"{KEY}/round={r}")
-        for spare in spares:
-            c.core.patch_node(spare, {"metadata": {"labels": dict.fromkeys(slots)}})
-        workload.delete_nodes(c, nodes)
-        w.wait(
-            f"round {r}'s pods gone",
-            lambda: (
-                not any(p.live and p.labels.get(KEY + "/round") == str(r) for p in w.pods.values())
-            ),
-            180,
-        )
-
-    def timeline(self, node: str, start: float) -> dict[str, float | None]:
-        """Seconds from `start` to the cordon, the first and last eviction (pod seen
-        terminating) and the last pod gone."""
-        w = self.w
-        with w.cond:
-            cordon = w.first_flip(node, True, start)
-            pods = [p for p in w.pods.values() if p.node == node]
-            evicted = [p.deleting_at for p in pods if p.deleting_at and p.deleting_at >= start]
-            gone = [p.gone_at for p in pods if p.gone_at and p.gone_at >= start]
-
-        def rel(t: float | None) -> float | None:
-            return None if t is None else t - start
-
-        return {
-            "cordon_s": rel(cordon),
-            "first_eviction_s": rel(min(evicted, default=None)),
-            "last_eviction_s": rel(max(evicted, default=None)),
-            "last_pod_gone_s": rel(max(gone, default=None)),
+def summarize(rounds: list[dict[str, Any]], tools: list[str], pods: int) -> dict[str, Any]:
+    """Medians per tool, the ratios of the medians to pitstop's, the timeline medians
+    and, under a PDB, the lower bound the budget sets."""
+    d: dict[str, Any] = {"rounds": rounds}
+    if not rounds:
+        return d
+    medians = {t: statistics.median(r[t]["drain_s"] for r in rounds) for t in tools}
+    d["median_s"] = medians
+    d["ratio"] = {t: medians[t] / medians["pitstop"] for t in tools if t != "pitstop"}
+    d["timeline_medians"] = {
+        t: {key: report.median_of(rounds, t, key) for key in report.TIMELINE} for t in tools
+    }
+    cycles = [r["budget_cycle"] for r in rounds if "budget_cycle" in r]
+    if cycles:
+        allowed = cycles[0]["allowed"]
+        waves = math.ceil(pods / allowed)
+        back = statistics.median(c["budget_back_s"] for c in cycles)
+        gone = statistics.median(c["pod_gone_s"] for c in cycles)
+        d["bound"] = {
+            "allowed": allowed,
+            "waves": waves,
+            "budget_back_s": back,
+            "pod_gone_s": gone,
+            "lower_bound_s": waves * back,
+            "lower_bound_deletion_only_s": waves * gone,
+            "pitstop_over_bound": medians["pitstop"] / (waves * back),
         }
-
-    def pitstop(self, node: str, name: str) -> dict[str, Any]:
-        """From the NodeRepair create call until its phase is seen as Repairing
-        (RepairAllowed=True: every instance is gone)."""
-        c, w = self.c, self.w
-        evictions = self.operator.metric("pitstop_evictions_total", "result")
-        start = now()
-        workload.create_repair(c, name, node)
-        workload.wait_phase(w, name, ("Repairing",), 600)
-        with w.cond:
-            phases = dict(w.repairs[name].phases)
-        w.wait(f"pods of {node} gone", lambda: not w.pods_on(node), 30)
-        after = self.operator.metric("pitstop_evictions_total", "result")
-        result = {
-            "drain_s": phases["Repairing"] - start,
-            **self.timeline(node, start),
-            "phases_s": {k: round(t - start, 3) for k, t in phases.items()},
-            "eviction_requests": {k: v - evictions.get(k, 0) for k, v in after.items()},
-        }
-        workload.release(c, w, name, node)
-        return result
-
-    def kubectl(self, node: str, _name: str) -> dict[str, Any]:
-        start = now()
-        result = peers.kubectl_drain(self.c, self.w, node, self.s.anomalies)
-        return {**result, **self.timeline(node, start)}
-
-
-class Laps:
-    """Seconds spent in each named stage, one after the other."""
-
-    def __init__(self) -> None:
-        self.laps: dict[str, float] = {}
-        self.mark = now()
-
-    def lap(self, name: str) -> None:
-        self.laps[name] = round(now() - self.mark, 2)
-        self.mark = now()
+    return d
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = now()
     measured = report.source()  # what the operator process is about to load
     load_start = report.load()
+    tools = ["pitstop", *args.peers]
+    qps = peers.build_kubectl_qps() if "kubectl-qps" in tools else None
     with contextlib.ExitStack() as stack:
         cluster = Cluster(stack)
         cluster.start()
@@ -198,8 +93,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         operator.start()
         world.check = operator.check_alive
         s = Series(cluster, world, args)
-        log(f"1/3 drain rounds ({now() - started:.0f}s)")
-        rounds = Drains(s, operator).rounds()
+        drains = Drains(s, operator, tools, qps)
+        layouts: dict[str, Any] = {}
+        for i, name in enumerate(args.layouts):
+            log(f"1/3 drain rounds, {LAYOUTS[name].title} ({now() - started:.0f}s)")
+            rounds = drains.rounds(LAYOUTS[name], first_round=1 + i * args.rounds)
+            layouts[name] = summarize(rounds, tools, args.pods)
         log(f"2/3 NodeRepair -> cordon ({now() - started:.0f}s)")
         cordon, uncordon, early_cordons = latency.cordon_series(s)
         if cordon:
@@ -211,20 +110,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             log(f"    last task -> eviction p50 {p50:.0f} ms over {len(task)}")
         version = cluster.server_version()
         log(f"tearing down ({now() - started:.0f}s)")
-    drain: dict[str, Any] = {"rounds": rounds}
-    if rounds:
-        p = statistics.median(r["pitstop"]["drain_s"] for r in rounds)
-        k = statistics.median(r["kubectl"]["drain_s"] for r in rounds)
-        drain.update(
-            pitstop_median_s=p,
-            kubectl_median_s=k,
-            ratio=k / p,
-            ratio_met=k / p >= TARGET_RATIO,
-            timeline_medians={
-                tool: {key: report.median_of(rounds, tool, key) for key in report.TIMELINE}
-                for tool in ("pitstop", "kubectl")
-            },
-        )
     return {
         "date": report.today(),
         "wall_s": round(now() - started, 1),
@@ -237,13 +122,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "functions": args.functions,
             "grace": args.grace,
             "spares": args.spares,
+            "layouts": args.layouts,
+            "tools": tools,
+            "kubectl_qps": args.kubectl_qps,
         },
-        "drain": drain,
+        "drain": layouts,
         "cordon": report.series(cordon),
         "task": report.series(task),
         "uncordon": report.series(uncordon),
         "targets": {
-            "ratio": TARGET_RATIO,
+            "ratio_default_kubectl": TARGET_RATIO,
+            "ratio_best_tuned": TARGET_TUNED_RATIO,
+            "pdb_within_lower_bound": TARGET_BOUND,
             "cordon_p50_ms": TARGET_CORDON_MS,
             "task_p50_ms": TARGET_TASK_MS,
         },
@@ -253,14 +143,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def render(results: dict[str, Any]) -> str:
-    cfg, d = results["config"], results["drain"]
-    lines = [
-        *report.header("pitstop drain benchmark", results),
-        "",
-        f"1. drain a node of {cfg['pods']} instance pods ({cfg['functions']} Deployments,"
-        f" PDB maxUnavailable 100%, terminationGracePeriodSeconds {cfg['grace']}),"
-        f" {len(d['rounds'])} rounds alternating",
-        *report.drain_table(d, TARGET_RATIO),
+    cfg = results["config"]
+    tools = cfg["tools"]
+    lines = [*report.header("pitstop drain benchmark", results)]
+    if "kubectl-qps" in tools:
+        lines.append(
+            f"kubectl-qps: kubectl drain --disable-eviction=false with its client rate limit"
+            f" raised to {cfg['kubectl_qps']:g} QPS, burst {2 * cfg['kubectl_qps']:g}"
+            " (kubectl's own: 5, burst 10)"
+        )
+    for n, name in enumerate(cfg["layouts"], start=1):
+        d = results["drain"][name]
+        lines += [
+            "",
+            f"1.{n} {LAYOUTS[name].title}: drain a node of {cfg['pods']} instance pods"
+            f" ({cfg['functions']} Deployments, terminationGracePeriodSeconds {cfg['grace']}),"
+            f" {len(d['rounds'])} round{'s' * (len(d['rounds']) != 1)}, the first tool rotating",
+            *report.drain_table(d, tools, TARGET_RATIO, TARGET_TUNED_RATIO, TARGET_BOUND),
+        ]
+    lines += [
         "",
         *report.latency_rows(
             [
@@ -281,17 +182,38 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def names(text: str, known: tuple[str, ...] | list[str]) -> list[str]:
+    chosen = [n for n in text.split(",") if n]
+    unknown = [n for n in chosen if n not in known]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown {unknown}; known: {', '.join(known)}")
+    return chosen
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench drain", description=__doc__.split("\n\n")[0])
-    p.add_argument("--rounds", type=int, default=5, help="drain rounds (default 5)")
+    p.add_argument("--rounds", type=int, default=3, help="drain rounds per PDB layout (default 3)")
     p.add_argument(
         "--samples", type=int, default=50, help="samples per latency series (default 50)"
     )
-    p.add_argument("--quick", action="store_true", help="smoke run: 2 rounds, 10 samples")
-    p.add_argument("--pods", type=int, default=110, help="instance pods per drained node")
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 round per layout, 10 samples")
     p.add_argument(
-        "--functions", type=int, default=11, help="Deployments (with a PDB each) per node"
+        "--layouts",
+        type=lambda t: names(t, list(LAYOUTS)),
+        default=["nopdb", "pdb10"],
+        help=f"PDB layouts, comma-separated, of {', '.join(LAYOUTS)} (default nopdb,pdb10)",
     )
+    p.add_argument(
+        "--peers",
+        type=lambda t: names(t, TOOLS[1:]),
+        default=list(TOOLS[1:]),
+        help="the tools pitstop is measured against (default kubectl,kubectl-qps)",
+    )
+    p.add_argument(
+        "--kubectl-qps", type=float, default=1000.0, help="kubectl-qps's QPS; burst is twice it"
+    )
+    p.add_argument("--pods", type=int, default=110, help="instance pods per drained node")
+    p.add_argument("--functions", type=int, default=11, help="Deployments per node")
     p.add_argument("--grace", type=int, default=1, help="terminationGracePeriodSeconds")
     p.add_argument("--spares", type=int, default=4, help="nodes taking the evicted pods")
     p.add_argument("--empty-nodes", type=int, default=5, help="nodes of the cordon series")
@@ -302,7 +224,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def quick(args: argparse.Namespace) -> None:
-    args.rounds, args.samples = 2, 10
+    args.rounds, args.samples = 1, 10
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,6 +67,14 @@ class RepairSeen:
     """Every watch event: type, phase, finalizers, deletion mark (for anomalies)."""
 
 
+@dataclass
+class BudgetSeen:
+    allowed: int | None = None
+    """status.disruptionsAllowed, once the disruption controller has written it."""
+    changes: list[tuple[float, int]] = field(default_factory=list)
+    """(time, disruptionsAllowed) at every change."""
+
+
 class World:
     """The cluster as this process's watches saw it, with arrival times."""
 
@@ -75,6 +83,7 @@ class World:
         self.nodes: dict[str, NodeSeen] = {}
         self.pods: dict[str, PodSeen] = {}
         self.repairs: dict[str, RepairSeen] = {}
+        self.budgets: dict[str, BudgetSeen] = {}
         self.check: Callable[[], None] = lambda: None
         """Called while waiting: raises when something we depend on died."""
 
@@ -111,6 +120,13 @@ class World:
             seen.gone_at = t
             if seen.deleting_at is None:
                 seen.deleting_at = t
+
+    def on_budget(self, t: float, kind: str, obj: dict[str, Any]) -> None:
+        seen = self.budgets.setdefault(obj["metadata"]["name"], BudgetSeen())
+        allowed = (obj.get("status") or {}).get("disruptionsAllowed")
+        if kind != "DELETED" and allowed is not None and allowed != seen.allowed:
+            seen.allowed = allowed
+            seen.changes.append((t, allowed))
 
     def on_repair(self, t: float, kind: str, obj: dict[str, Any]) -> None:
         name = obj["metadata"]["name"]
@@ -239,15 +255,22 @@ class Watcher(threading.Thread):
 
 
 def start_watches(cluster: Cluster, world: World, namespace: str) -> None:
-    """Nodes, the namespace's pods and NodeRepairs, each on a connection of its own;
+    """Nodes, the namespace's pods and PDBs, and NodeRepairs, each on a connection of its own;
     returns once every stream has listed. The streams stop with the cluster's stack."""
     core_nodes = client.CoreV1Api(cluster.new_api())
     core_pods = client.CoreV1Api(cluster.new_api())
     custom = client.CustomObjectsApi(cluster.new_api())
+    policy = client.PolicyV1Api(cluster.new_api())
     watchers = [
         Watcher("nodes", core_nodes.list_node, world.on_node, world),
         Watcher(
             "pods", lambda **kw: core_pods.list_namespaced_pod(namespace, **kw), world.on_pod, world
+        ),
+        Watcher(
+            "pdbs",
+            lambda **kw: policy.list_namespaced_pod_disruption_budget(namespace, **kw),
+            world.on_budget,
+            world,
         ),
         Watcher(
             "repairs",

@@ -145,14 +145,15 @@ def make_pdb(
 
 
 def pdbs_settled(cluster: Cluster, selector: str) -> bool:
-    """Every PDB with these labels has seen its pods, all healthy."""
+    """Every PDB with these labels has seen all its pods healthy (so it allows all
+    the disruptions its maxUnavailable does)."""
     for pdb in cluster.policy.list_namespaced_pod_disruption_budget(
         NS, label_selector=selector
     ).items:
         s = pdb.status
         if s is None or (s.observed_generation or 0) < pdb.metadata.generation:
             return False
-        if not s.expected_pods or s.disruptions_allowed != s.expected_pods:
+        if not s.expected_pods or s.current_healthy != s.expected_pods:
             return False
     return True
 
