@@ -52,6 +52,25 @@ def poll(what: str, probe: Callable[[], Any], timeout: float, interval: float = 
         time.sleep(interval)
 
 
+def run_command(
+    args: list[str],
+    what: str,
+    timeout: float,
+    *,
+    input: str | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Runs a command with its output captured; a failure is a BenchError saying
+    `what` failed, with the end of its stderr."""
+    proc = subprocess.run(
+        args, input=input, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+    if proc.returncode != 0:
+        raise BenchError(f"{what} failed: {proc.stderr.strip()[-2000:]}")
+    return proc
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -175,16 +194,9 @@ class Cluster:
         return [kubectl, "--kubeconfig", config, "--cache-dir", cache, *args]
 
     def run_kubectl(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            self.kubectl_command(*args),
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=600,
+        return run_command(
+            self.kubectl_command(*args), f"kubectl {' '.join(args[:4])}", 600, input=input
         )
-        if proc.returncode != 0:
-            raise BenchError(f"kubectl {' '.join(args[:4])} failed: {proc.stderr.strip()[:600]}")
-        return proc
 
     def get_raw(self, path: str) -> str:
         """GET a non-resource path (e.g. /metrics) with the admin's credentials."""

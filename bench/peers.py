@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from bench.cluster import RESULTS, BenchError, Cluster, cache_dir, log, now, versions
+from bench.cluster import RESULTS, BenchError, Cluster, cache_dir, log, now, run_command, versions
 from bench.watches import World
 
 KUBECTL_DRAIN = ("--ignore-daemonsets", "--delete-emptydir-data", "--timeout=5m")
@@ -91,14 +91,11 @@ def build_kubectl_qps() -> str:
         for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
     )
     ldflags = "-s -w " + ldflags
-    proc = subprocess.run(
+    run_command(
         ["nice", "go", "build", "-trimpath", "-ldflags", ldflags, "-o", str(binary), "."],
-        cwd=work,
+        "building kubectl-qps",
+        1800,
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=1800,
+        cwd=work,
     )
-    if proc.returncode != 0:
-        raise BenchError(f"building kubectl-qps failed:\n{proc.stderr[-2000:]}")
     return str(binary)
