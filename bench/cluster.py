@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +268,39 @@ class Operator:
                 return bool(r.status == 200)
         except OSError:
             return False
+
+    @contextlib.contextmanager
+    def profiled(self, name: str) -> Iterator[None]:
+        """Samples the operator with py-spy for the duration of the block, into
+        bench/results/<name>.speedscope.json (open it in speedscope). py-spy attaches
+        to the running process; it is stopped with SIGINT, on which it writes."""
+        py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent))
+        if py_spy is None:
+            raise BenchError("--profile needs py-spy: .venv/bin/pip install py-spy")
+        out = RESULTS / f"{name}.speedscope.json"
+        spy = subprocess.Popen(
+            [
+                *(py_spy, "record", "--pid", str(self.pid), "--format", "speedscope"),
+                *("--rate", "50", "--nonblocking", "--output", str(out)),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        try:
+            yield
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(spy.pid, signal.SIGINT)
+            try:
+                _, err = spy.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                stop_process(spy, 1)
+                err = b""
+            if out.exists():
+                log(f"operator profile written to {out}")
+            else:
+                log(f"py-spy wrote no profile: {err.decode(errors='replace').strip()[-300:]}")
 
     def metric(self, name: str, label: str) -> dict[str, float]:
         """One counter of the operator's /metrics, by the value of one label."""

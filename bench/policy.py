@@ -280,7 +280,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         idle = bench.idle()
         log(f"idle: {idle}")
         latencies = bench.detection()
-        burst = bench.burst()
+        with operator.profiled("operator-burst") if args.profile else contextlib.nullcontext():
+            burst = bench.burst()
         after_start = Snapshot(cluster).since(started_up)["operator"]
         version = cluster.server_version()
     return {
@@ -373,6 +374,11 @@ def parser() -> argparse.ArgumentParser:
         choices=("sa", "admin"),
         default="sa",
         help="the operator's credentials: its ServiceAccount (its requests are counted) or admin",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample the operator with py-spy during the burst (bench/results/*.speedscope.json)",
     )
     p.add_argument("--quick", action="store_true", help="200 nodes, 2,000 pods, 20 samples")
     p.add_argument("--output", type=Path, default=RESULTS / "policy.json")
