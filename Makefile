@@ -57,11 +57,11 @@ test: lint unit e2e ## everything CI runs
 
 bench: bench-drain bench-policy ## all benchmarks, each on its own cluster
 
-bench-drain: venv build ## drain vs kubectl drain, cordon and task->eviction latency (~6 min)
-	$(BIN)/python bench/drain.py
+bench-drain: venv build ## drain vs kubectl drain (default, tuned QPS), no PDB and one 10% PDB; latencies (~12 min)
+	$(BIN)/python -m bench drain
 
-bench-policy: venv build ## 1,000 nodes / 20,000 pods: RSS, idle CPU, detection latency, burst
-	$(BIN)/python bench/policy.py
+bench-policy: venv build ## 1,000 nodes / 20,000 pods: RSS, idle CPU, detection, burst, API requests by verb
+	$(BIN)/python -m bench policy
 
 demo: venv build ## a fault, and a full repair shown live, on its own local control plane
 	$(BIN)/python hack/demo.py

@@ -1,0 +1,101 @@
+"""The tools pitstop is measured against, each draining one node on the same
+cluster in the same run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from bench.cluster import RESULTS, BenchError, Cluster, cache_dir, log, now, run_command, versions
+from bench.watches import World
+
+KUBECTL_DRAIN = ("--ignore-daemonsets", "--delete-emptydir-data", "--timeout=5m")
+"""`kubectl drain` with its default settings, plus what a node with these pods needs."""
+
+
+def kubectl_drain(
+    cluster: Cluster,
+    world: World,
+    node: str,
+    anomalies: list[str],
+    *flags: str,
+    binary: str | None = None,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Runs `kubectl drain NODE` (with `flags` after the defaults); the figure is the
+    wall time of the command. A failed drain is kept as an anomaly."""
+    start = now()
+    proc = subprocess.run(
+        cluster.kubectl_command("drain", node, *KUBECTL_DRAIN, *flags, binary=binary),
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env={**os.environ, **(env or {})},
+    )
+    done = now()
+    if proc.returncode != 0:
+        anomalies.append(f"kubectl drain {node} failed: {proc.stderr.strip()[-300:]}")
+    world.wait(f"pods of {node} gone", lambda: not world.pods_on(node), 60)
+    return {
+        "drain_s": done - start,
+        "retries_after_429": proc.stderr.count("will retry after"),
+        "client_side_throttling_notes": proc.stderr.count("client-side throttling"),
+        "exit_code": proc.returncode,
+    }
+
+
+def kubectl_drain_tuned(
+    cluster: Cluster, world: World, node: str, anomalies: list[str], binary: str, qps: float
+) -> dict[str, Any]:
+    """The same drain by kubectl-qps (below) with its client rate limit raised to `qps`
+    (burst twice that), and `--disable-eviction=false` said out loud: it still evicts
+    through the Eviction API, so PDBs are honoured as by the default drain."""
+    env = {"BENCH_KUBECTL_QPS": str(qps), "BENCH_KUBECTL_BURST": str(int(2 * qps))}
+    return kubectl_drain(
+        cluster, world, node, anomalies, "--disable-eviction=false", binary=binary, env=env
+    )
+
+
+KUBECTL_QPS_SOURCE = Path(__file__).parent / "kubectl_qps" / "main.go"
+
+
+def build_kubectl_qps() -> str:
+    """Builds bench/kubectl_qps (kubectl with its client rate limit taken from the
+    environment) into bench/results/build, with the module graph of the control
+    plane's own build (same k8s.io/kubectl release as the server and the stock
+    kubectl), offline from the module cache that build filled. Returns its path."""
+    source = cache_dir() / "build" / f"kube-{versions()['KUBE_VERSION']}"
+    work = RESULTS / "build" / "kubectl-qps"
+    binary = work / "kubectl-qps"
+    if binary.exists() and binary.stat().st_mtime > KUBECTL_QPS_SOURCE.stat().st_mtime:
+        return str(binary)
+    if not (source / "go.mod").exists():
+        raise BenchError(f"no control plane build in {source}: run `make build` first")
+    work.mkdir(parents=True, exist_ok=True)
+    mod = (
+        (source / "go.mod")
+        .read_text()
+        .replace("module pitstop.dev/kubebuild", "module pitstop.dev/benchkubectl", 1)
+    )
+    (work / "go.mod").write_text(mod)
+    shutil.copy(source / "go.sum", work / "go.sum")
+    shutil.copy(KUBECTL_QPS_SOURCE, work / "main.go")
+    log("building bench/kubectl_qps (kubectl with a settable client rate limit)")
+    env = {**os.environ, "GOFLAGS": "-mod=mod", "GOPROXY": "off"}
+    version = versions()["KUBE_VERSION"] + "+qps"  # says what it is in `version --client`
+    ldflags = " ".join(
+        f"-X {pkg}.gitVersion={version}"
+        for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
+    )
+    ldflags = "-s -w " + ldflags
+    run_command(
+        ["nice", "go", "build", "-trimpath", "-ldflags", ldflags, "-o", str(binary), "."],
+        "building kubectl-qps",
+        1800,
+        env=env,
+        cwd=work,
+    )
+    return str(binary)
