@@ -14,11 +14,16 @@ from typing import Any
 import kopf
 
 # Importing a module registers its handlers: each step of the flow lives in its own.
-from pitstop import __version__, alerts, constants, indexes, metrics, policies, repairs, serving
-from pitstop.kube import Kube
-from pitstop.kubeconfig import KubeSource, connection_info, resolve_source
+from pitstop import __version__, constants, metrics
+from pitstop.cluster import indexes
+from pitstop.cluster.kube import Kube
+from pitstop.cluster.kubeconfig import KubeSource, connection_info, resolve_source
+from pitstop.instances import serving
+from pitstop.pool import alerts
+from pitstop.pool import daemon as pool_daemon
+from pitstop.repair import daemon as repair_daemon
 
-__all__ = ["indexes", "policies", "repairs", "serving"]
+__all__ = ["indexes", "pool_daemon", "repair_daemon", "serving"]
 
 WATCH_HANDLERS = frozenset(
     {

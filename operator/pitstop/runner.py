@@ -9,7 +9,7 @@ from typing import Any
 import kopf
 
 from pitstop import constants, metrics
-from pitstop.kubeconfig import KubeSource
+from pitstop.cluster.kubeconfig import KubeSource
 
 logger = logging.getLogger(__name__)
 

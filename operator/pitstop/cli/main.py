@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeAlias
 
 from pitstop import __version__, constants
-from pitstop.kubeconfig import KubeconfigError, load_configuration, resolve_source
+from pitstop.cli.errors import CLIError
+from pitstop.cluster.kubeconfig import KubeconfigError, load_configuration, resolve_source
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -24,10 +25,6 @@ EXIT_INTERRUPTED = 130
 Handler: TypeAlias = Callable[[argparse.Namespace], int]
 if TYPE_CHECKING:  # generic only in typeshed, not at runtime
     SubParsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
-
-
-class CLIError(Exception):
-    """A failure to report as one line on stderr, with a non-zero exit code."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -186,7 +183,7 @@ def _add_repair(subparsers: SubParsers, common: argparse.ArgumentParser) -> None
 def _cmd_repair(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from pitstop import commands
+    from pitstop.cli import commands
 
     name = args.name or commands.default_name(args.node, datetime.now(UTC))
     body = commands.repair_body(
@@ -218,7 +215,7 @@ def _add_status(subparsers: SubParsers, common: argparse.ArgumentParser) -> None
 def _cmd_status(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from pitstop import commands
+    from pitstop.cli import commands
 
     repairs = commands.list_repairs(commands.api(args.kubeconfig))
     print(commands.status_table(repairs, datetime.now(UTC)) if repairs else "No NodeRepairs.")
@@ -236,7 +233,7 @@ def _add_plan(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from pitstop import commands
+    from pitstop.cli import commands
 
     the_plan, found = commands.plan(commands.api(args.kubeconfig), args.node)
     print(commands.plan_text(args.node, the_plan, found))
@@ -253,7 +250,7 @@ def _add_done(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
 
 
 def _cmd_done(args: argparse.Namespace) -> int:
-    from pitstop import commands
+    from pitstop.cli import commands
 
     print(commands.mark_done(commands.api(args.kubeconfig), args.name, args.failed))
     return EXIT_OK

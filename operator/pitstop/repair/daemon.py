@@ -1,5 +1,5 @@
 """Drives each NodeRepair: a kopf daemon per repair observes (indexes), decides
-(pitstop.drain) and acts (pitstop.kube), then sleeps until a watch event about its
+(pitstop.repair.drain) and acts (pitstop.cluster.kube), then sleeps until a watch event about its
 node or the next deadline. Deleting a repair gives the node back (finalizer).
 
 The driver never sleeps inside a step and never lists: it reacts to the events
@@ -19,10 +19,12 @@ from typing import Any, cast
 import kopf
 from pydantic import ValidationError
 
-from pitstop import constants, drain, flow, hooks, instances, metrics, nodes, policies
+from pitstop import constants, metrics
+from pitstop.cluster import nodes
+from pitstop.cluster.indexes import CAPACITY, UNDER_REPAIR, WAKERS, nap, one, slim_node
+from pitstop.cluster.kube import ApiError, Eviction, Gone, Kube, merge_patch
 from pitstop.conditions import set_condition
-from pitstop.indexes import CAPACITY, UNDER_REPAIR, WAKERS, nap, one, slim_node
-from pitstop.kube import ApiError, Eviction, Kube, merge_patch
+from pitstop.instances import contract
 from pitstop.models import (
     FINAL_PHASES,
     NodeRepairSpec,
@@ -31,7 +33,8 @@ from pitstop.models import (
     Phase,
     RepairStrategy,
 )
-from pitstop.policies import Gone
+from pitstop.pool import daemon as pool_daemon
+from pitstop.repair import drain, flow, hooks
 
 C = constants
 STATUS_COALESCE = timedelta(milliseconds=250)
@@ -88,11 +91,11 @@ class Driver:
 
     def observe_instances(
         self, pods_by_node: kopf.Index[str, Any], endpoints_by_pod: kopf.Index[str, Any]
-    ) -> list[instances.Instance]:
+    ) -> list[contract.Instance]:
         return [
-            instances.observe(pod, endpoints_by_pod.get(instances.key(pod)))
+            contract.observe(pod, endpoints_by_pod.get(contract.key(pod)))
             for pod in list(pods_by_node.get(self.node_name, ()))
-            if instances.is_instance(pod)
+            if contract.is_instance(pod)
         ]
 
     # --- one pass ---
@@ -128,7 +131,7 @@ class Driver:
         waiting_for = None
         if self.status.phase in (None, Phase.PENDING) and not spec.dry_run:
             created = self.body.get("metadata", {}).get("creationTimestamp") or ""
-            waiting_for = await policies.ADMISSION.check(
+            waiting_for = await pool_daemon.ADMISSION.check(
                 self.name, self.node_name, created, nodes_by_name, repairs_by_node, policies_by_name
             )
         obs = drain.Observation(
@@ -273,7 +276,7 @@ class Driver:
         if failure is not None:
             raise failure
 
-    def forget_sent(self, found: list[instances.Instance]) -> None:
+    def forget_sent(self, found: list[contract.Instance]) -> None:
         """A mark someone removed mid-repair (the drain signal, a closed gate) must be
         set again: forget having sent it once the index shows it missing."""
         for i in found:
@@ -366,11 +369,11 @@ class Driver:
         (namespaced reads, refreshed at most every few seconds)."""
         if self.pdbs is not None and now - self.pdbs[0] < PDB_REFRESH:
             return self.pdbs[1]
-        pods = [p for p in pods_by_node.get(self.node_name, ()) if instances.is_instance(p)]
+        pods = [p for p in pods_by_node.get(self.node_name, ()) if contract.is_instance(p)]
         pdbs = []
         for ns in sorted({p["metadata"]["namespace"] for p in pods}):
             pdbs.extend(await self.kube.list_pdbs(ns))
-        blocking = instances.blocking_pdbs(pdbs, pods)
+        blocking = contract.blocking_pdbs(pdbs, pods)
         self.pdbs = (now, tuple(blocking))
         return self.pdbs[1]
 
@@ -456,14 +459,14 @@ async def give_back(
         return False
     jobs = []
     for pod in list(pods_by_node.get(node_name, ())):
-        if instances.is_terminating(pod) or not instances.is_instance(pod):
+        if contract.is_terminating(pod) or not contract.is_instance(pod):
             continue
-        key = instances.key(pod)
+        key = contract.key(pod)
         if C.ANNOTATION_DRAINING in pod["metadata"]["annotations"]:
             jobs.append(
                 kube.patch_pod(key, {"metadata": {"annotations": {C.ANNOTATION_DRAINING: None}}})
             )
-        if instances.has_serving_gate(pod) and instances.serving_status(pod) != "True":
+        if contract.has_serving_gate(pod) and contract.serving_status(pod) != "True":
             jobs.append(kube.set_pod_condition(key, C.CONDITION_SERVING, "True", "NodeRepairEnded"))
     for result in await asyncio.gather(*jobs, return_exceptions=True):
         if isinstance(result, ApiError) and result.status != 404:
@@ -548,7 +551,7 @@ async def drive(
         WAKERS.unregister(driver.node_name, waker)
         CAPACITY.unregister(waker)
         if driver.status.phase in FINAL_PHASES:
-            policies.ADMISSION.release(name)
+            pool_daemon.ADMISSION.release(name)
 
 
 @kopf.on.delete(C.GROUP, C.VERSION, C.NODEREPAIR_PLURAL)  # type: ignore[arg-type]  # (index kwargs)
@@ -587,5 +590,5 @@ async def abort(
             message=f"Repair deleted; {node_name} given back",
         )
     record_phase(name, None)
-    policies.ADMISSION.release(name)
+    pool_daemon.ADMISSION.release(name)
     WAKERS.wake(node_name)

@@ -7,7 +7,9 @@ once, and (de)serialising model objects would cost more than the requests."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -31,6 +33,15 @@ class ApiError(Exception):
         self.status = status
         self.message = message
         self.body = dict(body or {})
+
+
+class Gone(Exception):
+    """The object a daemon drives was deleted (seen as a 404 or gone from the index)."""
+
+
+def namespace() -> str:
+    """Where repair Jobs run and webhook Secrets live: the operator's own namespace."""
+    return os.environ.get("POD_NAMESPACE") or constants.OPERATOR_NAMESPACE
 
 
 @dataclass(frozen=True)
@@ -202,3 +213,16 @@ def _auth_headers(info: kopf.ConnectionInfo) -> dict[str, str]:
         basic = aiohttp.BasicAuth(info.username, info.password)
         return {"Authorization": basic.encode()}
     return {}
+
+
+async def read_secret(kube: Kube, name: str, key: str) -> str:
+    try:
+        secret = await kube.request("GET", f"/api/v1/namespaces/{namespace()}/secrets/{name}")
+    except ApiError as e:
+        if e.status == 404:
+            raise LookupError(f"secret {namespace()}/{name} not found") from e
+        raise LookupError(f"secret {namespace()}/{name}: {e.status} {e.message}") from e
+    data = (secret.get("data") or {}).get(key)
+    if data is None:
+        raise LookupError(f"secret {namespace()}/{name} has no key {key!r}")
+    return base64.b64decode(data).decode().strip()
