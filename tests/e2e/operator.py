@@ -14,15 +14,24 @@ from pathlib import Path
 from tests.e2e.kube import REPO, wait_until
 
 PITSTOP = REPO / ".venv" / "bin" / "pitstop"
+STOP_TIMEOUT = 30.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(*taken: int) -> int:
+    """A loopback port nothing listens on now, and none of `taken`."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in taken:
+            return port
 
 
 class Operator:
+    """One `pitstop run` process on free loopback ports, its output in `log`. The one
+    wrapper of the operator process for every e2e test (conftest's shared operator,
+    the restarts of the crash tests, test_run's start and stop)."""
+
     def __init__(self, kubeconfig: str, log: Path):
         self.kubeconfig = kubeconfig
         self.log = log
@@ -32,10 +41,12 @@ class Operator:
         self.alerts_port = 0
         self.starts = 0
 
-    def start(self) -> None:
+    def start(self, wait: bool = True) -> None:
+        """Starts the process; with `wait`, returns once /healthz answers 200."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
-        self.health_port, self.metrics_port = free_port(), free_port()
-        self.alerts_port = free_port()
+        self.health_port = free_port()
+        self.metrics_port = free_port(self.health_port)
+        self.alerts_port = free_port(self.health_port, self.metrics_port)
         self.starts += 1
         with self.log.open("ab") as out:
             out.write(f"\n===== start #{self.starts} =====\n".encode())
@@ -58,12 +69,20 @@ class Operator:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
-        wait_until("operator healthy", self.healthy, timeout=60, interval=0.2)
+        if wait:
+            wait_until("operator healthy", self.healthy, timeout=60, interval=0.2)
 
-    def healthy(self) -> bool:
+    def alive(self) -> bool:
+        """True while it runs; fails the test with its output once it has exited."""
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise AssertionError(f"operator exited with {self.proc.returncode}; log: {self.log}")
+            raise AssertionError(
+                f"operator exited with {self.proc.returncode}; log: {self.log}\n{self.output}"
+            )
+        return True
+
+    def healthy(self) -> bool:
+        self.alive()
         try:
             url = f"http://127.0.0.1:{self.health_port}/healthz"
             with urllib.request.urlopen(url, timeout=1) as r:
@@ -74,17 +93,22 @@ class Operator:
     def kill(self) -> None:
         """SIGKILL: no cleanup, no finalizer work, exactly like a crashed pod."""
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
+        """SIGTERM, then SIGKILL after `timeout`; the exit code (None if never started)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        return self.proc.returncode
 
     def ensure_running(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -97,3 +121,8 @@ class Operator:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+    @property
+    def output(self) -> str:
+        """Everything the process wrote (stdout and stderr), so far."""
+        return self.log_text() if self.log.exists() else ""
