@@ -55,8 +55,8 @@ def configure(
     settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any
 ) -> None:
     """Operator-wide settings; runs before any watch starts."""
-    # No KopfPeering CRD: one active replica (Deployment strategy Recreate) for now;
-    # HA will use a coordination.k8s.io Lease, as peering is not leader election.
+    # No KopfPeering: peering is not leader election. Of several replicas only the
+    # holder of the coordination.k8s.io Lease runs kopf at all (pitstop.runner).
     settings.peering.standalone = True
 
     settings.watching.server_timeout = WATCH_SERVER_TIMEOUT
@@ -87,7 +87,10 @@ def configure(
 
     # pitstop's own API calls (cordon, pod patches, evictions, status) share the
     # credentials of kopf's login handler below.
-    memo["kube"] = Kube(lambda: connection_info(_source(memo)), request_timeout=REQUEST_TIMEOUT)
+    identity = _identity(memo)
+    memo["kube"] = Kube(
+        lambda: connection_info(_source(memo), identity), request_timeout=REQUEST_TIMEOUT
+    )
 
     metrics.UP.set(1)
     logger.info(f"pitstop {__version__} started.")
@@ -122,6 +125,11 @@ def _source(memo: kopf.Memo) -> KubeSource:
     return source
 
 
+def _identity(memo: kopf.Memo) -> str | None:
+    options = memo.get(MEMO_OPTIONS)
+    return getattr(options, "identity", None)
+
+
 @kopf.on.login(id="pitstop")
 def login(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> kopf.ConnectionInfo:
     """Credentials from the source chosen by the CLI (kopf calls this again on HTTP 401).
@@ -131,10 +139,16 @@ def login(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> kopf.ConnectionInfo
     """
     source = _source(memo)
     logger.debug(f"Logging in with the {source.describe()}.")
-    return connection_info(source)
+    return connection_info(source, _identity(memo))
 
 
 @kopf.on.probe(id="version")
 def version(**_: Any) -> str:
     """Shown in /healthz; the probe makes no API call, so liveness never hinges on the API."""
     return __version__
+
+
+@kopf.on.probe(id="role")
+def role(**_: Any) -> str:
+    """A standby never runs kopf (pitstop.runner serves its /healthz): this one leads."""
+    return "leader"

@@ -4,11 +4,13 @@ test can SIGKILL and restart (invariant 6)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import urllib.request
+import uuid
 from pathlib import Path
 
 from tests.e2e.kube import REPO, wait_until
@@ -23,16 +25,23 @@ def free_port() -> int:
 
 
 class Operator:
-    def __init__(self, kubeconfig: str, log: Path):
+    def __init__(self, kubeconfig: str, log: Path, *args: str, identity: str | None = None):
         self.kubeconfig = kubeconfig
         self.log = log
+        self.args = args
+        """Extra `pitstop run` arguments."""
         self.proc: subprocess.Popen[bytes] | None = None
         self.health_port = 0
         self.metrics_port = 0
         self.alerts_port = 0
         self.starts = 0
+        # Stable across restarts, as a Pod's name is: a restarted operator takes its
+        # own Lease back at once instead of waiting for it to expire.
+        self.identity = identity or f"e2e-{uuid.uuid4().hex[:8]}"
 
-    def start(self) -> None:
+    def start(self, wait: bool = True) -> None:
+        """Starts `pitstop run`; with `wait`, until it holds the Lease (a standby
+        answers /healthz too, with its role)."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.health_port, self.metrics_port = free_port(), free_port()
         self.alerts_port = free_port()
@@ -53,23 +62,32 @@ class Operator:
                     str(self.metrics_port),
                     "--alerts-port",
                     str(self.alerts_port),
+                    "--identity",
+                    self.identity,
+                    *self.args,
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
-        wait_until("operator healthy", self.healthy, timeout=60, interval=0.2)
+        if wait:
+            wait_until("operator leading", self.healthy, timeout=60, interval=0.2)
 
     def healthy(self) -> bool:
+        return self.role() == "leader"
+
+    def role(self) -> str | None:
+        """ "leader" or "standby" from /healthz; None while it does not answer."""
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise AssertionError(f"operator exited with {self.proc.returncode}; log: {self.log}")
         try:
             url = f"http://127.0.0.1:{self.health_port}/healthz"
             with urllib.request.urlopen(url, timeout=1) as r:
-                return bool(r.status == 200)
+                role = json.loads(r.read()).get("role") if r.status == 200 else None
+                return str(role) if role else None
         except OSError:
-            return False
+            return None
 
     def kill(self) -> None:
         """SIGKILL: no cleanup, no finalizer work, exactly like a crashed pod."""

@@ -11,6 +11,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,10 @@ pytestmark = pytest.mark.e2e
 PITSTOP = str(Path(sys.executable).parent / "pitstop")
 STARTUP_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
+
+
+def _lease() -> str:
+    return f"e2e-run-{uuid.uuid4().hex[:8]}"
 
 
 def free_port() -> int:
@@ -49,7 +54,8 @@ class Operator:
 
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [PITSTOP, "run", "--alerts-port", "0", *args],
+            # A Lease of its own: the session's operator may hold the shared one.
+            [PITSTOP, "run", "--alerts-port", "0", "--lease-name", _lease(), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
