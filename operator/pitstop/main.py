@@ -33,6 +33,9 @@ WATCH_HANDLERS = frozenset(
 """Handlers run on every watch event; their success is not logged (pitstop.runner)."""
 
 MEMO_KUBE_SOURCE = "kube_source"
+MEMO_STOP = "stop"
+"""Key of the runner's stop flag: set once kopf stops, so that kopf does not wait
+for its own watcher of that flag among the tasks it expects to end (5 s)."""
 MEMO_OPTIONS = "options"
 """Key under which pitstop.runner passes its RunOptions (ports, the alerts Secret)."""
 """Key in the operator-wide memo under which pitstop.runner passes the KubeSource."""
@@ -112,6 +115,8 @@ async def start_alert_receiver(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -
 @kopf.on.cleanup()
 async def mark_down(memo: kopf.Memo, **_: Any) -> None:
     metrics.UP.set(0)
+    if MEMO_STOP in memo:
+        memo[MEMO_STOP].set()
     if "alerts" in memo:
         await memo["alerts"].cleanup()
     if "kube" in memo:

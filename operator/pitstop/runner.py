@@ -107,6 +107,7 @@ async def _run(options: RunOptions, main: Any) -> None:
         return
 
     stop = asyncio.Event()
+    memo[main.MEMO_STOP] = stop
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
