@@ -48,6 +48,7 @@ lint: venv ## ruff and mypy
 
 unit: venv ## unit tests (no cluster)
 	$(BIN)/pytest -q tests/unit
+	cd function && go test -count=1 ./...
 
 e2e: venv build ## e2e tests on a fresh local control plane (PITSTOP_KEEP_CLUSTER=1 keeps it)
 	$(BIN)/pytest -q tests/e2e
@@ -67,3 +68,13 @@ demo: venv build ## a fault, and a full repair shown live, on its own local cont
 
 clean: cluster-down ## remove the virtualenv and caches (not the binary cache)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# --- function/: the project's own function runtime (Go, a static binary) ---
+.PHONY: function function-image
+FUNCTION_GOFLAGS := -trimpath -buildvcs=false -ldflags='-s -w'
+
+function: ## build the function runtime into function/bin/function (static)
+	cd function && CGO_ENABLED=0 go build $(FUNCTION_GOFLAGS) -o bin/function .
+
+function-image: function ## the function runtime's image localhost/pitstop-function:dev (needs hack/image.sh)
+	function/build-image.sh

@@ -4,11 +4,13 @@ test can SIGKILL and restart (invariant 6)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import urllib.request
+import uuid
 from pathlib import Path
 
 from tests.e2e.kube import REPO, wait_until
@@ -30,11 +32,17 @@ def free_port(*taken: int) -> int:
 class Operator:
     """One `pitstop run` process on free loopback ports, its output in `log`. The one
     wrapper of the operator process for every e2e test (conftest's shared operator,
-    the restarts of the crash tests, test_run's start and stop)."""
+    the restarts of the crash tests, test_run's start and stop, the HA replicas).
 
-    def __init__(self, kubeconfig: str, log: Path):
+    `args` are extra `pitstop run` arguments; `identity` names the replica in the
+    Lease and is kept across restarts, as a Pod's name is, so a restarted operator
+    takes its own Lease back at once instead of waiting for it to expire."""
+
+    def __init__(self, kubeconfig: str, log: Path, *args: str, identity: str | None = None):
         self.kubeconfig = kubeconfig
         self.log = log
+        self.args = args
+        self.identity = identity or f"e2e-{uuid.uuid4().hex[:8]}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.health_port = 0
         self.metrics_port = 0
@@ -42,7 +50,8 @@ class Operator:
         self.starts = 0
 
     def start(self, wait: bool = True) -> None:
-        """Starts the process; with `wait`, returns once /healthz answers 200."""
+        """Starts the process; with `wait`, returns once it leads (holds the Lease and
+        runs its handlers: a standby answers /healthz too, with its role)."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.health_port = free_port()
         self.metrics_port = free_port(self.health_port)
@@ -64,13 +73,16 @@ class Operator:
                     str(self.metrics_port),
                     "--alerts-port",
                     str(self.alerts_port),
+                    "--identity",
+                    self.identity,
+                    *self.args,
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         if wait:
-            wait_until("operator healthy", self.healthy, timeout=60, interval=0.2)
+            wait_until("operator leading", self.healthy, timeout=60, interval=0.2)
 
     def alive(self) -> bool:
         """True while it runs; fails the test with its output once it has exited."""
@@ -82,13 +94,18 @@ class Operator:
         return True
 
     def healthy(self) -> bool:
+        return self.role() == "leader"
+
+    def role(self) -> str | None:
+        """ "leader" or "standby" from /healthz; None while it does not answer."""
         self.alive()
         try:
             url = f"http://127.0.0.1:{self.health_port}/healthz"
             with urllib.request.urlopen(url, timeout=1) as r:
-                return bool(r.status == 200)
+                role = json.loads(r.read()).get("role") if r.status == 200 else None
+                return str(role) if role else None
         except OSError:
-            return False
+            return None
 
     def kill(self) -> None:
         """SIGKILL: no cleanup, no finalizer work, exactly like a crashed pod."""

@@ -8,6 +8,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,8 +44,10 @@ def sa_kubeconfig(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.fixture
 def operator(sa_kubeconfig: str, tmp_path: Path) -> Iterator[tuple[Operator, int, int]]:
     """A fresh operator of its own (not the session's), started without waiting:
-    the test watches it come up."""
-    op = Operator(sa_kubeconfig, tmp_path / "operator.log")
+    the test watches it come up. A Lease of its own: the session's operator may
+    hold the shared one."""
+    lease = f"e2e-run-{uuid.uuid4().hex[:8]}"
+    op = Operator(sa_kubeconfig, tmp_path / "operator.log", "--lease-name", lease)
     op.start(wait=False)
     try:
         yield op, op.health_port, op.metrics_port

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeAlias
@@ -25,6 +26,8 @@ EXIT_INTERRUPTED = 130
 Handler: TypeAlias = Callable[[argparse.Namespace], int]
 if TYPE_CHECKING:  # generic only in typeshed, not at runtime
     SubParsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
+
+    from pitstop.cluster.leader import ElectionConfig
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -113,7 +116,65 @@ def _add_run(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
         metavar="ADDR",
         help="address the health and metrics endpoints listen on (default: %(default)s)",
     )
+    election = p.add_argument_group(
+        "leader election",
+        "Of several replicas only the holder of a coordination.k8s.io Lease acts; "
+        "the others stand by (serving /healthz and /metrics).",
+    )
+    election.add_argument(
+        "--leader-elect",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="take part in leader election (default: on; off only for a single replica)",
+    )
+    election.add_argument(
+        "--lease-name", default="pitstop", metavar="NAME", help="(default: %(default)s)"
+    )
+    election.add_argument(
+        "--lease-namespace",
+        metavar="NS",
+        help="namespace of the Lease (default: $POD_NAMESPACE, else pitstop-system)",
+    )
+    election.add_argument(
+        "--identity",
+        metavar="ID",
+        help="this replica's name in the Lease, unique among replicas and stable across "
+        "its restarts (default: $POD_NAME, else <hostname>-<pid>)",
+    )
+    for flag, default, text in (
+        ("--lease-duration", 15.0, "how long an unrenewed Lease stays held"),
+        ("--renew-deadline", 10.0, "the leader stops acting when it could not renew for this long"),
+        ("--retry-period", 2.0, "how often the leader renews and a standby looks"),
+    ):
+        election.add_argument(
+            flag,
+            type=_seconds,
+            default=default,
+            metavar="SECONDS",
+            help=f"{text} (default: %(default)s)",
+        )
     p.set_defaults(handler=_cmd_run)
+
+
+def _election(args: argparse.Namespace) -> ElectionConfig | None:
+    from pitstop.cluster.leader import ElectionConfig
+
+    if not args.leader_elect:
+        return None
+    env = os.environ
+    identity = args.identity or env.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+    namespace = args.lease_namespace or env.get("POD_NAMESPACE") or constants.OPERATOR_NAMESPACE
+    try:
+        return ElectionConfig(
+            namespace=namespace,
+            identity=identity,
+            name=args.lease_name,
+            lease_duration=args.lease_duration,
+            renew_deadline=args.renew_deadline,
+            retry_period=args.retry_period,
+        )
+    except ValueError as e:
+        raise CLIError(str(e)) from e
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -136,6 +197,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         alerts_port=args.alerts_port,
         alerts_secret=args.alerts_secret,
+        election=_election(args),
         verbose=args.verbose,
     )
     try:
@@ -277,6 +339,16 @@ def _port(value: str) -> int:
     if not 1 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"port out of range 1-65535: {port}")
     return port
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < 3600:
+        raise argparse.ArgumentTypeError(f"expected seconds between 0 and 3600, not {value!r}")
+    return seconds
 
 
 def _port_or_zero(value: str) -> int:

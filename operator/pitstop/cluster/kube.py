@@ -25,6 +25,18 @@ STRATEGIC = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 
 
+@dataclass(frozen=True, kw_only=True)
+class NamedConnection(kopf.ConnectionInfo):
+    """kopf's credentials plus a User-Agent naming the replica, so that the API
+    server's audit log tells which replica made each request (both share one
+    ServiceAccount)."""
+
+    user_agent: str = "pitstop"
+
+    def as_http_headers(self) -> dict[str, str]:
+        return {**super().as_http_headers(), "User-Agent": self.user_agent}
+
+
 class ApiError(Exception):
     """A non-2xx answer; `status` is the HTTP code, `message` the server's words."""
 
@@ -207,6 +219,8 @@ def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
 
 
 def _auth_headers(info: kopf.ConnectionInfo) -> dict[str, str]:
+    if isinstance(info, NamedConnection):
+        return info.as_http_headers()
     if info.token:
         return {"Authorization": f"{info.scheme or 'Bearer'} {info.token}"}
     if info.username and info.password:
