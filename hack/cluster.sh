@@ -122,6 +122,17 @@ up() {
     "$etcd_port" "$api_port" "$kcm_port" "$sched_port" >"$dir/ports.env"
   for n in admin controller-manager scheduler kwok; do write_kubeconfig "$n" "$server"; done
   log "starting etcd, kube-apiserver on $server (state: $dir)"
+  # The audit log records every write with its user agent and source address, so
+  # tests can prove from the API server's side which operator replica acted when.
+  cat >"$dir/audit-policy.yaml" <<'AUDIT'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    verbs: [create, update, patch, delete, deletecollection]
+  - level: None
+AUDIT
 
   start etcd "$etcd" --name local --data-dir "$dir/etcd" --unsafe-no-fsync=true \
     --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
@@ -140,6 +151,8 @@ up() {
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
     --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=true \
+    --audit-policy-file "$dir/audit-policy.yaml" --audit-log-path "$dir/logs/audit.log" \
+    --audit-log-maxsize 200 --audit-log-maxbackup 1 \
     --profiling=false --v=1
   wait_for 90 kube-apiserver kc get --raw /readyz
 

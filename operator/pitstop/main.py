@@ -14,11 +14,16 @@ from typing import Any
 import kopf
 
 # Importing a module registers its handlers: each step of the flow lives in its own.
-from pitstop import __version__, alerts, constants, indexes, metrics, policies, repairs, serving
-from pitstop.kube import Kube
-from pitstop.kubeconfig import KubeSource, connection_info, resolve_source
+from pitstop import __version__, constants, metrics
+from pitstop.cluster import indexes
+from pitstop.cluster.kube import Kube
+from pitstop.cluster.kubeconfig import KubeSource, connection_info, resolve_source
+from pitstop.instances import serving
+from pitstop.pool import alerts
+from pitstop.pool import daemon as pool_daemon
+from pitstop.repair import daemon as repair_daemon
 
-__all__ = ["indexes", "policies", "repairs", "serving"]
+__all__ = ["indexes", "pool_daemon", "repair_daemon", "serving"]
 
 WATCH_HANDLERS = frozenset(
     {
@@ -33,6 +38,9 @@ WATCH_HANDLERS = frozenset(
 """Handlers run on every watch event; their success is not logged (pitstop.runner)."""
 
 MEMO_KUBE_SOURCE = "kube_source"
+MEMO_STOP = "stop"
+"""Key of the runner's stop flag: set once kopf stops, so that kopf does not wait
+for its own watcher of that flag among the tasks it expects to end (5 s)."""
 MEMO_OPTIONS = "options"
 """Key under which pitstop.runner passes its RunOptions (ports, the alerts Secret)."""
 """Key in the operator-wide memo under which pitstop.runner passes the KubeSource."""
@@ -55,8 +63,8 @@ def configure(
     settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any
 ) -> None:
     """Operator-wide settings; runs before any watch starts."""
-    # No KopfPeering CRD: one active replica (Deployment strategy Recreate) for now;
-    # HA will use a coordination.k8s.io Lease, as peering is not leader election.
+    # No KopfPeering: peering is not leader election. Of several replicas only the
+    # holder of the coordination.k8s.io Lease runs kopf at all (pitstop.runner).
     settings.peering.standalone = True
 
     settings.watching.server_timeout = WATCH_SERVER_TIMEOUT
@@ -87,7 +95,10 @@ def configure(
 
     # pitstop's own API calls (cordon, pod patches, evictions, status) share the
     # credentials of kopf's login handler below.
-    memo["kube"] = Kube(lambda: connection_info(_source(memo)), request_timeout=REQUEST_TIMEOUT)
+    identity = _identity(memo)
+    memo["kube"] = Kube(
+        lambda: connection_info(_source(memo), identity), request_timeout=REQUEST_TIMEOUT
+    )
 
     metrics.UP.set(1)
     logger.info(f"pitstop {__version__} started.")
@@ -109,6 +120,8 @@ async def start_alert_receiver(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -
 @kopf.on.cleanup()
 async def mark_down(memo: kopf.Memo, **_: Any) -> None:
     metrics.UP.set(0)
+    if MEMO_STOP in memo:
+        memo[MEMO_STOP].set()
     if "alerts" in memo:
         await memo["alerts"].cleanup()
     if "kube" in memo:
@@ -122,6 +135,11 @@ def _source(memo: kopf.Memo) -> KubeSource:
     return source
 
 
+def _identity(memo: kopf.Memo) -> str | None:
+    options = memo.get(MEMO_OPTIONS)
+    return getattr(options, "identity", None)
+
+
 @kopf.on.login(id="pitstop")
 def login(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> kopf.ConnectionInfo:
     """Credentials from the source chosen by the CLI (kopf calls this again on HTTP 401).
@@ -131,10 +149,16 @@ def login(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> kopf.ConnectionInfo
     """
     source = _source(memo)
     logger.debug(f"Logging in with the {source.describe()}.")
-    return connection_info(source)
+    return connection_info(source, _identity(memo))
 
 
 @kopf.on.probe(id="version")
 def version(**_: Any) -> str:
     """Shown in /healthz; the probe makes no API call, so liveness never hinges on the API."""
     return __version__
+
+
+@kopf.on.probe(id="role")
+def role(**_: Any) -> str:
+    """A standby never runs kopf (pitstop.runner serves its /healthz): this one leads."""
+    return "leader"

@@ -43,6 +43,12 @@ UP = Gauge(
     registry=REGISTRY,
 )
 
+LEADER = Gauge(
+    "pitstop_leader",
+    "1 while this replica holds the leader Lease (and so acts), 0 while it stands by.",
+    registry=REGISTRY,
+)
+
 
 def _kopf_version() -> str:
     try:

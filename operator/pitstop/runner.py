@@ -1,17 +1,33 @@
-"""Runs the operator: the metrics server, then kopf with pitstop's handlers, until a signal."""
+"""Runs the operator: the metrics server, leader election, then kopf with pitstop's
+handlers, until a signal.
+
+A replica that does not hold the Lease is a standby: it serves /healthz (with its
+role) and /metrics, answers the alert receiver's port with 503, and makes no change
+to the cluster. kopf (every watch, handler and write) starts only once the Lease is
+won, and the process exits when it is lost (pitstop.cluster.leader's fence)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import os
+import signal
 from dataclasses import dataclass
 from typing import Any
 
 import kopf
+from aiohttp import web
 
-from pitstop import constants, metrics
-from pitstop.kubeconfig import KubeSource
+from pitstop import __version__, constants, metrics
+from pitstop.cluster.kube import Kube
+from pitstop.cluster.kubeconfig import KubeSource, connection_info
+from pitstop.cluster.leader import ElectionConfig, Elector, Fence
 
 logger = logging.getLogger(__name__)
+
+LOST_EXIT_CODE = 3
+"""Exit code of a replica deposed by its fence (the container restarts as a standby)."""
 
 
 @dataclass(frozen=True)
@@ -26,6 +42,14 @@ class RunOptions:
     """0 disables the Alertmanager receiver."""
     alerts_secret: str = constants.ALERTS_SECRET
     """NAME/KEY of the Secret (operator's namespace) holding the receiver's bearer token."""
+    election: ElectionConfig | None = None
+    """None: act at once, alone (no Lease); only for a single replica."""
+
+    @property
+    def identity(self) -> str | None:
+        """The replica's name, sent in the User-Agent of every API request."""
+        return self.election.identity if self.election else None
+
     verbose: bool = False
 
 
@@ -51,11 +75,9 @@ class QuietWatchers(logging.Filter):
 def run(options: RunOptions) -> None:
     """Run until SIGTERM/SIGINT; raises OSError if a port cannot be bound."""
     kopf.configure(verbose=options.verbose)
-    if not options.verbose:
-        quiet = QuietWatchers(main_module().WATCH_HANDLERS)
-        logging.getLogger("kopf.objects").addFilter(quiet)
-
     main = main_module()
+    if not options.verbose:
+        logging.getLogger("kopf.objects").addFilter(QuietWatchers(main.WATCH_HANDLERS))
 
     try:
         server = metrics.serve(options.metrics_port, addr=options.bind)
@@ -69,14 +91,117 @@ def run(options: RunOptions) -> None:
         f"credentials from the {options.source.describe()}.",
     )
     try:
-        kopf.run(
-            clusterwide=True,  # NodeRepair, RepairPolicy and Node are cluster-scoped
-            liveness_endpoint=liveness_endpoint(options.bind, options.health_port),
-            memo=kopf.Memo({main.MEMO_KUBE_SOURCE: options.source, main.MEMO_OPTIONS: options}),
-        )
+        asyncio.run(_run(options, main))
     finally:
         metrics.UP.set(0)
+        metrics.LEADER.set(0)
         server.close()
+
+
+async def _run(options: RunOptions, main: Any) -> None:
+    memo = kopf.Memo({main.MEMO_KUBE_SOURCE: options.source, main.MEMO_OPTIONS: options})
+    election = options.election
+    if election is None:
+        metrics.LEADER.set(1)
+        await _kopf(options, memo)
+        return
+
+    stop = asyncio.Event()
+    memo[main.MEMO_STOP] = stop
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    kube = Kube(
+        lambda: connection_info(options.source, election.identity),
+        request_timeout=election.renew_deadline,
+    )
+    elector = Elector(kube, election)
+    standby = await _Standby.start(options, elector)
+    fence: Fence | None = None
+    keeper: asyncio.Task[None] | None = None
+    try:
+        logger.info(
+            f"Standing by for the Lease {election.namespace}/{election.name} "
+            f"as {election.identity!r}."
+        )
+        sent = await elector.acquire(stop)
+        if sent is None:
+            return  # stopped while standing by: nothing to hand over
+        fence = Fence(election.renew_deadline, _deposed)
+        fence.start(sent)
+        keeper = asyncio.create_task(elector.keep(fence), name="lease-keeper")
+        metrics.LEADER.set(1)
+        logger.info(f"Leading: holding the Lease {election.namespace}/{election.name}.")
+        await standby.close()  # kopf binds the health and alert ports from here on
+        # kopf installs its own SIGTERM/SIGINT handlers; a signal that came while we
+        # were taking over is passed on through the stop flag.
+        await _kopf(options, memo, stop_flag=stop)
+    finally:
+        if keeper is not None:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+        if fence is not None:
+            fence.stop()
+        await standby.close()
+        if fence is not None:
+            await elector.release()  # after kopf stopped: nothing acts any more
+        metrics.LEADER.set(0)
+        await kube.close()
+
+
+async def _kopf(
+    options: RunOptions, memo: kopf.Memo, stop_flag: asyncio.Event | None = None
+) -> None:
+    await kopf.operator(
+        clusterwide=True,  # NodeRepair, RepairPolicy and Node are cluster-scoped
+        liveness_endpoint=liveness_endpoint(options.bind, options.health_port),
+        memo=memo,
+        stop_flag=stop_flag,
+    )
+
+
+def _deposed(why: str) -> None:
+    """The fence fired: stop acting now, before another replica may take over.
+    No cleanup: exiting at once is the point (the Pod restarts as a standby)."""
+    logger.critical(f"Leadership lost: {why}; exiting so that this replica stops acting.")
+    logging.shutdown()
+    os._exit(LOST_EXIT_CODE)
+
+
+class _Standby:
+    """The endpoints of a replica waiting for the Lease: /healthz answers 200 with
+    the role, the alert receiver's port 503 (Alertmanager retries; the leader takes
+    the alert), so probes pass and nothing is lost."""
+
+    def __init__(self, runner: web.AppRunner | None) -> None:
+        self.runner = runner
+
+    @classmethod
+    async def start(cls, options: RunOptions, elector: Elector) -> _Standby:
+        async def health(_: web.Request) -> web.Response:
+            body = {"version": __version__, "role": "standby", "leader": elector.holder or None}
+            return web.json_response(body)
+
+        async def alerts(_: web.Request) -> web.Response:
+            holder = elector.holder or "not known yet"
+            message = f"this replica stands by; the leader ({holder}) receives alerts"
+            return web.json_response({"message": message}, status=503, headers={"Retry-After": "5"})
+
+        app = web.Application()
+        app.router.add_get(constants.HEALTH_PATH, health)
+        app.router.add_post("/alerts", alerts)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        ports = [options.health_port] + ([options.alerts_port] if options.alerts_port else [])
+        for port in ports:
+            await web.TCPSite(runner, options.bind, port).start()
+        return cls(runner)
+
+    async def close(self) -> None:
+        if self.runner is not None:
+            runner, self.runner = self.runner, None
+            await runner.cleanup()
 
 
 def main_module() -> Any:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from kubernetes import client, watch
+from kubernetes import client
 
 from tests.e2e.faas import FaasRuntime, Judge
 from tests.e2e.helpers import (
@@ -29,6 +29,7 @@ from tests.e2e.helpers import (
 from tests.e2e.kube import Cluster, Pool, wait_until
 from tests.e2e.operator import Operator
 from tests.e2e.repairs import Repairs, node_markers
+from tests.e2e.watching import watching
 from tests.e2e.workloads import deployment, ready_endpoints, ready_pods, running_pods
 
 pytestmark = pytest.mark.e2e
@@ -87,42 +88,26 @@ class NodeWatch:
 @contextmanager
 def watching_node(cluster: Cluster, node: str) -> Iterator[NodeWatch]:
     seen = NodeWatch()
-    stop = threading.Event()
     core = client.CoreV1Api(cluster.api)
-    rv = core.read_node(node).metadata.resource_version
 
-    def run() -> None:
-        nonlocal rv
-        while not stop.is_set():
-            w = watch.Watch()
-            for event in w.stream(
-                core.list_node,
-                field_selector=f"metadata.name={node}",
-                resource_version=rv,
-                timeout_seconds=5,
-            ):
-                n = event["object"]
-                rv = n.metadata.resource_version
-                notes = n.metadata.annotations or {}
-                seen.states.append(
-                    (
-                        bool(n.spec.unschedulable),
-                        any(t.key == TAINT for t in n.spec.taints or []),
-                        notes.get(LOCK),
-                        notes.get(WAS_UNSCHEDULABLE),
-                    )
-                )
-                if stop.is_set():
-                    w.stop()
-                    break
+    def on_event(_: str, n: Any) -> None:
+        notes = n.metadata.annotations or {}
+        seen.states.append(
+            (
+                bool(n.spec.unschedulable),
+                any(t.key == TAINT for t in n.spec.taints or []),
+                notes.get(LOCK),
+                notes.get(WAS_UNSCHEDULABLE),
+            )
+        )
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
+    with watching(
+        core.list_node,
+        since=core.read_node(node).metadata.resource_version,
+        on_event=on_event,
+        field_selector=f"metadata.name={node}",
+    ):
         yield seen
-    finally:
-        stop.set()
-        thread.join(timeout=10)
 
 
 @dataclass
@@ -146,35 +131,18 @@ class PodWatch:
 @contextmanager
 def watching_pods(cluster: Cluster, ns: str) -> Iterator[PodWatch]:
     seen = PodWatch()
-    stop = threading.Event()
     core = client.CoreV1Api(cluster.api)
-    rv = core.list_namespaced_pod(ns).metadata.resource_version
 
-    def run() -> None:
-        nonlocal rv
-        while not stop.is_set():
-            w = watch.Watch()
-            for event in w.stream(
-                core.list_namespaced_pod, ns, resource_version=rv, timeout_seconds=5
-            ):
-                pod = event["object"]
-                rv = pod.metadata.resource_version
-                gate = next((c.status for c in pod.status.conditions or [] if c.type == GATE), None)
-                state = ((pod.metadata.annotations or {}).get(DRAINING), gate)
-                history = seen.states.setdefault(pod.metadata.name, [])
-                if not history or history[-1] != state:
-                    history.append(state)
-                if stop.is_set():
-                    w.stop()
-                    break
+    def on_event(_: str, pod: Any) -> None:
+        gate = next((c.status for c in pod.status.conditions or [] if c.type == GATE), None)
+        state = ((pod.metadata.annotations or {}).get(DRAINING), gate)
+        history = seen.states.setdefault(pod.metadata.name, [])
+        if not history or history[-1] != state:
+            history.append(state)
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
+    since = core.list_namespaced_pod(ns).metadata.resource_version
+    with watching(core.list_namespaced_pod, ns, since=since, on_event=on_event):
         yield seen
-    finally:
-        stop.set()
-        thread.join(timeout=10)
 
 
 def stop_runtime(cluster: Cluster, ns: str, runtime: FaasRuntime) -> Judge:

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from kubernetes import client, watch
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.e2e.helpers import (
@@ -33,6 +33,7 @@ from tests.e2e.helpers import (
 from tests.e2e.kube import Cluster, Pool, wait_until
 from tests.e2e.operator import Operator
 from tests.e2e.repairs import GROUP, PLURAL, VERSION, Repairs, node_markers
+from tests.e2e.watching import watching
 from tests.e2e.workloads import (
     GATE,
     deployment,
@@ -125,42 +126,25 @@ def watching_repair(cluster: Cluster, name: str) -> Iterator[list[tuple[str, str
     """Records (event type, status.phase, deleting) of one NodeRepair as the watch
     sees it, until it is deleted or the block ends."""
     seen: list[tuple[str, str | None, bool]] = []
-    rv = cluster.custom.get_cluster_custom_object(GROUP, VERSION, PLURAL, name)["metadata"][
+    since = cluster.custom.get_cluster_custom_object(GROUP, VERSION, PLURAL, name)["metadata"][
         "resourceVersion"
     ]
-    w = watch.Watch()
-    stop = threading.Event()
 
-    def run() -> None:
-        stream = w.stream(
-            cluster.custom.list_cluster_custom_object,
-            GROUP,
-            VERSION,
-            PLURAL,
-            field_selector=f"metadata.name={name}",
-            resource_version=rv,
-            timeout_seconds=30,
-        )
-        for event in stream:
-            obj = event["object"]
-            seen.append(
-                (
-                    event["type"],
-                    (obj.get("status") or {}).get("phase"),
-                    bool(obj["metadata"].get("deletionTimestamp")),
-                )
-            )
-            if event["type"] == "DELETED" or stop.is_set():
-                w.stop()
-                return
+    def on_event(kind: str, obj: Any) -> bool:
+        phase = (obj.get("status") or {}).get("phase")
+        seen.append((kind, phase, bool(obj["metadata"].get("deletionTimestamp"))))
+        return kind == "DELETED"
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
+    with watching(
+        cluster.custom.list_cluster_custom_object,
+        GROUP,
+        VERSION,
+        PLURAL,
+        since=since,
+        on_event=on_event,
+        field_selector=f"metadata.name={name}",
+    ):
         yield seen
-    finally:
-        stop.set()
-        thread.join(timeout=35)
 
 
 def metric(text: str, name: str, **labels: str) -> float:

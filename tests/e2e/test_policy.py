@@ -406,7 +406,7 @@ def test_repair_that_took_its_node_before_a_crash_counts_against_the_limits(
     holder = repairs.create(
         p.names[0], name=f"b-{p.selector['pool']}", repair=MANUAL, verify=VERIFY
     )
-    # Exactly what pitstop.nodes.lock_and_cordon writes, in one patch.
+    # Exactly what pitstop.cluster.nodes.lock_and_cordon writes, in one patch.
     cluster.core.patch_node(
         p.names[0],
         {

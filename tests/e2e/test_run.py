@@ -3,14 +3,12 @@ serves /healthz and /metrics, hits no permission error, and stops on SIGTERM."""
 
 from __future__ import annotations
 
-import signal
 import socket
 import subprocess
-import sys
-import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,19 +16,12 @@ import pytest
 
 from pitstop import __version__
 from tests.e2e.kube import Cluster, wait_until
+from tests.e2e.operator import PITSTOP, STOP_TIMEOUT, Operator, free_port
 from tests.e2e.sa import operator_kubeconfig
 
 pytestmark = pytest.mark.e2e
 
-PITSTOP = str(Path(sys.executable).parent / "pitstop")
 STARTUP_TIMEOUT = 60.0
-STOP_TIMEOUT = 30.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http_get(url: str) -> tuple[int, str] | None:
@@ -44,47 +35,6 @@ def http_get(url: str) -> tuple[int, str] | None:
         return None
 
 
-class Operator:
-    """A `pitstop run` subprocess whose output is collected in the background."""
-
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [PITSTOP, "run", "--alerts-port", "0", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def alive(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"pitstop exited with {self.proc.returncode}:\n{self.output}")
-        return True
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=STOP_TIMEOUT)
-        finally:
-            self._reader.join(timeout=5)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def sa_kubeconfig(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> str:
     out = tmp_path_factory.mktemp("sa") / "pitstop.kubeconfig"
@@ -92,22 +42,15 @@ def sa_kubeconfig(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture
-def operator(sa_kubeconfig: str) -> Iterator[tuple[Operator, int, int]]:
-    health, metrics = free_port(), free_port()
-    while metrics == health:
-        metrics = free_port()
-    op = Operator(
-        "--kubeconfig",
-        sa_kubeconfig,
-        "--bind",
-        "127.0.0.1",
-        "--health-port",
-        str(health),
-        "--metrics-port",
-        str(metrics),
-    )
+def operator(sa_kubeconfig: str, tmp_path: Path) -> Iterator[tuple[Operator, int, int]]:
+    """A fresh operator of its own (not the session's), started without waiting:
+    the test watches it come up. A Lease of its own: the session's operator may
+    hold the shared one."""
+    lease = f"e2e-run-{uuid.uuid4().hex[:8]}"
+    op = Operator(sa_kubeconfig, tmp_path / "operator.log", "--lease-name", lease)
+    op.start(wait=False)
     try:
-        yield op, health, metrics
+        yield op, op.health_port, op.metrics_port
     finally:
         op.kill()
 
@@ -154,7 +97,7 @@ def test_run_serves_health_and_metrics_and_stops_on_sigterm(
 
 def test_run_with_missing_kubeconfig_fails_in_one_line() -> None:
     proc = subprocess.run(
-        [PITSTOP, "run", "--kubeconfig", "/nonexistent"],
+        [str(PITSTOP), "run", "--kubeconfig", "/nonexistent"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -173,7 +116,7 @@ def test_run_with_a_busy_port_fails_in_one_line(sa_kubeconfig: str) -> None:
         port = busy.getsockname()[1]
         proc = subprocess.run(
             [
-                PITSTOP,
+                str(PITSTOP),
                 "run",
                 "--kubeconfig",
                 sa_kubeconfig,

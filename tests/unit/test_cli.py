@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pitstop import cli, constants
+from pitstop import constants
+from pitstop.cli import main as cli
 
 VALID_KUBECONFIG = """\
 apiVersion: v1

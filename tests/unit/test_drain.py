@@ -1,4 +1,4 @@
-"""The drain state machine, pitstop.drain.decide (no cluster).
+"""The drain state machine, pitstop.repair.drain.decide (no cluster).
 
 Observations are built from small factories; each test checks one behaviour. The
 property tests at the end check the DESIGN invariants over many random observations:
@@ -19,8 +19,7 @@ import pytest
 
 from pitstop import constants as C
 from pitstop.conditions import find
-from pitstop.drain import Blocked, Decision, Instance, Observation, decide
-from pitstop.instances import TaskCount
+from pitstop.instances.contract import TaskCount
 from pitstop.models import (
     Condition,
     ConditionStatus,
@@ -32,6 +31,7 @@ from pitstop.models import (
     OnTaskTimeout,
     Phase,
 )
+from pitstop.repair.drain import Blocked, Decision, Instance, Observation, decide
 
 NAME = "r1"
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

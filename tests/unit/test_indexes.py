@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from pitstop import constants as C
-from pitstop import indexes, instances, nodes
+from pitstop.cluster import indexes, nodes
+from pitstop.instances import contract
 
 ENDPOINT_PODS = {"fn/web-1", "fn/plain"}
 
@@ -96,13 +97,13 @@ PODS = [
 
 def answers(pod: dict[str, Any]) -> tuple[Any, ...]:
     return (
-        instances.key(pod),
-        instances.is_instance(pod),
-        instances.kind(pod, ENDPOINT_PODS),
-        instances.inflight_tasks(pod),
-        instances.has_serving_gate(pod),
-        instances.serving_status(pod),
-        instances.is_terminating(pod),
+        contract.key(pod),
+        contract.is_instance(pod),
+        contract.kind(pod, ENDPOINT_PODS),
+        contract.inflight_tasks(pod),
+        contract.has_serving_gate(pod),
+        contract.serving_status(pod),
+        contract.is_terminating(pod),
         C.ANNOTATION_DRAINING in pod["metadata"]["annotations"],
     )
 

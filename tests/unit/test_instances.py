@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from pitstop import constants as C
-from pitstop import instances
+from pitstop.instances import contract
 
 
 def pod(
@@ -49,7 +49,7 @@ def with_tasks(raw: str) -> dict[str, Any]:
 
 
 def test_key_is_namespace_slash_name() -> None:
-    assert instances.key(pod("a", "ns")) == "ns/a"
+    assert contract.key(pod("a", "ns")) == "ns/a"
 
 
 # --- is_instance ---
@@ -57,40 +57,40 @@ def test_key_is_namespace_slash_name() -> None:
 
 @pytest.mark.parametrize("owner", ["ReplicaSet", "StatefulSet", "Job"])
 def test_controller_owned_running_pod_is_an_instance(owner: str) -> None:
-    assert instances.is_instance(pod(owners=[owner]))
+    assert contract.is_instance(pod(owners=[owner]))
 
 
 def test_bare_pod_is_an_instance() -> None:
-    assert instances.is_instance(pod())
+    assert contract.is_instance(pod())
 
 
 @pytest.mark.parametrize("phase", ["Pending", "Running", "Unknown"])
 def test_unfinished_pod_is_an_instance(phase: str) -> None:
-    assert instances.is_instance(pod(phase=phase))
+    assert contract.is_instance(pod(phase=phase))
 
 
 def test_daemonset_pod_is_not_an_instance() -> None:
-    assert not instances.is_instance(pod(owners=["DaemonSet"]))
+    assert not contract.is_instance(pod(owners=["DaemonSet"]))
 
 
 def test_daemonset_among_several_owners_still_excludes() -> None:
-    assert not instances.is_instance(pod(owners=["ConfigMap", "DaemonSet"]))
+    assert not contract.is_instance(pod(owners=["ConfigMap", "DaemonSet"]))
 
 
 def test_mirror_pod_is_not_an_instance() -> None:
-    assert not instances.is_instance(pod(annotations={"kubernetes.io/config.mirror": "abc"}))
+    assert not contract.is_instance(pod(annotations={"kubernetes.io/config.mirror": "abc"}))
 
 
 @pytest.mark.parametrize("phase", ["Succeeded", "Failed"])
 def test_finished_pod_is_not_an_instance(phase: str) -> None:
-    assert not instances.is_instance(pod(phase=phase))
+    assert not contract.is_instance(pod(phase=phase))
 
 
 def test_pod_with_null_annotations_and_owners_is_an_instance() -> None:
     body = pod()
     body["metadata"]["annotations"] = None
     body["metadata"]["ownerReferences"] = None
-    assert instances.is_instance(body)
+    assert contract.is_instance(body)
 
 
 # --- kind ---
@@ -99,50 +99,50 @@ def test_pod_with_null_annotations_and_owners_is_an_instance() -> None:
 @pytest.mark.parametrize("label", ["sync", "async"])
 def test_instance_type_label_wins_over_endpoints(label: str) -> None:
     p = pod(labels={C.LABEL_INSTANCE_TYPE: label})
-    assert instances.kind(p, {"fn/p1"}) == label
-    assert instances.kind(p, set()) == label
+    assert contract.kind(p, {"fn/p1"}) == label
+    assert contract.kind(p, set()) == label
 
 
 def test_unlabelled_pod_backing_an_endpoint_is_sync() -> None:
-    assert instances.kind(pod(), {"fn/p1"}) == C.INSTANCE_SYNC
+    assert contract.kind(pod(), {"fn/p1"}) == C.INSTANCE_SYNC
 
 
 def test_unlabelled_pod_without_endpoint_is_async() -> None:
-    assert instances.kind(pod(), {"fn/other", "other/p1"}) == C.INSTANCE_ASYNC
+    assert contract.kind(pod(), {"fn/other", "other/p1"}) == C.INSTANCE_ASYNC
 
 
 @pytest.mark.parametrize("label", ["Sync", "ASYNC", "", "both", "http"])
 def test_invalid_instance_type_label_falls_back_to_endpoints(label: str) -> None:
     p = pod(labels={C.LABEL_INSTANCE_TYPE: label})
-    assert instances.kind(p, {"fn/p1"}) == C.INSTANCE_SYNC
-    assert instances.kind(p, set()) == C.INSTANCE_ASYNC
+    assert contract.kind(p, {"fn/p1"}) == C.INSTANCE_SYNC
+    assert contract.kind(p, set()) == C.INSTANCE_ASYNC
 
 
 # --- inflight_tasks ---
 
 
 def test_absent_task_annotation_means_zero_and_not_busy() -> None:
-    tasks = instances.inflight_tasks(pod())
-    assert tasks == instances.TaskCount(0)
+    tasks = contract.inflight_tasks(pod())
+    assert tasks == contract.TaskCount(0)
     assert not tasks.busy
 
 
 def test_null_annotations_mean_zero_tasks() -> None:
     body = pod()
     body["metadata"]["annotations"] = None
-    assert instances.inflight_tasks(body) == instances.TaskCount(0)
+    assert contract.inflight_tasks(body) == contract.TaskCount(0)
 
 
 @pytest.mark.parametrize(("raw", "count"), [("0", 0), ("3", 3), ("007", 7), (" 12 ", 12)])
 def test_non_negative_integer_is_the_count(raw: str, count: int) -> None:
-    tasks = instances.inflight_tasks(with_tasks(raw))
+    tasks = contract.inflight_tasks(with_tasks(raw))
     assert tasks.count == count
     assert tasks.invalid is None
 
 
 def test_zero_tasks_is_not_busy_and_positive_is_busy() -> None:
-    assert not instances.inflight_tasks(with_tasks("0")).busy
-    assert instances.inflight_tasks(with_tasks("3")).busy
+    assert not contract.inflight_tasks(with_tasks("0")).busy
+    assert contract.inflight_tasks(with_tasks("3")).busy
 
 
 @pytest.mark.parametrize(
@@ -152,7 +152,7 @@ def test_zero_tasks_is_not_busy_and_positive_is_busy() -> None:
 )
 def test_invalid_task_count_is_reported_raw_and_busy(raw: str) -> None:
     """Signs, decimals, blanks and non-ASCII digits (Arabic-Indic, superscript, fullwidth)."""
-    tasks = instances.inflight_tasks(with_tasks(raw))
+    tasks = contract.inflight_tasks(with_tasks(raw))
     assert tasks.invalid == raw
     assert tasks.count == 0
     assert tasks.busy
@@ -162,31 +162,31 @@ def test_invalid_task_count_is_reported_raw_and_busy(raw: str) -> None:
 
 
 def test_pod_declaring_the_serving_gate_has_it() -> None:
-    assert instances.has_serving_gate(pod(gates=["other/gate", C.CONDITION_SERVING]))
+    assert contract.has_serving_gate(pod(gates=["other/gate", C.CONDITION_SERVING]))
 
 
 def test_pod_with_other_gates_or_none_has_no_serving_gate() -> None:
-    assert not instances.has_serving_gate(pod(gates=["other/gate"]))
-    assert not instances.has_serving_gate(pod())
+    assert not contract.has_serving_gate(pod(gates=["other/gate"]))
+    assert not contract.has_serving_gate(pod())
 
 
 @pytest.mark.parametrize("value", ["True", "False", "Unknown"])
 def test_serving_status_reads_the_serving_condition(value: str) -> None:
     conds = [{"type": "Ready", "status": "True"}, {"type": C.CONDITION_SERVING, "status": value}]
-    assert instances.serving_status(pod(conditions=conds)) == value
+    assert contract.serving_status(pod(conditions=conds)) == value
 
 
 def test_serving_status_is_none_without_the_condition() -> None:
-    assert instances.serving_status(pod(conditions=[{"type": "Ready", "status": "True"}])) is None
-    assert instances.serving_status(pod()) is None
+    assert contract.serving_status(pod(conditions=[{"type": "Ready", "status": "True"}])) is None
+    assert contract.serving_status(pod()) is None
 
 
 # --- terminating ---
 
 
 def test_pod_with_deletion_timestamp_is_terminating() -> None:
-    assert instances.is_terminating(pod(deletion="2024-01-01T00:00:00Z"))
+    assert contract.is_terminating(pod(deletion="2024-01-01T00:00:00Z"))
 
 
 def test_pod_without_deletion_timestamp_is_not_terminating() -> None:
-    assert not instances.is_terminating(pod())
+    assert not contract.is_terminating(pod())

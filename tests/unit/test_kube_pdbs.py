@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pitstop.kube import blocking_pdbs
+from pitstop.cluster.kube import blocking_pdbs
 
 
 def refusal(*causes: dict[str, str]) -> dict[str, Any]:

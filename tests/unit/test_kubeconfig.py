@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pitstop.kubeconfig import (
+from pitstop.cluster.kubeconfig import (
     KubeconfigError,
     KubeSource,
     connection_info,

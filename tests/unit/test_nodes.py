@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pitstop import constants as C
-from pitstop import nodes
+from pitstop.cluster import nodes
 
 OURS = {"key": C.TAINT_MAINTENANCE, "effect": "NoSchedule"}
 OTHER = {"key": "dedicated", "value": "faas", "effect": "NoSchedule"}

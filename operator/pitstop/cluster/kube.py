@@ -7,7 +7,9 @@ once, and (de)serialising model objects would cost more than the requests."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,6 +25,18 @@ STRATEGIC = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 
 
+@dataclass(frozen=True, kw_only=True)
+class NamedConnection(kopf.ConnectionInfo):
+    """kopf's credentials plus a User-Agent naming the replica, so that the API
+    server's audit log tells which replica made each request (both share one
+    ServiceAccount)."""
+
+    user_agent: str = "pitstop"
+
+    def as_http_headers(self) -> dict[str, str]:
+        return {**super().as_http_headers(), "User-Agent": self.user_agent}
+
+
 class ApiError(Exception):
     """A non-2xx answer; `status` is the HTTP code, `message` the server's words."""
 
@@ -31,6 +45,15 @@ class ApiError(Exception):
         self.status = status
         self.message = message
         self.body = dict(body or {})
+
+
+class Gone(Exception):
+    """The object a daemon drives was deleted (seen as a 404 or gone from the index)."""
+
+
+def namespace() -> str:
+    """Where repair Jobs run and webhook Secrets live: the operator's own namespace."""
+    return os.environ.get("POD_NAMESPACE") or constants.OPERATOR_NAMESPACE
 
 
 @dataclass(frozen=True)
@@ -196,9 +219,24 @@ def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
 
 
 def _auth_headers(info: kopf.ConnectionInfo) -> dict[str, str]:
+    if isinstance(info, NamedConnection):
+        return info.as_http_headers()
     if info.token:
         return {"Authorization": f"{info.scheme or 'Bearer'} {info.token}"}
     if info.username and info.password:
         basic = aiohttp.BasicAuth(info.username, info.password)
         return {"Authorization": basic.encode()}
     return {}
+
+
+async def read_secret(kube: Kube, name: str, key: str) -> str:
+    try:
+        secret = await kube.request("GET", f"/api/v1/namespaces/{namespace()}/secrets/{name}")
+    except ApiError as e:
+        if e.status == 404:
+            raise LookupError(f"secret {namespace()}/{name} not found") from e
+        raise LookupError(f"secret {namespace()}/{name}: {e.status} {e.message}") from e
+    data = (secret.get("data") or {}).get(key)
+    if data is None:
+        raise LookupError(f"secret {namespace()}/{name} has no key {key!r}")
+    return base64.b64decode(data).decode().strip()

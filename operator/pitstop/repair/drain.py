@@ -1,6 +1,6 @@
 """The repair state machine's entry, and its first half, the drain: Pending →
 Cordoning → Deregistering → WaitingForTasks → Evicting → Repairing
-(RepairAllowed=True); pitstop.recovery takes it from there.
+(RepairAllowed=True); pitstop.repair.recovery takes it from there.
 
 `decide()` is pure and level-triggered: given what is observed now (the node, its
 instances, the repair's own status) it returns the next status and the actions
@@ -20,8 +20,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import timedelta
 
-from pitstop import conditions, constants, nodes, recovery
-from pitstop.flow import (
+from pitstop import conditions, constants
+from pitstop.cluster import nodes
+from pitstop.instances.contract import Instance
+from pitstop.models import (
+    FINAL_PHASES,
+    DryRunPlan,
+    InstanceCounts,
+    NodeRecord,
+    OnTaskTimeout,
+    Phase,
+)
+from pitstop.repair import recovery
+from pitstop.repair.flow import (
     Blocked,
     Decision,
     Event,
@@ -30,15 +41,6 @@ from pitstop.flow import (
     fail,
     phase_start,
     set_cond,
-)
-from pitstop.instances import Instance
-from pitstop.models import (
-    FINAL_PHASES,
-    DryRunPlan,
-    InstanceCounts,
-    NodeRecord,
-    OnTaskTimeout,
-    Phase,
 )
 
 __all__ = ["Blocked", "Decision", "Event", "Instance", "Observation", "decide"]

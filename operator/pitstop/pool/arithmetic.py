@@ -1,7 +1,7 @@
 """Pool logic of RepairPolicies, pure: which nodes belong to a pool, which are
 unhealthy (and when the next one will be), the pool's limits, and whether a
 NodeRepair may start now (admission). One place for the arithmetic of DESIGN.md's
-"Pool arithmetic"; pitstop.policies and pitstop.repairs call it."""
+"Pool arithmetic"; pitstop.pool.daemon and pitstop.repair.daemon call it."""
 
 from __future__ import annotations
 

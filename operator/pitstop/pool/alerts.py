@@ -1,6 +1,6 @@
 """The Alertmanager receiver: POST /alerts with Alertmanager's webhook payload
 (version 4), authenticated with a bearer token read from a Secret in the
-operator's namespace. Alerts go to the policy daemons' inbox (pitstop.policies),
+operator's namespace. Alerts go to the policy daemons' inbox (pitstop.pool.daemon),
 which match them to pools and create NodeRepairs.
 
 401 without a valid token, 400 with a clear message for a malformed payload,
@@ -14,9 +14,8 @@ import time
 
 from aiohttp import web
 
-from pitstop import hooks
-from pitstop.kube import Kube
-from pitstop.policies import ALERTS
+from pitstop.cluster.kube import Kube, read_secret
+from pitstop.pool.daemon import ALERTS
 
 MAX_BODY = 1024 * 1024
 TOKEN_TTL = 30.0
@@ -33,7 +32,7 @@ class Receiver:
         if time.monotonic() - read_at < TOKEN_TTL:
             return token
         try:
-            token = await hooks.read_secret(self.kube, self.secret, self.key)
+            token = await read_secret(self.kube, self.secret, self.key)
         except LookupError:
             token = None  # no Secret, no entry: every request is refused
         self._token = (time.monotonic(), token)

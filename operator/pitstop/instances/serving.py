@@ -9,9 +9,10 @@ from typing import Any
 
 import kopf
 
-from pitstop import constants, instances
-from pitstop.indexes import UNDER_REPAIR, WAKERS, one
-from pitstop.kube import ApiError, Kube
+from pitstop import constants
+from pitstop.cluster.indexes import UNDER_REPAIR, WAKERS, one
+from pitstop.cluster.kube import ApiError, Kube
+from pitstop.instances import contract
 
 C = constants
 REASON_IN_SERVICE = "NodeInService"
@@ -19,9 +20,9 @@ REASON_IN_SERVICE = "NodeInService"
 
 def wants_serving(pod: dict[str, Any] | kopf.Body, node: dict[str, Any] | None) -> bool:
     """The pod should be routed but its gate is not True."""
-    if not instances.has_serving_gate(pod) or instances.serving_status(pod) == "True":
+    if not contract.has_serving_gate(pod) or contract.serving_status(pod) == "True":
         return False
-    if instances.is_terminating(pod) or not instances.is_instance(pod):
+    if contract.is_terminating(pod) or not contract.is_instance(pod):
         return False
     if node is None or node["metadata"].get("name") in UNDER_REPAIR:
         return False
@@ -48,7 +49,7 @@ async def on_pod(
     node_name = body.get("spec", {}).get("nodeName")
     WAKERS.wake(node_name)  # a repair of this node re-evaluates it
     if node_name and wants_serving(body, one(nodes_by_name.get(node_name))):
-        await open_gate(memo["kube"], instances.key(body), logger)
+        await open_gate(memo["kube"], contract.key(body), logger)
 
 
 @kopf.on.event("nodes")  # type: ignore[arg-type]  # (index kwargs)
@@ -69,4 +70,4 @@ async def on_node(
     }
     for pod in list(pods_by_node.get(name, ())):
         if wants_serving(pod, node):
-            await open_gate(memo["kube"], instances.key(pod), logger)
+            await open_gate(memo["kube"], contract.key(pod), logger)

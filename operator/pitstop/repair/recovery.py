@@ -1,6 +1,6 @@
 """After the drain: Repairing → Verifying → Uncordoning → Succeeded (or Failed).
 
-Pure, like pitstop.drain: it reads the repair's status, the node, and what the
+Pure, like pitstop.repair.drain: it reads the repair's status, the node, and what the
 driver learnt of the current attempt (the Job's state, the webhook's answer, the
 human's annotation), and returns the next status and the actions to take.
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 import hashlib
 from datetime import timedelta
 
-from pitstop import constants, nodes
-from pitstop.flow import Decision, Event, Observation, enter, fail, phase_start, set_cond
+from pitstop import constants
+from pitstop.cluster import nodes
 from pitstop.models import (
     NodeRepairSpec,
     Phase,
@@ -22,6 +22,7 @@ from pitstop.models import (
     RepairStrategy,
     VerifyStatus,
 )
+from pitstop.repair.flow import Decision, Event, Observation, enter, fail, phase_start, set_cond
 
 C = constants
 JOB_POLL = timedelta(seconds=1)

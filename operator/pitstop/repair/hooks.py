@@ -4,11 +4,9 @@ clear message, never an exception that would crash-loop the repair."""
 
 from __future__ import annotations
 
-import base64
 import copy
 import hashlib
 import json
-import os
 import ssl
 from typing import Any
 
@@ -16,9 +14,9 @@ import aiohttp
 import kopf
 
 from pitstop import constants
-from pitstop.flow import JobState, WebhookAnswer
-from pitstop.kube import ApiError, Kube
+from pitstop.cluster.kube import ApiError, Kube, namespace, read_secret
 from pitstop.models import NodeRepairSpec
+from pitstop.repair.flow import JobState, WebhookAnswer
 
 C = constants
 MAX_ANSWER = 64 * 1024
@@ -26,11 +24,6 @@ TOLERATIONS = [
     {"key": C.TAINT_MAINTENANCE, "operator": "Exists", "effect": "NoSchedule"},
     {"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"},
 ]
-
-
-def namespace() -> str:
-    """Where repair Jobs run and webhook Secrets live: the operator's own namespace."""
-    return os.environ.get("POD_NAMESPACE") or C.OPERATOR_NAMESPACE
 
 
 def job_body(repair: kopf.Body, spec: NodeRepairSpec, name: str) -> dict[str, Any]:
@@ -137,19 +130,6 @@ async def delete_job(kube: Kube, name: str) -> None:
     except ApiError as e:
         if e.status != 404:
             raise
-
-
-async def read_secret(kube: Kube, name: str, key: str) -> str:
-    try:
-        secret = await kube.request("GET", f"/api/v1/namespaces/{namespace()}/secrets/{name}")
-    except ApiError as e:
-        if e.status == 404:
-            raise LookupError(f"secret {namespace()}/{name} not found") from e
-        raise LookupError(f"secret {namespace()}/{name}: {e.status} {e.message}") from e
-    data = (secret.get("data") or {}).get(key)
-    if data is None:
-        raise LookupError(f"secret {namespace()}/{name} has no key {key!r}")
-    return base64.b64decode(data).decode().strip()
 
 
 async def call_webhook(

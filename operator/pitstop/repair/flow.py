@@ -1,5 +1,5 @@
 """The vocabulary of the repair state machine, shared by its two halves
-(pitstop.drain: cordon to RepairAllowed; pitstop.recovery: repair, verify,
+(pitstop.repair.drain: cordon to RepairAllowed; pitstop.repair.recovery: repair, verify,
 return): what is observed, what is decided, and the small steps both take.
 Pure: no API calls, no clocks (the observation carries `now`)."""
 
@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pitstop import conditions, constants, nodes
-from pitstop.instances import Instance
+from pitstop import conditions, constants
+from pitstop.cluster import nodes
+from pitstop.instances.contract import Instance
 from pitstop.models import NodeRepairSpec, NodeRepairStatus, OnFailure, Phase
 
 C = constants

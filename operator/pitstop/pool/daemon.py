@@ -19,10 +19,11 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from pitstop import conditions, constants, policy
-from pitstop.indexes import CAPACITY, POLICIES, nap, one
-from pitstop.kube import ApiError, Kube, merge_patch
+from pitstop import conditions, constants
+from pitstop.cluster.indexes import CAPACITY, POLICIES, nap, one
+from pitstop.cluster.kube import ApiError, Gone, Kube, merge_patch
 from pitstop.models import Phase, RepairPolicySpec, RepairPolicyStatus, Suppression
+from pitstop.pool import arithmetic
 
 C = constants
 RESYNC = 300.0
@@ -44,18 +45,18 @@ def parse_policy(raw: Mapping[str, Any]) -> RepairPolicySpec | None:
 
 
 def pools_of(
-    node: policy.NodeView, policies_index: kopf.Index[str, Any]
+    node: arithmetic.NodeView, policies_index: kopf.Index[str, Any]
 ) -> list[tuple[str, RepairPolicySpec]]:
     found = []
     for name, store in list(policies_index.items()):
         for raw in store:
             spec = parse_policy(raw)
-            if spec is not None and policy.in_pool(spec, node):
+            if spec is not None and arithmetic.in_pool(spec, node):
                 found.append((name, spec))
     return found
 
 
-def lock_holders(nodes: Iterable[policy.NodeView]) -> set[str]:
+def lock_holders(nodes: Iterable[arithmetic.NodeView]) -> set[str]:
     """Repairs that hold a node's lock: active, whatever their status says yet (the
     lock is written before the first status, so a crash in between leaves this)."""
     return {n.lock for n in nodes if n.lock}
@@ -63,7 +64,7 @@ def lock_holders(nodes: Iterable[policy.NodeView]) -> set[str]:
 
 def repair_views(
     repairs_index: kopf.Index[str, Any], admitted: Iterable[str] = ()
-) -> list[policy.RepairView]:
+) -> list[arithmetic.RepairView]:
     """Every NodeRepair as the pool logic sees it; those admitted in this process but
     not yet past Pending in the index count as active already."""
     admitted = set(admitted)
@@ -74,7 +75,7 @@ def repair_views(
             if r["name"] in admitted and phase in (None, Phase.PENDING):
                 phase = Phase.CORDONING
             views.append(
-                policy.RepairView(
+                arithmetic.RepairView(
                     name=r["name"],
                     node=node,
                     phase=phase,
@@ -111,7 +112,7 @@ class Admission:
             raw = one(nodes_index.get(node_name))
             if raw is None:
                 return None  # the state machine reports the missing node
-            node = policy.node_view(raw)
+            node = arithmetic.node_view(raw)
             if node.lock == repair:  # it took its node before a restart: it is active
                 self.admitted.add(repair)
                 return None
@@ -119,12 +120,12 @@ class Admission:
             if not pools:
                 self.admitted.add(repair)
                 return None
-            all_nodes = [policy.node_view(n) for s in list(nodes_index.values()) for n in s]
+            all_nodes = [arithmetic.node_view(n) for s in list(nodes_index.values()) for n in s]
             views = repair_views(repairs_index, self.admitted | lock_holders(all_nodes))
-            candidate = policy.RepairView(repair, node_name, Phase.PENDING, created)
+            candidate = arithmetic.RepairView(repair, node_name, Phase.PENDING, created)
             for name, spec in pools:
-                pool = [n for n in all_nodes if policy.in_pool(spec, n)]
-                refusal = policy.admit(candidate, spec, pool, views)
+                pool = [n for n in all_nodes if arithmetic.in_pool(spec, n)]
+                refusal = arithmetic.admit(candidate, spec, pool, views)
                 if refusal:
                     return f"{refusal} (policy {name})"
             self.admitted.add(repair)
@@ -138,7 +139,7 @@ class Admission:
 ADMISSION = Admission()
 
 
-# --- alerts received by pitstop.alerts, consumed by the policy daemons ---
+# --- alerts received by pitstop.pool.alerts, consumed by the policy daemons ---
 
 
 @dataclass(frozen=True)
@@ -171,15 +172,11 @@ ALERTS = AlertInbox()
 # --- the policy daemon ---
 
 
-class Gone(Exception):
-    """The object a daemon drives was deleted (seen as a 404 or gone from the index)."""
-
-
 class PolicyDriver:
     def __init__(self, name: str, body: kopf.Body, kube: Kube, logger: kopf.Logger):
         self.name, self.body, self.kube, self.logger = name, body, kube, logger
         self.seen_alerts = ALERTS.seq if body.get("status") else 0
-        self.alerted: dict[str, tuple[datetime, policy.Fault]] = {}
+        self.alerted: dict[str, tuple[datetime, arithmetic.Fault]] = {}
         self.written: dict[str, Any] | None = None
         self.posted: set[tuple[str, str]] = set()
         self.last_repair: datetime | None = None
@@ -199,15 +196,15 @@ class PolicyDriver:
             return None  # the schema admitted it, so this cannot happen; nothing to do
         if self.name not in policies_index:
             raise Gone(f"RepairPolicy {self.name} is gone")
-        all_nodes = [policy.node_view(n) for s in list(nodes_index.values()) for n in s]
-        pool = [n for n in all_nodes if policy.in_pool(spec, n)]
+        all_nodes = [arithmetic.node_view(n) for s in list(nodes_index.values()) for n in s]
+        pool = [n for n in all_nodes if arithmetic.in_pool(spec, n)]
         names = {n.name for n in pool}
         conflicts = sorted(n.name for n in pool if len(pools_of(n, policies_index)) > 1)
 
-        faults: dict[str, policy.Fault] = {}
+        faults: dict[str, arithmetic.Fault] = {}
         due_next: datetime | None = None
         for node in pool:
-            fault, due = policy.fault_of(spec, node, now)
+            fault, due = arithmetic.fault_of(spec, node, now)
             if fault is not None:
                 faults[node.name] = fault
             elif due is not None:
@@ -218,12 +215,12 @@ class PolicyDriver:
 
         views = repair_views(repairs_index, ADMISSION.admitted | lock_holders(all_nodes))
         active = [r for r in views if r.node in names and r.active]
-        limit = policy.max_unhealthy(spec, len(pool))
+        limit = arithmetic.max_unhealthy(spec, len(pool))
         storm = len(faults) > limit
         suppressed: list[str] = []
         reason = message = None
         for node_name, fault in sorted(faults.items()):
-            repair = policy.repair_name(node_name, fault.key)
+            repair = arithmetic.repair_name(node_name, fault.key)
             mine = [r for r in views if r.node == node_name]
             if any(r.name == repair for r in mine) or any(
                 not r.dry_run and (r.active or r.waiting) for r in mine
@@ -302,13 +299,16 @@ class PolicyDriver:
                 self.alerted.pop(node, None)  # resolved: no new repair; a running one goes on
                 continue
             key = f"alert-{alert.name}/{alert.starts_at}"
-            self.alerted[node] = (alert.received, policy.Fault(node, f"alert {alert.name}", key))
+            self.alerted[node] = (
+                alert.received,
+                arithmetic.Fault(node, f"alert {alert.name}", key),
+            )
         for node, (when, _) in list(self.alerted.items()):
             if now - when > ALERT_MEMORY:
                 del self.alerted[node]
 
     async def create(
-        self, spec: RepairPolicySpec, node: str, name: str, fault: policy.Fault, now: datetime
+        self, spec: RepairPolicySpec, node: str, name: str, fault: arithmetic.Fault, now: datetime
     ) -> None:
         template = spec.repair_template.spec.wire()
         template["reason"] = template.get("reason") or fault.cause

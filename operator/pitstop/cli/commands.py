@@ -16,10 +16,12 @@ import yaml
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from pitstop import constants, drain, instances
-from pitstop.cli import CLIError
-from pitstop.kubeconfig import load_configuration, resolve_source
+from pitstop import constants
+from pitstop.cli.errors import CLIError
+from pitstop.cluster.kubeconfig import load_configuration, resolve_source
+from pitstop.instances import contract
 from pitstop.models import FINAL_PHASES, Phase
+from pitstop.repair import drain
 
 C = constants
 G, V, P = C.GROUP, C.VERSION, C.NODEREPAIR_PLURAL
@@ -199,9 +201,7 @@ def list_repairs(api_client: client.ApiClient) -> list[dict[str, Any]]:
 # --- plan ---
 
 
-def plan(
-    api_client: client.ApiClient, node: str
-) -> tuple[dict[str, Any], list[instances.Instance]]:
+def plan(api_client: client.ApiClient, node: str) -> tuple[dict[str, Any], list[contract.Instance]]:
     """What a repair of `node` would do now, computed here from the cluster's
     state with the operator's own rules (no NodeRepair is created)."""
     core = client.CoreV1Api(api_client)
@@ -220,7 +220,7 @@ def plan(
         raw(p)
         for p in core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}").items
     ]
-    pods = [p for p in pods if instances.is_instance(p)]
+    pods = [p for p in pods if contract.is_instance(p)]
     namespaces = sorted({p["metadata"]["namespace"] for p in pods})
     discovery, policy = client.DiscoveryV1Api(api_client), client.PolicyV1Api(api_client)
     ready: dict[str, list[bool]] = {}
@@ -232,12 +232,12 @@ def plan(
                     flag = not (ep.conditions and ep.conditions.ready is False)
                     ready.setdefault(f"{ns}/{ep.target_ref.name}", []).append(flag)
         pdbs.extend(raw(b) for b in policy.list_namespaced_pod_disruption_budget(ns).items)
-    found = [instances.observe(p, ready.get(instances.key(p))) for p in pods]
-    result = drain.make_plan(found, instances.blocking_pdbs(pdbs, pods))
+    found = [contract.observe(p, ready.get(contract.key(p))) for p in pods]
+    result = drain.make_plan(found, contract.blocking_pdbs(pdbs, pods))
     return result.wire(), found
 
 
-def plan_text(node: str, the_plan: Mapping[str, Any], found: list[instances.Instance]) -> str:
+def plan_text(node: str, the_plan: Mapping[str, Any], found: list[contract.Instance]) -> str:
     lines = [f"A repair of {node} would now:"]
     sync, async_ = the_plan.get("sync", []), the_plan.get("async", [])
     lines.append(f"  cordon {node} and taint it {C.TAINT_MAINTENANCE}:NoSchedule")

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeAlias
 
 from pitstop import __version__, constants
-from pitstop.kubeconfig import KubeconfigError, load_configuration, resolve_source
+from pitstop.cli.errors import CLIError
+from pitstop.cluster.kubeconfig import KubeconfigError, load_configuration, resolve_source
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -25,9 +27,7 @@ Handler: TypeAlias = Callable[[argparse.Namespace], int]
 if TYPE_CHECKING:  # generic only in typeshed, not at runtime
     SubParsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
-
-class CLIError(Exception):
-    """A failure to report as one line on stderr, with a non-zero exit code."""
+    from pitstop.cluster.leader import ElectionConfig
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -116,7 +116,65 @@ def _add_run(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
         metavar="ADDR",
         help="address the health and metrics endpoints listen on (default: %(default)s)",
     )
+    election = p.add_argument_group(
+        "leader election",
+        "Of several replicas only the holder of a coordination.k8s.io Lease acts; "
+        "the others stand by (serving /healthz and /metrics).",
+    )
+    election.add_argument(
+        "--leader-elect",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="take part in leader election (default: on; off only for a single replica)",
+    )
+    election.add_argument(
+        "--lease-name", default="pitstop", metavar="NAME", help="(default: %(default)s)"
+    )
+    election.add_argument(
+        "--lease-namespace",
+        metavar="NS",
+        help="namespace of the Lease (default: $POD_NAMESPACE, else pitstop-system)",
+    )
+    election.add_argument(
+        "--identity",
+        metavar="ID",
+        help="this replica's name in the Lease, unique among replicas and stable across "
+        "its restarts (default: $POD_NAME, else <hostname>-<pid>)",
+    )
+    for flag, default, text in (
+        ("--lease-duration", 15.0, "how long an unrenewed Lease stays held"),
+        ("--renew-deadline", 10.0, "the leader stops acting when it could not renew for this long"),
+        ("--retry-period", 2.0, "how often the leader renews and a standby looks"),
+    ):
+        election.add_argument(
+            flag,
+            type=_seconds,
+            default=default,
+            metavar="SECONDS",
+            help=f"{text} (default: %(default)s)",
+        )
     p.set_defaults(handler=_cmd_run)
+
+
+def _election(args: argparse.Namespace) -> ElectionConfig | None:
+    from pitstop.cluster.leader import ElectionConfig
+
+    if not args.leader_elect:
+        return None
+    env = os.environ
+    identity = args.identity or env.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+    namespace = args.lease_namespace or env.get("POD_NAMESPACE") or constants.OPERATOR_NAMESPACE
+    try:
+        return ElectionConfig(
+            namespace=namespace,
+            identity=identity,
+            name=args.lease_name,
+            lease_duration=args.lease_duration,
+            renew_deadline=args.renew_deadline,
+            retry_period=args.retry_period,
+        )
+    except ValueError as e:
+        raise CLIError(str(e)) from e
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -139,6 +197,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         alerts_port=args.alerts_port,
         alerts_secret=args.alerts_secret,
+        election=_election(args),
         verbose=args.verbose,
     )
     try:
@@ -186,7 +245,7 @@ def _add_repair(subparsers: SubParsers, common: argparse.ArgumentParser) -> None
 def _cmd_repair(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from pitstop import commands
+    from pitstop.cli import commands
 
     name = args.name or commands.default_name(args.node, datetime.now(UTC))
     body = commands.repair_body(
@@ -218,7 +277,7 @@ def _add_status(subparsers: SubParsers, common: argparse.ArgumentParser) -> None
 def _cmd_status(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from pitstop import commands
+    from pitstop.cli import commands
 
     repairs = commands.list_repairs(commands.api(args.kubeconfig))
     print(commands.status_table(repairs, datetime.now(UTC)) if repairs else "No NodeRepairs.")
@@ -236,7 +295,7 @@ def _add_plan(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from pitstop import commands
+    from pitstop.cli import commands
 
     the_plan, found = commands.plan(commands.api(args.kubeconfig), args.node)
     print(commands.plan_text(args.node, the_plan, found))
@@ -253,7 +312,7 @@ def _add_done(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
 
 
 def _cmd_done(args: argparse.Namespace) -> int:
-    from pitstop import commands
+    from pitstop.cli import commands
 
     print(commands.mark_done(commands.api(args.kubeconfig), args.name, args.failed))
     return EXIT_OK
@@ -280,6 +339,16 @@ def _port(value: str) -> int:
     if not 1 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"port out of range 1-65535: {port}")
     return port
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < 3600:
+        raise argparse.ArgumentTypeError(f"expected seconds between 0 and 3600, not {value!r}")
+    return seconds
 
 
 def _port_or_zero(value: str) -> int:

@@ -112,9 +112,18 @@ def load_configuration(source: KubeSource) -> kubernetes.client.Configuration:
     return config
 
 
-def connection_info(source: KubeSource) -> kopf.ConnectionInfo:
-    """kopf's credentials for `source` (what a `@kopf.on.login` handler returns)."""
-    import kopf  # here, so that the CLI's parsing and error paths do not import kopf
+def user_agent(identity: str | None) -> str:
+    """pitstop's User-Agent; with the replica's identity when it has one."""
+    from pitstop import __version__
+
+    return f"pitstop/{__version__}" + (f" ({identity})" if identity else "")
+
+
+def connection_info(source: KubeSource, identity: str | None = None) -> kopf.ConnectionInfo:
+    """kopf's credentials for `source` (what a `@kopf.on.login` handler returns),
+    sending a User-Agent that names the replica `identity`."""
+    # here, so that the CLI's parsing and error paths do not import kopf
+    from pitstop.cluster.kube import NamedConnection
 
     config = load_configuration(source)
 
@@ -131,7 +140,8 @@ def connection_info(source: KubeSource) -> kopf.ConnectionInfo:
         else:
             token = parts[0]
 
-    return kopf.ConnectionInfo(
+    return NamedConnection(
+        user_agent=user_agent(identity),
         server=config.host,
         ca_path=config.ssl_ca_cert or None,  # may be a temporary file made from *-data
         insecure=not config.verify_ssl,

@@ -1,0 +1,9 @@
+"""The `pitstop` command (also the kubectl plugin `kubectl-pitstop`).
+
+  main      argument parsing and dispatch; `pitstop run` starts pitstop.runner
+  commands  repair, status, plan, done: the subcommands that talk to the cluster
+            (official synchronous client)
+  errors    CLIError, shared by both, so that main and commands do not import each other
+
+main imports commands lazily (per subcommand), commands never imports main.
+"""

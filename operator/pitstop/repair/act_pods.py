@@ -1,0 +1,121 @@
+"""The pod steps of the drain: the drain signal, deregistration (the serving gate)
+and evictions (Deregistering, WaitingForTasks, Evicting), and the PDBs a dry
+run reports. Each write is sent once per process; refusals back off."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+from typing import Any
+
+import kopf
+
+from pitstop import constants, metrics
+from pitstop.cluster.indexes import WAKERS
+from pitstop.cluster.kube import ApiError, Eviction
+from pitstop.instances import contract
+from pitstop.models import (
+    NodeRepairSpec,
+)
+from pitstop.repair import drain
+from pitstop.repair.report import Report
+
+C = constants
+
+
+PDB_REFRESH = timedelta(seconds=5)
+
+
+def backoff(attempt: int) -> timedelta:
+    """Retry delay after the n-th refused eviction: 0.5 s doubling to 5 s."""
+    return timedelta(seconds=min(0.5 * 2 ** (attempt - 1), 5.0))
+
+
+class PodSteps(Report):
+    """Pod actions, and what this process already sent."""
+
+    async def act(self, d: drain.Decision, now: datetime, spec: NodeRepairSpec) -> None:
+        """Pod actions, concurrently: drain signal, deregistration, evictions. What
+        succeeded is remembered (the indexes lag behind our writes); what failed is
+        tried again on the next pass."""
+        stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        writes: list[tuple[tuple[str, str], Any]] = []
+        for key in d.mark_draining:
+            if ("drain", key) not in self.sent:
+                patch = {"metadata": {"annotations": {C.ANNOTATION_DRAINING: stamp}}}
+                writes.append((("drain", key), self.kube.patch_pod(key, patch)))
+        for key in d.deregister:
+            if ("deregister", key) not in self.sent:
+                call = self.kube.set_pod_condition(key, C.CONDITION_SERVING, "False", "NodeRepair")
+                writes.append((("deregister", key), call))
+        evictions = [k for k in d.evict if ("evict", k) not in self.sent]
+        grace = spec.drain.grace_period_seconds
+        results = await asyncio.gather(
+            *(self._ignore_gone(call) for _, call in writes),
+            *(self.kube.evict(k, grace) for k in evictions),
+            return_exceptions=True,
+        )
+        failure: BaseException | None = None
+        for (done, _), result in zip(writes, results, strict=False):
+            if isinstance(result, BaseException):
+                failure = failure or result
+            else:
+                self.sent.add(done)
+        for outcome in results[len(writes) :]:
+            assert isinstance(outcome, Eviction)
+            self.record(outcome, now)
+        if failure is not None:
+            raise failure
+
+    def forget_sent(self, found: list[contract.Instance]) -> None:
+        """A mark someone removed mid-repair (the drain signal, a closed gate) must be
+        set again: forget having sent it once the index shows it missing."""
+        for i in found:
+            if not i.draining and ("drain", i.key) in self.sent and self._seen_marked(i.key):
+                self.sent.discard(("drain", i.key))
+            if i.gated and i.serving != "False" and ("deregister", i.key) in self.marked_closed:
+                self.sent.discard(("deregister", i.key))
+        self.marked_closed = {("deregister", i.key) for i in found if i.serving == "False"}
+        self.marked_draining = {i.key for i in found if i.draining}
+
+    def _seen_marked(self, key: str) -> bool:
+        return key in self.marked_draining
+
+    def record(self, outcome: Eviction, now: datetime) -> None:
+        metrics.EVICTIONS.labels(outcome.result).inc()
+        if outcome.result in ("evicted", "gone"):
+            self.sent.add(("evict", outcome.pod))
+            self.blocked.pop(outcome.pod, None)
+            return
+        attempt = self.refusals.get(outcome.pod, 0) + 1
+        self.refusals[outcome.pod] = attempt
+        message = outcome.message
+        if outcome.blocking_pdbs:
+            message = f"eviction of {outcome.pod} blocked by {', '.join(outcome.blocking_pdbs)}"
+        self.blocked[outcome.pod] = drain.Blocked(
+            retry_at=now + backoff(attempt), pdbs=outcome.blocking_pdbs, message=message
+        )
+        self.post([drain.Event("Warning", C.REASON_EVICTION_BLOCKED, message)], None)
+        WAKERS.wake(self.node_name)  # come back for the retry time computed by decide()
+
+    async def _ignore_gone(self, call: Any) -> None:
+        try:
+            await call
+        except ApiError as e:
+            if e.status != 404:
+                raise
+
+    async def blocking_pdbs(
+        self, now: datetime, pods_by_node: kopf.Index[str, Any]
+    ) -> tuple[str, ...]:
+        """Dry run only: PDBs of the node's instances that allow no disruption now
+        (namespaced reads, refreshed at most every few seconds)."""
+        if self.pdbs is not None and now - self.pdbs[0] < PDB_REFRESH:
+            return self.pdbs[1]
+        pods = [p for p in pods_by_node.get(self.node_name, ()) if contract.is_instance(p)]
+        pdbs = []
+        for ns in sorted({p["metadata"]["namespace"] for p in pods}):
+            pdbs.extend(await self.kube.list_pdbs(ns))
+        blocking = contract.blocking_pdbs(pdbs, pods)
+        self.pdbs = (now, tuple(blocking))
+        return self.pdbs[1]

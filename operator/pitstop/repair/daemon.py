@@ -1,0 +1,247 @@
+"""Drives each NodeRepair: a kopf daemon per repair observes (indexes), decides
+(pitstop.repair.drain) and acts (pitstop.cluster.kube), then sleeps until a watch event about its
+node or the next deadline. Deleting a repair gives the node back (finalizer).
+
+The driver never sleeps inside a step and never lists: it reacts to the events
+the indexes already receive. What it remembers between passes (evictions sent,
+refusals and their backoff) is only an optimisation; after a restart it starts
+from the cluster again and every action is idempotent (invariant 6)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from pitstop import constants, metrics
+from pitstop.cluster import nodes
+from pitstop.cluster.indexes import CAPACITY, UNDER_REPAIR, WAKERS, nap
+from pitstop.cluster.kube import ApiError, Gone, Kube
+from pitstop.instances import contract
+from pitstop.models import (
+    FINAL_PHASES,
+    NodeRepairSpec,
+    Phase,
+)
+from pitstop.pool import daemon as pool_daemon
+from pitstop.repair import drain, hooks
+from pitstop.repair.act_hooks import RepairSteps
+from pitstop.repair.act_node import NodeSteps, give_back
+from pitstop.repair.act_pods import PodSteps
+from pitstop.repair.report import forget_gauge, record_phase
+from pitstop.repair.state import parse_status
+
+C = constants
+
+
+RESYNC = 60.0
+"""Re-check even without events: a safety net for a silent watch."""
+
+
+class Driver(NodeSteps, PodSteps, RepairSteps):
+    """One repair's daemon: observe (the indexes), decide (pitstop.repair.drain), act
+    (one step module each: act_node, act_pods, act_hooks), report (report)."""
+
+    def observe_instances(
+        self, pods_by_node: kopf.Index[str, Any], endpoints_by_pod: kopf.Index[str, Any]
+    ) -> list[contract.Instance]:
+        return [
+            contract.observe(pod, endpoints_by_pod.get(contract.key(pod)))
+            for pod in list(pods_by_node.get(self.node_name, ()))
+            if contract.is_instance(pod)
+        ]
+
+    # --- one pass ---
+
+    async def step(
+        self,
+        now: datetime,
+        pods_by_node: kopf.Index[str, Any],
+        endpoints_by_pod: kopf.Index[str, Any],
+        nodes_by_name: kopf.Index[str, Any],
+        repairs_by_node: kopf.Index[str, Any],
+        policies_by_name: kopf.Index[str, Any],
+    ) -> tuple[bool, datetime | None]:
+        """Moves the repair as far as it can now. Returns (again, wake_at): `again`
+        asks for an immediate next pass (our own node write is already known)."""
+        try:
+            spec = NodeRepairSpec.model_validate(self.body.get("spec") or {})
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            await self.fail_invalid(now, f"spec.{where}: {first['msg']}")
+            return False, None
+        if self.name not in {r["name"] for r in repairs_by_node.get(self.node_name, ())}:
+            raise Gone(f"NodeRepair {self.name} is gone")
+        finalizers = self.body.get("metadata", {}).get("finalizers") or []
+        if self.status.phase in (None, Phase.PENDING) and C.FINALIZER not in finalizers:
+            # Nothing is touched before the finalizer is on: a repair deleted in that
+            # window would vanish without its deletion handler giving the node back.
+            return False, now + timedelta(seconds=1)
+        node = self.node(nodes_by_name)
+        found = self.observe_instances(pods_by_node, endpoints_by_pod)
+        self.forget_sent(found)
+        waiting_for = None
+        if self.status.phase in (None, Phase.PENDING) and not spec.dry_run:
+            created = self.body.get("metadata", {}).get("creationTimestamp") or ""
+            waiting_for = await pool_daemon.ADMISSION.check(
+                self.name, self.node_name, created, nodes_by_name, repairs_by_node, policies_by_name
+            )
+        obs = drain.Observation(
+            now=now,
+            name=self.name,
+            generation=self.body.get("metadata", {}).get("generation"),
+            spec=spec,
+            status=self.status,
+            node=node,
+            holder_active=self.holder_active(node, repairs_by_node),
+            instances=found,
+            blocked=self.blocked,
+            waiting_for=waiting_for,
+            blocking_pdbs=await self.blocking_pdbs(now, pods_by_node) if spec.dry_run else (),
+            repaired_mark=(self.body.get("metadata", {}).get("annotations") or {}).get(
+                C.ANNOTATION_REPAIRED
+            ),
+            job=await self.current_job(spec),
+            webhook=self.webhook_answer,
+        )
+        d = drain.decide(obs)
+        again = False
+
+        if d.take_lock and node is not None:
+            UNDER_REPAIR.add(self.node_name)
+            known = self.status.node.was_unschedulable if self.status.node else None
+            patch = nodes.lock_and_cordon(node, self.name, known)
+            again = await self.patch_node(node, patch)
+            if not again:
+                return True, None  # 409: someone else wrote; decide again on fresh state
+        elif (
+            d.recordon and node is not None and not await self.patch_node(node, nodes.cordon(node))
+        ):
+            return True, None
+        if d.status.phase not in FINAL_PHASES and nodes.lock_holder(node or {}) == self.name:
+            UNDER_REPAIR.add(self.node_name)
+
+        wake_at = await self.write_status(d.status, now, d.wake_at, d.passed)
+        self.post(d.events, node)
+        await self.act(d, now, spec)
+        again = await self.run_hooks(d, spec) or again
+        if d.release and d.status.phase == Phase.FAILED:
+            await self.give_back_after_failure(now, pods_by_node)
+        elif d.release:  # verified: give the node back; the next pass records it
+            await give_back(self.kube, self.node_name, self.name, pods_by_node, self.logger)
+            self.patched_node = None
+            again = True
+        if d.status.phase in drain.DRAIN_PHASES:
+            metrics.INFLIGHT_TASKS.labels(self.node_name).set(sum(i.tasks.count for i in found))
+        else:
+            forget_gauge(self.node_name)
+        return again, wake_at
+
+
+# --- kopf handlers ---
+
+
+@kopf.daemon(  # type: ignore[arg-type]  # kopf's protocols omit index kwargs
+    C.GROUP, C.VERSION, C.NODEREPAIR_PLURAL, cancellation_timeout=5.0, backoff=2.0
+)
+async def drive(
+    name: str,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    stopped: kopf.DaemonStopped,
+    pods_by_node: kopf.Index[str, Any],
+    endpoints_by_pod: kopf.Index[str, Any],
+    nodes_by_name: kopf.Index[str, Any],
+    repairs_by_node: kopf.Index[str, Any],
+    policies_by_name: kopf.Index[str, Any],
+    **_: Any,
+) -> None:
+    driver = Driver(name, body, memo["kube"], logger)
+    if driver.status.phase in FINAL_PHASES:
+        record_phase(name, driver.status.phase)
+        await driver.finish_failure(datetime.now(UTC), pods_by_node)
+        return
+    waker = WAKERS.register(driver.node_name)
+    CAPACITY.register(waker)  # room freed anywhere in the pool wakes it too
+    try:
+        while not stopped and not body.get("metadata", {}).get("deletionTimestamp"):
+            waker.clear()
+            now = datetime.now(UTC)
+            try:
+                again, wake_at = await driver.step(
+                    now,
+                    pods_by_node,
+                    endpoints_by_pod,
+                    nodes_by_name,
+                    repairs_by_node,
+                    policies_by_name,
+                )
+            except Gone:
+                # Deleted before kopf put its finalizer on it, so kopf will neither stop
+                # this daemon nor run the deletion handler: give the node back here.
+                await give_back(memo["kube"], driver.node_name, name, pods_by_node, logger)
+                record_phase(name, None)
+                return
+            except (ApiError, OSError, TimeoutError) as e:
+                logger.warning(f"Pass failed, retrying in 1s: {e}")
+                again, wake_at = False, now + timedelta(seconds=1)
+            if driver.status.phase in FINAL_PHASES:
+                await driver.finish_failure(datetime.now(UTC), pods_by_node)
+                return
+            if driver.status.phase not in (None, Phase.PENDING):  # admitted: no more waiting
+                CAPACITY.unregister(waker)
+            if again:
+                continue
+            timeout = RESYNC
+            if wake_at is not None:
+                timeout = min(RESYNC, max(0.0, (wake_at - datetime.now(UTC)).total_seconds()))
+            await nap(waker, stopped, timeout)
+    finally:
+        WAKERS.unregister(driver.node_name, waker)
+        CAPACITY.unregister(waker)
+        if driver.status.phase in FINAL_PHASES:
+            pool_daemon.ADMISSION.release(name)
+
+
+@kopf.on.delete(C.GROUP, C.VERSION, C.NODEREPAIR_PLURAL)  # type: ignore[arg-type]  # (index kwargs)
+async def abort(
+    name: str,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    pods_by_node: kopf.Index[str, Any],
+    **_: Any,
+) -> None:
+    """Deleting a repair undoes what it did (finalizer): phase Aborted while it runs."""
+    kube: Kube = memo["kube"]
+    node_name = spec.get("nodeName")
+    phase = status.get("phase")
+    if phase != Phase.SUCCEEDED:
+        aborted = parse_status(status).model_copy(deep=True)
+        aborted.phase = Phase.ABORTED
+        aborted.message = f"Aborted: giving {node_name} back"
+        aborted.completion_time = aborted.completion_time or datetime.now(UTC)
+        try:
+            await kube.patch_status(C.NODEREPAIR_PLURAL, name, aborted.wire())
+        except ApiError as e:
+            if e.status != 404:
+                raise
+    job = (status.get("repair") or {}).get("jobName")
+    if job and phase == Phase.REPAIRING:
+        await hooks.delete_job(kube, job)  # a repair in progress stops with its repair
+    if node_name and await give_back(kube, node_name, name, pods_by_node, logger):
+        kopf.event(
+            body,
+            type="Normal",
+            reason=C.REASON_ABORTED,
+            message=f"Repair deleted; {node_name} given back",
+        )
+    record_phase(name, None)
+    pool_daemon.ADMISSION.release(name)
+    WAKERS.wake(node_name)

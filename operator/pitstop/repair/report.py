@@ -1,0 +1,114 @@
+"""Every step reports the same way: the status subresource (phase and condition
+changes at once, counter-only changes coalesced), Events (each once), and the
+repair metrics."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+import kopf
+
+from pitstop import constants, metrics
+from pitstop.cluster.kube import ApiError, Gone, merge_patch
+from pitstop.models import (
+    NodeRepairStatus,
+    Phase,
+)
+from pitstop.repair import drain
+from pitstop.repair.state import DriverState
+
+C = constants
+
+
+STATUS_COALESCE = timedelta(milliseconds=250)
+"""Counter-only status changes are written at most this often (phase and
+condition changes are written at once)."""
+
+
+class Report(DriverState):
+    """Status, Events and the invalid-spec failure."""
+
+    async def write_status(
+        self,
+        status: NodeRepairStatus,
+        now: datetime,
+        wake_at: datetime | None,
+        passed: Sequence[Phase] = (),
+    ) -> datetime | None:
+        wire = status.wire()
+        if wire == self.written:
+            return wake_at
+        significant = _shape(wire) != _shape(self.written or {})
+        if not significant and now - self.written_at < STATUS_COALESCE:
+            due = self.written_at + STATUS_COALESCE  # counters only: write a bit later
+            return due if wake_at is None else min(wake_at, due)
+        try:
+            await self.kube.patch_status(
+                C.NODEREPAIR_PLURAL, self.name, merge_patch(self.written, wire)
+            )
+        except ApiError as e:
+            if e.status == 404:
+                raise Gone(f"NodeRepair {self.name} is gone") from e
+            raise
+        old_phase = self.status.phase
+        if old_phase != status.phase and old_phase is not None and self.status.phase_start_time:
+            spent = (now - self.status.phase_start_time).total_seconds()
+            metrics.PHASE_DURATION.labels(old_phase.value).observe(spent)
+            # Phases gone through within this one pass took no time of their own.
+            for phase in passed[:-1]:
+                if phase != old_phase:
+                    metrics.PHASE_DURATION.labels(phase.value).observe(0.0)
+        self.status, self.written, self.written_at = status, wire, now
+        record_phase(self.name, status.phase)
+        return wake_at
+
+    def post(self, events: list[drain.Event], node: Mapping[str, Any] | None) -> None:
+        for e in events:
+            if (e.reason, e.message) in self.posted:
+                continue
+            self.posted.add((e.reason, e.message))
+            kopf.event(self.body, type=e.type, reason=e.reason, message=e.message)
+            if e.on_node and node is not None:
+                kopf.event(
+                    cast(kopf.Body, node),
+                    type=e.type,
+                    reason=e.reason,
+                    message=f"{self.name}: {e.message}",
+                )
+
+    async def fail_invalid(self, now: datetime, message: str) -> None:
+        status = self.status.model_copy(deep=True)
+        status.phase, status.completion_time = Phase.FAILED, now
+        status.message = f"InvalidSpec: {message}"
+        await self.write_status(status, now, None)
+        self.post([drain.Event("Warning", "InvalidSpec", message)], None)
+
+
+def forget_gauge(node: str) -> None:
+    with contextlib.suppress(KeyError):  # never set for this node
+        metrics.INFLIGHT_TASKS.remove(node)
+
+
+PHASES: dict[str, Phase] = {}
+"""Phase of every repair this process knows (for the pitstop_repairs gauge)."""
+
+
+def record_phase(repair: str, phase: Phase | None) -> None:
+    """Keeps pitstop_repairs{phase} equal to the count of repairs in each phase."""
+    if phase is None:
+        PHASES.pop(repair, None)
+    else:
+        PHASES[repair] = phase
+    for p in Phase:
+        metrics.REPAIRS.labels(p.value).set(sum(1 for v in PHASES.values() if v == p))
+
+
+def _shape(wire: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What makes a status change significant: phase, conditions, message."""
+    conds = tuple(
+        (c.get("type"), c.get("status"), c.get("reason")) for c in wire.get("conditions") or []
+    )
+    return wire.get("phase"), conds, wire.get("repair"), wire.get("completionTime")

@@ -1,0 +1,199 @@
+"""Two operator replicas on one Lease (issue: HA with one leader): the standby
+changes nothing, a SIGKILLed leader is replaced within the lease duration + 5 s
+while a burst of policy admissions keeps the pool limits, and a SIGTERMed leader
+hands over at once.
+
+Who acted when is read from the API server's audit log (each replica names
+itself in its User-Agent), not from the operators' own logs.
+
+The session's operator is stopped for these tests (two independent leaders would
+break the pool limits by design) and restarted afterwards."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.kube import Cluster, wait_until
+from tests.e2e.operator import Operator
+from tests.e2e.policies_helpers import (
+    LimitsWatch,
+    Policies,
+    RepairCrew,
+    inject_many,
+    phase,
+    policies_fixture,  # noqa: F401  (the `policies` fixture)
+    policy_spec,
+    repairs_for,
+)
+
+pytestmark = pytest.mark.e2e
+
+LEASE_DURATION, RENEW_DEADLINE, RETRY_PERIOD = 8.0, 5.0, 1.0
+ELECTION = (
+    f"--lease-duration={LEASE_DURATION}",
+    f"--renew-deadline={RENEW_DEADLINE}",
+    f"--retry-period={RETRY_PERIOD}",
+)
+
+
+@pytest.fixture
+def replicas(running_operator: Operator, tmp_path: Path) -> Iterator[Callable[[str], Operator]]:
+    """Makes operator replicas (same ServiceAccount, own identities) on the shared
+    Lease, with the session's operator stopped meanwhile."""
+    running_operator.stop()
+    made: list[Operator] = []
+    tag = uuid.uuid4().hex[:4]
+
+    def make(name: str) -> Operator:
+        op = Operator(
+            running_operator.kubeconfig,
+            tmp_path / f"{name}.log",
+            *ELECTION,
+            identity=f"ha-{tag}-{name}",
+        )
+        made.append(op)
+        return op
+
+    yield make
+    for op in made:
+        op.stop()
+    running_operator.start()
+
+
+@dataclass(frozen=True)
+class Write:
+    agent: str
+    verb: str
+    resource: str
+    name: str
+    received: datetime
+    done: datetime
+
+
+def audit_writes(cluster: Cluster, identities: list[str]) -> list[Write]:
+    """Writes by the given replicas, from the API server's audit log (leases excluded:
+    taking the Lease is the handover itself)."""
+    log = Path(cluster.kubeconfig).parent / "logs" / "audit.log"
+    if not log.exists():
+        pytest.skip(f"no audit log at {log} (a cluster not started by hack/cluster.sh)")
+    writes: list[Write] = []
+    for line in log.read_text().splitlines():
+        event = json.loads(line)
+        agent = event.get("userAgent", "")
+        who = next((i for i in identities if f"({i})" in agent), None)
+        ref = event.get("objectRef") or {}
+        if who is None or ref.get("resource") == "leases":
+            continue
+        writes.append(
+            Write(
+                who,
+                event["verb"],
+                ref.get("resource", ""),
+                ref.get("name", ""),
+                _time(event["requestReceivedTimestamp"]),
+                _time(event["stageTimestamp"]),
+            )
+        )
+    return sorted(writes, key=lambda w: w.received)
+
+
+def _time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def assert_one_actor_at_a_time(writes: list[Write], first: str, second: str) -> None:
+    """All of `first`'s writes ended before `second` sent its first one."""
+    mine = [w for w in writes if w.agent == first]
+    theirs = [w for w in writes if w.agent == second]
+    assert mine, f"{first} made no write at all: the audit proves nothing"
+    assert theirs, f"{second} made no write after taking over"
+    last_first = max(w.done for w in mine)
+    first_second = min(w.received for w in theirs)
+    assert last_first <= first_second, (
+        f"{second} wrote at {first_second} before {first}'s last write ended at {last_first}: "
+        f"{[w for w in theirs if w.received < last_first][:5]}"
+    )
+
+
+def lease_holder(cluster: Cluster) -> str | None:
+    from kubernetes import client
+
+    lease = client.CoordinationV1Api(cluster.api).read_namespaced_lease("pitstop", "pitstop-system")
+    return lease.spec.holder_identity
+
+
+def test_standby_changes_nothing_and_takes_over_a_killed_leader_within_the_limits(
+    cluster: Cluster, pool: Any, policies: Policies, replicas: Callable[[str], Operator]
+) -> None:
+    a, b = replicas("a"), replicas("b")
+    a.start()  # waits until it leads
+    b.start(wait=False)
+    wait_until("b standing by", lambda: b.role() == "standby", timeout=60)
+    assert lease_holder(cluster) == a.identity
+
+    # A burst of policy admissions: 10 of 40 nodes fail at once, 2 repairs at a time.
+    p = pool(40)
+    sick = p.names[:10]
+    rp = policies.create(
+        p, policy_spec(p, maxUnhealthy="40%", maxConcurrentRepairs=2, minAvailable="90%")
+    )
+    policies.wait_observed(rp)
+    with (
+        LimitsWatch(cluster, p, max_active=2, min_available=36) as watch,
+        RepairCrew(cluster, p.names) as crew,
+    ):
+        inject_many(cluster, p, sick, wait=False)
+        wait_until("3 repairs under way", lambda: len(watch.left_pending) >= 3, timeout=60)
+        assert b.role() == "standby"
+        a.kill()
+        killed = time.monotonic()
+        wait_until("b leading", lambda: b.role() == "leader", timeout=LEASE_DURATION + 15)
+        took_over = time.monotonic() - killed
+        wait_until(
+            "10 repairs Succeeded",
+            lambda: sum(phase(r) == "Succeeded" for r in repairs_for(cluster, p.names)) >= 10,
+            timeout=180,
+            interval=0.5,
+        )
+    print(f"\nSIGKILLed leader replaced after {took_over:.1f} s (lease {LEASE_DURATION:g} s)")
+    assert took_over <= LEASE_DURATION + 5
+    assert lease_holder(cluster) == b.identity
+    assert not watch.violations, watch.violations[:5]
+    assert watch.peak_locked <= 2
+    made = repairs_for(cluster, p.names)
+    by_node: dict[str, list[str]] = {}
+    for r in made:
+        by_node.setdefault(r["spec"]["nodeName"], []).append(r["metadata"]["name"])
+    assert sorted(by_node) == sorted(sick)
+    assert all(len(v) == 1 for v in by_node.values()), f"duplicates: {by_node}"
+    assert len(crew.done) == 10
+    writes = audit_writes(cluster, [a.identity, b.identity])
+    assert_one_actor_at_a_time(writes, a.identity, b.identity)
+
+
+def test_sigterm_releases_the_lease_and_the_standby_leads_at_once(
+    cluster: Cluster, replicas: Callable[[str], Operator]
+) -> None:
+    a, b = replicas("a"), replicas("b")
+    a.start()
+    b.start(wait=False)
+    wait_until("b standing by", lambda: b.role() == "standby", timeout=60)
+    assert a.proc is not None
+    a.proc.terminate()  # SIGTERM: kopf stops, then the Lease is released
+    signalled = time.monotonic()
+    wait_until("b leading", lambda: b.role() == "leader", timeout=10, interval=0.05)
+    took_over = time.monotonic() - signalled
+    assert a.proc.wait(timeout=30) == 0
+    print(f"\nstandby leading {took_over:.2f} s after SIGTERM to the leader")
+    assert took_over <= 3
+    assert lease_holder(cluster) == b.identity
+    assert "Released the Lease" in a.log_text()

@@ -1,0 +1,130 @@
+"""The in-cluster tier: pitstop installed from manifests/ as a user would
+(`kubectl apply -k`, only the image overridden), running as two Pods with the
+mounted ServiceAccount token, on real nodes (kubelet + containerd), with the
+project's function serving real requests.
+
+E2E_KUBECONFIG=path  run against that cluster (kind, or any other) instead of
+                     starting a local control plane; its nodes must already have
+                     the images ($PITSTOP_IMAGE, $FUNCTION_IMAGE) loaded.
+PITSTOP_IMAGE        the operator image (default localhost/pitstop:dev, `make image`)
+PITSTOP_KEEP_CLUSTER=1  leave the started cluster running
+
+The local control plane is started with PITSTOP_REAL_NODES=2 (the function moves
+from the node under repair to the other) and no kwok node: tests add tainted
+kwok nodes of their own, so that nothing of the operator lands on a fake node."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from tests.e2e.kube import REPO, Cluster, wait_until
+
+pytestmark = pytest.mark.incluster
+
+IMAGE = os.environ.get("PITSTOP_IMAGE", "localhost/pitstop:dev")
+NAMESPACE = "pitstop-system"
+OPERATOR_LABELS = "app.kubernetes.io/name=pitstop,app.kubernetes.io/component=operator"
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    given = os.environ.get("E2E_KUBECONFIG")
+    if given:
+        yield Cluster(given)
+        return
+    state = tempfile.mkdtemp(prefix="pitstop-incluster-")
+    env = {
+        **os.environ,
+        "PITSTOP_CLUSTER_DIR": state,
+        "PITSTOP_NODES": "0",
+        "PITSTOP_REAL_NODES": os.environ.get("PITSTOP_REAL_NODES", "2"),
+    }
+    up = subprocess.run(
+        [str(REPO / "hack/cluster.sh"), "up"], env=env, capture_output=True, text=True, timeout=1800
+    )
+    if up.returncode != 0:
+        pytest.exit(f"local control plane failed to start:\n{up.stderr}", returncode=1)
+    try:
+        images = subprocess.run(
+            ["make", "-s", "image", "function-image", f"PITSTOP_CLUSTER_DIR={state}"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+        if images.returncode != 0:
+            pytest.exit(f"make image failed:\n{images.stdout}\n{images.stderr}", returncode=1)
+        yield Cluster(f"{state}/admin.kubeconfig")
+    finally:
+        if os.environ.get("PITSTOP_KEEP_CLUSTER"):
+            print(f"\ncluster kept: kubectl --kubeconfig {state}/admin.kubeconfig get nodes")
+        else:
+            subprocess.run([str(REPO / "hack/cluster.sh"), "down"], env=env, timeout=300)
+
+
+def local(cluster: Cluster) -> bool:
+    """Whether the cluster is the local control plane (whose nodes' processes this
+    machine can see and whose pod addresses it can reach)."""
+    return not os.environ.get("E2E_KUBECONFIG")
+
+
+@pytest.fixture(scope="session")
+def installed(cluster: Cluster) -> Iterator[list[client.V1Pod]]:
+    """manifests/ applied with only the image overridden; yields the operator Pods
+    once the Deployment is available (both replicas Ready)."""
+    name, _, tag = IMAGE.rpartition(":")
+    overlay = Path(tempfile.mkdtemp(prefix="pitstop-overlay-"))
+    (overlay / "kustomization.yaml").write_text(
+        textwrap.dedent(f"""\
+        apiVersion: kustomize.config.k8s.io/v1beta1
+        kind: Kustomization
+        resources:
+          - {REPO / "manifests"}
+        images:
+          - name: pitstop
+            newName: {name}
+            newTag: "{tag}"
+        """)
+    )
+    # CRDs are large: server-side apply, as the README says.
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(overlay))
+    cluster.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/noderepairs.pitstop.dev",
+        "crd/repairpolicies.pitstop.dev",
+    )
+    cluster.kubectl("-n", NAMESPACE, "rollout", "status", "deployment/pitstop", "--timeout=300s")
+    yield operator_pods(cluster)
+    if not os.environ.get("PITSTOP_KEEP_CLUSTER"):
+        cluster.kubectl(
+            "delete", "-k", str(overlay), "--ignore-not-found", "--wait=false", check=False
+        )
+
+
+def operator_pods(cluster: Cluster) -> list[client.V1Pod]:
+    pods = cluster.core.list_namespaced_pod(NAMESPACE, label_selector=OPERATOR_LABELS).items
+    return [p for p in pods if p.metadata.deletion_timestamp is None]
+
+
+def lease_holder(cluster: Cluster) -> str | None:
+    lease = client.CoordinationV1Api(cluster.api).read_namespaced_lease("pitstop", NAMESPACE)
+    return lease.spec.holder_identity
+
+
+def wait_holder(cluster: Cluster, among: set[str], timeout: float = 60) -> str:
+    return wait_until(
+        f"a Lease holder among {sorted(among)}",
+        lambda: (h := lease_holder(cluster)) in among and h,
+        timeout=timeout,
+    )

@@ -1,0 +1,205 @@
+"""pitstop as its users run it: installed from manifests/, two replicas on real
+nodes with the mounted ServiceAccount token, one leader on the Lease, probes
+passing, /metrics on the pod address, a repair completed, no permission error;
+and the leader's container SIGKILLed: the standby takes over."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from tests.e2e.kube import Cluster, wait_until
+from tests.incluster.conftest import (
+    NAMESPACE,
+    lease_holder,
+    local,
+    operator_pods,
+    wait_holder,
+)
+
+pytestmark = pytest.mark.incluster
+
+LEASE_DURATION = 15  # manifests/: the default of `pitstop run`
+TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def get(cluster: Cluster, pod: client.V1Pod, port: int, path: str) -> str:
+    """GET on the pod's own address: directly where this machine routes to pod
+    addresses (the local control plane's bridge), else through the API server's
+    pod proxy (which dials the same address)."""
+    if local(cluster):
+        url = f"http://{pod.status.pod_ip}:{port}{path}"
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return str(answer.read().decode())
+    proxied = client.CoreV1Api(cluster.api).connect_get_namespaced_pod_proxy_with_path(
+        f"{pod.metadata.name}:{port}", NAMESPACE, path.lstrip("/")
+    )
+    return str(proxied)
+
+
+def test_runs_as_two_pods_on_real_nodes_with_the_mounted_token(
+    cluster: Cluster, installed: list[client.V1Pod]
+) -> None:
+    pods = operator_pods(cluster)
+    assert len(pods) == 2, [p.metadata.name for p in pods]
+    for pod in pods:
+        node = cluster.core.read_node(pod.spec.node_name)
+        assert node.metadata.labels.get("type") != "kwok", f"{pod.metadata.name} on a fake node"
+        container = pod.spec.containers[0]
+        assert container.args == ["run"], container.args  # no --kubeconfig: in-cluster config
+        assert not any("kubeconfig" in (e.name or "").lower() for e in container.env or [])
+        mounts = {m.mount_path for m in container.volume_mounts or []}
+        assert TOKEN_DIR in mounts, mounts
+        status = pod.status.container_statuses[0]
+        assert status.ready, f"{pod.metadata.name} not Ready: {status}"
+        assert status.restart_count == 0, f"{pod.metadata.name} restarted {status.restart_count}x"
+
+
+def test_one_leader_one_standby_and_metrics_on_the_pod_address(
+    cluster: Cluster, installed: list[client.V1Pod]
+) -> None:
+    pods = {p.metadata.name: p for p in operator_pods(cluster)}
+    holder = wait_holder(cluster, set(pods))
+    roles = {
+        name: json.loads(get(cluster, pod, 8080, "/healthz")).get("role")
+        for name, pod in pods.items()
+    }
+    assert roles[holder] == "leader", roles
+    assert sorted(roles.values()) == ["leader", "standby"], roles
+    for name, pod in pods.items():
+        text = get(cluster, pod, 9090, "/metrics")
+        expected = "1.0" if name == holder else "0.0"
+        assert f"pitstop_leader {expected}" in text, f"{name}: {text[:300]}"
+        assert "pitstop_build_info{" in text
+
+
+def test_a_repair_of_a_kwok_node_completes(cluster: Cluster, installed: list[client.V1Pod]) -> None:
+    if local(cluster):
+        node = f"kwok-{uuid.uuid4().hex[:6]}"
+        cluster.create_node(node, {"pool": node})
+        # kwok's convention: fake nodes repel real workloads (the operator's own Pods).
+        taint = {"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}
+        cluster.core.patch_node(node, {"spec": {"taints": [taint]}})
+        wait_until(f"{node} Ready", lambda: cluster.node_ready(node), timeout=60)
+    else:  # another cluster (kind): a worker that runs no operator replica
+        busy = {p.spec.node_name for p in operator_pods(cluster)}
+        workers = [
+            n.metadata.name
+            for n in cluster.core.list_node().items
+            if "node-role.kubernetes.io/control-plane" not in (n.metadata.labels or {})
+            and n.metadata.name not in busy
+        ]
+        if not workers:
+            pytest.skip("every worker runs an operator replica")
+        node = workers[0]
+    name = f"{node}-repair"
+    body = {
+        "apiVersion": "pitstop.dev/v1alpha1",
+        "kind": "NodeRepair",
+        "metadata": {"name": name},
+        "spec": {
+            "nodeName": node,
+            "reason": "InClusterTest",
+            "repair": {"strategy": "Manual"},
+            "verify": {"stableSeconds": 1, "timeoutSeconds": 60},
+        },
+    }
+    custom = cluster.custom
+    custom.create_cluster_custom_object("pitstop.dev", "v1alpha1", "noderepairs", body)
+
+    def phase() -> str | None:
+        got = custom.get_cluster_custom_object("pitstop.dev", "v1alpha1", "noderepairs", name)
+        return (got.get("status") or {}).get("phase")
+
+    wait_until("Repairing", lambda: phase() == "Repairing", timeout=120)
+    assert cluster.core.read_node(node).spec.unschedulable
+    custom.patch_cluster_custom_object(
+        "pitstop.dev",
+        "v1alpha1",
+        "noderepairs",
+        name,
+        {"metadata": {"annotations": {"pitstop.dev/repaired": "true"}}},
+    )
+    wait_until("Succeeded", lambda: phase() == "Succeeded", timeout=120)
+    assert not cluster.core.read_node(node).spec.unschedulable
+    custom.delete_cluster_custom_object("pitstop.dev", "v1alpha1", "noderepairs", name)
+    wait_until(
+        "the repair's finalizer ran",
+        lambda: (
+            name
+            not in [
+                r["metadata"]["name"]
+                for r in custom.list_cluster_custom_object(
+                    "pitstop.dev", "v1alpha1", "noderepairs"
+                )["items"]
+            ]
+        ),
+        timeout=60,
+    )
+    if local(cluster):
+        cluster.core.delete_node(node)
+
+
+def test_the_rbac_is_enough(cluster: Cluster, installed: list[client.V1Pod]) -> None:
+    time.sleep(2)  # let the watches of a fresh leader answer
+    for pod in operator_pods(cluster):
+        log = cluster.core.read_namespaced_pod_log(pod.metadata.name, NAMESPACE)
+        for sign in ("Forbidden", "403", "Traceback", "Not enough permissions"):
+            assert sign not in log, f"{sign!r} in {pod.metadata.name}'s log:\n{log[-3000:]}"
+
+
+def pid_of(pod: str) -> int:
+    """The PID, on this machine, of the operator process of Pod `pod` (its
+    environment carries POD_NAME from the downward API)."""
+    marker = f"POD_NAME={pod}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker in environ and b"pitstop" in cmdline:
+            return int(entry.name)
+    raise AssertionError(f"no process of Pod {pod} on this machine")
+
+
+def test_sigkill_of_the_leaders_container_hands_over_to_the_standby(
+    cluster: Cluster, installed: list[client.V1Pod]
+) -> None:
+    if not local(cluster):
+        pytest.skip("SIGKILLs a process on the node: only on the local control plane")
+    pods = {p.metadata.name for p in operator_pods(cluster)}
+    leader = wait_holder(cluster, pods)
+    (standby,) = pods - {leader}
+    os.kill(pid_of(leader), signal.SIGKILL)
+    killed = time.monotonic()
+    wait_until(
+        "the standby holds the Lease",
+        lambda: lease_holder(cluster) == standby,
+        timeout=LEASE_DURATION + 10,
+        interval=0.2,
+    )
+    took = time.monotonic() - killed
+    print(f"\nleader SIGKILLed; standby leading after {took:.1f} s (lease {LEASE_DURATION} s)")
+    assert took <= LEASE_DURATION + 5
+
+    # The killed container restarts in its Pod and comes back as the standby.
+    def restarted() -> bool:
+        pod = cluster.core.read_namespaced_pod(leader, NAMESPACE)
+        status = pod.status.container_statuses[0]
+        return bool(status.restart_count >= 1 and status.ready)
+
+    wait_until(f"{leader} restarted and Ready", restarted, timeout=120)
+    pod = cluster.core.read_namespaced_pod(leader, NAMESPACE)
+    assert json.loads(get(cluster, pod, 8080, "/healthz"))["role"] == "standby"
+    assert lease_holder(cluster) == standby
