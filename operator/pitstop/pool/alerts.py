@@ -4,13 +4,18 @@ operator's namespace. Alerts go to the policy daemons' inbox (pitstop.pool.daemo
 which match them to pools and create NodeRepairs.
 
 401 without a valid token, 400 with a clear message for a malformed payload,
-413 for a body over 1 MiB. Resolved alerts do not cancel running repairs."""
+413 for a body over 1 MiB, 408 for a body not received within READ_TIMEOUT; every
+answer of the receiver is a JSON object. A connection that has not sent a whole
+request within IDLE_TIMEOUT is closed (slow clients cannot pile up). Resolved
+alerts do not cancel running repairs."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import time
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -20,6 +25,13 @@ from pitstop.pool.daemon import ALERTS
 MAX_BODY = 1024 * 1024
 TOKEN_TTL = 30.0
 """The token is re-read from its Secret at most this often (rotation without restart)."""
+READ_TIMEOUT = 10.0
+"""Seconds a request's body may take to arrive once its headers are in: then 408."""
+IDLE_TIMEOUT = 15.0
+"""Seconds a connection may stay open without a complete request (aiohttp's keep-alive
+timer, which also runs from the moment a connection opens): then it is closed."""
+SHOWN = 80
+"""Characters of a wrong value quoted in an error message."""
 
 
 class Receiver:
@@ -48,9 +60,12 @@ class Receiver:
         if request.content_length is not None and request.content_length > MAX_BODY:
             return _error(413, f"body larger than {MAX_BODY} bytes")
         try:
-            raw = await request.read()  # the whole body, chunked or not, up to client_max_size
+            async with asyncio.timeout(READ_TIMEOUT):
+                raw = await request.read()  # the whole body, chunked or not, up to client_max_size
         except web.HTTPRequestEntityTooLarge:
             return _error(413, f"body larger than {MAX_BODY} bytes")
+        except TimeoutError:
+            return _error(408, f"body not received within {READ_TIMEOUT:g}s", close=True)
         try:
             alerts = parse(raw)
         except ValueError as e:
@@ -65,12 +80,16 @@ def parse(raw: bytes) -> list[tuple[str, dict[str, str], str, bool]]:
     """(alertname, labels, startsAt, firing) for each alert of a version-4 payload."""
     try:
         payload = json.loads(raw)
-    except ValueError as e:
+    except ValueError as e:  # also: not UTF-8, or an integer of more than 4300 digits
         raise ValueError(f"body is not JSON: {e}") from e
+    except RecursionError as e:
+        raise ValueError("body is not JSON this receiver reads: nested too deeply") from e
     if not isinstance(payload, dict):
         raise ValueError("body must be a JSON object (Alertmanager webhook payload)")
     if str(payload.get("version")) != "4":
-        raise ValueError(f'unsupported payload version {payload.get("version")!r}: expected "4"')
+        raise ValueError(
+            f'unsupported payload version {_shown(payload.get("version"))}: expected "4"'
+        )
     alerts = payload.get("alerts")
     if not isinstance(alerts, list):
         raise ValueError("alerts must be a list")
@@ -88,20 +107,42 @@ def parse(raw: bytes) -> list[tuple[str, dict[str, str], str, bool]]:
             raise ValueError(f"alerts[{i}].labels.alertname is missing")
         status = alert.get("status")
         if status not in ("firing", "resolved"):
-            raise ValueError(f"alerts[{i}].status must be firing or resolved, not {status!r}")
+            raise ValueError(f"alerts[{i}].status must be firing or resolved, not {_shown(status)}")
         found.append((name, labels, str(alert.get("startsAt") or ""), status == "firing"))
     return found
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+def _shown(value: object) -> str:
+    """A wrong value as quoted in an error message: its repr, cut to SHOWN characters."""
+    text = repr(value)
+    return text if len(text) <= SHOWN else text[: SHOWN - 1] + "…"
+
+
+def _error(status: int, message: str, close: bool = False) -> web.Response:
+    response = web.json_response({"error": message}, status=status)
+    if close:
+        response.force_close()
+    return response
+
+
+@web.middleware
+async def json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """aiohttp's own refusals (404 for another path, 405 for another method) as JSON too."""
+    try:
+        return await handler(request)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return _error(e.status, f"{e.reason}: the receiver takes POST /alerts")
 
 
 async def serve(kube: Kube, bind: str, port: int, secret: str, key: str) -> web.AppRunner:
     receiver = Receiver(kube, secret, key)
-    app = web.Application(client_max_size=MAX_BODY)
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors])
     app.router.add_post("/alerts", receiver.handle)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=IDLE_TIMEOUT)
     await runner.setup()
     await web.TCPSite(runner, bind, port).start()
     return runner
