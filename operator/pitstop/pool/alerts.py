@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import http_exceptions, web
 
 from pitstop.cluster.kube import Kube, read_secret
 from pitstop.pool.daemon import ALERTS
@@ -138,11 +139,36 @@ async def json_errors(
         return _error(e.status, f"{e.reason}: the receiver takes POST /alerts")
 
 
+class _OneLineRefusals(logging.Filter):
+    """aiohttp logs a request it cannot parse (not HTTP, a header over 8 KiB, a bad
+    Content-Length) with a full traceback, though it answered 400 and nothing went
+    wrong on our side: one warning line each instead, so a scanner cannot flood the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, http_exceptions.HttpProcessingError):
+            first = str(exc.message).strip().splitlines()[0] if exc.message else ""
+            record.msg, record.args = (
+                "Alert receiver refused a malformed request: %s %s",
+                (
+                    exc.code,
+                    first,
+                ),
+            )
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+HTTP_LOG = logging.getLogger("pitstop.alerts.http")
+HTTP_LOG.addFilter(_OneLineRefusals())
+
+
 async def serve(kube: Kube, bind: str, port: int, secret: str, key: str) -> web.AppRunner:
     receiver = Receiver(kube, secret, key)
     app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors])
     app.router.add_post("/alerts", receiver.handle)
-    runner = web.AppRunner(app, access_log=None, keepalive_timeout=IDLE_TIMEOUT)
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=IDLE_TIMEOUT, logger=HTTP_LOG)
     await runner.setup()
     await web.TCPSite(runner, bind, port).start()
     return runner
