@@ -7,10 +7,13 @@ tests/e2e/test_bad_input.py does the same over real HTTP against the running ope
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Any
+from unittest import mock
 
+import aiohttp
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -239,3 +242,35 @@ def test_label_values_of_repair_names(repair: str) -> None:
     value = hooks.label_value(repair)
     assert len(value) <= 63
     assert LABEL_VALUE.fullmatch(value), value
+
+
+# --- reading the webhook's answer ---
+
+
+@FUZZ
+@given(st.binary(max_size=3000), st.lists(st.integers(1, 700), min_size=1, max_size=20))
+def test_read_limited_reads_an_answer_that_arrives_in_pieces(body: bytes, cuts: list[int]) -> None:
+    """One StreamReader.read(n) returns what has arrived so far; read_limited goes
+    on to the end (or the limit), however the answer was split."""
+
+    async def read(limit: int) -> bytes:
+        stream = aiohttp.StreamReader(mock.Mock(_reading_paused=False), 2**16)
+
+        async def feed() -> None:
+            rest = body
+            for cut in cuts:
+                piece, rest = rest[:cut], rest[cut:]
+                if piece:
+                    stream.feed_data(piece)
+                await asyncio.sleep(0)
+            if rest:
+                stream.feed_data(rest)
+            stream.feed_eof()
+
+        feeder = asyncio.create_task(feed())
+        got = await hooks.read_limited(stream, limit)
+        await feeder
+        return got
+
+    assert asyncio.run(read(len(body) + 1)) == body
+    assert asyncio.run(read(1000)) == body[:1000]
