@@ -54,8 +54,10 @@ class Receiver:
     async def handle(self, request: web.Request) -> web.Response:
         expected = await self.token()
         given = request.headers.get("Authorization", "")
+        # aiohttp keeps header bytes that are not UTF-8 as surrogates: encode them back
+        # (a plain encode() raised, and the client got a 500).
         if expected is None or not hmac.compare_digest(
-            given.encode(), f"Bearer {expected}".encode()
+            given.encode(errors="surrogateescape"), f"Bearer {expected}".encode()
         ):
             return _error(401, "missing or wrong bearer token")
         if request.content_length is not None and request.content_length > MAX_BODY:
