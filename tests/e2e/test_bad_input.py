@@ -163,6 +163,29 @@ def test_receiver_fuzzed_bodies(running_operator: Operator, alerts_token: str, b
     FUZZED.append(reply.status)
 
 
+header_values = st.text(
+    st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"),
+    max_size=100,
+)
+"""Any header value http.client sends (it encodes them as latin-1: any byte but controls)."""
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(authorization=header_values, content_type=header_values)
+def test_receiver_fuzzed_headers(
+    running_operator: Operator, alerts_token: str, authorization: str, content_type: str
+) -> None:
+    headers = {"Authorization": authorization, "Content-Type": content_type}
+    reply = timed_post(running_operator.alerts_port, payload(), None, headers=headers)
+    assert reply.status == 401, reply
+    FUZZED.append(reply.status)
+
+
 def deep(depth: int, opener: bytes = b"[") -> bytes:
     return opener * depth
 
@@ -231,6 +254,13 @@ CORPUS: list[tuple[str, bytes | Callable[[], Any], dict[str, Any], int, str]] = 
     ("no-token", payload(), {"token": None}, 401, "token"),
     ("wrong-token", payload(), {"token": "wrong"}, 401, "token"),
     ("token-unicode", payload(), {"token": "ключ"}, 401, "token"),
+    (  # bytes that are not UTF-8, sent as they are (http.client encodes headers as latin-1)
+        "token-not-utf8",
+        payload(),
+        {"token": None, "headers": {"Authorization": "Bearer \xff\xfe\x80"}},
+        401,
+        "token",
+    ),
     ("text-plain", payload(), {"headers": {"Content-Type": "text/plain"}}, 200, ""),
 ]
 
