@@ -69,6 +69,12 @@ class Receiver:
             return _error(413, f"body larger than {MAX_BODY} bytes")
         except TimeoutError:
             return _error(408, f"body not received within {READ_TIMEOUT:g}s", close=True)
+        except http_exceptions.HttpProcessingError as e:  # bad chunks, ...
+            return _error(400, f"body cannot be read: {_why(e)}", close=True)
+        except web.RequestPayloadError as e:  # ... bad gzip
+            return _error(400, f"body cannot be read: {_why(e)}", close=True)
+        except ConnectionError:  # the client went away mid-body: nobody to answer
+            return _error(400, "body cut short: the connection was closed", close=True)
         try:
             alerts = parse(raw)
         except ValueError as e:
@@ -115,6 +121,16 @@ def parse(raw: bytes) -> list[tuple[str, dict[str, str], str, bool]]:
     return found
 
 
+def _why(exc: Exception) -> str:
+    """What aiohttp's parser found wrong, in one line of at most SHOWN characters."""
+    if isinstance(exc, web.RequestPayloadError) and isinstance(exc.__cause__, Exception):
+        exc = exc.__cause__  # the parser's error, seen by the handler or while lingering
+    if isinstance(exc, http_exceptions.HttpProcessingError):
+        lines = str(exc.message or "").strip().splitlines()
+        return f"{exc.code} {lines[0] if lines else ''}".strip()[:SHOWN]
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[-1].strip()[:SHOWN]
+
+
 def _shown(value: object) -> str:
     """A wrong value as quoted in an error message: its repr, cut to SHOWN characters."""
     text = repr(value)
@@ -143,20 +159,15 @@ async def json_errors(
 
 class _OneLineRefusals(logging.Filter):
     """aiohttp logs a request it cannot parse (not HTTP, a header over 8 KiB, a bad
-    Content-Length) with a full traceback, though it answered 400 and nothing went
-    wrong on our side: one warning line each instead, so a scanner cannot flood the log."""
+    Content-Length, a body in a broken coding) with a full traceback, though it
+    answered 400 and nothing went wrong on our side: one warning line each instead,
+    so a scanner cannot flood the log."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, http_exceptions.HttpProcessingError):
-            first = str(exc.message).strip().splitlines()[0] if exc.message else ""
-            record.msg, record.args = (
-                "Alert receiver refused a malformed request: %s %s",
-                (
-                    exc.code,
-                    first,
-                ),
-            )
+        if isinstance(exc, http_exceptions.HttpProcessingError | web.RequestPayloadError):
+            message = "Alert receiver refused a malformed request: %s"
+            record.msg, record.args = message, (_why(exc),)
             record.exc_info, record.exc_text = None, None
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
