@@ -33,6 +33,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -326,6 +327,58 @@ def test_receiver_protocol_garbage(running_operator: Operator) -> None:
                     answer += chunk
         status = int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/") else None
         assert status is None or 400 <= status < 500, answer[:300]
+    unharmed.check()
+
+
+def raw_exchange(port: int, request: bytes, half_close: bool = False) -> bytes:
+    """Sends `request` as it is (then, with `half_close`, its end of the connection),
+    and reads until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), ANSWER_WITHIN + receiver.READ_TIMEOUT) as s:
+        s.sendall(request)
+        if half_close:
+            s.shutdown(socket.SHUT_WR)
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := s.recv(65536):
+                answer += chunk
+    return answer
+
+
+def test_receiver_broken_bodies(running_operator: Operator, alerts_token: str) -> None:
+    """Valid headers, with the token, and a body that breaks its transfer or content
+    coding: a 400 that says so (JSON where the handler answers), or a 408 for one cut
+    short; a client that goes away mid-body gets nothing (it cannot), and in no case
+    does an unhandled error reach the log."""
+    unharmed = Unharmed(running_operator)
+    head = (
+        "POST /alerts HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        f"Authorization: Bearer {alerts_token}\r\n"
+    ).encode()
+    chunked = head + b"Transfer-Encoding: chunked\r\n\r\n"
+    unreadable = b'{"error": "body cannot be read: '
+    cases = [
+        (chunked + b"zz\r\nhello\r\n0\r\n\r\n", False, 400, b""),  # size not hex
+        (chunked + b"5\r\nhelloXX0\r\n\r\n", False, 400, b""),  # no CRLF after the chunk
+        (chunked + b"ffffffffffffffffffff\r\n", False, 400, b""),  # a size past any limit
+        (head + b"Content-Length: 2\r\nContent-Encoding: gzip\r\n\r\n{}", False, 400, unreadable),
+        (head + b"Content-Length: 2\r\nContent-Encoding: br\r\n\r\n{}", False, 400, b""),
+        (head + b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n{}", False, 400, b""),
+        (head + b"Content-Length: 100\r\n\r\n{}", False, 408, b'"body not received within'),
+        (chunked + b"3\r\n{}\n", False, 408, b'"body not received within'),
+        (head + b"Content-Length: 100\r\n\r\n{}", True, None, b""),  # gone mid-body
+        (chunked + b"3\r\n{}\n", True, None, b""),
+    ]
+
+    def exchange(case: tuple[bytes, bool, int | None, bytes]) -> bytes:
+        return raw_exchange(running_operator.alerts_port, case[0], case[1])
+
+    # at once: the cut-short ones each wait READ_TIMEOUT for their 408
+    with ThreadPoolExecutor(len(cases)) as pool:
+        answers = list(pool.map(exchange, cases))
+    for (body, _, status, says), answer in zip(cases, answers, strict=True):
+        got = int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/") else None
+        assert got == status, (body[-60:], answer[:300])
+        assert says in answer, (body[-60:], answer[:300])
     unharmed.check()
 
 
