@@ -43,7 +43,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kubernetes import client
 
-from pitstop import alerts as receiver
+from pitstop.pool import alerts as receiver
 from tests.e2e.helpers import cond, log_since, make_pool
 from tests.e2e.kube import Cluster
 from tests.e2e.operator import Operator

@@ -18,9 +18,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from pitstop import alerts, hooks, policy
-from pitstop.flow import WebhookAnswer
 from pitstop.models.noderepair import DNS_SUBDOMAIN_PATTERN
+from pitstop.pool import alerts
+from pitstop.pool import arithmetic as policy
+from pitstop.repair import hooks
+from pitstop.repair.flow import WebhookAnswer
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 """Modest example counts keep `make unit` fast; CI runs them on every change."""
