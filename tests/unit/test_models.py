@@ -348,3 +348,77 @@ def test_design_example_spells_out_the_defaults() -> None:
     (doc,) = [d for d in _documents() if d["metadata"]["name"] == "node-7-kernel-deadlock"]
     expected = {**DEFAULT_NODE_REPAIR_SPEC, "reason": "KernelDeadlock"}
     assert _without_nulls(doc["spec"]) == expected
+
+
+# --- found by tests/e2e/test_bad_input.py: accepted before, refused now ---
+
+WEBHOOK = {"strategy": "Webhook", "webhook": {"url": "https://r.example"}}
+
+
+@pytest.mark.parametrize(
+    ("model", "spec", "field"),
+    [
+        (
+            NodeRepairSpec,
+            {
+                "nodeName": "n",
+                "repair": {
+                    **WEBHOOK,
+                    "webhook": {
+                        "url": "https://r.example",
+                        "secretRef": {"name": "Bad_Name", "key": "token"},
+                    },
+                },
+            },
+            "secretRef.name",
+        ),
+        (
+            NodeRepairSpec,
+            {
+                "nodeName": "n",
+                "repair": {
+                    **WEBHOOK,
+                    "webhook": {
+                        "url": "https://r.example",
+                        "secretRef": {"name": "s", "key": "a b/c"},
+                    },
+                },
+            },
+            "secretRef.key",
+        ),
+        (RepairPolicySpec, {"nodeSelector": {"matchLabels": {"pool": "a b"}}}, "matchLabels"),
+        (RepairPolicySpec, {"nodeSelector": {"matchLabels": {"a b": "x"}}}, "matchLabels"),
+        (
+            RepairPolicySpec,
+            {"nodeSelector": {"matchExpressions": [{"key": "a b", "operator": "Exists"}]}},
+            "key",
+        ),
+        (RepairPolicySpec, {"nodeSelector": {}, "alerts": {"names": [""]}}, "names"),
+        (
+            RepairPolicySpec,
+            {"nodeSelector": {}, "alerts": {"names": ["A"], "nodeLabel": "node name!"}},
+            "nodeLabel",
+        ),
+    ],
+)
+def test_bad_names_and_labels_are_refused(model: Any, spec: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationError) as e:
+        model.model_validate(spec)
+    assert field.split(".")[-1] in str(e.value), str(e.value)
+
+
+def test_good_label_keys_and_values_pass() -> None:
+    spec = RepairPolicySpec.model_validate(
+        {
+            "nodeSelector": {
+                "matchLabels": {"topology.kubernetes.io/zone": "eu-1a", "pool": "", "a_b.c": "X"},
+                "matchExpressions": [{"key": "example.com/x", "operator": "In", "values": ["a"]}],
+            },
+            "alerts": {"names": ["NodeDown"], "nodeLabel": "instance_name"},
+        }
+    )
+    assert spec.node_selector.match_labels == {
+        "topology.kubernetes.io/zone": "eu-1a",
+        "pool": "",
+        "a_b.c": "X",
+    }

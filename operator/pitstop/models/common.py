@@ -1,11 +1,20 @@
 """Building blocks shared by the pitstop resources: the camelCase base model,
 Kubernetes conditions and label selectors, durations and int-or-percent values."""
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
@@ -14,6 +23,24 @@ from pitstop.quantities import (
     INT_OR_PERCENT_PATTERN,
     check_int_or_percent,
 )
+
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+"""A Kubernetes object name (RFC 1123 subdomain), as node and Secret names are."""
+
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+LABEL_KEY_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?" + (
+    _LABEL_NAME + "$"
+)
+"""A label key: an optional DNS-subdomain prefix and "/", then a name of at most 63
+characters (alphanumerics, '-', '_', '.', starting and ending alphanumeric)."""
+LABEL_VALUE_PATTERN = r"^(" + _LABEL_NAME + r")?$"
+"""A label value: empty, or a name as in a label key."""
+_CEL_LABEL_KEY = LABEL_KEY_PATTERN.replace("\\.", "[.]")
+"""LABEL_KEY_PATTERN for a CEL string literal, where "\\." is no escape: the dot as [.]."""
+SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+"""A key of a Secret's data."""
+
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]
 
 
 def cel(
@@ -124,11 +151,11 @@ class LabelSelectorRequirement(CamelModel):
         )
     )
 
-    key: str = Field(min_length=1, max_length=317)
+    key: str = Field(min_length=1, max_length=317, pattern=LABEL_KEY_PATTERN)
     """The label key."""
     operator: SelectorOperator
     """In, NotIn, Exists or DoesNotExist."""
-    values: list[Annotated[str, Field(max_length=63)]] | None = Field(None, max_length=64)
+    values: list[LabelValue] | None = Field(None, max_length=64)
     """Values for In and NotIn; empty for Exists and DoesNotExist."""
 
     @model_validator(mode="after")
@@ -144,8 +171,27 @@ class LabelSelectorRequirement(CamelModel):
 class LabelSelector(CamelModel):
     """A Kubernetes label selector; the empty selector matches every node."""
 
-    match_labels: dict[str, str] | None = None
+    match_labels: dict[str, LabelValue] | None = Field(
+        None,
+        max_length=64,
+        json_schema_extra=validations(
+            cel(
+                f"self.all(k, size(k) <= 317 && k.matches('{_CEL_LABEL_KEY}'))",
+                "keys must be label keys: [prefix/]name, the name at most 63 alphanumerics,"
+                " '-', '_' or '.', starting and ending alphanumeric",
+            )
+        ),
+    )
     """Labels a node must carry, all of them."""
+
+    @field_validator("match_labels")
+    @classmethod
+    def _label_keys(cls, labels: dict[str, str] | None) -> dict[str, str] | None:
+        bad = [k for k in labels or {} if len(k) > 317 or not re.match(LABEL_KEY_PATTERN, k)]
+        if bad:
+            raise ValueError(f"keys must be label keys, not {bad[0]!r}")
+        return labels
+
     match_expressions: list[LabelSelectorRequirement] | None = Field(None, max_length=32)
     """Requirements a node must meet, all of them."""
 
@@ -153,7 +199,7 @@ class LabelSelector(CamelModel):
 class SecretKeyRef(CamelModel):
     """A key of a Secret in the operator's namespace (pitstop-system)."""
 
-    name: str = Field(min_length=1, max_length=253)
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
     """Name of the Secret."""
-    key: str = Field(min_length=1, max_length=253)
+    key: str = Field(min_length=1, max_length=253, pattern=SECRET_KEY_PATTERN)
     """Key within the Secret."""

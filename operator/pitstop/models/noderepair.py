@@ -9,6 +9,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from pitstop.models.common import (
     CONDITIONS_LIST,
+    DNS_SUBDOMAIN_PATTERN,
     CamelModel,
     Condition,
     ConditionStatus,
@@ -17,9 +18,6 @@ from pitstop.models.common import (
     cel,
     validations,
 )
-
-DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-"""A Kubernetes object name (RFC 1123 subdomain), as node names are."""
 
 
 class OnTaskTimeout(StrEnum):

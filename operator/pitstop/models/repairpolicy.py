@@ -2,6 +2,7 @@
 alerts into NodeRepairs for one node pool, within the pool's limits."""
 
 from datetime import datetime
+from typing import Annotated
 
 from pydantic import Field
 
@@ -16,6 +17,9 @@ from pitstop.models.common import (
     LabelSelector,
 )
 from pitstop.models.noderepair import NodeRepairTemplateSpec
+
+PROMETHEUS_LABEL = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
+"""A Prometheus label name, as Alertmanager sends them."""
 
 
 class UnhealthyCondition(CamelModel):
@@ -39,10 +43,12 @@ def _not_ready() -> list[UnhealthyCondition]:
 class AlertSource(CamelModel):
     """Alertmanager alerts (sent to the operator's webhook receiver) that mark a node unhealthy."""
 
-    names: list[str] = Field(min_length=1, max_length=64)
-    """Alert names (the alertname label) acted on."""
-    node_label: str = Field("node", min_length=1, max_length=317)
-    """The alert label that holds the node name."""
+    names: list[Annotated[str, Field(min_length=1, max_length=1024)]] = Field(
+        min_length=1, max_length=64, json_schema_extra={"x-kubernetes-list-type": "set"}
+    )
+    """Alert names (the alertname label) acted on, each once."""
+    node_label: str = Field("node", min_length=1, max_length=317, pattern=PROMETHEUS_LABEL)
+    """The alert label that holds the node name (a Prometheus label name)."""
 
 
 class RepairTemplate(CamelModel):

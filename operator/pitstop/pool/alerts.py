@@ -4,15 +4,21 @@ operator's namespace. Alerts go to the policy daemons' inbox (pitstop.pool.daemo
 which match them to pools and create NodeRepairs.
 
 401 without a valid token, 400 with a clear message for a malformed payload,
-413 for a body over 1 MiB. Resolved alerts do not cancel running repairs."""
+413 for a body over 1 MiB, 408 for a body not received within READ_TIMEOUT; every
+answer of the receiver is a JSON object. A connection that has not sent a whole
+request within IDLE_TIMEOUT is closed (slow clients cannot pile up). Resolved
+alerts do not cancel running repairs."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
+import logging
 import time
+from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import http_exceptions, web
 
 from pitstop.cluster.kube import Kube, read_secret
 from pitstop.pool.daemon import ALERTS
@@ -20,6 +26,13 @@ from pitstop.pool.daemon import ALERTS
 MAX_BODY = 1024 * 1024
 TOKEN_TTL = 30.0
 """The token is re-read from its Secret at most this often (rotation without restart)."""
+READ_TIMEOUT = 10.0
+"""Seconds a request's body may take to arrive once its headers are in: then 408."""
+IDLE_TIMEOUT = 15.0
+"""Seconds a connection may stay open without a complete request (aiohttp's keep-alive
+timer, which also runs from the moment a connection opens): then it is closed."""
+SHOWN = 80
+"""Characters of a wrong value quoted in an error message."""
 
 
 class Receiver:
@@ -41,16 +54,27 @@ class Receiver:
     async def handle(self, request: web.Request) -> web.Response:
         expected = await self.token()
         given = request.headers.get("Authorization", "")
+        # aiohttp keeps header bytes that are not UTF-8 as surrogates: encode them back
+        # (a plain encode() raised, and the client got a 500).
         if expected is None or not hmac.compare_digest(
-            given.encode(), f"Bearer {expected}".encode()
+            given.encode(errors="surrogateescape"), f"Bearer {expected}".encode()
         ):
             return _error(401, "missing or wrong bearer token")
         if request.content_length is not None and request.content_length > MAX_BODY:
             return _error(413, f"body larger than {MAX_BODY} bytes")
         try:
-            raw = await request.read()  # the whole body, chunked or not, up to client_max_size
+            async with asyncio.timeout(READ_TIMEOUT):
+                raw = await request.read()  # the whole body, chunked or not, up to client_max_size
         except web.HTTPRequestEntityTooLarge:
             return _error(413, f"body larger than {MAX_BODY} bytes")
+        except TimeoutError:
+            return _error(408, f"body not received within {READ_TIMEOUT:g}s", close=True)
+        except http_exceptions.HttpProcessingError as e:  # bad chunks, ...
+            return _error(400, f"body cannot be read: {_why(e)}", close=True)
+        except web.RequestPayloadError as e:  # ... bad gzip
+            return _error(400, f"body cannot be read: {_why(e)}", close=True)
+        except ConnectionError:  # the client went away mid-body: nobody to answer
+            return _error(400, "body cut short: the connection was closed", close=True)
         try:
             alerts = parse(raw)
         except ValueError as e:
@@ -65,12 +89,16 @@ def parse(raw: bytes) -> list[tuple[str, dict[str, str], str, bool]]:
     """(alertname, labels, startsAt, firing) for each alert of a version-4 payload."""
     try:
         payload = json.loads(raw)
-    except ValueError as e:
+    except ValueError as e:  # also: not UTF-8, or an integer of more than 4300 digits
         raise ValueError(f"body is not JSON: {e}") from e
+    except RecursionError as e:
+        raise ValueError("body is not JSON this receiver reads: nested too deeply") from e
     if not isinstance(payload, dict):
         raise ValueError("body must be a JSON object (Alertmanager webhook payload)")
     if str(payload.get("version")) != "4":
-        raise ValueError(f'unsupported payload version {payload.get("version")!r}: expected "4"')
+        raise ValueError(
+            f'unsupported payload version {_shown(payload.get("version"))}: expected "4"'
+        )
     alerts = payload.get("alerts")
     if not isinstance(alerts, list):
         raise ValueError("alerts must be a list")
@@ -88,20 +116,72 @@ def parse(raw: bytes) -> list[tuple[str, dict[str, str], str, bool]]:
             raise ValueError(f"alerts[{i}].labels.alertname is missing")
         status = alert.get("status")
         if status not in ("firing", "resolved"):
-            raise ValueError(f"alerts[{i}].status must be firing or resolved, not {status!r}")
+            raise ValueError(f"alerts[{i}].status must be firing or resolved, not {_shown(status)}")
         found.append((name, labels, str(alert.get("startsAt") or ""), status == "firing"))
     return found
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+def _why(exc: Exception) -> str:
+    """What aiohttp's parser found wrong, in one line of at most SHOWN characters."""
+    if isinstance(exc, web.RequestPayloadError) and isinstance(exc.__cause__, Exception):
+        exc = exc.__cause__  # the parser's error, seen by the handler or while lingering
+    if isinstance(exc, http_exceptions.HttpProcessingError):
+        lines = str(exc.message or "").strip().splitlines()
+        return f"{exc.code} {lines[0] if lines else ''}".strip()[:SHOWN]
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[-1].strip()[:SHOWN]
+
+
+def _shown(value: object) -> str:
+    """A wrong value as quoted in an error message: its repr, cut to SHOWN characters."""
+    text = repr(value)
+    return text if len(text) <= SHOWN else text[: SHOWN - 1] + "…"
+
+
+def _error(status: int, message: str, close: bool = False) -> web.Response:
+    response = web.json_response({"error": message}, status=status)
+    if close:
+        response.force_close()
+    return response
+
+
+@web.middleware
+async def json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """aiohttp's own refusals (404 for another path, 405 for another method) as JSON too."""
+    try:
+        return await handler(request)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return _error(e.status, f"{e.reason}: the receiver takes POST /alerts")
+
+
+class _OneLineRefusals(logging.Filter):
+    """aiohttp logs a request it cannot parse (not HTTP, a header over 8 KiB, a bad
+    Content-Length, a body in a broken coding) with a full traceback, though it
+    answered 400 and nothing went wrong on our side: one warning line each instead,
+    so a scanner cannot flood the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, http_exceptions.HttpProcessingError | web.RequestPayloadError):
+            message = "Alert receiver refused a malformed request: %s"
+            record.msg, record.args = message, (_why(exc),)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+HTTP_LOG = logging.getLogger("pitstop.alerts.http")
+HTTP_LOG.addFilter(_OneLineRefusals())
 
 
 async def serve(kube: Kube, bind: str, port: int, secret: str, key: str) -> web.AppRunner:
     receiver = Receiver(kube, secret, key)
-    app = web.Application(client_max_size=MAX_BODY)
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors])
     app.router.add_post("/alerts", receiver.handle)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=IDLE_TIMEOUT, logger=HTTP_LOG)
     await runner.setup()
     await web.TCPSite(runner, bind, port).start()
     return runner

@@ -175,7 +175,9 @@ def repair_name(node: str, fault_key: str) -> str:
     second create with the same name), also across operator restarts."""
     digest = hashlib.sha256(f"{node}/{fault_key}".encode()).hexdigest()[:10]
     kind = re.sub(r"[^a-z0-9-]", "-", fault_key.split("/", 1)[0].lower()).strip("-") or "fault"
-    base = f"{node}-{kind}"[: 253 - 11]
+    # A cut right after a dot of a long node name would leave ".-", which no object
+    # name may hold; only names the API server refused change by the rstrip.
+    base = f"{node}-{kind}"[: 253 - 11].rstrip(".")
     return f"{base}-{digest}"
 
 

@@ -20,6 +20,8 @@ from pitstop.repair.flow import JobState, WebhookAnswer
 
 C = constants
 MAX_ANSWER = 64 * 1024
+MAX_MESSAGE = 1024
+"""The webhook's message is cut to this many characters (it lands in status and Events)."""
 TOLERATIONS = [
     {"key": C.TAINT_MAINTENANCE, "operator": "Exists", "effect": "NoSchedule"},
     {"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"},
@@ -160,7 +162,7 @@ async def call_webhook(
             aiohttp.ClientSession(timeout=timeout) as session,
             session.post(hook.url, data=json.dumps(payload), headers=headers) as response,
         ):
-            raw = await response.content.read(MAX_ANSWER + 1)
+            raw = await read_limited(response.content, MAX_ANSWER + 1)
             status = response.status
     except TimeoutError:
         return WebhookAnswer(attempt, "Error", f"webhook timed out after {hook.timeout_seconds}s")
@@ -168,21 +170,47 @@ async def call_webhook(
         return WebhookAnswer(attempt, "Error", f"webhook TLS error: {e}")
     except aiohttp.ClientError as e:
         return WebhookAnswer(attempt, "Error", f"webhook unreachable: {type(e).__name__}: {e}")
+    return parse_answer(attempt, status, raw)
+
+
+async def read_limited(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """The body up to its end or `limit` bytes, whichever comes first. (One
+    `stream.read(limit)` returns what has arrived so far: an answer split over
+    several TCP segments would be cut short.)"""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await stream.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def parse_answer(attempt: int, status: int, raw: bytes) -> WebhookAnswer:
+    """The webhook's HTTP status and body (at most MAX_ANSWER + 1 bytes) as an answer:
+    2xx with {"status": Succeeded|Failed|Running, "message": ...}, else Error with
+    a message that says what was wrong. Never raises."""
     if not 200 <= status < 300:
         return WebhookAnswer(attempt, "Error", f"webhook answered HTTP {status}")
     if len(raw) > MAX_ANSWER:
         return WebhookAnswer(attempt, "Error", "webhook answer larger than 64 KiB")
     try:
         answer = json.loads(raw)
-        state = answer["status"] if isinstance(answer, dict) else None
-    except (ValueError, KeyError):
-        state = None
-    if state not in ("Succeeded", "Failed", "Running"):
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deeply
+        answer = None
+    state = answer.get("status") if isinstance(answer, dict) else None
+    if not isinstance(state, str) or state not in ("Succeeded", "Failed", "Running"):
         text = raw[:120].decode(errors="replace")
         return WebhookAnswer(
             attempt,
             "Error",
             f'webhook answer is not {{"status": Succeeded|Failed|Running}}: {text!r}',
         )
-    message = str(answer.get("message") or "") if isinstance(answer, dict) else ""
-    return WebhookAnswer(attempt, state, message)
+    assert isinstance(answer, dict)
+    message = answer.get("message")
+    text = message if isinstance(message, str) else json.dumps(message) if message else ""
+    if len(text) > MAX_MESSAGE:
+        text = text[: MAX_MESSAGE - 1] + "…"
+    return WebhookAnswer(attempt, state, text)
