@@ -13,6 +13,9 @@
 #   node IP 10.91.S.1/32 on lo (kubelet serving address, the node's InternalIP);
 #   cgroup root /pitstop-S in every cgroup hierarchy;
 #   iptables rules commented "pitstop-S".
+# The node is labelled type=real and tainted pitstop.dev/real-node=true:NoSchedule:
+# only pods that tolerate it land there (the kwok tests' pods use images that exist
+# nowhere and must keep to the kwok nodes).
 # Neither range is routed anywhere: the host holds both, pods get no default route,
 # nothing is masqueraded, and forwarding out of the bridge is dropped.
 set -euo pipefail
@@ -198,7 +201,8 @@ YAML
   nohup "$kube/kubelet" --config "$nd/kubelet.yaml" --kubeconfig "$nd/kubeconfig" \
     --root-dir "$nd/kubelet" --cert-dir "$nd/kubelet/pki" \
     --hostname-override "$name" --node-ip "$node_ip" \
-    --node-labels "type=real,kubernetes.io/hostname=$name" --v=1 \
+    --node-labels "type=real,kubernetes.io/hostname=$name" \
+    --register-with-taints "pitstop.dev/real-node=true:NoSchedule" --v=1 \
     >"$dir/logs/kubelet-$i.log" 2>&1 &
   echo "kubelet-$i $!" >>"$dir/pids"
   deadline=$((SECONDS + 60))
