@@ -232,7 +232,7 @@ pids_using() { # PIDs (not zombies) whose command line mentions $1
   local p
   for p in /proc/[0-9]*; do
     [[ $(awk '{print $3}' "$p/stat" 2>/dev/null) == Z ]] && continue
-    tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF -- "$1" && echo "${p#/proc/}"
+    { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null | grep -qF -- "$1" && echo "${p#/proc/}"
   done
   return 0
 }
