@@ -10,7 +10,7 @@ PITSTOP_CACHE ?= $(HOME)/.cache/pitstop
 # The kubectl built with the control plane comes first: same release as the server.
 export PATH := $(CURDIR)/$(BIN):$(PITSTOP_CACHE)/bin/kube-$(KUBE_VERSION):$(PATH)
 
-.PHONY: help venv build cluster-up cluster-down kubeconfig crds crds-check lint unit e2e test bench bench-drain bench-policy demo clean
+.PHONY: help venv build deps image cluster-up cluster-down kubeconfig crds crds-check lint unit e2e test bench bench-drain bench-policy demo clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -23,10 +23,16 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed ## create the virtualenv in .venv with the dev tools
 
-build: ## build (or reuse from the cache) etcd, Kubernetes and kwok
+build: ## build (or reuse from the cache) etcd, Kubernetes (with the kubelet) and kwok
 	hack/build-control-plane.sh >/dev/null
 
-cluster-up: ## start the local control plane (idempotent; builds on first use)
+deps: ## install the Debian packages of the real nodes and the image build (root)
+	hack/install-deps.sh
+
+image: ## build the operator image without a daemon and import it into the local cluster
+	hack/build-image.sh
+
+cluster-up: ## start the local control plane, PITSTOP_REAL_NODES (1) real nodes (idempotent)
 	hack/cluster.sh up
 
 cluster-down: ## stop the local control plane and delete its state

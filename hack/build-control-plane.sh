@@ -3,7 +3,8 @@
 # the work tree, keyed by version, so every clone (and CI) on this machine reuses it.
 # No container registry and no binary download is needed: only the Go module proxy.
 #
-# Also builds a kubectl of the same release, so no kubectl needs to be installed.
+# Also builds a kubectl of the same release, so no kubectl needs to be installed,
+# and the kubelet for the real nodes (hack/real-node.sh).
 # Prints the bin directory. Idempotent: a component whose binaries exist is skipped.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -24,8 +25,14 @@ STAGING=(api apiextensions-apiserver apimachinery apiserver cli-runtime client-g
 
 build_kube() {
   local out="$bin/kube-$KUBE_VERSION"
-  if [[ -x $out/kube-apiserver && -x $out/kube-controller-manager && -x $out/kube-scheduler && -x $out/kubectl ]]; then return; fi
-  log "building Kubernetes $KUBE_VERSION (cold: tens of minutes on 2 cores)"
+  # Only the missing binaries are built (a cache from before the kubelet was added
+  # gets just the kubelet; the shared Go build cache makes that about 25 s).
+  local want=() b
+  for b in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet; do
+    [[ -x $out/$b ]] || want+=("k8s.io/kubernetes/cmd/$b")
+  done
+  ((${#want[@]})) || return 0
+  log "building Kubernetes $KUBE_VERSION: ${want[*]##*/} (cold: tens of minutes on 2 cores)"
   local dir="$cache/build/kube-$KUBE_VERSION" staging_v="v0.${KUBE_VERSION#v1.}"
   local minor="${KUBE_VERSION#v1.}"; minor="${minor%%.*}"
   mkdir -p "$dir"
@@ -52,6 +59,7 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )
 GO
   local ver="k8s.io/component-base/version"
@@ -59,11 +67,9 @@ GO
   ldflags+=" -X k8s.io/client-go/pkg/version.gitVersion=$KUBE_VERSION"
   (cd "$dir" && GOFLAGS=-mod=mod go mod tidy -e >/dev/null 2>&1 || true
    cd "$dir" && GOFLAGS=-mod=mod go get "k8s.io/kubernetes@$KUBE_VERSION" >&2
-   mkdir -p "$out.tmp"
-   cd "$dir" && GOFLAGS=-mod=mod go build -trimpath -ldflags "$ldflags" -o "$out.tmp/" \
-     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-     k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl >&2)
-  rm -rf "$out" && mv "$out.tmp" "$out"
+   rm -rf "$out.tmp" && mkdir -p "$out.tmp"
+   cd "$dir" && GOFLAGS=-mod=mod go build -trimpath -ldflags "$ldflags" -o "$out.tmp/" "${want[@]}" >&2)
+  mkdir -p "$out" && mv "$out.tmp"/* "$out/" && rmdir "$out.tmp"
 }
 
 build_etcd() {

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The local control plane: etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler and kwok (simulated kubelets) as local processes on free
-# loopback ports. Binaries come from build-control-plane.sh (cached).
+# loopback ports, and PITSTOP_REAL_NODES (default 1, 0 allowed) real nodes
+# (kubelet + containerd, hack/real-node.sh). Binaries come from
+# build-control-plane.sh (cached).
 #
 #   hack/cluster.sh up          start (idempotent); returns when the cluster is healthy
 #   hack/cluster.sh down        stop every process and delete the state
@@ -16,6 +18,7 @@ repo="$(cd "$here/.." && pwd)"
 source "$here/versions.env"
 dir="${PITSTOP_CLUSTER_DIR:-$repo/.cluster}"
 nodes="${PITSTOP_NODES:-3}"
+real_nodes="${PITSTOP_REAL_NODES:-1}"
 log() { echo "[cluster] $*" >&2; }
 die() { echo "[cluster] error: $*" >&2; exit 1; }
 
@@ -57,6 +60,8 @@ extendedKeyUsage=serverAuth"
   issue controller-manager "/CN=system:kube-controller-manager" "extendedKeyUsage=clientAuth"
   issue scheduler "/CN=system:kube-scheduler" "extendedKeyUsage=clientAuth"
   issue kwok "/O=system:masters/CN=kwok-controller" "extendedKeyUsage=clientAuth"
+  # kubectl logs/exec: the API server's client identity towards the kubelets
+  issue apiserver-kubelet-client "/CN=kube-apiserver-kubelet-client" "extendedKeyUsage=clientAuth"
   openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
   openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
 }
@@ -108,6 +113,7 @@ NODE
 up() {
   if running; then log "already running ($dir)"; return; fi
   [[ -e $dir ]] && down_quiet
+  if ((real_nodes > 0)); then "$here/install-deps.sh" || die "real nodes need these packages"; fi
   local bin; bin="$("$here/build-control-plane.sh")"
   local kube="$bin/kube-$KUBE_VERSION" etcd="$bin/etcd-$ETCD_VERSION/etcd" kwok="$bin/kwok-$KWOK_VERSION/kwok"
   PATH="$kube:$PATH"  # the kubectl of the same release
@@ -153,6 +159,9 @@ AUDIT
     --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=true \
     --audit-policy-file "$dir/audit-policy.yaml" --audit-log-path "$dir/logs/audit.log" \
     --audit-log-maxsize 200 --audit-log-maxbackup 1 \
+    --kubelet-client-certificate "$pki/apiserver-kubelet-client.crt" \
+    --kubelet-client-key "$pki/apiserver-kubelet-client.key" \
+    --kubelet-certificate-authority "$pki/ca.crt" --kubelet-preferred-address-types InternalIP \
     --profiling=false --v=1
   wait_for 90 kube-apiserver kc get --raw /readyz
 
@@ -180,6 +189,14 @@ AUDIT
   # Pods need the namespace's default ServiceAccount, which the controller-manager makes.
   wait_for 60 "default ServiceAccount" kc get serviceaccount default -n default
   for ((i = 0; i < nodes; i++)); do create_node "kwok-node-$i"; done
+  if ((real_nodes > 0)); then
+    # the kubelets authorize the API server's logs/exec/port-forward requests by webhook
+    kc create clusterrolebinding pitstop:apiserver-kubelet --clusterrole system:kubelet-api-admin \
+      --user kube-apiserver-kubelet-client >/dev/null
+    log "starting $real_nodes real node(s): containerd + kubelet"
+    for ((i = 0; i < real_nodes; i++)); do PITSTOP_CLUSTER_DIR="$dir" "$here/real-node.sh" up "$i"; done
+    wait_for 90 "real nodes Ready" kc wait --for=condition=Ready node -l type=real --timeout=1s
+  fi
   if ((nodes > 0)); then
     wait_for 60 "fake nodes Ready" kc wait --for=condition=Ready node -l type=kwok --timeout=1s
   fi
@@ -198,6 +215,8 @@ down_quiet() {
     done
     while read -r name pid; do kill -9 "$pid" 2>/dev/null || true; done <"$dir/pids"
   fi
+  # containers, mounts, network namespaces, bridge, address, cgroups of the real nodes
+  [[ -d $dir/real ]] && PITSTOP_CLUSTER_DIR="$dir" "$here/real-node.sh" down
   rm -rf "$dir"
 }
 

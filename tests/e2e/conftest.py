@@ -1,6 +1,7 @@
 """The e2e session: a real control plane (etcd, kube-apiserver,
 kube-controller-manager, kube-scheduler, kwok) started by hack/cluster.sh on free
-loopback ports, the CRDs installed, and per-test namespaces and node pools.
+loopback ports, with one real node (PITSTOP_REAL_NODES, default 1), the CRDs
+installed, and per-test namespaces and node pools.
 
 PITSTOP_KUBECONFIG=path  use an already running cluster instead of starting one
 PITSTOP_KEEP_CLUSTER=1   leave the started cluster running after the session
@@ -32,7 +33,12 @@ def cluster() -> Iterator[Cluster]:
         yield _prepared(Cluster(given))
         return
     state = tempfile.mkdtemp(prefix="pitstop-e2e-")
-    env = {**os.environ, "PITSTOP_CLUSTER_DIR": state, "PITSTOP_NODES": "3"}
+    env = {
+        **os.environ,
+        "PITSTOP_CLUSTER_DIR": state,
+        "PITSTOP_NODES": "3",
+        "PITSTOP_REAL_NODES": os.environ.get("PITSTOP_REAL_NODES", "1"),
+    }
     up = subprocess.run(
         [str(REPO / "hack/cluster.sh"), "up"], env=env, capture_output=True, text=True, timeout=3600
     )

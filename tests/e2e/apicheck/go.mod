@@ -1,0 +1,3 @@
+module pitstop.dev/apicheck
+
+go 1.25.0
