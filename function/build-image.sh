@@ -8,20 +8,9 @@
 # env: FUNCTION_BIN (default function/bin/function: `make function` builds it),
 #      IMAGE (default localhost/pitstop-function:dev).
 #
-# The image tool is expected at hack/image.sh with this interface:
-#
-#   hack/image.sh --rootfs DIR --name REF --entrypoint PATH
-#                 [--user UID:GID] [--env KEY=VALUE]... [--expose PORT/PROTO]...
-#
-#   It builds an OCI image whose single layer is DIR (umoci: init, new, unpack
-#   --rootless, copy DIR in, repack, config --config.entrypoint/--config.user/
-#   --config.env/--config.exposedports, gc), writes it as an OCI archive under
-#   the build folder, prints the archive's path on stdout, and imports it into
-#   the local real nodes' containerd as REF (ctr -n k8s.io images import
-#   --base-name) when such nodes run. It exits non-zero when any step fails.
-#
-# Without hack/image.sh this script stops after the rootfs: exit 0 with
-# --rootfs-only, else exit 3 saying so.
+# It packs the rootfs with hack/image.sh (umoci) into build/NAME-TAG.oci.tar and
+# imports it into the real nodes of the local cluster ($PITSTOP_CLUSTER_DIR, default
+# .cluster) when one runs; prints the image reference.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -59,10 +48,16 @@ echo "build-image: rootfs at $rootfs ($(du -sh "$rootfs" | cut -f1))" >&2
 if ((rootfs_only)); then
   exit 0
 fi
-tool="$repo/hack/image.sh"
-if [[ ! -x "$tool" ]]; then
-  echo "build-image: $tool (the image tool) is not here yet; the rootfs is ready at $rootfs" >&2
-  exit 3
+name="${image%:*}"; name="${name#localhost/}"; tag="${image##*:}"
+out="$repo/build/$name-$tag.oci.tar"
+"$repo/hack/image.sh" build --rootfs "$rootfs" --name "$name" --tag "$tag" --out "$out" \
+  --entrypoint /function --user 65532:65532 \
+  --label org.opencontainers.image.description="pitstop's own FaaS function runtime"
+cluster="${PITSTOP_CLUSTER_DIR:-$repo/.cluster}"
+if compgen -G "$cluster/real/*/containerd.sock" >/dev/null; then
+  "$repo/hack/image.sh" import "$out" "$name" "$cluster"
+else
+  echo "build-image: no local cluster with real nodes in $cluster:" \
+    "import later with hack/image.sh import $out $name" >&2
 fi
-exec "$tool" --rootfs "$rootfs" --name "$image" --entrypoint /function \
-  --user 65532:65532 --expose 8080/tcp --expose 9100/tcp
+echo "$image"
