@@ -63,6 +63,8 @@ trap 'rm -rf "$work"' EXIT
 root="$work/root"
 mkdir "$root" && tar -C "$root" -xf "$base"
 log "installing pitstop $version and its dependencies into the rootfs"
+# setuptools reuses build/lib: clear it, or modules since moved or deleted ship too.
+rm -rf "$repo/build/lib" "$repo/build/bdist."*
 python3 -m pip wheel -q --no-deps -w "$work/wheel" "$repo" >&2
 site="$root/usr/local/lib/python3.11/dist-packages"   # on Debian python3's sys.path
 python3 -m pip install -q --no-compile --no-warn-script-location --disable-pip-version-check \
@@ -71,7 +73,8 @@ python3 -m pip install -q --no-compile --no-warn-script-location --disable-pip-v
   --target "$site" "$work"/wheel/*.whl >&2
 rm -rf "$site/bin"   # scripts with the build host's interpreter; ours follow
 for cmd in pitstop kubectl-pitstop; do
-  printf '#!/usr/bin/python3\nimport sys\nfrom pitstop.cli import main\nsys.exit(main())\n' >"$root/usr/local/bin/$cmd"
+  # the console scripts of pyproject.toml ([project.scripts]: pitstop.cli.main:main)
+  printf '#!/usr/bin/python3\nimport sys\nfrom pitstop.cli.main import main\nsys.exit(main())\n' >"$root/usr/local/bin/$cmd"
   chmod 755 "$root/usr/local/bin/$cmd"
 done
 # Bytecode now, so the read-only root filesystem never needs a write.

@@ -94,13 +94,15 @@ def installed(cluster: Cluster) -> Iterator[list[client.V1Pod]]:
     """manifests/ applied with only the image overridden; yields the operator Pods
     once the Deployment is available (both replicas Ready)."""
     name, _, tag = os.environ.get("PITSTOP_IMAGE", "localhost/pitstop:dev").rpartition(":")
-    overlay = Path(tempfile.mkdtemp(prefix="pitstop-overlay-"))
+    # Inside the repository: kustomize refuses a base given by an absolute path.
+    (REPO / "build").mkdir(exist_ok=True)
+    overlay = Path(tempfile.mkdtemp(prefix="overlay-", dir=REPO / "build"))
     (overlay / "kustomization.yaml").write_text(
         textwrap.dedent(f"""\
         apiVersion: kustomize.config.k8s.io/v1beta1
         kind: Kustomization
         resources:
-          - {REPO / "manifests"}
+          - {os.path.relpath(REPO / "manifests", overlay)}
         images:
           - name: pitstop
             newName: {name}
