@@ -11,6 +11,7 @@ API_VERSION: Final = f"{GROUP}/{VERSION}"
 
 NODEREPAIR_PLURAL: Final = "noderepairs"
 REPAIRPOLICY_PLURAL: Final = "repairpolicies"
+INSTANCEPROFILE_PLURAL: Final = "instanceprofiles"
 
 OPERATOR_NAMESPACE: Final = "pitstop-system"
 """Namespace of the operator's Deployment, repair Jobs and referenced Secrets."""

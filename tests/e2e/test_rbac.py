@@ -89,6 +89,10 @@ ALLOWED = [
         for verb in ("get", "patch", "update")
         for kind in ("noderepairs", "repairpolicies")
     ),
+    *(f"{verb} instanceprofiles.pitstop.dev" for verb in ("get", "list", "watch")),
+    *(f"{verb} instanceprofiles.pitstop.dev --subresource=status" for verb in ("get", "patch")),
+    # namespaces: their labels, for InstanceProfile namespaceSelectors
+    *(f"{verb} namespaces" for verb in ("get", "list", "watch")),
     "list customresourcedefinitions.apiextensions.k8s.io",
     "watch customresourcedefinitions.apiextensions.k8s.io",
     # only in the operator's namespace
@@ -125,8 +129,10 @@ REFUSED = [
     f"create rolebindings.rbac.authorization.k8s.io -n {NAMESPACE}",
     "create customresourcedefinitions.apiextensions.k8s.io",
     "delete deployments.apps -n default",
-    # kopf runs cluster-wide and never lists namespaces; the role does not grant it
-    "list namespaces",
+    # namespaces and InstanceProfiles are read, never written
+    "patch namespaces",
+    "delete namespaces",
+    *(f"{verb} instanceprofiles.pitstop.dev" for verb in ("create", "update", "patch", "delete")),
 ]
 
 
