@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from pitstop import tasksources as ts
-from pitstop.models import InstanceProfileSpec, PrometheusTasks
+from pitstop.models import InstanceProfileSpec, InstanceProfileStatus, PrometheusTasks
 from pitstop.tasksources import SourceError
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -372,3 +372,53 @@ def test_watchdog_grace() -> None:
     )
     assert ts.watchdog_grace(watchdog_pod(10, write_timeout="1m"), None) == (120.0, 10)
     assert ts.watchdog_grace(watchdog_pod(1), None) is None  # not a watchdog
+
+
+# --- profile status ---
+
+
+def test_census_and_conflict_conditions() -> None:
+    a = profile("a", "2026-01-01T00:00:00Z", podSelector={"matchLabels": {"app": "f"}})
+    b = profile("b", "2026-01-02T00:00:00Z", podSelector={"matchLabels": {"tier": "fn"}})
+    c = profile("c", "2026-01-03T00:00:00Z", podSelector={"matchLabels": {"app": "g"}})
+    pods = [
+        ("ns/f1", {"app": "f"}, "ns"),
+        ("ns/f2", {"app": "f", "tier": "fn"}, "ns"),
+        ("ns/f3", {"tier": "fn"}, "ns"),
+        ("ns/x", {"app": "x"}, "ns"),
+    ]
+    found = ts.census([a, b, c], pods, {"ns": {}})
+    assert found.pods == {"a": 2, "b": 1, "c": 0}
+    assert found.overlaps == {"a": {"b": (1, "ns/f2")}, "b": {"a": (1, "ns/f2")}, "c": {}}
+    win = ts.winners([c, b, a])
+    assert win == {("a", "b"): "a", ("a", "c"): "a", ("b", "c"): "b"}
+
+    empty = InstanceProfileStatus()
+    sa = ts.profile_status(a, found, win, empty, T0)
+    assert sa.pods == 2 and sa.conflicts == ["b"]
+    assert sa.tasks == "annotation" and sa.drain_signal == "annotation"
+    ready = next(x for x in sa.conditions if x.type == "Ready")
+    assert (ready.status, ready.reason) == ("True", "Valid")
+    conflict = next(x for x in sa.conditions if x.type == "Conflict")
+    assert (conflict.status, conflict.reason) == ("True", "OverlappingProfiles")
+    assert conflict.message == "1 instances (e.g. ns/f2) also match b; a, the older, describes them"
+    sb = ts.profile_status(b, found, win, empty, T0)
+    assert "also match a; a, the older, describes them" in (sb.conditions[1].message or "")
+    sc = ts.profile_status(c, found, win, empty, T0)
+    assert [(x.type, x.status) for x in sc.conditions] == [("Ready", "True"), ("Conflict", "False")]
+    assert sa.last_update_time == T0
+
+    later = T0 + timedelta(seconds=30)
+    again = ts.profile_status(a, found, win, sa, later)
+    assert again == sa  # nothing changed: not even lastUpdateTime (no write)
+
+
+def test_status_of_an_invalid_profile() -> None:
+    bad = ts.parse_profile(
+        {"metadata": {"name": "bad", "creationTimestamp": "x"}, "spec": {"tasks": {}}}
+    )
+    assert isinstance(bad, ts.InvalidProfile)
+    status = ts.profile_status(bad, ts.Census(), {}, InstanceProfileStatus(), T0)
+    (ready,) = status.conditions
+    assert (ready.type, ready.status, ready.reason) == ("Ready", "False", "InvalidSpec")
+    assert "podSelector" in (ready.message or "") and status.pods == 0
