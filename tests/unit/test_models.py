@@ -267,6 +267,7 @@ def test_node_repair_status_round_trip() -> None:
             "remaining": 5,
             "noServingGate": 0,
             "invalidTaskCounts": 1,
+            "unreachable": 0,
         },
         "plan": {
             "sync": ["ns/a"],

@@ -10,8 +10,8 @@ from typing import Any
 
 from aiohttp import web
 
-from pitstop import tasksources as ts
-from pitstop.taskpoller import Target, TaskPoller
+from pitstop.instances.sources import rules as ts
+from pitstop.instances.sources.poller import Target, TaskPoller
 
 GAUGE = "# TYPE function_requests_in_flight gauge\nfunction_requests_in_flight {n}\n"
 

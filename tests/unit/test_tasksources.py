@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from pitstop import tasksources as ts
+from pitstop.instances.sources import rules as ts
+from pitstop.instances.sources.rules import SourceError
 from pitstop.models import InstanceProfileSpec, InstanceProfileStatus, PrometheusTasks
-from pitstop.tasksources import SourceError
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 

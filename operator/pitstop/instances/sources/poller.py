@@ -1,6 +1,6 @@
 """Polls the task sources of the instances of nodes being drained, and sends their
 httpPost drain signals: the only I/O of the task sources (their rules are pure,
-in pitstop.tasksources).
+in pitstop.instances.sources.rules).
 
 Polling happens only where it matters: a repair daemon hands over the instances
 of its node while the node waits for tasks (and evicts), and takes them back
@@ -9,7 +9,7 @@ when it leaves that step. Every request goes through one shared aiohttp session
 flight bounded across all nodes), each with the profile's timeout.
 
 Each poll is recorded with the time it *started*, so the trust rule of
-pitstop.tasksources can tell a count read after the drain signal took effect
+pitstop.instances.sources.rules can tell a count read after the drain signal took effect
 from one that may predate it. Readings are kept per pod and profile fingerprint:
 a profile changed mid-drain starts from nothing (signal sent again, count read
 again). Nothing is persisted: an operator restarted while polling sends the
@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 
 import aiohttp
 
-from pitstop.tasksources import (
+from pitstop.instances.sources.rules import (
     UNREACHABLE,
     Profile,
     Reading,

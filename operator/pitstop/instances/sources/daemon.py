@@ -1,6 +1,6 @@
 """InstanceProfiles in the operator: the indexes (profiles by name, namespace labels),
 the shared task poller, and the writer of every profile's status (Ready, Conflict,
-the instances it describes). The rules themselves are pure, in pitstop.tasksources.
+the instances it describes). The rules themselves are pure, in pitstop.instances.sources.rules.
 
 Profiles get no daemon and no finalizer: a platform installs and removes them like
 any configuration, whether or not the operator runs. One background task writes
@@ -19,11 +19,13 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from pitstop import constants, instances, tasksources
-from pitstop.indexes import UNDER_REPAIR, WAKERS, Waiters
-from pitstop.kube import ApiError, Kube, merge_patch
+from pitstop import constants
+from pitstop.cluster.indexes import UNDER_REPAIR, WAKERS, Waiters
+from pitstop.cluster.kube import ApiError, Kube, merge_patch
+from pitstop.instances import contract as instances
+from pitstop.instances.sources import rules as tasksources
+from pitstop.instances.sources.poller import TaskPoller
 from pitstop.models import InstanceProfileStatus
-from pitstop.taskpoller import TaskPoller
 
 C = constants
 STATUS_PERIOD = 15.0
@@ -109,7 +111,7 @@ async def start_task_sources(
     """The poller every repair shares, and the status writer. kopf hands startup
     handlers its indexes empty; they are live views and fill as the watches list."""
     memo[MEMO_POLLER] = TaskPoller(on_change=WAKERS.wake)
-    writer = StatusWriter(memo["kube"], logger)
+    writer = StatusWriter(memo, logger)
     memo["profile_status_task"] = asyncio.create_task(
         writer.run(profiles_by_name, pods_by_node, namespace_labels), name="profile-status"
     )
@@ -128,9 +130,14 @@ async def stop_task_sources(memo: kopf.Memo, **_: Any) -> None:
 
 
 class StatusWriter:
-    def __init__(self, kube: Kube, logger: kopf.Logger):
-        self.kube = kube
+    def __init__(self, memo: kopf.Memo, logger: kopf.Logger):
+        self.memo = memo
         self.logger = logger
+
+    @property
+    def kube(self) -> Kube:
+        """Set by the configure startup handler (startup handlers run in any order)."""
+        return self.memo["kube"]  # type: ignore[no-any-return]
 
     async def run(
         self,
