@@ -440,7 +440,13 @@ def test_rbac_itself_is_out_of_reach(sa: client.ApiClient) -> None:
         rules=[client.V1PolicyRule(api_groups=["*"], resources=["*"], verbs=["*"])],
     )
     forbidden(lambda: rbac.replace_cluster_role("pitstop", role, dry_run=DRY_RUN))
-    forbidden(lambda: client.CoreV1Api(sa).list_namespace())
+    # Namespaces are read (InstanceProfile namespaceSelectors), never written.
+    assert client.CoreV1Api(sa).list_namespace().items
+    forbidden(
+        lambda: client.CoreV1Api(sa).patch_namespace(
+            "default", {"metadata": {"labels": {"e2e": "escalated"}}}, dry_run=DRY_RUN
+        )
+    )
 
 
 def test_kubeconfig_holds_only_a_token(sa_kubeconfig: str) -> None:

@@ -422,3 +422,31 @@ def test_status_of_an_invalid_profile() -> None:
     (ready,) = status.conditions
     assert (ready.type, ready.status, ready.reason) == ("Ready", "False", "InvalidSpec")
     assert "podSelector" in (ready.message or "") and status.pods == 0
+
+
+# --- pitstop plan's text ---
+
+
+def test_plan_text_names_profiles_sources_and_warnings() -> None:
+    from pitstop.cli import commands
+    from pitstop.instances import contract
+
+    p = profile(
+        "of",
+        podSelector={},
+        tasks={"prometheus": {"port": 8081, "metric": "http_requests_in_flight"}},
+    )
+    error = SourceError(ts.UNREACHABLE, "GET http://10.0.0.1:8081/metrics: connection refused")
+    found = [
+        contract.observe(pod(), None, ts.Match(p), ts.Polled(error=error)),
+        contract.observe(pod(), None, ts.Match(p), ts.Polled(count=2)),
+    ]
+    plan = {"sync": [], "async": ["faas/f-1", "faas/f-1"], "inflightTasks": 2}
+    plan["warnings"] = ["GracePeriodTooShort: faas/f-1 has terminationGracePeriodSeconds 10"]
+    text = commands.plan_text("n1", plan, found)
+    assert (
+        "faas/f-1=GET http://10.0.0.1:8081/metrics: connection refused (prometheus of of)" in text
+    )
+    assert "faas/f-1=2 (prometheus of of)" in text
+    assert "InstanceProfiles describing its instances: of" in text
+    assert "warning GracePeriodTooShort: faas/f-1" in text
