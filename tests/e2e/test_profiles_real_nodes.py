@@ -288,3 +288,29 @@ def test_operator_killed_while_polling(
     assert summary.clean, summary.text()
     assert summary.ok > 0
     assert cond(status, "TasksDrained")["reason"] == "TasksDrained", status
+
+
+def test_profile_changed_mid_drain(
+    cluster: Cluster,
+    namespace: str,
+    real_node: str,
+    function_image: str,
+    repairs: Repairs,
+    profiles: Callable[..., str],
+) -> None:
+    """A profile fixed while its instances wait: the old readings are dropped, the
+    new source is read after its drain signal, and the drain completes in time."""
+    app = f"fn-{uuid.uuid4().hex[:6]}"
+    name = profiles(prometheus_profile(app, metric="no_such_metric"))
+    function(cluster, namespace, real_node, function_image, app, replicas=1)
+    with load(cluster, namespace, app, rate=10) as running:
+        time.sleep(2)
+        repair = repairs.create(real_node, drain={"taskTimeoutSeconds": 300})
+        repairs.wait_phase(repair, "WaitingForTasks", timeout=60)
+        wait_event(cluster, repair, "TaskSourceUnreachable", timeout=30)
+        fixed = {"spec": {"tasks": {"prometheus": {"metric": "function_requests_in_flight"}}}}
+        cluster.custom.patch_cluster_custom_object(GROUP, VERSION, PLURAL, name, fixed)
+        status = repairs.wait_phase(repair, "Repairing", timeout=60)
+        summary = running.stop()
+    assert summary.clean, summary.text()
+    assert cond(status, "TasksDrained")["reason"] == "TasksDrained", status
