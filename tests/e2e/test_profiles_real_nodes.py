@@ -314,3 +314,26 @@ def test_profile_changed_mid_drain(
         summary = running.stop()
     assert summary.clean, summary.text()
     assert cond(status, "TasksDrained")["reason"] == "TasksDrained", status
+
+
+def test_drain_signal_never_acknowledged_is_reported(
+    cluster: Cluster,
+    namespace: str,
+    real_node: str,
+    function_image: str,
+    repairs: Repairs,
+    profiles: Callable[..., str],
+) -> None:
+    """A drain path the runtime does not have (404): retried, reported after 5
+    attempts, and from then on the count is used as with drainSignal none."""
+    app = f"fn-{uuid.uuid4().hex[:6]}"
+    spec = prometheus_profile(app)
+    spec["drainSignal"] = {"httpPost": {"port": "metrics", "path": "/no-such-drain"}}
+    profiles(spec)
+    function(cluster, namespace, real_node, function_image, app, replicas=1)
+    name = repairs.create(real_node, drain={"taskTimeoutSeconds": 300})
+    repairs.wait_phase(name, "WaitingForTasks", timeout=60)
+    events = wait_event(cluster, name, "DrainSignalUnacknowledged", timeout=30)
+    assert "HTTP 404" in (events[0].message or ""), events[0].message
+    status = repairs.wait_phase(name, "Repairing", timeout=60)
+    assert cond(status, "TasksDrained")["reason"] == "TasksDrained", status
