@@ -7,9 +7,12 @@ stored profile. Traffic-bound behaviour is tested on real nodes."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -198,3 +201,36 @@ def test_invalid_stored_profile_describes_no_pod(
     )
     ready = cond(profile_status(cluster, name), "Ready")
     assert ready["reason"] == "InvalidSpec" and "not a regular expression" in ready["message"]
+
+
+def test_plan_warns_on_a_watchdog_grace_period_and_names_profiles(
+    cluster: Cluster, namespace: str, pool: Any, profiles: Callable[..., str]
+) -> None:
+    # The annotation source: plan reads nothing over the network (kwok pods).
+    label = uuid.uuid4().hex[:8]
+    older = profiles({"podSelector": {"matchLabels": {"fleet": label}}})
+    time.sleep(1.1)
+    newer = profiles({"podSelector": {"matchLabels": {"fleet": label}}, "kind": "sync"})
+    p = make_pool(cluster, pool)
+    body = deployment("watchdog", 1, p.selector, grace=15, labels={"fleet": label})
+    body["spec"]["template"]["spec"]["containers"][0]["env"] = [
+        {"name": "write_timeout", "value": "10s"}
+    ]
+    cluster.apps.create_namespaced_deployment(namespace, body)
+    (pod,) = [x.metadata.name for x in running_pods(cluster, namespace, "watchdog", 1)]
+    bin_dir = Path(sys.executable).parent
+    proc = subprocess.run(
+        [str(bin_dir / "pitstop"), "plan", p.names[0], "--kubeconfig", cluster.kubeconfig],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert f"InstanceProfiles describing its instances: {older}" in out, out
+    assert f"warning ConflictingInstanceProfiles: {namespace}/{pod} is matched by {older}" in out
+    assert newer in out
+    assert (
+        f"warning GracePeriodTooShort: {namespace}/{pod} has terminationGracePeriodSeconds 15,"
+        " of-watchdog needs more than 20 s"
+    ) in out, out
