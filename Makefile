@@ -10,7 +10,7 @@ PITSTOP_CACHE ?= $(HOME)/.cache/pitstop
 # The kubectl built with the control plane comes first: same release as the server.
 export PATH := $(CURDIR)/$(BIN):$(PITSTOP_CACHE)/bin/kube-$(KUBE_VERSION):$(PATH)
 
-.PHONY: help venv build deps image e2e-incluster e2e-kind cluster-up cluster-down kubeconfig crds crds-check lint unit e2e test bench bench-drain bench-policy demo clean
+.PHONY: help venv build deps image e2e-incluster e2e-kind cluster-up cluster-down kubeconfig crds crds-check lint unit e2e test bench bench-drain bench-policy bench-sources demo clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -67,10 +67,13 @@ e2e-kind: venv ## the in-cluster tier on a kind cluster (needs Docker and kind; 
 
 test: lint unit e2e e2e-incluster ## everything CI runs
 
-bench: bench-drain bench-policy ## all benchmarks, each on its own cluster
+bench: bench-drain bench-policy bench-sources ## all benchmarks, each on its own cluster
 
 bench-drain: venv build ## drain vs kubectl drain (default, tuned QPS), no PDB and one 10% PDB; latencies (~12 min)
 	$(BIN)/python -m bench drain
+
+bench-sources: venv build ## task sources on a real node: pod writes per task, last task -> eviction (~4 min)
+	$(BIN)/python -m bench sources
 
 bench-policy: venv build ## 1,000 nodes / 20,000 pods: RSS, idle CPU, detection, burst, API requests by verb
 	$(BIN)/python -m bench policy

@@ -1,12 +1,12 @@
-"""`python -m bench drain|policy [options]`: one benchmark on a cluster of its own."""
+"""`python -m bench drain|policy|sources [options]`: one benchmark on a cluster of its own."""
 
 from __future__ import annotations
 
 import sys
 
-from bench import drain, policy
+from bench import drain, policy, sources
 
-BENCHMARKS = {"drain": drain.main, "policy": policy.main}
+BENCHMARKS = {"drain": drain.main, "policy": policy.main, "sources": sources.main}
 
 
 def main(argv: list[str]) -> int:

@@ -11,6 +11,7 @@ API_VERSION: Final = f"{GROUP}/{VERSION}"
 
 NODEREPAIR_PLURAL: Final = "noderepairs"
 REPAIRPOLICY_PLURAL: Final = "repairpolicies"
+INSTANCEPROFILE_PLURAL: Final = "instanceprofiles"
 
 OPERATOR_NAMESPACE: Final = "pitstop-system"
 """Namespace of the operator's Deployment, repair Jobs and referenced Secrets."""
@@ -119,3 +120,26 @@ REASON_UNCORDONED: Final = "Uncordoned"
 REASON_SUCCEEDED: Final = "RepairSucceeded"
 REASON_WAITING_FOR_CAPACITY: Final = "WaitingForCapacity"
 """The pool limits (maxConcurrentRepairs, minAvailable, creation order) hold it Pending."""
+
+# --- task sources and InstanceProfiles ---
+COND_PROFILE_READY: Final = "Ready"
+"""InstanceProfile condition: the profile is valid and applies to the pods it selects."""
+COND_PROFILE_CONFLICT: Final = "Conflict"
+"""InstanceProfile condition: another profile matches some of the same pods."""
+REASON_PROFILE_VALID: Final = "Valid"
+REASON_PROFILE_INVALID: Final = "InvalidSpec"
+"""The stored profile fails the model's checks (e.g. a regular expression): it describes no pod."""
+REASON_OVERLAPPING_PROFILES: Final = "OverlappingProfiles"
+"""Two profiles match one pod: the oldest describes it (Condition reason)."""
+REASON_NO_OVERLAP: Final = "NoOverlap"
+REASON_CONFLICTING_PROFILES: Final = "ConflictingInstanceProfiles"
+"""Warning Event on a repair: an instance of its node is matched by several profiles."""
+REASON_TASK_SOURCE_UNREACHABLE: Final = "TaskSourceUnreachable"
+"""Warning Event: an instance's task source gave no count (no answer, an HTTP error,
+a wrong metric name, an answer that is no count); it counts as busy."""
+REASON_DRAIN_SIGNAL_UNACKNOWLEDGED: Final = "DrainSignalUnacknowledged"
+"""Warning Event: an httpPost drain signal was not acknowledged after several attempts;
+it is still retried, and the instance's count is used as with drainSignal none."""
+REASON_GRACE_PERIOD_TOO_SHORT: Final = "GracePeriodTooShort"
+"""`pitstop plan`: an of-watchdog pod's terminationGracePeriodSeconds is below what the
+watchdog needs on SIGTERM (healthcheck_interval + write_timeout)."""

@@ -22,8 +22,16 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from pitstop.constants import GROUP, NODEREPAIR_PLURAL, REPAIRPOLICY_PLURAL, VERSION
+from pitstop.constants import (
+    GROUP,
+    INSTANCEPROFILE_PLURAL,
+    NODEREPAIR_PLURAL,
+    REPAIRPOLICY_PLURAL,
+    VERSION,
+)
 from pitstop.models import (
+    InstanceProfileSpec,
+    InstanceProfileStatus,
     NodeRepairSpec,
     NodeRepairStatus,
     RepairPolicySpec,
@@ -189,9 +197,39 @@ def crds() -> dict[str, Schema]:
             AGE,
         ],
     )
+    instance_profile = crd(
+        kind="InstanceProfile",
+        plural=INSTANCEPROFILE_PLURAL,
+        short_name="iprof",
+        description="How the instances of one FaaS runtime are classified, where their "
+        "in-flight task count is read and how they are told to drain.",
+        spec=InstanceProfileSpec,
+        status=InstanceProfileStatus,
+        columns=[
+            _column("Kind", "string", ".spec.kind", "sync, async or auto."),
+            _column("Tasks", "string", ".status.tasks", "Where the in-flight count is read."),
+            _column("Drain", "string", ".status.drainSignal", "How instances are told to drain."),
+            _column("Pods", "integer", ".status.pods", "Instances it describes now."),
+            _column(
+                "Ready",
+                "string",
+                '.status.conditions[?(@.type=="Ready")].status',
+                "The profile is valid and in use.",
+            ),
+            _column(
+                "Conflict",
+                "string",
+                '.status.conditions[?(@.type=="Conflict")].status',
+                "Another profile matches some of the same pods.",
+                1,
+            ),
+            AGE,
+        ],
+    )
     return {
         f"{GROUP}_{NODEREPAIR_PLURAL}.yaml": node_repair,
         f"{GROUP}_{REPAIRPOLICY_PLURAL}.yaml": repair_policy,
+        f"{GROUP}_{INSTANCEPROFILE_PLURAL}.yaml": instance_profile,
     }
 
 

@@ -19,11 +19,12 @@ from pitstop.cluster import indexes
 from pitstop.cluster.kube import Kube
 from pitstop.cluster.kubeconfig import KubeSource, connection_info, resolve_source
 from pitstop.instances import serving
+from pitstop.instances.sources import daemon as sources_daemon
 from pitstop.pool import alerts
 from pitstop.pool import daemon as pool_daemon
 from pitstop.repair import daemon as repair_daemon
 
-__all__ = ["indexes", "pool_daemon", "repair_daemon", "serving"]
+__all__ = ["indexes", "pool_daemon", "repair_daemon", "serving", "sources_daemon"]
 
 WATCH_HANDLERS = frozenset(
     {
@@ -33,6 +34,7 @@ WATCH_HANDLERS = frozenset(
         "wake_on_node",
         "wake_on_repair",
         "wake_on_policy",
+        "wake_on_profile",
     }
 )
 """Handlers run on every watch event; their success is not logged (pitstop.runner)."""

@@ -62,6 +62,7 @@ def _prepared(cluster: Cluster) -> Cluster:
         "--timeout=60s",
         "crd/noderepairs.pitstop.dev",
         "crd/repairpolicies.pitstop.dev",
+        "crd/instanceprofiles.pitstop.dev",
     )
     return cluster
 

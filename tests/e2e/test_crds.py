@@ -115,6 +115,7 @@ def test_status_is_kept_whole_and_shown_in_columns(cluster: Cluster) -> None:
             "remaining": 5,
             "noServingGate": 1,
             "invalidTaskCounts": 0,
+            "unreachable": 2,
         },
         "plan": {
             "sync": ["ns/a"],

@@ -89,6 +89,10 @@ ALLOWED = [
         for verb in ("get", "patch", "update")
         for kind in ("noderepairs", "repairpolicies")
     ),
+    *(f"{verb} instanceprofiles.pitstop.dev" for verb in ("get", "list", "watch")),
+    *(f"{verb} instanceprofiles.pitstop.dev --subresource=status" for verb in ("get", "patch")),
+    # namespaces: their labels, for InstanceProfile namespaceSelectors
+    *(f"{verb} namespaces" for verb in ("get", "list", "watch")),
     "list customresourcedefinitions.apiextensions.k8s.io",
     "watch customresourcedefinitions.apiextensions.k8s.io",
     # only in the operator's namespace
@@ -125,8 +129,10 @@ REFUSED = [
     f"create rolebindings.rbac.authorization.k8s.io -n {NAMESPACE}",
     "create customresourcedefinitions.apiextensions.k8s.io",
     "delete deployments.apps -n default",
-    # kopf runs cluster-wide and never lists namespaces; the role does not grant it
-    "list namespaces",
+    # namespaces and InstanceProfiles are read, never written
+    "patch namespaces",
+    "delete namespaces",
+    *(f"{verb} instanceprofiles.pitstop.dev" for verb in ("create", "update", "patch", "delete")),
 ]
 
 
@@ -434,7 +440,13 @@ def test_rbac_itself_is_out_of_reach(sa: client.ApiClient) -> None:
         rules=[client.V1PolicyRule(api_groups=["*"], resources=["*"], verbs=["*"])],
     )
     forbidden(lambda: rbac.replace_cluster_role("pitstop", role, dry_run=DRY_RUN))
-    forbidden(lambda: client.CoreV1Api(sa).list_namespace())
+    # Namespaces are read (InstanceProfile namespaceSelectors), never written.
+    assert client.CoreV1Api(sa).list_namespace().items
+    forbidden(
+        lambda: client.CoreV1Api(sa).patch_namespace(
+            "default", {"metadata": {"labels": {"e2e": "escalated"}}}, dry_run=DRY_RUN
+        )
+    )
 
 
 def test_kubeconfig_holds_only_a_token(sa_kubeconfig: str) -> None:

@@ -117,6 +117,7 @@ def installed(cluster: Cluster) -> Iterator[list[client.V1Pod]]:
         "--timeout=60s",
         "crd/noderepairs.pitstop.dev",
         "crd/repairpolicies.pitstop.dev",
+        "crd/instanceprofiles.pitstop.dev",
     )
     cluster.kubectl("-n", NAMESPACE, "rollout", "status", "deployment/pitstop", "--timeout=300s")
     yield operator_pods(cluster)

@@ -885,3 +885,66 @@ def test_deregistration_timeout_moves_on_when_routing_ignores_the_gate() -> None
     assert cond is not None and cond.reason == C.REASON_DEREGISTRATION_TIMEOUT
     assert C.REASON_DEREGISTRATION_TIMEOUT in reasons(d)
     assert d.status.phase == Phase.EVICTING and d.evict == ["fn/a"]
+
+
+# --- task sources of InstanceProfiles ---
+
+
+def sourced(name: str, **tasks: Any) -> Instance:
+    """An async instance whose count comes from a profile's prometheus source."""
+    return dataclasses.replace(
+        inst(name), tasks=TaskCount(0, source="prometheus", **tasks), profile="fn"
+    )
+
+
+def test_unreadable_source_is_busy_reported_and_counted() -> None:
+    broken = sourced("a", error="GET http://10.0.0.1:9100/metrics: connection refused")
+    d = decide(observe(status(Phase.WAITING_FOR_TASKS), [broken, inst("b")]))
+    assert d.status.phase == Phase.WAITING_FOR_TASKS and d.evict == []
+    assert C.REASON_TASK_SOURCE_UNREACHABLE in reasons(d)
+    (event,) = [e for e in d.events if e.reason == C.REASON_TASK_SOURCE_UNREACHABLE]
+    assert "fn/a (prometheus of InstanceProfile fn)" in event.message
+    assert "connection refused" in event.message
+    assert d.status.instances is not None and d.status.instances.unreachable == 1
+    assert "1 whose task source gives no count" in (
+        condition(d, C.COND_TASKS_DRAINED).message or ""
+    )
+
+
+def test_unreadable_source_waits_for_the_task_timeout_then_evicts() -> None:
+    broken = sourced("a", error="no answer in 1s")
+    d = decide(observe(status(Phase.WAITING_FOR_TASKS, since=1801), [broken]))
+    assert d.status.phase == Phase.EVICTING and d.evict == ["fn/a"]
+    assert condition(d, C.COND_TASKS_DRAINED).reason == C.REASON_TASK_TIMEOUT
+
+
+def test_count_not_yet_read_after_the_signal_is_busy_without_a_warning() -> None:
+    waiting = sourced("a", pending="last read predates the drain signal")
+    d = decide(observe(status(Phase.WAITING_FOR_TASKS), [waiting]))
+    assert d.status.phase == Phase.WAITING_FOR_TASKS and d.evict == []
+    assert reasons(d) == []
+    assert "1 not yet read after the drain signal" in (
+        condition(d, C.COND_TASKS_DRAINED).message or ""
+    )
+
+
+def test_trusted_zero_from_a_source_drains() -> None:
+    d = decide(observe(status(Phase.WAITING_FOR_TASKS), [sourced("a")]))
+    assert d.status.phase == Phase.EVICTING and d.evict == ["fn/a"]
+
+
+def test_busy_source_is_never_evicted_in_evicting() -> None:
+    d = decide(observe(status(Phase.EVICTING), [sourced("a", error="x"), sourced("b")]))
+    assert d.evict == ["fn/b"]
+
+
+def test_conflicting_profiles_and_unacknowledged_signals_are_reported() -> None:
+    i = dataclasses.replace(
+        sourced("a"), other_profiles=("newer",), signal_unacknowledged="HTTP 404"
+    )
+    d = decide(observe(status(Phase.WAITING_FOR_TASKS), [i]))
+    messages = {e.reason: e.message for e in d.events if e.type == "Warning"}
+    assert messages[C.REASON_CONFLICTING_PROFILES] == (
+        "fn/a is matched by InstanceProfiles fn, newer: fn, the oldest, describes it"
+    )
+    assert "HTTP 404" in messages[C.REASON_DRAIN_SIGNAL_UNACKNOWLEDGED]

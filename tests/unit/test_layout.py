@@ -20,6 +20,8 @@ PURE = (
     "pitstop.repair.recovery",
     "pitstop.pool.arithmetic",
     "pitstop.instances.contract",
+    "pitstop.instances.sources",
+    "pitstop.instances.sources.rules",
     "pitstop.cluster.nodes",
     "pitstop.conditions",
     "pitstop.constants",

@@ -13,9 +13,11 @@ from pydantic import ValidationError
 
 from pitstop.constants import API_VERSION
 from pitstop.models import (
+    CamelModel,
     ConditionStatus,
     DrainSpec,
     InstanceCounts,
+    InstanceProfileSpec,
     LabelSelectorRequirement,
     NodeRepairSpec,
     NodeRepairStatus,
@@ -265,6 +267,7 @@ def test_node_repair_status_round_trip() -> None:
             "remaining": 5,
             "noServingGate": 0,
             "invalidTaskCounts": 1,
+            "unreachable": 0,
         },
         "plan": {
             "sync": ["ns/a"],
@@ -332,13 +335,21 @@ def _contains(outer: Any, inner: Any) -> bool:
 
 def test_examples_exist() -> None:
     kinds = sorted(d["kind"] for d in _documents())
-    assert kinds == ["NodeRepair", "NodeRepair", "NodeRepair", "RepairPolicy", "RepairPolicy"]
+    assert kinds == [
+        *["InstanceProfile"] * 3,
+        *["NodeRepair"] * 3,
+        *["RepairPolicy"] * 2,
+    ]
     assert {d["apiVersion"] for d in _documents()} == {API_VERSION}
 
 
 @pytest.mark.parametrize("doc", _documents(), ids=lambda d: f"{d['kind']}/{d['metadata']['name']}")
 def test_examples_round_trip(doc: dict[str, Any]) -> None:
-    model = NodeRepairSpec if doc["kind"] == "NodeRepair" else RepairPolicySpec
+    model: type[CamelModel] = {
+        "NodeRepair": NodeRepairSpec,
+        "RepairPolicy": RepairPolicySpec,
+        "InstanceProfile": InstanceProfileSpec,
+    }[doc["kind"]]
     spec = model.model_validate(doc["spec"])
     assert _contains(spec.wire(), _without_nulls(doc["spec"]))
     assert model.model_validate(spec.wire()) == spec

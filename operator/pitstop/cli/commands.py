@@ -4,6 +4,7 @@ line for the user."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -20,6 +21,8 @@ from pitstop import constants
 from pitstop.cli.errors import CLIError
 from pitstop.cluster.kubeconfig import load_configuration, resolve_source
 from pitstop.instances import contract
+from pitstop.instances.sources import rules
+from pitstop.instances.sources.poller import Target, TaskPoller
 from pitstop.models import FINAL_PHASES, Phase
 from pitstop.repair import drain
 
@@ -232,9 +235,92 @@ def plan(api_client: client.ApiClient, node: str) -> tuple[dict[str, Any], list[
                     flag = not (ep.conditions and ep.conditions.ready is False)
                     ready.setdefault(f"{ns}/{ep.target_ref.name}", []).append(flag)
         pdbs.extend(raw(b) for b in policy.list_namespaced_pod_disruption_budget(ns).items)
-    found = [contract.observe(p, ready.get(contract.key(p))) for p in pods]
-    result = drain.make_plan(found, contract.blocking_pdbs(pdbs, pods))
-    return result.wire(), found
+    profiles = _profiles(api_client)
+    ns_labels = {ns: _namespace_labels(core, ns) for ns in namespaces} if profiles else {}
+    matches = {
+        contract.key(p): rules.match(
+            profiles, p["metadata"].get("labels") or {}, ns_labels.get(p["metadata"]["namespace"])
+        )
+        for p in pods
+    }
+    readings = _read_sources(pods, matches)
+    found = []
+    warnings = []
+    for p in pods:
+        k = contract.key(p)
+        m = matches[k]
+        polled = None
+        if k in readings:
+            r = readings[k]
+            polled = rules.Polled(count=r.count or 0, error=r.error)
+        found.append(contract.observe(p, ready.get(k), m, polled))
+        if m.others and m.profile is not None:
+            winner = m.profile.name
+            warnings.append(
+                f"{C.REASON_CONFLICTING_PROFILES}: {k} is matched by {winner} and"
+                f" {', '.join(m.others)}; the oldest, {winner}, describes it"
+            )
+        grace = rules.watchdog_grace(p, m.profile)
+        if grace is not None:
+            needed, configured = grace
+            warnings.append(
+                f"{C.REASON_GRACE_PERIOD_TOO_SHORT}: {k} has terminationGracePeriodSeconds"
+                f" {configured}, of-watchdog needs more than {needed:g} s on SIGTERM"
+                " (healthcheck_interval + write_timeout): requests in flight would be cut"
+            )
+    result = drain.make_plan(found, contract.blocking_pdbs(pdbs, pods)).wire()
+    if warnings:
+        result["warnings"] = warnings
+    return result, found
+
+
+def _profiles(api_client: client.ApiClient) -> list[rules.Profile]:
+    """The usable InstanceProfiles (none when the CRD is not installed)."""
+    try:
+        listed = client.CustomObjectsApi(api_client).list_cluster_custom_object(
+            G, V, C.INSTANCEPROFILE_PLURAL
+        )
+    except ApiException as e:
+        if e.status == 404:
+            return []
+        raise _explain(e, "cannot list InstanceProfiles") from e
+    found = [rules.parse_profile(item) for item in listed.get("items") or []]
+    return [p for p in found if isinstance(p, rules.Profile)]
+
+
+def _namespace_labels(core: client.CoreV1Api, name: str) -> dict[str, str] | None:
+    try:
+        return dict(core.read_namespace(name).metadata.labels or {})
+    except ApiException:
+        return None  # unknown: a profile with a namespaceSelector cannot be decided
+
+
+def _read_sources(
+    pods: list[dict[str, Any]], matches: Mapping[str, rules.Match]
+) -> dict[str, rules.Reading]:
+    """One read of each polled source (the pods' own addresses: run where they are
+    reachable, as the operator does); nothing is signalled."""
+    targets = []
+    for p in pods:
+        m = matches[contract.key(p)]
+        if m.profile is None or m.profile.spec.tasks.type == rules.ANNOTATION:
+            continue
+        try:
+            request = rules.poll_request(m.profile, p)
+            targets.append(Target(contract.key(p), "", m.profile, poll=request))
+        except rules.SourceError as e:
+            targets.append(Target(contract.key(p), "", m.profile, error=e))
+    if not targets:
+        return {}
+
+    async def read() -> dict[str, rules.Reading]:
+        poller = TaskPoller()
+        try:
+            return await poller.read_once(targets)
+        finally:
+            await poller.close()
+
+    return asyncio.run(read())
 
 
 def plan_text(node: str, the_plan: Mapping[str, Any], found: list[contract.Instance]) -> str:
@@ -247,7 +333,16 @@ def plan_text(node: str, the_plan: Mapping[str, Any], found: list[contract.Insta
             f"    without the {C.CONDITION_SERVING} gate (leave routing only when evicted): "
             + ", ".join(the_plan["noServingGate"])
         )
-    busy = [f"{i.key}={i.tasks.invalid or i.tasks.count}" for i in found if i.tasks.busy]
+    busy = [
+        f"{i.key}={i.tasks.invalid or i.tasks.error or i.tasks.count}"
+        + (
+            f" ({i.tasks.source} of {i.profile})"
+            if i.profile and i.tasks.source != "annotation"
+            else ""
+        )
+        for i in found
+        if i.tasks.busy
+    ]
     lines.append(
         f"  wait for {the_plan.get('inflightTasks', 0)} tasks in flight"
         + (f": {', '.join(busy)}" if busy else "")
@@ -258,6 +353,10 @@ def plan_text(node: str, the_plan: Mapping[str, Any], found: list[contract.Insta
     lines.append(
         f"  blocked now by PodDisruptionBudgets: {', '.join(blocking) if blocking else 'none'}"
     )
+    described = sorted({i.profile for i in found if i.profile})
+    if described:
+        lines.append(f"  InstanceProfiles describing its instances: {', '.join(described)}")
+    lines.extend(f"  warning {w}" for w in the_plan.get("warnings") or [])
     return "\n".join(lines)
 
 

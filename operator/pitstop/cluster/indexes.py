@@ -39,13 +39,39 @@ def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
             "ownerReferences": [{"kind": r.get("kind")} for r in meta.get("ownerReferences") or []],
             "deletionTimestamp": meta.get("deletionTimestamp"),
         },
-        "spec": {"nodeName": spec.get("nodeName"), "readinessGates": spec.get("readinessGates")},
+        "spec": {
+            "nodeName": spec.get("nodeName"),
+            "readinessGates": spec.get("readinessGates"),
+            # What task sources read: named ports, of-watchdog's timeouts, the grace.
+            "containers": [_slim_container(c) for c in spec.get("containers") or []],
+            "terminationGracePeriodSeconds": spec.get("terminationGracePeriodSeconds"),
+        },
         "status": {
             "phase": status.get("phase"),
+            "podIP": status.get("podIP"),
             "conditions": [
                 c for c in status.get("conditions") or [] if c.get("type") == C.CONDITION_SERVING
             ],
         },
+    }
+
+
+KEPT_ENV = frozenset({"write_timeout", "healthcheck_interval", "exec_timeout"})
+"""Container environment a task source reads (of-watchdog's SIGTERM timeouts)."""
+
+
+def _slim_container(c: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "ports": [
+            {"name": p.get("name"), "containerPort": p.get("containerPort")}
+            for p in c.get("ports") or []
+            if p.get("name")
+        ],
+        "env": [
+            {"name": e.get("name"), "value": e.get("value")}
+            for e in c.get("env") or []
+            if e.get("name") in KEPT_ENV and e.get("value") is not None
+        ],
     }
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pitstop import constants, selectors
+from pitstop.instances.sources import rules as tasksources
 
 FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
 
@@ -54,15 +55,25 @@ def kind(pod: Mapping[str, Any], endpoint_pods: Set[str]) -> str:
 
 @dataclass(frozen=True)
 class TaskCount:
-    """The runtime's in-flight count; `invalid` holds the raw value when it is not
-    a non-negative integer (the pod then counts as busy)."""
+    """The runtime's in-flight count; `invalid` holds the raw annotation when it is
+    not a non-negative integer, `error` why a polled source gave no count, `pending`
+    why no polled count is trusted yet. Any of the three makes the pod busy."""
 
     count: int
     invalid: str | None = None
+    error: str | None = None
+    pending: str | None = None
+    source: str = tasksources.ANNOTATION
+    """annotation, prometheus or http."""
 
     @property
     def busy(self) -> bool:
-        return self.count > 0 or self.invalid is not None
+        return (
+            self.count > 0
+            or self.invalid is not None
+            or self.error is not None
+            or self.pending is not None
+        )
 
 
 def inflight_tasks(pod: Mapping[str, Any]) -> TaskCount:
@@ -98,6 +109,12 @@ class Instance:
     draining: bool
     """Carries the pitstop.dev/draining annotation."""
     terminating: bool
+    profile: str | None = None
+    """The InstanceProfile that describes it (None: the annotation contract)."""
+    other_profiles: tuple[str, ...] = ()
+    """Other profiles that match it too (and lost on precedence)."""
+    signal_unacknowledged: str | None = None
+    """Its httpPost drain signal was reported as not acknowledged: the last error."""
 
     @property
     def sync(self) -> bool:
@@ -109,21 +126,45 @@ class Instance:
         return self.serving == "False" and not self.ready_endpoint
 
 
-def observe(pod: Mapping[str, Any], endpoint_ready: Iterable[bool] | None) -> Instance:
+def observe(
+    pod: Mapping[str, Any],
+    endpoint_ready: Iterable[bool] | None,
+    match: tasksources.Match | None = None,
+    polled: tasksources.Polled | None = None,
+    signal_unacknowledged: str | None = None,
+) -> Instance:
     """The instance view of a pod; `endpoint_ready` holds one flag per EndpointSlice
-    entry that targets it (None: it backs no endpoint)."""
+    entry that targets it (None: it backs no endpoint). `match` is the profile that
+    describes it, `polled` what its polled task source says (None: the annotation)."""
     k = key(pod)
     flags = list(endpoint_ready) if endpoint_ready is not None else None
+    profile = match.profile if match is not None else None
+    label = (pod.get("metadata", {}).get("labels") or {}).get(constants.LABEL_INSTANCE_TYPE)
+    if polled is not None:
+        tasks = TaskCount(
+            polled.count,
+            error=polled.error.message if polled.error is not None else None,
+            pending=polled.pending,
+            source=tasksources.task_source(profile),
+        )
+    elif match is not None and match.uncertain and profile is None:
+        # A profile might describe it, once its namespace's labels are known.
+        tasks = TaskCount(0, pending="the labels of its namespace are not known yet")
+    else:
+        tasks = inflight_tasks(pod)
     return Instance(
         key=k,
-        kind=kind(pod, {k} if flags is not None else set()),
+        kind=tasksources.kind(profile, label, flags is not None),
         gated=has_serving_gate(pod),
         serving=serving_status(pod),
         ready_endpoint=any(flags or ()),
-        tasks=inflight_tasks(pod),
+        tasks=tasks,
         draining=constants.ANNOTATION_DRAINING
         in (pod.get("metadata", {}).get("annotations") or {}),
         terminating=is_terminating(pod),
+        profile=profile.name if profile is not None else None,
+        other_profiles=match.others if match is not None else (),
+        signal_unacknowledged=signal_unacknowledged,
     )
 
 

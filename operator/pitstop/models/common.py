@@ -169,7 +169,7 @@ class LabelSelectorRequirement(CamelModel):
 
 
 class LabelSelector(CamelModel):
-    """A Kubernetes label selector; the empty selector matches every node."""
+    """A Kubernetes label selector; the empty selector matches everything."""
 
     match_labels: dict[str, LabelValue] | None = Field(
         None,
@@ -182,7 +182,7 @@ class LabelSelector(CamelModel):
             )
         ),
     )
-    """Labels a node must carry, all of them."""
+    """Labels an object must carry, all of them."""
 
     @field_validator("match_labels")
     @classmethod
@@ -193,7 +193,7 @@ class LabelSelector(CamelModel):
         return labels
 
     match_expressions: list[LabelSelectorRequirement] | None = Field(None, max_length=32)
-    """Requirements a node must meet, all of them."""
+    """Requirements an object must meet, all of them."""
 
 
 class SecretKeyRef(CamelModel):

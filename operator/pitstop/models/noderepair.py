@@ -252,6 +252,9 @@ class InstanceCounts(CamelModel):
     """Sync instances without the pitstop.dev/serving readiness gate (Event NoServingGate)."""
     invalid_task_counts: int = Field(0, ge=0)
     """Instances whose pitstop.dev/inflight-tasks annotation is not a non-negative integer."""
+    unreachable: int = Field(0, ge=0)
+    """Instances whose task source (an InstanceProfile's prometheus or http) gave no
+    count: no answer, or no count in it (Event TaskSourceUnreachable); counted busy."""
 
 
 class DryRunPlan(CamelModel):

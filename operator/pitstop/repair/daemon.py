@@ -9,6 +9,7 @@ from the cluster again and every action is idempotent (invariant 6)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,6 +21,10 @@ from pitstop.cluster import nodes
 from pitstop.cluster.indexes import CAPACITY, UNDER_REPAIR, WAKERS, nap
 from pitstop.cluster.kube import ApiError, Gone, Kube
 from pitstop.instances import contract
+from pitstop.instances.sources import daemon as sources_daemon
+from pitstop.instances.sources import rules as tasksources
+from pitstop.instances.sources.poller import Target
+from pitstop.instances.sources.rules import Profile
 from pitstop.models import (
     FINAL_PHASES,
     NodeRepairSpec,
@@ -38,6 +43,8 @@ C = constants
 
 RESYNC = 60.0
 """Re-check even without events: a safety net for a silent watch."""
+POLL_PHASES = (Phase.WAITING_FOR_TASKS, Phase.EVICTING)
+"""Phases in which the instances' task sources are polled."""
 
 
 class Driver(NodeSteps, PodSteps, RepairSteps):
@@ -45,13 +52,76 @@ class Driver(NodeSteps, PodSteps, RepairSteps):
     (one step module each: act_node, act_pods, act_hooks), report (report)."""
 
     def observe_instances(
-        self, pods_by_node: kopf.Index[str, Any], endpoints_by_pod: kopf.Index[str, Any]
+        self,
+        now: datetime,
+        pods_by_node: kopf.Index[str, Any],
+        endpoints_by_pod: kopf.Index[str, Any],
+        profiles_by_name: kopf.Index[str, Any] | None = None,
+        namespace_labels: kopf.Index[str, Any] | None = None,
     ) -> list[contract.Instance]:
-        return [
-            contract.observe(pod, endpoints_by_pod.get(contract.key(pod)))
-            for pod in list(pods_by_node.get(self.node_name, ()))
-            if contract.is_instance(pod)
-        ]
+        """The node's instances, each with the profile that describes it and what its
+        task source says; also keeps `self.targets`, what the poller would ask."""
+        usable = sources_daemon.usable(profiles_by_name)
+        found, targets, marked = [], [], {}
+        for pod in list(pods_by_node.get(self.node_name, ())):
+            if not contract.is_instance(pod):
+                continue
+            key = contract.key(pod)
+            if C.ANNOTATION_DRAINING in (pod["metadata"].get("annotations") or {}):
+                marked[key] = self.marked_at.get(key, now)
+            m = sources_daemon.match_pod(pod, usable, namespace_labels) if usable else None
+            polled, unacked = None, None
+            if m is not None and m.profile is not None:
+                target = self.target(key, pod, m.profile)
+                if target is not None:
+                    targets.append(target)
+                    polled, unacked = self.polled(target, marked.get(key))
+            found.append(contract.observe(pod, endpoints_by_pod.get(key), m, polled, unacked))
+        self.marked_at, self.targets = marked, targets
+        return found
+
+    def target(self, key: str, pod: Mapping[str, Any], profile: Profile) -> Target | None:
+        """What the poller asks this instance (None: nothing, the annotation contract)."""
+        polled = profile.spec.tasks.type != tasksources.ANNOTATION
+        signals = profile.spec.drain_signal.type == tasksources.HTTP_POST
+        if not polled and not signals:
+            return None
+        # The uid in the key: a pod re-created under the same name starts from nothing.
+        ident = f"{key}@{pod['metadata'].get('uid', '')}"
+        poll = signal = error = None
+        try:
+            poll = tasksources.poll_request(profile, pod) if polled else None
+            signal = tasksources.signal_request(profile, pod) if signals else None
+        except tasksources.SourceError as e:
+            error = e
+        return Target(ident, self.node_name, profile, poll, signal, error)
+
+    def polled(
+        self, t: Target, marked_at: datetime | None
+    ) -> tuple[tasksources.Polled | None, str | None]:
+        """What the instance's polled source says under the trust rule, and its drain
+        signal's last error once reported as unacknowledged."""
+        state = self.poller.signal_state(t.key, t.profile) if self.poller else None
+        unacked = None
+        if state is not None and state.acked_at is None and state.reported_at is not None:
+            unacked = state.last_error
+        if t.poll is None and t.error is None:
+            return None, unacked  # counted by the annotation
+        if t.error is not None and t.signal is None:
+            return tasksources.Polled(error=t.error), unacked
+        reading = self.poller.reading(t.key, t.profile) if self.poller else None
+        signal = tasksources.drain_signal(t.profile)
+        at = tasksources.signal_time(signal, marked_at=marked_at, state=state)
+        return tasksources.polled(reading, at), unacked
+
+    def poll(self, phase: Phase | None) -> None:
+        """Polling only where it matters: while the node waits for tasks or evicts."""
+        if self.poller is None:
+            return
+        if phase in POLL_PHASES and self.targets:
+            self.poller.watch(self.node_name, self.targets)
+        else:
+            self.poller.forget(self.node_name)
 
     # --- one pass ---
 
@@ -63,6 +133,8 @@ class Driver(NodeSteps, PodSteps, RepairSteps):
         nodes_by_name: kopf.Index[str, Any],
         repairs_by_node: kopf.Index[str, Any],
         policies_by_name: kopf.Index[str, Any],
+        profiles_by_name: kopf.Index[str, Any] | None = None,
+        namespace_labels: kopf.Index[str, Any] | None = None,
     ) -> tuple[bool, datetime | None]:
         """Moves the repair as far as it can now. Returns (again, wake_at): `again`
         asks for an immediate next pass (our own node write is already known)."""
@@ -81,7 +153,9 @@ class Driver(NodeSteps, PodSteps, RepairSteps):
             # window would vanish without its deletion handler giving the node back.
             return False, now + timedelta(seconds=1)
         node = self.node(nodes_by_name)
-        found = self.observe_instances(pods_by_node, endpoints_by_pod)
+        found = self.observe_instances(
+            now, pods_by_node, endpoints_by_pod, profiles_by_name, namespace_labels
+        )
         self.forget_sent(found)
         waiting_for = None
         if self.status.phase in (None, Phase.PENDING) and not spec.dry_run:
@@ -108,6 +182,7 @@ class Driver(NodeSteps, PodSteps, RepairSteps):
             webhook=self.webhook_answer,
         )
         d = drain.decide(obs)
+        self.poll(d.status.phase)
         again = False
 
         if d.take_lock and node is not None:
@@ -158,9 +233,11 @@ async def drive(
     nodes_by_name: kopf.Index[str, Any],
     repairs_by_node: kopf.Index[str, Any],
     policies_by_name: kopf.Index[str, Any],
+    profiles_by_name: kopf.Index[str, Any],
+    namespace_labels: kopf.Index[str, Any],
     **_: Any,
 ) -> None:
-    driver = Driver(name, body, memo["kube"], logger)
+    driver = Driver(name, body, memo["kube"], logger, memo.get(sources_daemon.MEMO_POLLER))
     if driver.status.phase in FINAL_PHASES:
         record_phase(name, driver.status.phase)
         await driver.finish_failure(datetime.now(UTC), pods_by_node)
@@ -179,6 +256,8 @@ async def drive(
                     nodes_by_name,
                     repairs_by_node,
                     policies_by_name,
+                    profiles_by_name,
+                    namespace_labels,
                 )
             except Gone:
                 # Deleted before kopf put its finalizer on it, so kopf will neither stop
@@ -201,6 +280,7 @@ async def drive(
                 timeout = min(RESYNC, max(0.0, (wake_at - datetime.now(UTC)).total_seconds()))
             await nap(waker, stopped, timeout)
     finally:
+        driver.poll(None)
         WAKERS.unregister(driver.node_name, waker)
         CAPACITY.unregister(waker)
         if driver.status.phase in FINAL_PHASES:

@@ -139,6 +139,7 @@ def _count(d: Decision, obs: Observation) -> None:
         invalid_task_counts=max(
             old.invalid_task_counts, sum(1 for i in live if i.tasks.invalid is not None)
         ),
+        unreachable=max(old.unreachable, sum(1 for i in live if i.tasks.error is not None)),
     )
 
 
@@ -155,12 +156,45 @@ def _mark_and_deregister(d: Decision, obs: Observation) -> None:
                     " non-negative integer: treated as busy until the task timeout",
                 )
             )
+        _source_events(d, i)
         if i.terminating:
             continue
         if not i.draining:
             d.mark_draining.append(i.key)
         if i.sync and i.gated and i.serving != "False":
             d.deregister.append(i.key)
+
+
+def _source_events(d: Decision, i: Instance) -> None:
+    """What the instance's InstanceProfile and task source have to report."""
+    if i.other_profiles:
+        others = ", ".join(i.other_profiles)
+        d.events.append(
+            Event(
+                "Warning",
+                C.REASON_CONFLICTING_PROFILES,
+                f"{i.key} is matched by InstanceProfiles {i.profile}, {others}:"
+                f" {i.profile}, the oldest, describes it",
+            )
+        )
+    if i.tasks.error is not None:
+        d.events.append(
+            Event(
+                "Warning",
+                C.REASON_TASK_SOURCE_UNREACHABLE,
+                f"{i.key} ({i.tasks.source} of InstanceProfile {i.profile}): {i.tasks.error};"
+                " treated as busy until the task timeout",
+            )
+        )
+    if i.signal_unacknowledged is not None:
+        d.events.append(
+            Event(
+                "Warning",
+                C.REASON_DRAIN_SIGNAL_UNACKNOWLEDGED,
+                f"{i.key} did not acknowledge its drain signal ({i.signal_unacknowledged});"
+                " still retried, its count is used as with drainSignal none",
+            )
+        )
 
 
 def _deregistering(d: Decision, obs: Observation) -> None:
@@ -229,9 +263,15 @@ def _waiting_for_tasks(d: Decision, obs: Observation) -> None:
     deadline = phase_start(d, obs) + timedelta(seconds=obs.spec.drain.task_timeout_seconds)
     tasks = sum(i.tasks.count for i in busy)
     invalid = [i for i in busy if i.tasks.invalid is not None]
+    unreadable = [i for i in busy if i.tasks.error is not None]
+    unread = [i for i in busy if i.tasks.pending is not None]
     detail = f"{_n(tasks, 'task')} in flight on {_n(len(busy), 'instance')}"
     if invalid:
         detail += f" ({len(invalid)} with an invalid {C.ANNOTATION_INFLIGHT}, counted busy)"
+    if unreadable:
+        detail += f" ({len(unreadable)} whose task source gives no count, counted busy)"
+    if unread:
+        detail += f" ({len(unread)} not yet read after the drain signal, counted busy)"
     if obs.now >= deadline:
         if obs.spec.drain.on_task_timeout == OnTaskTimeout.FAIL:
             fail(d, obs, C.REASON_TASK_TIMEOUT, f"task timeout passed with {detail}")

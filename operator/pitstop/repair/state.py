@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from pitstop import constants
 from pitstop.cluster.indexes import one
 from pitstop.cluster.kube import Kube
+from pitstop.instances.sources.poller import Target, TaskPoller
 from pitstop.models import (
     NodeRepairStatus,
 )
@@ -26,8 +27,21 @@ class DriverState:
     """The state of one repair's daemon between passes; the step modules
     (report, act_node, act_pods, act_hooks) add what each step does with it."""
 
-    def __init__(self, name: str, body: kopf.Body, kube: Kube, logger: kopf.Logger):
+    def __init__(
+        self,
+        name: str,
+        body: kopf.Body,
+        kube: Kube,
+        logger: kopf.Logger,
+        poller: TaskPoller | None = None,
+    ):
         self.name = name
+        self.poller = poller
+        """The operator's shared task-source poller (None: no profile is ever polled)."""
+        self.marked_at: dict[str, datetime] = {}
+        """When this process first saw each pod carry pitstop.dev/draining (trust rule)."""
+        self.targets: list[Target] = []
+        """What the poller would ask the node's instances, from the last observation."""
         self.body = body
         self.kube = kube
         self.logger = logger

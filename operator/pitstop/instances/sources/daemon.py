@@ -1,0 +1,197 @@
+"""InstanceProfiles in the operator: the indexes (profiles by name, namespace labels),
+the shared task poller, and the writer of every profile's status (Ready, Conflict,
+the instances it describes). The rules themselves are pure, in pitstop.instances.sources.rules.
+
+Profiles get no daemon and no finalizer: a platform installs and removes them like
+any configuration, whether or not the operator runs. One background task writes
+all their statuses, after a profile changes and every STATUS_PERIOD otherwise
+(pods come and go without waking it)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from pitstop import constants
+from pitstop.cluster.indexes import UNDER_REPAIR, WAKERS, Waiters
+from pitstop.cluster.kube import ApiError, Kube, merge_patch
+from pitstop.instances import contract as instances
+from pitstop.instances.sources import rules as tasksources
+from pitstop.instances.sources.poller import TaskPoller
+from pitstop.models import InstanceProfileStatus
+
+C = constants
+STATUS_PERIOD = 15.0
+"""Seconds between two status passes when no profile changed."""
+STATUS_DEBOUNCE = 0.5
+"""A burst of profile events makes one pass."""
+MEMO_POLLER = "taskpoller"
+
+PROFILES = Waiters()
+"""The status writer, woken by profile events."""
+
+
+@dataclass(frozen=True)
+class Indexed:
+    """A profile as kept in the index: parsed, with the status it carries."""
+
+    item: tasksources.Profile | tasksources.InvalidProfile
+    status: Mapping[str, Any] = field(default_factory=dict)
+
+
+@kopf.index(C.GROUP, C.VERSION, C.INSTANCEPROFILE_PLURAL)
+def profiles_by_name(body: kopf.Body, name: str, **_: Any) -> dict[str, Indexed]:
+    return {name: Indexed(tasksources.parse_profile(body), dict(body.get("status") or {}))}
+
+
+@kopf.index("namespaces")
+def namespace_labels(name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, str]]:
+    """namespace → its labels (what namespaceSelectors match), nothing else."""
+    return {name: dict(body.get("metadata", {}).get("labels") or {})}
+
+
+@kopf.on.event(C.GROUP, C.VERSION, C.INSTANCEPROFILE_PLURAL)
+def wake_on_profile(memo: kopf.Memo, **_: Any) -> None:
+    """A profile changed: its status, and every node being drained, are decided again
+    (a profile changed mid-drain applies at once, its old readings dropped)."""
+    PROFILES.wake()
+    poller = memo.get(MEMO_POLLER)
+    for node in set(UNDER_REPAIR) | set(poller.nodes() if poller else ()):
+        WAKERS.wake(node)
+
+
+def usable(profiles: kopf.Index[str, Any] | None) -> list[tasksources.Profile]:
+    """The valid profiles of the index."""
+    found = []
+    for store in profiles.values() if profiles is not None else ():
+        for indexed in store:
+            if isinstance(indexed.item, tasksources.Profile):
+                found.append(indexed.item)
+    return found
+
+
+def namespace_of(namespaces: kopf.Index[str, Any] | None, name: str) -> Mapping[str, str] | None:
+    if namespaces is None:
+        return None
+    for labels in namespaces.get(name, ()):
+        return labels  # type: ignore[no-any-return]
+    return None
+
+
+def match_pod(
+    pod: Mapping[str, Any],
+    profiles: list[tasksources.Profile],
+    namespaces: kopf.Index[str, Any] | None,
+) -> tasksources.Match:
+    meta = pod.get("metadata", {})
+    return tasksources.match(
+        profiles, meta.get("labels") or {}, namespace_of(namespaces, meta.get("namespace", ""))
+    )
+
+
+# --- the poller's lifetime, and the status writer ---
+
+
+@kopf.on.startup()  # type: ignore[arg-type]  # kopf's protocols omit index kwargs
+async def start_task_sources(
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    profiles_by_name: kopf.Index[str, Any],
+    pods_by_node: kopf.Index[str, Any],
+    namespace_labels: kopf.Index[str, Any],
+    **_: Any,
+) -> None:
+    """The poller every repair shares, and the status writer. kopf hands startup
+    handlers its indexes empty; they are live views and fill as the watches list."""
+    memo[MEMO_POLLER] = TaskPoller(on_change=WAKERS.wake)
+    writer = StatusWriter(memo, logger)
+    memo["profile_status_task"] = asyncio.create_task(
+        writer.run(profiles_by_name, pods_by_node, namespace_labels), name="profile-status"
+    )
+
+
+@kopf.on.cleanup()
+async def stop_task_sources(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("profile_status_task")
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    poller = memo.get(MEMO_POLLER)
+    if poller is not None:
+        await poller.close()
+
+
+class StatusWriter:
+    def __init__(self, memo: kopf.Memo, logger: kopf.Logger):
+        self.memo = memo
+        self.logger = logger
+
+    @property
+    def kube(self) -> Kube:
+        """Set by the configure startup handler (startup handlers run in any order)."""
+        return self.memo["kube"]  # type: ignore[no-any-return]
+
+    async def run(
+        self,
+        profiles: kopf.Index[str, Any],
+        pods_by_node: kopf.Index[str, Any],
+        namespaces: kopf.Index[str, Any],
+    ) -> None:
+        waker = PROFILES.register()
+        try:
+            while True:
+                waker.clear()
+                try:
+                    await self.step(profiles, pods_by_node, namespaces, datetime.now(UTC))
+                except (ApiError, OSError, TimeoutError) as e:
+                    self.logger.warning(f"InstanceProfile status not written: {e}")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(waker.wait(), timeout=STATUS_PERIOD)
+                await asyncio.sleep(STATUS_DEBOUNCE)
+        finally:
+            PROFILES.unregister(waker)
+
+    async def step(
+        self,
+        profiles: kopf.Index[str, Any],
+        pods_by_node: kopf.Index[str, Any],
+        namespaces: kopf.Index[str, Any],
+        now: datetime,
+    ) -> None:
+        indexed: list[Indexed] = [i for store in profiles.values() for i in store]
+        if not indexed:
+            return
+        valid = [i.item for i in indexed if isinstance(i.item, tasksources.Profile)]
+        pods = [
+            (instances.key(p), p["metadata"].get("labels") or {}, p["metadata"]["namespace"])
+            for store in pods_by_node.values()
+            for p in store
+            if instances.is_instance(p)
+        ]
+        labels = {name: labels for name, store in namespaces.items() for labels in store}
+        found = tasksources.census(valid, pods, labels)
+        win = tasksources.winners(valid)
+        for i in indexed:
+            try:
+                old = InstanceProfileStatus.model_validate(dict(i.status))
+            except ValidationError:
+                old = InstanceProfileStatus()
+            new = tasksources.profile_status(i.item, found, win, old, now)
+            wire, before = new.wire(), old.wire()
+            if wire == before:
+                continue
+            try:
+                await self.kube.patch_status(
+                    C.INSTANCEPROFILE_PLURAL, i.item.name, merge_patch(dict(i.status), wire)
+                )
+            except ApiError as e:
+                if e.status != 404:  # deleted meanwhile
+                    raise
