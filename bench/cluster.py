@@ -241,6 +241,9 @@ class Operator:
             [
                 *(str(pitstop), "run", "--kubeconfig", self.kubeconfig, "--bind", "127.0.0.1"),
                 *("--health-port", str(health), "--metrics-port", str(metrics)),
+                # one replica, measured alone: no Lease (whose namespace a bench
+                # cluster may not have) and no stand-by start-up in the figures
+                "--no-leader-elect",
                 *extra,
             ],
             stdout=out,

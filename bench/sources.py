@@ -266,7 +266,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise BenchError("the cluster has no real node (PITSTOP_REAL_NODES=0?)")
         node = nodes[0].metadata.name
         build_image(cluster)
-        Operator(cluster, "sources-operator.log").start("--no-leader-elect")
+        Operator(cluster, "sources-operator.log").start()
         results: dict[str, Any] = {"rate": args.rate, "sources": {}}
         for source in SOURCES:
             ns = f"bench-{source}"
