@@ -173,33 +173,46 @@ def pid_of(pod: str) -> int:
     raise AssertionError(f"no process of Pod {pod} on this machine")
 
 
-def test_sigkill_of_the_leaders_container_hands_over_to_the_standby(
+def test_sigkill_of_the_leaders_container_leaves_a_leader_within_the_lease_duration(
     cluster: Cluster, installed: list[client.V1Pod]
 ) -> None:
+    """The kubelet restarts the killed container at once, under the same Pod name:
+    it may take its own Lease back (the old process is gone), or the standby takes
+    it once it expired. Either way a replica leads again within the lease duration
+    + 5 s. (tests/e2e/test_leader_election.py proves the standby's takeover when the
+    leader does not come back, under a burst of admissions.)"""
     if not local(cluster):
         pytest.skip("SIGKILLs a process on the node: only on the local control plane")
     pods = {p.metadata.name for p in operator_pods(cluster)}
     leader = wait_holder(cluster, pods)
-    (standby,) = pods - {leader}
     os.kill(pid_of(leader), signal.SIGKILL)
     killed = time.monotonic()
-    wait_until(
-        "the standby holds the Lease",
-        lambda: lease_holder(cluster) == standby,
-        timeout=LEASE_DURATION + 10,
-        interval=0.2,
+
+    def leading() -> str | None:
+        holder = lease_holder(cluster)
+        if holder not in pods:
+            return None
+        pod = cluster.core.read_namespaced_pod(holder, NAMESPACE)
+        try:
+            role = json.loads(get(cluster, pod, 8080, "/healthz")).get("role")
+        except OSError:
+            return None
+        return holder if role == "leader" else None
+
+    holder = wait_until(
+        "a replica leading again", leading, timeout=LEASE_DURATION + 15, interval=0.2
     )
     took = time.monotonic() - killed
-    print(f"\nleader SIGKILLed; standby leading after {took:.1f} s (lease {LEASE_DURATION} s)")
+    print(f"\nleader SIGKILLed; {holder} leading after {took:.1f} s (lease {LEASE_DURATION} s)")
     assert took <= LEASE_DURATION + 5
 
-    # The killed container restarts in its Pod and comes back as the standby.
     def restarted() -> bool:
         pod = cluster.core.read_namespaced_pod(leader, NAMESPACE)
         status = pod.status.container_statuses[0]
         return bool(status.restart_count >= 1 and status.ready)
 
     wait_until(f"{leader} restarted and Ready", restarted, timeout=120)
-    pod = cluster.core.read_namespaced_pod(leader, NAMESPACE)
-    assert json.loads(get(cluster, pod, 8080, "/healthz"))["role"] == "standby"
-    assert lease_holder(cluster) == standby
+    roles = sorted(
+        json.loads(get(cluster, p, 8080, "/healthz"))["role"] for p in operator_pods(cluster)
+    )
+    assert roles == ["leader", "standby"], roles
