@@ -14,6 +14,11 @@ cache="${PITSTOP_CACHE:-$HOME/.cache/pitstop}"
 bin="$cache/bin"
 mkdir -p "$bin" "$cache/build"
 log() { echo "[build] $*" >&2; }
+# One build at a time per cache: `make test` and `make demo` (or two clones) started
+# together would otherwise build into the same .tmp folders; the second waits, then
+# finds the binaries and skips.
+exec 9>"$cache/build.lock"
+flock 9
 
 # Kubernetes' staging modules, replaced by their published twins v0.<minor>.<patch>.
 STAGING=(api apiextensions-apiserver apimachinery apiserver cli-runtime client-go

@@ -16,8 +16,9 @@
 # The node is labelled type=real and tainted pitstop.dev/real-node=true:NoSchedule:
 # only pods that tolerate it land there (the kwok tests' pods use images that exist
 # nowhere and must keep to the kwok nodes).
-# Neither range is routed anywhere: the host holds both, pods get no default route,
-# nothing is masqueraded, and forwarding out of the bridge is dropped.
+# Neither range is routed anywhere: the host holds both, pods get no default route
+# (only 10.96.0.0/16 and the pod ranges, 10.90.0.0/16), nothing is masqueraded, and
+# the host forwards only between the bridges of the same cluster's real nodes.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
@@ -98,8 +99,22 @@ up() {
     -m comment --comment "pitstop-$s" -j DNAT --to-destination "127.0.0.1:$API_PORT"
   iptables -A FORWARD -i "$br" -m comment --comment "pitstop-$s" -j DROP
   iptables -A FORWARD -o "$br" -m comment --comment "pitstop-$s" -j DROP
+  # Pod to pod across this cluster's nodes (the Kubernetes network model: the
+  # in-cluster operator reads the task counts of pods on the other node): the host
+  # forwards between this cluster's own bridges, and only those. Forwarding is
+  # turned on for packets that arrive on this bridge alone, not for the host; the
+  # ACCEPTs come before every DROP above.
+  sysctl -qw "net.ipv4.conf.$br.forwarding=1"
+  local peer t
+  for peer in "$dir"/real/*/slot; do
+    t="$(cat "$peer" 2>/dev/null || true)"
+    [[ -n $t && $t != "$s" ]] || continue
+    iptables -I FORWARD 1 -i "$br" -o "pitstop$t" -m comment --comment "pitstop-$s" -j ACCEPT
+    iptables -I FORWARD 1 -i "pitstop$t" -o "$br" -m comment --comment "pitstop-$s" -j ACCEPT
+  done
 
-  # The pod network: bridge + host-local, no default route, no masquerade. The bridge
+  # The pod network: bridge + host-local, no default route, no masquerade (the
+  # 10.90.0.0/16 route reaches the other nodes' pods through the host). The bridge
   # and its gateway address are ours (isGateway false), so the plugin does not turn
   # on IP forwarding for the whole host. containerd adds lo itself.
   cat >"$nd/cni/10-pitstop.conflist" <<CNI
@@ -110,7 +125,7 @@ up() {
     {"type": "bridge", "bridge": "$br", "isGateway": false, "ipMasq": false, "hairpinMode": true,
      "ipam": {"type": "host-local", "dataDir": "$nd/cni/ipam",
               "ranges": [[{"subnet": "$cidr", "gateway": "$gw"}]],
-              "routes": [{"dst": "10.96.0.0/16", "gw": "$gw"}]}}
+              "routes": [{"dst": "10.96.0.0/16", "gw": "$gw"}, {"dst": "10.90.0.0/16", "gw": "$gw"}]}}
   ]
 }
 CNI
