@@ -23,9 +23,6 @@ from pitstop.repair.report import Report
 C = constants
 
 
-PDB_REFRESH = timedelta(seconds=5)
-
-
 def backoff(attempt: int) -> timedelta:
     """Retry delay after the n-th refused eviction: 0.5 s doubling to 5 s."""
     return timedelta(seconds=min(0.5 * 2 ** (attempt - 1), 5.0))
@@ -89,13 +86,14 @@ class PodSteps(Report):
             return
         attempt = self.refusals.get(outcome.pod, 0) + 1
         self.refusals[outcome.pod] = attempt
-        message = outcome.message
-        if outcome.blocking_pdbs:
-            message = f"eviction of {outcome.pod} blocked by {', '.join(outcome.blocking_pdbs)}"
         self.blocked[outcome.pod] = drain.Blocked(
-            retry_at=now + backoff(attempt), pdbs=outcome.blocking_pdbs, message=message
+            retry_at=now + backoff(attempt), pdbs=outcome.blocking_pdbs, message=outcome.message
         )
-        self.post([drain.Event("Warning", C.REASON_EVICTION_BLOCKED, message)], None)
+        if not outcome.blocking_pdbs:
+            # A refusal that names no budget: one Event per answer, not per pod (decide()
+            # posts the one for the budgets it names).
+            message = f"Eviction refused: {outcome.message}"
+            self.post([drain.Event("Warning", C.REASON_EVICTION_BLOCKED, message)], None)
         WAKERS.wake(self.node_name)  # come back for the retry time computed by decide()
 
     async def _ignore_gone(self, call: Any) -> None:
@@ -105,17 +103,29 @@ class PodSteps(Report):
             if e.status != 404:
                 raise
 
-    async def blocking_pdbs(
-        self, now: datetime, pods_by_node: kopf.Index[str, Any]
+    def evictions_in_flight(
+        self, found: list[contract.Instance]
+    ) -> tuple[frozenset[str], frozenset[str]]:
+        """(evicted, uncounted): the instances whose eviction the API server accepted,
+        and of those the ones no budget has been seen to count. Once a budget lists a
+        pod in its disruptedPods, it counts it from then on (the disruption controller
+        drops it from there only once it sees the pod deleted, which it then counts
+        as unhealthy), so it is counted for good."""
+        evicted = frozenset(k for action, k in self.sent if action == "evict")
+        for i in found:
+            if i.key in evicted and any(
+                i.key in b.disrupted for p in i.pdbs if (b := self.budgets.get(p)) is not None
+            ):
+                self.counted.add(i.key)
+        present = {i.key for i in found}
+        self.counted &= present
+        return evicted, frozenset(k for k in evicted - self.counted if k in present)
+
+    def blocking_pdbs(
+        self, pods_by_node: kopf.Index[str, Any], pdbs_by_namespace: kopf.Index[str, Any] | None
     ) -> tuple[str, ...]:
-        """Dry run only: PDBs of the node's instances that allow no disruption now
-        (namespaced reads, refreshed at most every few seconds)."""
-        if self.pdbs is not None and now - self.pdbs[0] < PDB_REFRESH:
-            return self.pdbs[1]
+        """Dry run only: PDBs of the node's instances that allow no disruption now."""
         pods = [p for p in pods_by_node.get(self.node_name, ()) if contract.is_instance(p)]
-        pdbs = []
-        for ns in sorted({p["metadata"]["namespace"] for p in pods}):
-            pdbs.extend(await self.kube.list_pdbs(ns))
-        blocking = contract.blocking_pdbs(pdbs, pods)
-        self.pdbs = (now, tuple(blocking))
-        return self.pdbs[1]
+        namespaces = {p["metadata"]["namespace"] for p in pods}
+        pdbs = [b for ns in namespaces for b in (pdbs_by_namespace or {}).get(ns, ())]
+        return tuple(contract.blocking_pdbs(pdbs, pods))
