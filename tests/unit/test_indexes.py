@@ -306,3 +306,17 @@ def test_slim_pdb_keeps_what_the_budget_arithmetic_reads() -> None:
 def test_pdbs_by_namespace_keys_by_namespace() -> None:
     body = full_pdb()
     assert indexes.pdbs_by_namespace(body=body, namespace="fn") == {"fn": indexes.slim_pdb(body)}
+
+
+def test_a_pdb_event_wakes_the_repairs_of_nodes_holding_pods_it_covers() -> None:
+    covered, elsewhere = indexes.WAKERS.register("n1"), indexes.WAKERS.register("n2")
+    other = full_pod("other", metadata__labels={"app": "other"}, spec__nodeName="n2")
+    try:
+        indexes.wake_on_pdb(
+            body=full_pdb(), pods_by_node={"n1": [indexes.slim_pod(PODS[0])], "n2": [other]}
+        )
+        assert covered.is_set()
+        assert not elsewhere.is_set()
+    finally:
+        indexes.WAKERS.unregister("n1", covered)
+        indexes.WAKERS.unregister("n2", elsewhere)

@@ -138,6 +138,10 @@ class Wakers:
         if not self._events[node]:
             del self._events[node]
 
+    def nodes(self) -> list[str]:
+        """The nodes someone waits on (the nodes of the running repairs)."""
+        return list(self._events)
+
     def wake(self, node: str | None) -> None:
         if node is None:
             return
@@ -234,8 +238,8 @@ def pdbs_by_namespace(
 @kopf.on.event("policy", "v1", "poddisruptionbudgets")  # type: ignore[arg-type]  # (index kwargs)
 def wake_on_pdb(body: kopf.Body, pods_by_node: kopf.Index[str, Any], **_: Any) -> None:
     """A budget changed (an eviction took a disruption, a replacement gave one back):
-    wake the repairs whose nodes hold pods it covers."""
-    for node in list(UNDER_REPAIR):
+    wake the repairs (dry runs too, for their plan) whose nodes hold pods it covers."""
+    for node in WAKERS.nodes():
         if any(contract.covers(body, p) for p in pods_by_node.get(node, ())):
             WAKERS.wake(node)
 
