@@ -14,7 +14,7 @@ import pytest
 from kubernetes import client
 
 from tests.e2e.helpers import node_pods, pdb_settled, repair_events, untainted
-from tests.e2e.kube import Cluster, Pool
+from tests.e2e.kube import Cluster, Pool, wait_until
 from tests.e2e.operator import Operator
 from tests.e2e.repairs import Repairs
 from tests.e2e.watching import watching
@@ -23,9 +23,12 @@ from tests.e2e.workloads import deployment, is_ready, ready_pods
 pytestmark = pytest.mark.e2e
 
 REPLICAS = 20
-MAX_UNAVAILABLE = 4
-"""5 waves of 4: enough for an operator that sends every eviction at once to be
-refused many times (it was: 40-60 refusals for 20 pods)."""
+MAX_UNAVAILABLE = 2
+"""10 waves of 2. One busy instance holds the drain until every instance has its
+drain signal, so all 20 may leave in the same pass: an operator that sent every
+eviction at once had 18 refused at once, and more on each retry."""
+INFLIGHT = "pitstop.dev/inflight-tasks"
+DRAINING = "pitstop.dev/draining"
 REFUSALS_TOLERATED = 2
 """The cap leaves the API server nothing to refuse; a refusal can only come from a
 budget view that lags in the operator's favour, which the cap is built to avoid."""
@@ -84,8 +87,11 @@ def test_drain_under_a_pdb_evicts_at_most_what_it_allows(
     # Every instance on the target: the spare is cordoned until the budget is settled.
     cluster.core.patch_node(spare, {"spec": {"unschedulable": True}})
     cluster.apps.create_namespaced_deployment(namespace, deployment("fn", REPLICAS, p.selector))
-    ready_pods(cluster, namespace, "fn", REPLICAS)
+    busy = ready_pods(cluster, namespace, "fn", REPLICAS)[0].metadata.name
     assert len(node_pods(cluster, namespace, target)) == REPLICAS
+    cluster.core.patch_namespaced_pod(
+        busy, namespace, {"metadata": {"annotations": {INFLIGHT: "1"}}}
+    )
     body = {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
@@ -107,6 +113,19 @@ def test_drain_under_a_pdb_evicts_at_most_what_it_allows(
         label_selector="app=fn",
     ):
         name = repairs.create(target)
+        repairs.wait_phase(name, "WaitingForTasks", timeout=30)
+        wait_until(
+            "the drain signal on every instance",
+            lambda: all(
+                DRAINING in (x.metadata.annotations or {})
+                for x in node_pods(cluster, namespace, target)
+            ),
+        )
+        assert audit_evictions(cluster, namespace) == [], "nothing evicted while one is busy"
+        # The last task ends: every instance may leave now, the budget lets 2 at a time.
+        cluster.core.patch_namespaced_pod(
+            busy, namespace, {"metadata": {"annotations": {INFLIGHT: "0"}}}
+        )
         repairs.wait_phase(name, "Repairing", timeout=120)
         ready_pods(cluster, namespace, "fn", REPLICAS)  # the last replacements, seen too
 

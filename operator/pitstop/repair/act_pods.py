@@ -49,7 +49,7 @@ class PodSteps(Report):
         grace = spec.drain.grace_period_seconds
         results = await asyncio.gather(
             *(self._ignore_gone(call) for _, call in writes),
-            *(self.kube.evict(k, grace) for k in evictions),
+            *(self._in_turn(group, grace) for group in self.by_budget(evictions)),
             return_exceptions=True,
         )
         failure: BaseException | None = None
@@ -58,11 +58,37 @@ class PodSteps(Report):
                 failure = failure or result
             else:
                 self.sent.add(done)
-        for outcome in results[len(writes) :]:
-            assert isinstance(outcome, Eviction)
-            self.record(outcome, now)
+        for outcomes in results[len(writes) :]:
+            if isinstance(outcomes, BaseException):
+                failure = failure or outcomes
+                continue
+            assert isinstance(outcomes, list)
+            for outcome in outcomes:
+                self.record(outcome, now)
         if failure is not None:
             raise failure
+
+    def by_budget(self, keys: list[str]) -> list[list[str]]:
+        """Evictions grouped by the first budget of their pod, each pod without one a
+        group of its own. Evictions under one budget that are sent together conflict
+        on its status in the API server, which sleeps 500 ms before each retry; sent
+        one after the other they take one round trip each."""
+        groups: dict[str, list[str]] = {}
+        for k in keys:
+            pdbs = self.pdbs_of.get(k) or (k,)
+            groups.setdefault(pdbs[0], []).append(k)
+        return list(groups.values())
+
+    async def _in_turn(self, keys: list[str], grace: int | None) -> list[Eviction]:
+        """One budget's evictions in turn; after a refusal the rest would be refused
+        too: they wait for the next pass."""
+        done = []
+        for k in keys:
+            outcome = await self.kube.evict(k, grace)
+            done.append(outcome)
+            if outcome.result == "blocked":
+                break
+        return done
 
     def forget_sent(self, found: list[contract.Instance]) -> None:
         """A mark someone removed mid-repair (the drain signal, a closed gate) must be

@@ -88,6 +88,7 @@ class Driver(NodeSteps, PodSteps, RepairSteps):
                     polled, unacked = self.polled(target, marked.get(key))
             found.append(contract.observe(pod, endpoints_by_pod.get(key), m, polled, unacked, pdbs))
         self.marked_at, self.targets, self.budgets = marked, targets, budgets
+        self.pdbs_of = {i.key: i.pdbs for i in found}
         return found
 
     def target(self, key: str, pod: Mapping[str, Any], profile: Profile) -> Target | None:

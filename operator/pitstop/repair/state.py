@@ -58,6 +58,8 @@ class DriverState:
         self.posted: set[tuple[str, str]] = set()
         self.budgets: dict[str, contract.Budget] = {}
         """The PodDisruptionBudgets of the node's instances, from the last observation."""
+        self.pdbs_of: dict[str, tuple[str, ...]] = {}
+        """The budgets of each instance, from the last observation."""
         self.counted: set[str] = set()
         """Evicted instances a budget has been seen to count (in its disruptedPods)."""
         self.webhook_answer: flow.WebhookAnswer | None = None
