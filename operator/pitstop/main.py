@@ -31,6 +31,7 @@ WATCH_HANDLERS = frozenset(
         "on_pod",
         "on_node",
         "wake_on_endpoints",
+        "wake_on_pdb",
         "wake_on_node",
         "wake_on_repair",
         "wake_on_policy",

@@ -19,7 +19,7 @@ import pytest
 
 from pitstop import constants as C
 from pitstop.conditions import find
-from pitstop.instances.contract import TaskCount
+from pitstop.instances.contract import Budget, TaskCount
 from pitstop.models import (
     Condition,
     ConditionStatus,
@@ -173,6 +173,9 @@ def observe(
     holder_active: bool = False,
     blocked: dict[str, Blocked] | None = None,
     blocking_pdbs: tuple[str, ...] = (),
+    budgets: dict[str, Budget] | None = None,
+    evicted: frozenset[str] = frozenset(),
+    uncounted: frozenset[str] | None = None,
     now: datetime = NOW,
 ) -> Observation:
     return Observation(
@@ -186,6 +189,9 @@ def observe(
         instances=instances or [],
         blocked=blocked or {},
         blocking_pdbs=blocking_pdbs,
+        budgets=budgets or {},
+        evicted=evicted,
+        uncounted=evicted if uncounted is None else uncounted,
     )
 
 
@@ -710,6 +716,144 @@ def test_totals_keep_their_high_water_mark_as_instances_leave() -> None:
     assert (d.status.instances.total, d.status.instances.remaining) == (5, 1)
 
 
+# --- evictions capped by what each PodDisruptionBudget allows ---
+
+
+def covered(name: str, *pdbs: str, **kw: Any) -> Instance:
+    """An idle async instance under the given budgets."""
+    return dataclasses.replace(inst(name, **kw), pdbs=pdbs or ("fn/pdb",))
+
+
+def evicting(instances: list[Instance], **kw: Any) -> Decision:
+    return decide(observe(status(Phase.EVICTING, since=5), instances, **kw))
+
+
+def test_evictions_under_a_pdb_stop_at_what_it_allows() -> None:
+    d = evicting([covered(f"p{n}") for n in range(5)], budgets={"fn/pdb": Budget("fn/pdb", 2)})
+    assert d.evict == ["fn/p0", "fn/p1"]
+
+
+def test_a_pdb_that_allows_nothing_holds_every_eviction_and_says_so() -> None:
+    d = evicting([covered("a"), covered("b")], budgets={"fn/pdb": Budget("fn/pdb", 0)})
+    assert d.evict == []
+    offline = condition(d, C.COND_INSTANCES_OFFLINE)
+    assert (offline.status, offline.reason) == (ConditionStatus.FALSE, C.REASON_EVICTION_BLOCKED)
+    assert offline.message == "2 instances left; 2 wait for fn/pdb"
+    assert d.status.phase == Phase.EVICTING
+
+
+def test_held_evictions_post_one_event_naming_the_budgets() -> None:
+    d = evicting([covered(f"p{n}") for n in range(20)], budgets={"fn/pdb": Budget("fn/pdb", 1)})
+    (event,) = [e for e in d.events if e.reason == C.REASON_EVICTION_BLOCKED]
+    assert event.type == "Warning" and "fn/pdb" in event.message
+    # The same words on every pass and whatever the counts: the driver posts it once.
+    again = evicting([covered(f"p{n}") for n in range(3)], budgets={"fn/pdb": Budget("fn/pdb", 0)})
+    assert [e for e in again.events if e.reason == C.REASON_EVICTION_BLOCKED] == [event]
+
+
+def test_held_evictions_wait_for_the_budget_not_a_timer() -> None:
+    # The PDB's watch event wakes the repair; only the eviction deadline is a timer.
+    d = evicting([covered("a")], budgets={"fn/pdb": Budget("fn/pdb", 0)})
+    assert d.wake_at == ago(5) + timedelta(seconds=600)
+
+
+def test_accepted_evictions_not_yet_counted_by_the_pdb_take_its_room() -> None:
+    pods = [covered("a"), covered("b", terminating=True), covered("c"), covered("d")]
+    d = evicting(pods, budgets={"fn/pdb": Budget("fn/pdb", 3)}, evicted=frozenset({"fn/a", "fn/b"}))
+    assert d.evict == ["fn/c"], "3 allowed, 2 of ours still in flight: room for 1"
+
+
+def test_accepted_evictions_the_pdb_counts_are_not_subtracted_twice() -> None:
+    pods = [covered("a"), covered("c"), covered("d")]
+    budgets = {"fn/pdb": Budget("fn/pdb", 2, frozenset({"fn/a"}))}
+    d = evicting(pods, budgets=budgets, evicted=frozenset({"fn/a"}))
+    assert d.evict == ["fn/c", "fn/d"]
+    # ... nor once the PDB has dropped it from disruptedPods (the driver remembers it counted).
+    budgets = {"fn/pdb": Budget("fn/pdb", 2)}
+    d = evicting(pods, budgets=budgets, evicted=frozenset({"fn/a"}), uncounted=frozenset())
+    assert d.evict == ["fn/c", "fn/d"]
+
+
+def test_accepted_evictions_are_never_sent_again() -> None:
+    d = evicting([covered("a"), inst("b")], evicted=frozenset({"fn/a"}))
+    assert d.evict == ["fn/b"]
+
+
+def test_a_pod_under_several_pdbs_takes_the_minimum() -> None:
+    budgets = {"fn/wide": Budget("fn/wide", 10), "fn/narrow": Budget("fn/narrow", 1)}
+    pods = [covered(f"p{n}", "fn/wide", "fn/narrow") for n in range(4)]
+    assert evicting(pods, budgets=budgets).evict == ["fn/p0"]
+
+
+def test_budgets_are_capped_each_on_their_own() -> None:
+    budgets = {"fn/one": Budget("fn/one", 1), "fn/two": Budget("fn/two", 2)}
+    pods = [covered(f"a{n}", "fn/one") for n in range(3)] + [
+        covered(f"b{n}", "fn/two") for n in range(3)
+    ]
+    assert evicting(pods, budgets=budgets).evict == ["fn/a0", "fn/b0", "fn/b1"]
+
+
+def test_pods_without_a_pdb_are_not_limited() -> None:
+    pods = [covered("a"), covered("b"), inst("free-1"), inst("free-2")]
+    d = evicting(pods, budgets={"fn/pdb": Budget("fn/pdb", 0)})
+    assert d.evict == ["fn/free-1", "fn/free-2"]
+
+
+def test_busy_or_routed_pods_take_no_room_from_the_budget() -> None:
+    # Invariants 1-2 come first; the room goes to the pods that may leave.
+    pods = [covered("busy", tasks=1), covered("idle")]
+    assert evicting(pods, budgets={"fn/pdb": Budget("fn/pdb", 1)}).evict == ["fn/idle"]
+    routed_one = dataclasses.replace(routed("web"), pdbs=("fn/pdb",))
+    d = evicting([routed_one, covered("idle")], budgets={"fn/pdb": Budget("fn/pdb", 1)})
+    assert d.evict == ["fn/idle"]
+
+
+def test_a_refused_eviction_still_waits_for_its_backoff() -> None:
+    # The 429 path stays: the API server is the authority, the cap only saves requests.
+    retry = NOW + timedelta(seconds=2)
+    d = evicting(
+        [covered("a"), covered("b")],
+        budgets={"fn/pdb": Budget("fn/pdb", 5)},
+        blocked={"fn/a": blocked_until(retry, "fn/pdb")},
+    )
+    assert d.evict == ["fn/b"]
+    assert d.wake_at == retry
+
+
+def test_eviction_timeout_names_the_pdbs_that_hold_instances() -> None:
+    obs = observe(
+        status(Phase.EVICTING, since=600),
+        [covered("a")],
+        sp=spec(eviction_timeout=600),
+        budgets={"fn/pdb": Budget("fn/pdb", 0)},
+    )
+    d = decide(obs)
+    assert d.status.phase == Phase.FAILED
+    assert "blocked by fn/pdb" in (d.status.message or "")
+
+
+def test_a_pdb_that_allows_all_leaves_the_condition_evicting() -> None:
+    d = evicting([covered("a"), covered("b")], budgets={"fn/pdb": Budget("fn/pdb", 2)})
+    assert d.evict == ["fn/a", "fn/b"]
+    assert condition(d, C.COND_INSTANCES_OFFLINE).reason == C.REASON_EVICTING
+    assert [e for e in d.events if e.reason == C.REASON_EVICTION_BLOCKED] == []
+
+
+def test_dry_run_plan_is_not_capped() -> None:
+    d = decide(
+        observe(
+            status(),
+            [covered("a"), covered("b")],
+            sp=spec(dry_run=True),
+            budgets={"fn/pdb": Budget("fn/pdb", 0)},
+            blocking_pdbs=("fn/pdb",),
+        )
+    )
+    assert d.evict == [] and d.status.plan is not None
+    assert d.status.plan.async_ == ["fn/a", "fn/b"]
+    assert d.status.plan.blocking_pdbs == ["fn/pdb"]
+
+
 # --- regressions: a status without phaseStartTime, invalid counts while evicting ---
 
 
@@ -742,7 +886,7 @@ PHASES = [
 
 
 def random_instance(rng: random.Random, i: int) -> Instance:
-    return inst(
+    one = inst(
         f"p{i}",
         rng.choice(["sync", "async"]),
         gated=rng.random() < 0.6,
@@ -752,6 +896,11 @@ def random_instance(rng: random.Random, i: int) -> Instance:
         draining=rng.random() < 0.5,
         terminating=rng.random() < 0.15,
     )
+    pdbs = tuple(p for p in RANDOM_PDBS if rng.random() < 0.4)
+    return dataclasses.replace(one, pdbs=pdbs, pod_ready=rng.random() < 0.9)
+
+
+RANDOM_PDBS = ("fn/pdb", "fn/other", "fn/unindexed")
 
 
 def random_observation(rng: random.Random) -> Observation:
@@ -786,6 +935,13 @@ def random_observation(rng: random.Random) -> Observation:
         holder_active=rng.random() < 0.5,
         blocked=blocked,
         blocking_pdbs=("fn/pdb",) if rng.random() < 0.3 else (),
+        budgets={
+            k: Budget(k, rng.choice([0, 1, 2, 5, 10]), frozenset(disrupted))
+            for k in RANDOM_PDBS[: rng.choice([0, 1, 2])]
+            if (disrupted := {i.key for i in instances if rng.random() < 0.2}) is not None
+        },
+        evicted=(evicted := frozenset(i.key for i in instances if rng.random() < 0.1)),
+        uncounted=frozenset(k for k in evicted if rng.random() < 0.7),
     )
 
 
@@ -821,6 +977,16 @@ def assert_invariants(obs: Observation, d: Decision) -> None:
             )
         b = obs.blocked.get(key)
         assert b is None or b.retry_at <= obs.now, f"{key} retried before its backoff"
+        assert key not in obs.evicted, f"{key} was evicted already"
+    # The cap: no budget gets more evictions than it allows, less ours in flight.
+    for k, b in obs.budgets.items():
+        in_flight = sum(
+            1
+            for i in obs.instances
+            if k in i.pdbs and i.key in obs.uncounted and i.key not in b.disrupted
+        )
+        sent = sum(1 for key in d.evict if k in by_key[key].pdbs and by_key[key].pod_ready)
+        assert sent <= max(0, b.allowed - in_flight), f"{k}: {sent} evictions, room {b}"
     if d.evict:
         assert d.status.phase == Phase.EVICTING
     if d.release:
@@ -833,16 +999,18 @@ SEEDS = range(4000)
 
 def test_invariants_hold_for_random_observations() -> None:
     rng = random.Random(20240501)
-    evictions = busy_evictions = 0
+    evictions = busy_evictions = capped = 0
     for _ in SEEDS:
         obs = random_observation(rng)
         d = decide(obs)
         assert_invariants(obs, d)
         evictions += len(d.evict)
         busy_evictions += sum(1 for k in d.evict if _busy(obs, k))
+        capped += len(decide(dataclasses.replace(obs, budgets={})).evict) - len(d.evict)
     # The generator must reach the interesting cases, or the test proves nothing.
     assert evictions > 200
     assert busy_evictions > 50
+    assert capped > 10, "the budgets held some evictions back"
 
 
 def _busy(obs: Observation, key: str) -> bool:

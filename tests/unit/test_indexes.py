@@ -104,6 +104,7 @@ def answers(pod: dict[str, Any]) -> tuple[Any, ...]:
         contract.has_serving_gate(pod),
         contract.serving_status(pod),
         contract.is_terminating(pod),
+        contract.is_ready(pod),
         C.ANNOTATION_DRAINING in pod["metadata"]["annotations"],
     )
 
@@ -118,7 +119,8 @@ def test_slim_pod_drops_what_is_not_read() -> None:
     assert all(set(c) == {"ports", "env"} for c in slim["spec"]["containers"])
     assert "managedFields" not in slim["metadata"]
     assert slim["metadata"]["annotations"] == {}
-    assert slim["status"]["conditions"] == []
+    # Ready (what a budget counts) is kept; ContainersReady is not read.
+    assert slim["status"]["conditions"] == [{"type": "Ready", "status": "True"}]
 
 
 def test_slim_pod_does_not_alias_the_body() -> None:
@@ -265,3 +267,56 @@ def test_non_pod_targets_and_empty_slices_are_skipped() -> None:
     bare = {"addresses": ["1.2.3.5"]}
     assert indexes.endpoints_by_pod(body=slice_(external, bare)) == {}
     assert indexes.endpoints_by_pod(body={"metadata": {"namespace": "fn"}, "endpoints": None}) == {}
+
+
+def full_pdb(name: str = "fn-pdb", **status: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {
+            "name": name,
+            "namespace": "fn",
+            "generation": 2,
+            "resourceVersion": "99",
+            "managedFields": [{"manager": "kubectl"}],
+        },
+        "spec": {"maxUnavailable": "10%", "selector": {"matchLabels": {"app": "fn"}}},
+        "status": {
+            "observedGeneration": 2,
+            "disruptionsAllowed": 1,
+            "currentHealthy": 10,
+            "desiredHealthy": 9,
+            "expectedPods": 10,
+            "disruptedPods": {"web-1": "2024-05-01T12:00:00Z"},
+            "conditions": [{"type": "DisruptionAllowed", "status": "True"}],
+            **status,
+        },
+    }
+
+
+def test_slim_pdb_keeps_what_the_budget_arithmetic_reads() -> None:
+    slim = indexes.slim_pdb(full_pdb())
+    assert "managedFields" not in slim["metadata"]
+    assert contract.budget(slim) == contract.budget(full_pdb())
+    assert contract.budget(slim) == contract.Budget("fn/fn-pdb", 1, frozenset({"fn/web-1"}))
+    for pod in PODS:
+        assert contract.covers(slim, pod) == contract.covers(full_pdb(), pod)
+
+
+def test_pdbs_by_namespace_keys_by_namespace() -> None:
+    body = full_pdb()
+    assert indexes.pdbs_by_namespace(body=body, namespace="fn") == {"fn": indexes.slim_pdb(body)}
+
+
+def test_a_pdb_event_wakes_the_repairs_of_nodes_holding_pods_it_covers() -> None:
+    covered, elsewhere = indexes.WAKERS.register("n1"), indexes.WAKERS.register("n2")
+    other = full_pod("other", metadata__labels={"app": "other"}, spec__nodeName="n2")
+    try:
+        indexes.wake_on_pdb(
+            body=full_pdb(), pods_by_node={"n1": [indexes.slim_pod(PODS[0])], "n2": [other]}
+        )
+        assert covered.is_set()
+        assert not elsewhere.is_set()
+    finally:
+        indexes.WAKERS.unregister("n1", covered)
+        indexes.WAKERS.unregister("n2", elsewhere)

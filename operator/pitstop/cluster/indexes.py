@@ -2,9 +2,10 @@
 event wakes the repair of the node it concerns.
 
 Indexes instead of LIST calls: pods by node, EndpointSlice readiness by pod, nodes
-by name, NodeRepairs by node. Bodies are slimmed to what the decisions read, so
-20,000 pods stay small. kopf fills every index from its initial listing before any
-handler runs, so a restarted operator decides from a complete picture."""
+by name, NodeRepairs by node, PodDisruptionBudgets by namespace. Bodies are slimmed
+to what the decisions read, so 20,000 pods stay small. kopf fills every index from
+its initial listing before any handler runs, so a restarted operator decides from a
+complete picture."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 import kopf
 
 from pitstop import constants
+from pitstop.instances import contract
 
 C = constants
 KEPT_POD_ANNOTATIONS = (
@@ -24,6 +26,7 @@ KEPT_POD_ANNOTATIONS = (
     "kubernetes.io/config.mirror",
 )
 KEPT_NODE_ANNOTATIONS = (C.ANNOTATION_REPAIR, C.ANNOTATION_WAS_UNSCHEDULABLE)
+KEPT_POD_CONDITIONS = frozenset({C.CONDITION_SERVING, "Ready"})
 
 
 def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -49,8 +52,9 @@ def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
         "status": {
             "phase": status.get("phase"),
             "podIP": status.get("podIP"),
+            # Ready: only a ready pod consumes a disruption of its PDB when evicted.
             "conditions": [
-                c for c in status.get("conditions") or [] if c.get("type") == C.CONDITION_SERVING
+                c for c in status.get("conditions") or [] if c.get("type") in KEPT_POD_CONDITIONS
             ],
         },
     }
@@ -98,6 +102,26 @@ def slim_node(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def slim_pdb(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the drain reads of a PodDisruptionBudget: whom it covers and what it
+    allows now (the API server's own figures, kept by the disruption controller and
+    by every accepted eviction)."""
+    meta, spec, status = body.get("metadata", {}), body.get("spec", {}), body.get("status", {})
+    return {
+        "metadata": {
+            "namespace": meta.get("namespace"),
+            "name": meta.get("name"),
+            "generation": meta.get("generation"),
+        },
+        "spec": {"selector": spec.get("selector")},
+        "status": {
+            "observedGeneration": status.get("observedGeneration"),
+            "disruptionsAllowed": status.get("disruptionsAllowed", 0),
+            "disruptedPods": sorted(status.get("disruptedPods") or {}),
+        },
+    }
+
+
 class Wakers:
     """asyncio Events per node: a repair waits on its node's, watch handlers set it."""
 
@@ -113,6 +137,10 @@ class Wakers:
         self._events[node].discard(event)
         if not self._events[node]:
             del self._events[node]
+
+    def nodes(self) -> list[str]:
+        """The nodes someone waits on (the nodes of the running repairs)."""
+        return list(self._events)
 
     def wake(self, node: str | None) -> None:
         if node is None:
@@ -198,6 +226,22 @@ def repairs_by_node(
             "dryRun": bool(spec.get("dryRun")),
         }
     }
+
+
+@kopf.index("policy", "v1", "poddisruptionbudgets")
+def pdbs_by_namespace(
+    body: kopf.Body, namespace: str | None, **_: Any
+) -> dict[str | None, dict[str, Any]]:
+    return {namespace: slim_pdb(body)}
+
+
+@kopf.on.event("policy", "v1", "poddisruptionbudgets")  # type: ignore[arg-type]  # (index kwargs)
+def wake_on_pdb(body: kopf.Body, pods_by_node: kopf.Index[str, Any], **_: Any) -> None:
+    """A budget changed (an eviction took a disruption, a replacement gave one back):
+    wake the repairs (dry runs too, for their plan) whose nodes hold pods it covers."""
+    for node in WAKERS.nodes():
+        if any(contract.covers(body, p) for p in pods_by_node.get(node, ())):
+            WAKERS.wake(node)
 
 
 @kopf.on.event("discovery.k8s.io", "v1", "endpointslices")

@@ -174,12 +174,6 @@ class Kube:
         path = f"/apis/{constants.GROUP}/{constants.VERSION}/{plural}/{name}/status"
         await self.request("PATCH", path, {"status": status}, MERGE)
 
-    async def list_pdbs(self, namespace: str) -> list[dict[str, Any]]:
-        answer = await self.request(
-            "GET", f"/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets"
-        )
-        return list(answer.get("items") or [])
-
 
 def merge_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
     """A JSON merge patch from `old` to `new`: fields that went away become null

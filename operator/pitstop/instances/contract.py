@@ -91,6 +91,15 @@ def is_terminating(pod: Mapping[str, Any]) -> bool:
     return pod.get("metadata", {}).get("deletionTimestamp") is not None
 
 
+def is_ready(pod: Mapping[str, Any]) -> bool:
+    """The pod's Ready condition is True: the API server counts only such a pod as a
+    disruption of its budget when it is evicted."""
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in pod.get("status", {}).get("conditions") or []
+    )
+
+
 @dataclass(frozen=True)
 class Instance:
     """One instance on a node, as the repair state machine sees it."""
@@ -115,6 +124,10 @@ class Instance:
     """Other profiles that match it too (and lost on precedence)."""
     signal_unacknowledged: str | None = None
     """Its httpPost drain signal was reported as not acknowledged: the last error."""
+    pod_ready: bool = True
+    """Its Ready condition is True (its eviction takes a disruption of its budgets)."""
+    pdbs: tuple[str, ...] = ()
+    """namespace/name of the PodDisruptionBudgets that cover it."""
 
     @property
     def sync(self) -> bool:
@@ -132,10 +145,12 @@ def observe(
     match: tasksources.Match | None = None,
     polled: tasksources.Polled | None = None,
     signal_unacknowledged: str | None = None,
+    pdbs: Iterable[Mapping[str, Any]] = (),
 ) -> Instance:
     """The instance view of a pod; `endpoint_ready` holds one flag per EndpointSlice
     entry that targets it (None: it backs no endpoint). `match` is the profile that
-    describes it, `polled` what its polled task source says (None: the annotation)."""
+    describes it, `polled` what its polled task source says (None: the annotation),
+    `pdbs` the PodDisruptionBudgets of its namespace."""
     k = key(pod)
     flags = list(endpoint_ready) if endpoint_ready is not None else None
     profile = match.profile if match is not None else None
@@ -165,7 +180,86 @@ def observe(
         profile=profile.name if profile is not None else None,
         other_profiles=match.others if match is not None else (),
         signal_unacknowledged=signal_unacknowledged,
+        pod_ready=is_ready(pod),
+        pdbs=tuple(pdb_key(b) for b in pdbs if covers(b, pod)),
     )
+
+
+# --- PodDisruptionBudgets ---
+
+
+def pdb_key(pdb: Mapping[str, Any]) -> str:
+    return f"{pdb['metadata']['namespace']}/{pdb['metadata']['name']}"
+
+
+def covers(pdb: Mapping[str, Any], pod: Mapping[str, Any]) -> bool:
+    """The budget selects the pod: same namespace, and its selector matches (policy/v1:
+    an empty selector selects every pod of the namespace, a null one none)."""
+    selector = (pdb.get("spec") or {}).get("selector")
+    meta = pod.get("metadata", {})
+    return (
+        selector is not None
+        and meta.get("namespace") == pdb["metadata"]["namespace"]
+        and selectors.matches(selector, meta.get("labels") or {})
+    )
+
+
+def allowed(pdb: Mapping[str, Any]) -> int:
+    """Disruptions the budget allows now. None while its status lags its spec: the API
+    server refuses every eviction under such a budget too."""
+    meta, status = pdb.get("metadata", {}), pdb.get("status") or {}
+    observed, generation = status.get("observedGeneration"), meta.get("generation")
+    if observed is None or (generation is not None and observed < generation):
+        return 0
+    return max(0, int(status.get("disruptionsAllowed") or 0))
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A PodDisruptionBudget as the drain reads it."""
+
+    key: str
+    """namespace/name"""
+    allowed: int
+    """Disruptions it allows now (0 while its status lags its spec)."""
+    disrupted: frozenset[str] = frozenset()
+    """namespace/name of the pods whose accepted eviction it already counts
+    (status.disruptedPods: evicted, not yet seen deleted by the disruption controller)."""
+
+
+def budget(pdb: Mapping[str, Any]) -> Budget:
+    ns = pdb["metadata"]["namespace"]
+    disrupted = (pdb.get("status") or {}).get("disruptedPods") or ()
+    return Budget(pdb_key(pdb), allowed(pdb), frozenset(f"{ns}/{name}" for name in disrupted))
+
+
+def eviction_room(
+    budgets: Mapping[str, Budget], instances: Iterable[Instance], uncounted: Set[str]
+) -> dict[str, int]:
+    """How many more evictions each budget takes now: what it allows, less the
+    evictions the API server accepted that the budget as last seen does not count yet
+    (`uncounted`, of pods still there; a watch event lags the eviction's answer)."""
+    room = {k: b.allowed for k, b in budgets.items()}
+    for i in instances:
+        if i.key not in uncounted:
+            continue
+        for p in i.pdbs:
+            if p in room and i.key not in budgets[p].disrupted:
+                room[p] -= 1
+    return {k: max(0, n) for k, n in room.items()}
+
+
+def take_room(room: dict[str, int], i: Instance) -> tuple[str, ...]:
+    """Takes one disruption from each budget of `i` if all have room (a pod under
+    several budgets is held by the tightest); returns the budgets that have none.
+    A pod that is not Ready takes nothing (the API server does not count it), nor
+    does a budget not in `room` (unknown yet: the API server decides)."""
+    limits = [p for p in i.pdbs if p in room] if i.pod_ready else []
+    full = tuple(p for p in limits if room[p] <= 0)
+    if not full:
+        for p in limits:
+            room[p] -= 1
+    return full
 
 
 def blocking_pdbs(
@@ -174,16 +268,6 @@ def blocking_pdbs(
     """namespace/name of the PodDisruptionBudgets that cover some of `pods` and allow
     no disruption now: evicting those pods would be refused (429)."""
     pods = list(pods)
-    found = []
-    for pdb in pdbs:
-        if (pdb.get("status") or {}).get("disruptionsAllowed", 0) > 0:
-            continue
-        ns = pdb["metadata"]["namespace"]
-        selector = (pdb.get("spec") or {}).get("selector")
-        if selector is not None and any(
-            p["metadata"].get("namespace") == ns
-            and selectors.matches(selector, p["metadata"].get("labels") or {})
-            for p in pods
-        ):
-            found.append(f"{ns}/{pdb['metadata']['name']}")
-    return sorted(found)
+    return sorted(
+        pdb_key(pdb) for pdb in pdbs if allowed(pdb) <= 0 and any(covers(pdb, p) for p in pods)
+    )

@@ -23,9 +23,6 @@ from pitstop.repair.report import Report
 C = constants
 
 
-PDB_REFRESH = timedelta(seconds=5)
-
-
 def backoff(attempt: int) -> timedelta:
     """Retry delay after the n-th refused eviction: 0.5 s doubling to 5 s."""
     return timedelta(seconds=min(0.5 * 2 ** (attempt - 1), 5.0))
@@ -52,7 +49,7 @@ class PodSteps(Report):
         grace = spec.drain.grace_period_seconds
         results = await asyncio.gather(
             *(self._ignore_gone(call) for _, call in writes),
-            *(self.kube.evict(k, grace) for k in evictions),
+            *(self._in_turn(group, grace) for group in self.by_budget(evictions)),
             return_exceptions=True,
         )
         failure: BaseException | None = None
@@ -61,11 +58,37 @@ class PodSteps(Report):
                 failure = failure or result
             else:
                 self.sent.add(done)
-        for outcome in results[len(writes) :]:
-            assert isinstance(outcome, Eviction)
-            self.record(outcome, now)
+        for outcomes in results[len(writes) :]:
+            if isinstance(outcomes, BaseException):
+                failure = failure or outcomes
+                continue
+            assert isinstance(outcomes, list)
+            for outcome in outcomes:
+                self.record(outcome, now)
         if failure is not None:
             raise failure
+
+    def by_budget(self, keys: list[str]) -> list[list[str]]:
+        """Evictions grouped by the first budget of their pod, each pod without one a
+        group of its own. Evictions under one budget that are sent together conflict
+        on its status in the API server, which sleeps 500 ms before each retry; sent
+        one after the other they take one round trip each."""
+        groups: dict[str, list[str]] = {}
+        for k in keys:
+            pdbs = self.pdbs_of.get(k) or (k,)
+            groups.setdefault(pdbs[0], []).append(k)
+        return list(groups.values())
+
+    async def _in_turn(self, keys: list[str], grace: int | None) -> list[Eviction]:
+        """One budget's evictions in turn; after a refusal the rest would be refused
+        too: they wait for the next pass."""
+        done = []
+        for k in keys:
+            outcome = await self.kube.evict(k, grace)
+            done.append(outcome)
+            if outcome.result == "blocked":
+                break
+        return done
 
     def forget_sent(self, found: list[contract.Instance]) -> None:
         """A mark someone removed mid-repair (the drain signal, a closed gate) must be
@@ -89,13 +112,14 @@ class PodSteps(Report):
             return
         attempt = self.refusals.get(outcome.pod, 0) + 1
         self.refusals[outcome.pod] = attempt
-        message = outcome.message
-        if outcome.blocking_pdbs:
-            message = f"eviction of {outcome.pod} blocked by {', '.join(outcome.blocking_pdbs)}"
         self.blocked[outcome.pod] = drain.Blocked(
-            retry_at=now + backoff(attempt), pdbs=outcome.blocking_pdbs, message=message
+            retry_at=now + backoff(attempt), pdbs=outcome.blocking_pdbs, message=outcome.message
         )
-        self.post([drain.Event("Warning", C.REASON_EVICTION_BLOCKED, message)], None)
+        if not outcome.blocking_pdbs:
+            # A refusal that names no budget: one Event per answer, not per pod (decide()
+            # posts the one for the budgets it names).
+            message = f"Eviction refused: {outcome.message}"
+            self.post([drain.Event("Warning", C.REASON_EVICTION_BLOCKED, message)], None)
         WAKERS.wake(self.node_name)  # come back for the retry time computed by decide()
 
     async def _ignore_gone(self, call: Any) -> None:
@@ -105,17 +129,29 @@ class PodSteps(Report):
             if e.status != 404:
                 raise
 
-    async def blocking_pdbs(
-        self, now: datetime, pods_by_node: kopf.Index[str, Any]
+    def evictions_in_flight(
+        self, found: list[contract.Instance]
+    ) -> tuple[frozenset[str], frozenset[str]]:
+        """(evicted, uncounted): the instances whose eviction the API server accepted,
+        and of those the ones no budget has been seen to count. Once a budget lists a
+        pod in its disruptedPods, it counts it from then on (the disruption controller
+        drops it from there only once it sees the pod deleted, which it then counts
+        as unhealthy), so it is counted for good."""
+        evicted = frozenset(k for action, k in self.sent if action == "evict")
+        for i in found:
+            if i.key in evicted and any(
+                i.key in b.disrupted for p in i.pdbs if (b := self.budgets.get(p)) is not None
+            ):
+                self.counted.add(i.key)
+        present = {i.key for i in found}
+        self.counted &= present
+        return evicted, frozenset(k for k in evicted - self.counted if k in present)
+
+    def blocking_pdbs(
+        self, pods_by_node: kopf.Index[str, Any], pdbs_by_namespace: kopf.Index[str, Any] | None
     ) -> tuple[str, ...]:
-        """Dry run only: PDBs of the node's instances that allow no disruption now
-        (namespaced reads, refreshed at most every few seconds)."""
-        if self.pdbs is not None and now - self.pdbs[0] < PDB_REFRESH:
-            return self.pdbs[1]
+        """Dry run only: PDBs of the node's instances that allow no disruption now."""
         pods = [p for p in pods_by_node.get(self.node_name, ()) if contract.is_instance(p)]
-        pdbs = []
-        for ns in sorted({p["metadata"]["namespace"] for p in pods}):
-            pdbs.extend(await self.kube.list_pdbs(ns))
-        blocking = contract.blocking_pdbs(pdbs, pods)
-        self.pdbs = (now, tuple(blocking))
-        return self.pdbs[1]
+        namespaces = {p["metadata"]["namespace"] for p in pods}
+        pdbs = [b for ns in namespaces for b in (pdbs_by_namespace or {}).get(ns, ())]
+        return tuple(contract.blocking_pdbs(pdbs, pods))

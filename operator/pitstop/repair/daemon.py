@@ -58,15 +58,25 @@ class Driver(NodeSteps, PodSteps, RepairSteps):
         endpoints_by_pod: kopf.Index[str, Any],
         profiles_by_name: kopf.Index[str, Any] | None = None,
         namespace_labels: kopf.Index[str, Any] | None = None,
+        pdbs_by_namespace: kopf.Index[str, Any] | None = None,
     ) -> list[contract.Instance]:
-        """The node's instances, each with the profile that describes it and what its
-        task source says; also keeps `self.targets`, what the poller would ask."""
+        """The node's instances, each with the profile that describes it, what its
+        task source says and the budgets that cover it; also keeps `self.targets`,
+        what the poller would ask, and `self.budgets`, the budgets of their namespaces."""
         usable = sources_daemon.usable(profiles_by_name)
         found, targets, marked = [], [], {}
+        budgets: dict[str, contract.Budget] = {}
+        by_ns: dict[str, list[Any]] = {}
         for pod in list(pods_by_node.get(self.node_name, ())):
             if not contract.is_instance(pod):
                 continue
             key = contract.key(pod)
+            ns = pod["metadata"].get("namespace")
+            if ns not in by_ns:
+                by_ns[ns] = list(pdbs_by_namespace.get(ns, ())) if pdbs_by_namespace else []
+                for pdb in by_ns[ns]:
+                    budgets[contract.pdb_key(pdb)] = contract.budget(pdb)
+            pdbs = by_ns[ns]
             if C.ANNOTATION_DRAINING in (pod["metadata"].get("annotations") or {}):
                 marked[key] = self.marked_at.get(key, now)
             m = sources_daemon.match_pod(pod, usable, namespace_labels) if usable else None
@@ -76,8 +86,9 @@ class Driver(NodeSteps, PodSteps, RepairSteps):
                 if target is not None:
                     targets.append(target)
                     polled, unacked = self.polled(target, marked.get(key))
-            found.append(contract.observe(pod, endpoints_by_pod.get(key), m, polled, unacked))
-        self.marked_at, self.targets = marked, targets
+            found.append(contract.observe(pod, endpoints_by_pod.get(key), m, polled, unacked, pdbs))
+        self.marked_at, self.targets, self.budgets = marked, targets, budgets
+        self.pdbs_of = {i.key: i.pdbs for i in found}
         return found
 
     def target(self, key: str, pod: Mapping[str, Any], profile: Profile) -> Target | None:
@@ -135,6 +146,7 @@ class Driver(NodeSteps, PodSteps, RepairSteps):
         policies_by_name: kopf.Index[str, Any],
         profiles_by_name: kopf.Index[str, Any] | None = None,
         namespace_labels: kopf.Index[str, Any] | None = None,
+        pdbs_by_namespace: kopf.Index[str, Any] | None = None,
     ) -> tuple[bool, datetime | None]:
         """Moves the repair as far as it can now. Returns (again, wake_at): `again`
         asks for an immediate next pass (our own node write is already known)."""
@@ -154,9 +166,15 @@ class Driver(NodeSteps, PodSteps, RepairSteps):
             return False, now + timedelta(seconds=1)
         node = self.node(nodes_by_name)
         found = self.observe_instances(
-            now, pods_by_node, endpoints_by_pod, profiles_by_name, namespace_labels
+            now,
+            pods_by_node,
+            endpoints_by_pod,
+            profiles_by_name,
+            namespace_labels,
+            pdbs_by_namespace,
         )
         self.forget_sent(found)
+        evicted, uncounted = self.evictions_in_flight(found)
         waiting_for = None
         if self.status.phase in (None, Phase.PENDING) and not spec.dry_run:
             created = self.body.get("metadata", {}).get("creationTimestamp") or ""
@@ -173,8 +191,13 @@ class Driver(NodeSteps, PodSteps, RepairSteps):
             holder_active=self.holder_active(node, repairs_by_node),
             instances=found,
             blocked=self.blocked,
+            budgets=self.budgets,
+            evicted=evicted,
+            uncounted=uncounted,
             waiting_for=waiting_for,
-            blocking_pdbs=await self.blocking_pdbs(now, pods_by_node) if spec.dry_run else (),
+            blocking_pdbs=self.blocking_pdbs(pods_by_node, pdbs_by_namespace)
+            if spec.dry_run
+            else (),
             repaired_mark=(self.body.get("metadata", {}).get("annotations") or {}).get(
                 C.ANNOTATION_REPAIRED
             ),
@@ -235,6 +258,7 @@ async def drive(
     policies_by_name: kopf.Index[str, Any],
     profiles_by_name: kopf.Index[str, Any],
     namespace_labels: kopf.Index[str, Any],
+    pdbs_by_namespace: kopf.Index[str, Any],
     **_: Any,
 ) -> None:
     driver = Driver(name, body, memo["kube"], logger, memo.get(sources_daemon.MEMO_POLLER))
@@ -258,6 +282,7 @@ async def drive(
                     policies_by_name,
                     profiles_by_name,
                     namespace_labels,
+                    pdbs_by_namespace,
                 )
             except Gone:
                 # Deleted before kopf put its finalizer on it, so kopf will neither stop

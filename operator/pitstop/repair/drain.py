@@ -22,6 +22,7 @@ from datetime import timedelta
 
 from pitstop import conditions, constants
 from pitstop.cluster import nodes
+from pitstop.instances import contract
 from pitstop.instances.contract import Instance
 from pitstop.models import (
     FINAL_PHASES,
@@ -305,6 +306,8 @@ def _evicting(d: Decision, obs: Observation) -> None:
     blocked = {k: b for k, b in obs.blocked.items() if any(i.key == k for i in remaining)}
     pdbs = sorted({p for b in blocked.values() for p in b.pdbs})
     if obs.now >= deadline:
+        # The budgets that hold instances back now, or refused them last.
+        pdbs = sorted(set(pdbs) | {p for i in remaining for p in i.pdbs if _full(obs, p)})
         why = f"blocked by {', '.join(pdbs)}" if pdbs else "instances still present"
         fail(
             d,
@@ -315,8 +318,11 @@ def _evicting(d: Decision, obs: Observation) -> None:
         )
         return
     forced = _task_timeout_passed(d)
+    room = contract.eviction_room(obs.budgets, remaining, obs.uncounted)
+    held: set[str] = set()
+    waiting = 0
     for i in remaining:
-        if i.terminating:
+        if i.terminating or i.key in obs.evicted:
             continue
         if not forced and (i.tasks.busy or not i.draining):
             continue  # invariant 1: busy, or its count predates the drain signal; wait
@@ -325,16 +331,36 @@ def _evicting(d: Decision, obs: Observation) -> None:
         b = blocked.get(i.key)
         if b is not None and b.retry_at > obs.now:
             d.wake_by(b.retry_at)
+            waiting += 1
+            continue
+        full = contract.take_room(room, i)
+        if full:
+            held.update(full)  # a watch event of the budget wakes the repair
+            waiting += 1
             continue
         d.evict.append(i.key)
+    pdbs = sorted(held | set(pdbs))
     if pdbs:
         reason = C.REASON_EVICTION_BLOCKED
-        message = f"{len(remaining)} instances left; {len(blocked)} blocked by {', '.join(pdbs)}"
+        message = f"{len(remaining)} instances left; {waiting} wait for {', '.join(pdbs)}"
+        # One Event per set of budgets, not one per refusal or pass.
+        d.events.append(
+            Event(
+                "Warning",
+                C.REASON_EVICTION_BLOCKED,
+                f"Evictions wait for {', '.join(pdbs)}: no more disruptions allowed now",
+            )
+        )
     else:
         reason, message = C.REASON_EVICTING, f"{len(remaining)} instances left"
     set_cond(d, obs, C.COND_INSTANCES_OFFLINE, False, reason, message)
     d.status.message = f"Evicting: {message}"
     d.wake_by(deadline)
+
+
+def _full(obs: Observation, pdb: str) -> bool:
+    b = obs.budgets.get(pdb)
+    return b is not None and b.allowed <= 0
 
 
 def _deregistration_timed_out(d: Decision) -> bool:

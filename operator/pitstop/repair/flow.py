@@ -12,7 +12,7 @@ from typing import Any
 
 from pitstop import conditions, constants
 from pitstop.cluster import nodes
-from pitstop.instances.contract import Instance
+from pitstop.instances.contract import Budget, Instance
 from pitstop.models import NodeRepairSpec, NodeRepairStatus, OnFailure, Phase
 
 C = constants
@@ -58,6 +58,12 @@ class Observation:
     instances: list[Instance]
     blocked: Mapping[str, Blocked] = field(default_factory=dict)
     """Evictions refused recently (kept by the driver between passes)."""
+    budgets: Mapping[str, Budget] = field(default_factory=dict)
+    """The PodDisruptionBudgets of the instances' namespaces, by namespace/name."""
+    evicted: frozenset[str] = frozenset()
+    """Instances whose eviction the API server accepted (this process sent it)."""
+    uncounted: frozenset[str] = frozenset()
+    """Of `evicted`, those no budget has been seen to count yet (kept by the driver)."""
     blocking_pdbs: tuple[str, ...] = ()
     """For dry runs: PDBs of the node's instances that allow no disruption now."""
     waiting_for: str | None = None

@@ -23,9 +23,10 @@ from pitstop.repair.state import DriverState
 C = constants
 
 
-STATUS_COALESCE = timedelta(milliseconds=250)
-"""Counter-only status changes are written at most this often (phase and
-condition changes are written at once)."""
+STATUS_COALESCE = timedelta(seconds=1)
+"""Status changes of counters and messages alone are written at most this often
+(phase, condition status or reason, repair and completion are written at once): a
+drain under a budget changes its counts with every pod, and each write is a PATCH."""
 
 
 class Report(DriverState):

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from pitstop import constants
 from pitstop.cluster.indexes import one
 from pitstop.cluster.kube import Kube
+from pitstop.instances import contract
 from pitstop.instances.sources.poller import Target, TaskPoller
 from pitstop.models import (
     NodeRepairStatus,
@@ -55,7 +56,12 @@ class DriverState:
         self.blocked: dict[str, drain.Blocked] = {}
         self.refusals: dict[str, int] = {}
         self.posted: set[tuple[str, str]] = set()
-        self.pdbs: tuple[datetime, tuple[str, ...]] | None = None
+        self.budgets: dict[str, contract.Budget] = {}
+        """The PodDisruptionBudgets of the node's instances, from the last observation."""
+        self.pdbs_of: dict[str, tuple[str, ...]] = {}
+        """The budgets of each instance, from the last observation."""
+        self.counted: set[str] = set()
+        """Evicted instances a budget has been seen to count (in its disruptedPods)."""
         self.webhook_answer: flow.WebhookAnswer | None = None
         self.job_refused: flow.JobState | None = None
         self.marked_draining: set[str] = set()

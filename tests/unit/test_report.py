@@ -1,0 +1,59 @@
+"""The status writer (no cluster): phase and condition changes go out at once,
+changes of counters and messages alone are coalesced into one PATCH a second."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pitstop import constants as C
+from pitstop.conditions import set_condition
+from pitstop.models import InstanceCounts, NodeRepairStatus, Phase
+from pitstop.repair.report import STATUS_COALESCE, Report
+
+NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+
+
+class FakeKube:
+    def __init__(self) -> None:
+        self.patches: list[dict[str, Any]] = []
+
+    async def patch_status(self, plural: str, name: str, status: dict[str, Any]) -> None:
+        self.patches.append(status)
+
+
+def evicting(remaining: int, reason: str = C.REASON_EVICTING) -> NodeRepairStatus:
+    conds = set_condition([], C.COND_INSTANCES_OFFLINE, False, reason, f"{remaining} left", NOW, 1)
+    return NodeRepairStatus(
+        phase=Phase.EVICTING,
+        conditions=conds,
+        instances=InstanceCounts(total=20, remaining=remaining),
+        message=f"Evicting: {remaining} instances left",
+    )
+
+
+def test_counter_and_message_changes_are_coalesced_phase_changes_are_not() -> None:
+    kube = FakeKube()
+    report = Report("r1", {"spec": {"nodeName": "n1"}}, kube, logging.getLogger())  # type: ignore[arg-type]
+
+    def write(status: NodeRepairStatus, at: datetime) -> datetime | None:
+        return asyncio.run(report.write_status(status, at, None))
+
+    write(evicting(20), NOW)
+    assert len(kube.patches) == 1
+    soon = NOW + STATUS_COALESCE / 4
+    due = write(evicting(19), soon)
+    assert len(kube.patches) == 1, "a count and a message alone wait"
+    assert due == NOW + STATUS_COALESCE, "... and the pass comes back when they are due"
+    write(evicting(18), soon + timedelta(milliseconds=1))
+    assert len(kube.patches) == 1
+    write(evicting(18), NOW + STATUS_COALESCE)
+    assert len(kube.patches) == 2
+    assert kube.patches[-1]["instances"]["remaining"] == 18
+    write(evicting(18), NOW + STATUS_COALESCE * 2)
+    assert len(kube.patches) == 2, "nothing changed: nothing written"
+    later = NOW + STATUS_COALESCE * 2 + timedelta(milliseconds=1)
+    write(evicting(18, C.REASON_EVICTION_BLOCKED), later)
+    assert len(kube.patches) == 3, "a condition's reason goes out at once"
