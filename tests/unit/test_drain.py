@@ -176,6 +176,7 @@ def observe(
     budgets: dict[str, Budget] | None = None,
     evicted: frozenset[str] = frozenset(),
     uncounted: frozenset[str] | None = None,
+    taken_out: frozenset[str] = frozenset(),
     now: datetime = NOW,
 ) -> Observation:
     return Observation(
@@ -192,6 +193,7 @@ def observe(
         budgets=budgets or {},
         evicted=evicted,
         uncounted=evicted if uncounted is None else uncounted,
+        taken_out=taken_out,
     )
 
 
@@ -1116,3 +1118,81 @@ def test_conflicting_profiles_and_unacknowledged_signals_are_reported() -> None:
         "fn/a is matched by InstanceProfiles fn, newer: fn, the oldest, describes it"
     )
     assert "HTTP 404" in messages[C.REASON_DRAIN_SIGNAL_UNACKNOWLEDGED]
+
+
+# --- taking instances out of service no faster than their budgets spare them ---
+# A closed gate or a drain signal makes a pod not Ready, which its PDB counts: past
+# its spare healthy pods it would allow no eviction at all, and the drain would wait
+# until the eviction timeout (seen on real nodes: 2 of a function's pods on the node,
+# maxUnavailable 1).
+
+
+def in_service(name: str, **kw: Any) -> Instance:
+    """A gated sync instance under fn/pdb, Ready, still routed, not yet signalled."""
+    return dataclasses.replace(routed(name, draining=False, **kw), pdbs=("fn/pdb",))
+
+
+def spare(n: int) -> dict[str, Budget]:
+    return {"fn/pdb": Budget("fn/pdb", n, spare=n)}
+
+
+def test_only_as_many_leave_service_as_their_budget_spares() -> None:
+    pods = [in_service(f"p{n}") for n in range(3)]
+    d = decide(observe(status(Phase.DEREGISTERING), pods, budgets=spare(1)))
+    assert d.mark_draining == ["fn/p0"] and d.deregister == ["fn/p0"]
+    assert sorted(d.held) == ["fn/p1", "fn/p2"]
+    assert d.held["fn/p1"] == ("fn/pdb",)
+
+
+def test_held_instances_do_not_hold_the_phases_back() -> None:
+    # p0 is out of routing and idle; p1 waits for the budget: on to WaitingForTasks
+    # and Evicting, where p0 goes; p1 is neither signalled nor evicted.
+    p0 = dataclasses.replace(deregistered("p0"), pdbs=("fn/pdb",), pod_ready=False)
+    d = decide(observe(status(Phase.DEREGISTERING), [p0, in_service("p1")], budgets=spare(0)))
+    assert d.status.phase == Phase.EVICTING
+    assert d.evict == ["fn/p0"]
+    assert "fn/p1" not in pod_actions(d)
+    assert "1 kept in service until fn/pdb can spare them" in (
+        condition(d, C.COND_DEREGISTERED).message
+    )
+
+
+def test_ours_out_of_service_count_against_the_spare_even_before_the_budget_sees_them() -> None:
+    # p0's gate was closed by this process; the budget's status does not show it yet.
+    pods = [in_service("p0"), in_service("p1")]
+    d = decide(
+        observe(status(Phase.DEREGISTERING), pods, budgets=spare(1), taken_out=frozenset({"fn/p0"}))
+    )
+    assert "fn/p1" in d.held and "fn/p1" not in pod_actions(d)
+
+
+def test_a_held_instance_leaves_service_once_the_budget_spares_one_again() -> None:
+    # p0 was evicted and is gone, its replacement Ready elsewhere: the budget spares 1.
+    d = decide(observe(status(Phase.EVICTING, since=30), [in_service("p1")], budgets=spare(1)))
+    assert d.held == {}
+    assert d.mark_draining == ["fn/p1"] and d.deregister == ["fn/p1"]
+    assert d.evict == [], "not before it is out of routing and signalled (invariants 1, 2)"
+
+
+def test_a_pod_not_ready_already_costs_its_budget_nothing() -> None:
+    pod = dataclasses.replace(in_service("p0"), pod_ready=False)
+    d = decide(observe(status(Phase.DEREGISTERING), [pod], budgets=spare(0)))
+    assert d.held == {} and d.deregister == ["fn/p0"]
+
+
+def test_pods_without_a_budget_all_leave_service_at_once() -> None:
+    pods = [routed(f"p{n}", draining=False) for n in range(3)]
+    d = decide(observe(status(Phase.DEREGISTERING), pods, budgets=spare(0)))
+    assert d.held == {} and d.deregister == ["fn/p0", "fn/p1", "fn/p2"]
+
+
+def test_a_late_instance_has_its_own_task_timeout() -> None:
+    # The phase's task timeout passed (onTaskTimeout: Evict), but p1 left service
+    # only 10 s ago with a task in flight: it is not forced out before its own timeout.
+    timed_out = cond(C.COND_TASKS_DRAINED, False, C.REASON_TASK_TIMEOUT)
+    st = status(Phase.EVICTING, since=30, conditions=[CORDONED, DEREGISTERED, timed_out])
+    late = dataclasses.replace(deregistered("p1", tasks=1), draining_since=ago(10))
+    early = dataclasses.replace(deregistered("p0", tasks=1), draining_since=ago(400))
+    d = decide(observe(st, [early, late], sp=spec(task_timeout=300)))
+    assert d.evict == ["fn/p0"]
+    assert d.wake_at is not None and d.wake_at <= ago(10) + timedelta(seconds=300)

@@ -298,7 +298,9 @@ def test_slim_pdb_keeps_what_the_budget_arithmetic_reads() -> None:
     slim = indexes.slim_pdb(full_pdb())
     assert "managedFields" not in slim["metadata"]
     assert contract.budget(slim) == contract.budget(full_pdb())
-    assert contract.budget(slim) == contract.Budget("fn/fn-pdb", 1, frozenset({"fn/web-1"}))
+    assert contract.budget(slim) == contract.Budget(
+        "fn/fn-pdb", 1, frozenset({"fn/web-1"}), spare=1
+    )
     for pod in PODS:
         assert contract.covers(slim, pod) == contract.covers(full_pdb(), pod)
 

@@ -117,6 +117,8 @@ def slim_pdb(body: Mapping[str, Any]) -> dict[str, Any]:
         "status": {
             "observedGeneration": status.get("observedGeneration"),
             "disruptionsAllowed": status.get("disruptionsAllowed", 0),
+            "currentHealthy": status.get("currentHealthy", 0),
+            "desiredHealthy": status.get("desiredHealthy", 0),
             "disruptedPods": sorted(status.get("disruptedPods") or {}),
         },
     }

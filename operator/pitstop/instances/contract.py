@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from pitstop import constants, selectors
@@ -128,6 +129,9 @@ class Instance:
     """Its Ready condition is True (its eviction takes a disruption of its budgets)."""
     pdbs: tuple[str, ...] = ()
     """namespace/name of the PodDisruptionBudgets that cover it."""
+    draining_since: datetime | None = None
+    """When pitstop marked it draining (the annotation's time; None: not marked, or a
+    value that is no time)."""
 
     @property
     def sync(self) -> bool:
@@ -182,7 +186,18 @@ def observe(
         signal_unacknowledged=signal_unacknowledged,
         pod_ready=is_ready(pod),
         pdbs=tuple(pdb_key(b) for b in pdbs if covers(b, pod)),
+        draining_since=_time(
+            (pod.get("metadata", {}).get("annotations") or {}).get(constants.ANNOTATION_DRAINING)
+        ),
     )
+
+
+def _time(value: Any) -> datetime | None:
+    try:
+        at = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+    return at if at is None or at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 # --- PodDisruptionBudgets ---
@@ -205,13 +220,18 @@ def covers(pdb: Mapping[str, Any], pod: Mapping[str, Any]) -> bool:
 
 
 def allowed(pdb: Mapping[str, Any]) -> int:
-    """Disruptions the budget allows now. None while its status lags its spec: the API
+    """Disruptions the budget allows now. 0 while its status lags its spec: the API
     server refuses every eviction under such a budget too."""
+    if not _current(pdb):
+        return 0
+    return max(0, int((pdb.get("status") or {}).get("disruptionsAllowed") or 0))
+
+
+def _current(pdb: Mapping[str, Any]) -> bool:
+    """Its status was computed for its current spec."""
     meta, status = pdb.get("metadata", {}), pdb.get("status") or {}
     observed, generation = status.get("observedGeneration"), meta.get("generation")
-    if observed is None or (generation is not None and observed < generation):
-        return 0
-    return max(0, int(status.get("disruptionsAllowed") or 0))
+    return observed is not None and (generation is None or observed >= generation)
 
 
 @dataclass(frozen=True)
@@ -225,12 +245,52 @@ class Budget:
     disrupted: frozenset[str] = frozenset()
     """namespace/name of the pods whose accepted eviction it already counts
     (status.disruptedPods: evicted, not yet seen deleted by the disruption controller)."""
+    spare: int = 0
+    """Healthy pods above the desired (currentHealthy - desiredHealthy; 0 while its
+    status lags its spec): how many of its Ready pods may stop being Ready."""
 
 
 def budget(pdb: Mapping[str, Any]) -> Budget:
     ns = pdb["metadata"]["namespace"]
-    disrupted = (pdb.get("status") or {}).get("disruptedPods") or ()
-    return Budget(pdb_key(pdb), allowed(pdb), frozenset(f"{ns}/{name}" for name in disrupted))
+    status = pdb.get("status") or {}
+    disrupted = status.get("disruptedPods") or ()
+    spare = int(status.get("currentHealthy") or 0) - int(status.get("desiredHealthy") or 0)
+    return Budget(
+        pdb_key(pdb),
+        allowed(pdb),
+        frozenset(f"{ns}/{name}" for name in disrupted),
+        spare=max(0, spare) if _current(pdb) else 0,
+    )
+
+
+def service_room(
+    budgets: Mapping[str, Budget], instances: Iterable[Instance], out: Set[str]
+) -> dict[str, int]:
+    """How many more of each budget's Ready pods may be taken out of service (drain
+    signal, deregistration) now. Taking a pod out makes it not Ready, and a budget
+    counts that as a disruption: more than it has spare, and it allows no eviction at
+    all any more (an unhealthy pod is evicted only while the budget holds), so the
+    drain would wait for ever. Its spare healthy pods, less every pod of ours `out` of
+    service and still there, whether or not the budget has seen it go: its status
+    lags, and counting one twice only waits, never breaks the budget."""
+    room = {k: b.spare for k, b in budgets.items()}
+    for i in instances:
+        if i.key in out:
+            for p in i.pdbs:
+                if p in room:
+                    room[p] -= 1
+    return room
+
+
+def take_service_room(room: dict[str, int], i: Instance) -> tuple[str, ...]:
+    """Takes one from each budget of `i` if all have room; returns those that have
+    none. A pod that is not Ready takes nothing: it costs its budgets nothing more."""
+    limits = [p for p in i.pdbs if p in room] if i.pod_ready else []
+    full = tuple(p for p in limits if room[p] <= 0)
+    if not full:
+        for p in limits:
+            room[p] -= 1
+    return full
 
 
 def eviction_room(

@@ -194,6 +194,7 @@ class Driver(NodeSteps, PodSteps, RepairSteps):
             budgets=self.budgets,
             evicted=evicted,
             uncounted=uncounted,
+            taken_out=frozenset(k for a, k in self.sent if a in ("drain", "deregister")),
             waiting_for=waiting_for,
             blocking_pdbs=self.blocking_pdbs(pods_by_node, pdbs_by_namespace)
             if spec.dry_run

@@ -145,8 +145,18 @@ def _count(d: Decision, obs: Observation) -> None:
 
 
 def _mark_and_deregister(d: Decision, obs: Observation) -> None:
-    """Drain signal on every instance, serving=False on every gated sync one. Done
-    again on every pass, so instances that appear later are treated the same."""
+    """Drain signal on every instance, serving=False on every gated sync one, as far
+    as their PodDisruptionBudgets allow: both make a pod leave service (not Ready),
+    which its budgets count; the rest stay in service (`d.held`) until pods of theirs
+    are gone and replaced. Done again on every pass, so instances that appear later,
+    and those held, are treated the same."""
+    out = {i.key for i in obs.instances if _out_of_service(i, obs)}
+    room = contract.service_room(obs.budgets, obs.instances, out)
+    for i in obs.instances:
+        if i.key not in out and not i.terminating:
+            full = contract.take_service_room(room, i)
+            if full:
+                d.held[i.key] = full
     for i in obs.instances:
         if i.tasks.invalid is not None:
             d.events.append(
@@ -158,12 +168,29 @@ def _mark_and_deregister(d: Decision, obs: Observation) -> None:
                 )
             )
         _source_events(d, i)
-        if i.terminating:
+        if i.terminating or i.key in d.held:
             continue
         if not i.draining:
             d.mark_draining.append(i.key)
         if i.sync and i.gated and i.serving != "False":
             d.deregister.append(i.key)
+
+
+def _out_of_service(i: Instance, obs: Observation) -> bool:
+    """Taken out of service by us already (drain signal or closed gate), or going."""
+    return (
+        i.draining or (i.gated and i.serving == "False") or i.terminating or i.key in obs.taken_out
+    )
+
+
+def _in_service(d: Decision, obs: Observation) -> list[Instance]:
+    """The instances the drain works on now: all but those its budgets hold back."""
+    return [i for i in obs.instances if i.key not in d.held]
+
+
+def _held_note(d: Decision) -> str:
+    pdbs = sorted({p for full in d.held.values() for p in full})
+    return f"{len(d.held)} kept in service until {', '.join(pdbs)} can spare them"
 
 
 def _source_events(d: Decision, i: Instance) -> None:
@@ -199,9 +226,10 @@ def _source_events(d: Decision, i: Instance) -> None:
 
 
 def _deregistering(d: Decision, obs: Observation) -> None:
-    gated = [i for i in obs.instances if i.sync and i.gated and not i.terminating]
+    active = _in_service(d, obs)
+    gated = [i for i in active if i.sync and i.gated and not i.terminating]
     waiting = [i for i in gated if not i.deregistered]
-    ungated = [i for i in obs.instances if i.sync and not i.gated]
+    ungated = [i for i in active if i.sync and not i.gated]
     deadline = phase_start(d, obs) + timedelta(seconds=obs.spec.drain.task_timeout_seconds)
     if waiting and obs.now >= deadline:
         # Still ready endpoints although their gate is closed: the Service publishes
@@ -231,6 +259,8 @@ def _deregistering(d: Decision, obs: Observation) -> None:
         d.status.message = f"Deregistering: {len(waiting)} sync instances still routed"
         return
     message = f"{len(gated)} sync instances out of routing"
+    if d.held:
+        message += f"; {_held_note(d)}"
     if ungated:
         message += f"; {len(ungated)} without the serving gate leave routing when evicted"
         for i in ungated:
@@ -248,8 +278,9 @@ def _deregistering(d: Decision, obs: Observation) -> None:
 
 
 def _waiting_for_tasks(d: Decision, obs: Observation) -> None:
-    busy = [i for i in obs.instances if i.tasks.busy]
-    unsignalled = [i for i in obs.instances if not i.draining and not i.terminating]
+    active = _in_service(d, obs)
+    busy = [i for i in active if i.tasks.busy]
+    unsignalled = [i for i in active if not i.draining and not i.terminating]
     if not busy and unsignalled:
         # A count read before the drain signal landed could already be stale: the
         # runtime may take a task until it sees the signal. Wait for the signal.
@@ -318,13 +349,19 @@ def _evicting(d: Decision, obs: Observation) -> None:
         )
         return
     forced = _task_timeout_passed(d)
+    timeout = timedelta(seconds=obs.spec.drain.task_timeout_seconds)
     room = contract.eviction_room(obs.budgets, remaining, obs.uncounted)
     held: set[str] = set()
     waiting = 0
     for i in remaining:
-        if i.terminating or i.key in obs.evicted:
+        if i.terminating or i.key in obs.evicted or i.key in d.held:
             continue
-        if not forced and (i.tasks.busy or not i.draining):
+        # One taken out of service after the others (its budget held it) has a task
+        # timeout of its own, from its drain signal.
+        late = i.draining_since is not None and i.draining_since + timeout > obs.now
+        if late and forced and i.draining_since is not None:
+            d.wake_by(i.draining_since + timeout)
+        if not (forced and not late) and (i.tasks.busy or not i.draining):
             continue  # invariant 1: busy, or its count predates the drain signal; wait
         if i.sync and i.gated and not i.deregistered and not _deregistration_timed_out(d):
             continue  # invariant 2: not out of routing yet
@@ -339,7 +376,8 @@ def _evicting(d: Decision, obs: Observation) -> None:
             waiting += 1
             continue
         d.evict.append(i.key)
-    pdbs = sorted(held | set(pdbs))
+    pdbs = sorted(held | set(pdbs) | {p for full in d.held.values() for p in full})
+    waiting += len(d.held)
     if pdbs:
         reason = C.REASON_EVICTION_BLOCKED
         message = f"{len(remaining)} instances left; {waiting} wait for {', '.join(pdbs)}"

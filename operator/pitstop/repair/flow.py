@@ -64,6 +64,9 @@ class Observation:
     """Instances whose eviction the API server accepted (this process sent it)."""
     uncounted: frozenset[str] = frozenset()
     """Of `evicted`, those no budget has been seen to count yet (kept by the driver)."""
+    taken_out: frozenset[str] = frozenset()
+    """Instances this process sent the drain signal or closed the gate of (the
+    indexes lag behind those writes)."""
     blocking_pdbs: tuple[str, ...] = ()
     """For dry runs: PDBs of the node's instances that allow no disruption now."""
     waiting_for: str | None = None
@@ -94,6 +97,9 @@ class Decision:
     mark_draining: list[str] = field(default_factory=list)
     deregister: list[str] = field(default_factory=list)
     evict: list[str] = field(default_factory=list)
+    held: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Instances kept in service for now: their budgets have no spare healthy pod
+    (instance → those budgets)."""
     release: bool = False
     """Give the node back: after verification, or after a failure with onFailure: Uncordon."""
     passed: list[Phase] = field(default_factory=list)
