@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pitstop import constants, selectors
@@ -92,6 +92,14 @@ def is_terminating(pod: Mapping[str, Any]) -> bool:
     return pod.get("metadata", {}).get("deletionTimestamp") is not None
 
 
+def unready_since(pod: Mapping[str, Any]) -> datetime | None:
+    """When its Ready condition last turned False (None: Ready, or not known)."""
+    for c in pod.get("status", {}).get("conditions") or []:
+        if c.get("type") == "Ready" and c.get("status") != "True":
+            return _time(c.get("lastTransitionTime"))
+    return None
+
+
 def is_ready(pod: Mapping[str, Any]) -> bool:
     """The pod's Ready condition is True: the API server counts only such a pod as a
     disruption of its budget when it is evicted."""
@@ -132,6 +140,8 @@ class Instance:
     draining_since: datetime | None = None
     """When pitstop marked it draining (the annotation's time; None: not marked, or a
     value that is no time)."""
+    unready_since: datetime | None = None
+    """When it stopped being Ready (None: Ready, or not known)."""
 
     @property
     def sync(self) -> bool:
@@ -189,6 +199,7 @@ def observe(
         draining_since=_time(
             (pod.get("metadata", {}).get("annotations") or {}).get(constants.ANNOTATION_DRAINING)
         ),
+        unready_since=unready_since(pod),
     )
 
 
@@ -282,10 +293,17 @@ def service_room(
     return room
 
 
-def take_service_room(room: dict[str, int], i: Instance) -> tuple[str, ...]:
+UNREADY_FOR_GOOD = timedelta(seconds=10)
+"""A pod not Ready for this long is taken as out of service already (crash-looping,
+say): its budgets are spent on it whatever we do. One not Ready for less may be a
+failed probe under load, Ready again a moment later unless we take it out."""
+
+
+def take_service_room(room: dict[str, int], i: Instance, now: datetime) -> tuple[str, ...]:
     """Takes one from each budget of `i` if all have room; returns those that have
-    none. A pod that is not Ready takes nothing: it costs its budgets nothing more."""
-    limits = [p for p in i.pdbs if p in room] if i.pod_ready else []
+    none. A pod not Ready for good takes nothing: it costs its budgets nothing more."""
+    spent = i.unready_since is not None and now - i.unready_since >= UNREADY_FOR_GOOD
+    limits = [] if spent else [p for p in i.pdbs if p in room]
     full = tuple(p for p in limits if room[p] <= 0)
     if not full:
         for p in limits:

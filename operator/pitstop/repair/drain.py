@@ -154,9 +154,11 @@ def _mark_and_deregister(d: Decision, obs: Observation) -> None:
     room = contract.service_room(obs.budgets, obs.instances, out)
     for i in obs.instances:
         if i.key not in out and not i.terminating:
-            full = contract.take_service_room(room, i)
+            full = contract.take_service_room(room, i, obs.now)
             if full:
                 d.held[i.key] = full
+                if i.unready_since is not None:  # it may count as spent by then
+                    d.wake_by(i.unready_since + contract.UNREADY_FOR_GOOD)
     for i in obs.instances:
         if i.tasks.invalid is not None:
             d.events.append(
