@@ -105,6 +105,9 @@ up() {
   # turned on for packets that arrive on this bridge alone, not for the host; the
   # ACCEPTs come before every DROP above.
   sysctl -qw "net.ipv4.conf.$br.forwarding=1"
+  # Pod to pod on this node: with br_netfilter loaded (kubelet, containerd) frames
+  # bridged between two ports of the bridge pass the FORWARD chain too.
+  iptables -I FORWARD 1 -i "$br" -o "$br" -m comment --comment "pitstop-$s" -j ACCEPT
   local peer t
   for peer in "$dir"/real/*/slot; do
     t="$(cat "$peer" 2>/dev/null || true)"
