@@ -116,6 +116,8 @@ class Monitor:
     """(rv, pod, node, what), waiting for the node stream to catch up"""
     _releases: list[tuple[int, str, str]] = field(default_factory=list)
     """(rv, node, repair), waiting for the repair stream to catch up"""
+    blind: dict[str, list[tuple[int, int]]] = field(default_factory=lambda: defaultdict(list))
+    """node → resourceVersion ranges in which its lock or cordon changed unseen"""
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> Monitor:
@@ -179,9 +181,8 @@ class Monitor:
                 and before is not None
                 and (before.lock, before.held) != (state.lock, state.held)
             ):
-                self.uncovered.append(
-                    f"node {name}: lock/cordon changed while blind: {before} -> {state}"
-                )
+                # when exactly is unknown: judgements that fall in between are uncovered
+                self.blind[name].append((before.rv, state.rv))
             self.checks["inv3 node held while locked"] += 1
             if state.lock is not None and not state.held:
                 self.breaks.append(
@@ -213,7 +214,9 @@ class Monitor:
             return
         rv = rv_of(obj)
         with self._lock:
-            if resynced and (old is None or phase_of(old) != phase_of(obj) or kind == "DELETED"):
+            was = phase_of(old or {})
+            if resynced and not is_active(was) and was not in FINAL and phase_of(obj) in FINAL:
+                # active and finished while blind: the pool's count then is unknown
                 self.uncovered.append(
                     f"repair {name}: {kind} while blind ({phase_of(old or {})} -> {phase_of(obj)})"
                 )
@@ -343,6 +346,9 @@ class Monitor:
         i = bisect.bisect_left([s.rv for s in history], rv)
         return history[i - 1] if i else None
 
+    def _in_blind(self, node: str, rv: int) -> bool:
+        return any(a < rv <= b for a, b in self.blind.get(node, ()))
+
     def _judge(self) -> None:
         nodes_rv = self.stream("nodes").rv if self.watches else 0
         repairs_rv = self.stream("noderepairs").rv if self.watches else 0
@@ -353,7 +359,11 @@ class Monitor:
                 continue
             self.checks["inv3 cordon before any instance touched"] += 1
             state = self._node_at(node, rv)
-            if state is None or not state.held:
+            if self._in_blind(node, rv):
+                self.uncovered.append(
+                    f"{pod} ({what}, rv {rv}) on {node} while its watch was blind"
+                )
+            elif state is None or not state.held:
                 self.breaks.append(
                     f"inv3: {pod} ({what}, rv {rv}) on {node} not held by a repair: {state}"
                 )
@@ -365,7 +375,9 @@ class Monitor:
                 continue
             self.checks["inv3 uncordon only after Verified"] += 1
             ended = self.ended_rv.get(repair)
-            if ended is None or ended > rv:
+            if ended is not None and self._in_blind(node, ended):
+                self.uncovered.append(f"{node} released by {repair} while its watch was blind")
+            elif ended is None or ended > rv:
                 self.breaks.append(
                     f"inv3: {node} released by {repair} at rv {rv} "
                     f"before Verified or deletion ({ended})"

@@ -130,14 +130,15 @@ class ListWatch:
                 allow_watch_bookmarks=True,
                 timeout_seconds=self.stream_seconds,
                 _request_timeout=self.stream_seconds + 30,
+                deserialize=False,  # raw JSON
                 **self.kwargs,
             ):
                 if self._stop.is_set():
                     w.stop()
                     return True
-                kind, obj = event["type"], event["raw_object"]
-                if kind == "ERROR":
-                    return False  # 410 Gone: the server no longer has our resourceVersion
+                kind, obj = event["type"], event["object"]
+                if kind == "ERROR":  # (the client raises 410 Gone itself, as ApiException)
+                    return False
                 if kind == "BOOKMARK":
                     self.rv = max(self.rv, rv_of(obj))
                     continue
