@@ -280,6 +280,7 @@ def test_chaos_soak(
             wait_until(
                 "every node given back", lambda: all_free(monitor, p), timeout=120, interval=1
             )
+            caught_up(cluster, monitor, p)
         finally:
             injector.stop()
             supervisor.stop()
@@ -339,6 +340,23 @@ def test_chaos_soak(
     assert judge.routed_when_evicted == [], "the runtime saw a routed instance evicted"
     assert succeeded == feeder.expected == cfg.repairs
     assert (feeder.orphan_nodes and swept) or not feeder.force_deleted, "no orphan was reported"
+
+
+def caught_up(cluster: Cluster, monitor: Monitor, p: Pool) -> None:
+    """A write to a node and to a repair moves both streams past every pod touch and
+    lock release still waiting for its cross-stream judgement."""
+    poke = {"metadata": {"annotations": {"chaos.pitstop.dev/end": str(time.time())}}}
+    cluster.core.patch_node(p.names[0], poke)
+    with monitor._lock:
+        some = next(iter(monitor.repairs), None)
+    if some is not None:
+        cluster.custom.patch_cluster_custom_object(GROUP, VERSION, PLURAL, some, poke)
+    wait_until(
+        "the checkers caught up",
+        lambda: not monitor._touches and not monitor._releases,
+        timeout=60,
+        interval=0.5,
+    )
 
 
 def done(monitor: Monitor, feeder: Feeder, cfg: Config) -> bool:
