@@ -132,13 +132,17 @@ class Feeder:
         with m._lock:
             busy = {r["spec"]["nodeName"] for r in m.repairs.values() if phase(r) not in FINAL}
             busy |= {n for n, h in m.node_history.items() if h and h[-1].lock}
-            by_node: dict[str, set[str]] = {}
-            for name, r in m.repairs.items():
+        return busy | set(self.waiting) | set(self.to_orphan.values())
+
+    def seen_policy_repairs(self) -> None:
+        """Forgets the faults whose repair the policy has made."""
+        by_node: dict[str, set[str]] = {}
+        with self.monitor._lock:
+            for name, r in self.monitor.repairs.items():
                 by_node.setdefault(r["spec"]["nodeName"], set()).add(name)
         for node, before in list(self.waiting.items()):
             if by_node.get(node, set()) - before:
                 del self.waiting[node]
-        return busy | set(self.waiting) | set(self.to_orphan.values())
 
     def in_flight(self) -> int:
         m = self.monitor
@@ -146,6 +150,7 @@ class Feeder:
             return len(self.waiting) + sum(1 for r in m.repairs.values() if phase(r) not in FINAL)
 
     def step(self, hold: bool) -> None:
+        self.seen_policy_repairs()
         self.force_delete_held()
         if self.expected >= self.config.repairs and len(self.to_orphan) + len(
             self.force_deleted | self.lost_races
