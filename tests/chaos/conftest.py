@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -19,6 +20,15 @@ from tests.e2e.kube import Cluster, ClusterFailed, local_cluster
 __all__ = ["namespace", "operator", "pool", "running_operator"]
 
 pytestmark = pytest.mark.e2e
+
+
+SUMMARY: list[str] = []
+"""The soak's figures, printed at the end of the run (the test's own output is captured)."""
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for line in SUMMARY:
+        terminalreporter.write_line(line)
 
 
 @dataclass(frozen=True)

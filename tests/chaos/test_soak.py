@@ -30,7 +30,7 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tests.chaos.conftest import ControlPlane
+from tests.chaos.conftest import SUMMARY, ControlPlane
 from tests.chaos.injector import APISERVER, ETCD, KILL, Injector, Supervisor
 from tests.e2e.faas import FaasRuntime
 from tests.e2e.invariants import FINAL, Monitor
@@ -225,7 +225,6 @@ def test_chaos_soak(
     namespace: str,
     pool: Callable[[int], Pool],
     running_operator: Operator,
-    request: pytest.FixtureRequest,
 ) -> None:
     cfg = Config()
     began = time.monotonic()
@@ -328,13 +327,10 @@ def test_chaos_soak(
         f"  orphans: {len(feeder.force_deleted)} force-deleted, {len(swept)} swept "
         f"(OrphanedLockReleased), {len(feeder.lost_races)} finalizer came back first",
     ]
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    for line in lines:
-        if reporter is not None:
-            reporter.write_line(line)
-        print(line)
-    for what in monitor.breaks[:10] + monitor.uncovered[:10] + problems[:10]:
-        print("  !", what)
+    lines += [
+        f"  ! {what}" for what in monitor.breaks[:10] + monitor.uncovered[:10] + problems[:10]
+    ]
+    SUMMARY.extend(lines)
 
     assert injector.error is None, injector.error
     assert dict(injector.done) == {k: v for k, v in plan.items() if v}, injector.log
