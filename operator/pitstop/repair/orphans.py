@@ -37,12 +37,19 @@ async def sweep(
     holder = nodes.orphaned_lock(node, live)
     if holder is None or not await release_orphan(kube, name, holder, pods_by_node, logger):
         return False
+    report(node, holder, logger)
+    return True
+
+
+def report(node: Mapping[str, Any], holder: str, logger: kopf.Logger) -> None:
+    """The Event and the metric of a released orphaned lock (also used by a repair's
+    own daemon when it finds its repair gone without the finalizer, and wins the race)."""
     metrics.ORPHANED_LOCKS.inc()
+    name = node.get("metadata", {}).get("name")
     message = f"lock of NodeRepair {holder}, which no longer exists, released; node given back"
     logger.warning(f"Node {name}: {message}.")
     reason = C.REASON_ORPHANED_LOCK_RELEASED
     kopf.event(cast(kopf.Body, node), type="Warning", reason=reason, message=message)
-    return True
 
 
 # type: ignore: kopf's protocols omit index kwargs
