@@ -220,6 +220,7 @@ def phase(r: dict[str, Any]) -> str | None:
     return (r.get("status") or {}).get("phase")
 
 
+@pytest.mark.timeout(int(Config().seconds) + Config().timeout + 900)  # + cluster, pool, teardown
 def test_chaos_soak(
     control_plane: ControlPlane,
     namespace: str,
