@@ -10,7 +10,7 @@ PITSTOP_CACHE ?= $(HOME)/.cache/pitstop
 # The kubectl built with the control plane comes first: same release as the server.
 export PATH := $(CURDIR)/$(BIN):$(PITSTOP_CACHE)/bin/kube-$(KUBE_VERSION):$(PATH)
 
-.PHONY: help venv build deps image e2e-incluster e2e-kind cluster-up cluster-down kubeconfig crds crds-check lint unit e2e test bench bench-drain bench-policy bench-sources demo clean
+.PHONY: help venv build deps image e2e-chaos e2e-incluster e2e-kind cluster-up cluster-down kubeconfig crds crds-check lint unit e2e test bench bench-drain bench-policy bench-sources demo clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -59,13 +59,16 @@ unit: venv ## unit tests (no cluster)
 e2e: venv build ## e2e tests on a fresh local control plane (PITSTOP_KEEP_CLUSTER=1 keeps it)
 	$(BIN)/pytest -q tests/e2e
 
+e2e-chaos: venv build ## chaos soak: 20 repairs / 50 nodes under load, 10 operator SIGKILLs, apiserver+etcd restarts (~5 min; CHAOS_* for the long run)
+	$(BIN)/pytest -q tests/chaos
+
 e2e-incluster: venv build ## pitstop from manifests/ as two Pods on real nodes, a function repaired under load
 	$(BIN)/pytest -q tests/incluster
 
 e2e-kind: venv ## the in-cluster tier on a kind cluster (needs Docker and kind; not on this machine)
 	hack/e2e-kind.sh
 
-test: lint unit e2e e2e-incluster ## everything CI runs
+test: lint unit e2e e2e-incluster e2e-chaos ## everything CI runs
 
 bench: bench-drain bench-policy bench-sources ## all benchmarks, each on its own cluster
 

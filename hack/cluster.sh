@@ -9,6 +9,9 @@
 #   hack/cluster.sh down        stop every process and delete the state
 #   hack/cluster.sh kubeconfig  print the admin kubeconfig path
 #   hack/cluster.sh status      print whether it runs
+#   hack/cluster.sh restart C   stop component C (etcd, kube-apiserver, kube-controller-manager,
+#                               kube-scheduler, kwok) and start it again with the same flags,
+#                               ports and data; returns when it is healthy again (chaos tests)
 #
 # State lives in $PITSTOP_CLUSTER_DIR (default: <repo>/.cluster): certificates,
 # kubeconfigs, pids, ports and one log file per component in logs/.
@@ -87,10 +90,50 @@ current-context: pitstop-local
 KC
 }
 
+# Each component's command line is kept in cmd/<name> (shell-quoted), so `restart`
+# runs exactly what `up` ran: same flags, ports, certificates and data directory.
 start() { # $1 name, rest: command
   local name=$1; shift
+  mkdir -p "$dir/cmd"
+  printf '%q ' "$@" >"$dir/cmd/$name"
   nohup "$@" >"$dir/logs/$name.log" 2>&1 &
   echo "$name $!" >>"$dir/pids"
+}
+
+pid_of() { awk -v n="$1" '$1 == n { print $2 }' "$dir/pids"; }
+
+healthy() { # $1 name: the same probes `up` waits for
+  source "$dir/ports.env"
+  case $1 in
+    etcd) curl -sf "http://127.0.0.1:$ETCD_PORT/health" ;;
+    kube-apiserver) curl -sf --cacert "$dir/pki/ca.crt" --cert "$dir/pki/admin.crt" \
+      --key "$dir/pki/admin.key" "https://127.0.0.1:$API_PORT/readyz" ;;
+    kube-controller-manager) curl -skf "https://127.0.0.1:$KCM_PORT/healthz" ;;
+    kube-scheduler) curl -skf "https://127.0.0.1:$SCHED_PORT/healthz" ;;
+    kwok) kill -0 "$(pid_of kwok)" ;;
+  esac
+}
+
+# Stops one component (SIGTERM, SIGKILL after 10 s) and starts it again from cmd/<name>,
+# its log appended; etcd keeps its data directory. Safe to repeat, also if it had died.
+restart() { # $1 name
+  local name=$1 pid
+  [[ -f $dir/cmd/$name ]] || die "no component '$name' in $dir (is the cluster up?)"
+  pid=$(pid_of "$name")
+  if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+  fi
+  local cmd; cmd=$(<"$dir/cmd/$name")
+  echo "===== restart $(date -u +%FT%TZ) =====" >>"$dir/logs/$name.log"
+  eval "nohup $cmd >>\"\$dir/logs/\$name.log\" 2>&1 &"
+  local new=$!
+  awk -v n="$name" -v p="$new" '$1 == n { $2 = p } { print }' "$dir/pids" >"$dir/pids.new"
+  mv "$dir/pids.new" "$dir/pids"
+  wait_for 120 "$name healthy after restart" healthy "$name"
+  log "restarted $name (pid $new)"
 }
 
 create_node() { # $1 name
@@ -224,6 +267,7 @@ case "${1:-}" in
   up) up ;;
   down) down_quiet; log "stopped" ;;
   kubeconfig) [[ -f $dir/admin.kubeconfig ]] || die "no cluster in $dir; run 'make cluster-up'"; echo "$dir/admin.kubeconfig" ;;
+  restart) [[ -n ${2:-} ]] || die "usage: $0 restart COMPONENT"; restart "$2" ;;
   status) if running; then echo "running ($dir)"; else echo "not running"; exit 1; fi ;;
-  *) echo "usage: $0 up|down|kubeconfig|status" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|kubeconfig|status|restart COMPONENT" >&2; exit 2 ;;
 esac

@@ -118,6 +118,9 @@ REASON_NODE_UNHEALTHY: Final = "NodeUnhealthy"
 REASON_VERIFY_TIMEOUT: Final = "VerifyTimeout"
 REASON_UNCORDONED: Final = "Uncordoned"
 REASON_SUCCEEDED: Final = "RepairSucceeded"
+REASON_ORPHANED_LOCK_RELEASED: Final = "OrphanedLockReleased"
+"""Warning Event on a node: its lock named a NodeRepair that no longer exists (deleted
+without its finalizer); pitstop gave the node back as that repair's deletion would have."""
 REASON_WAITING_FOR_CAPACITY: Final = "WaitingForCapacity"
 """The pool limits (maxConcurrentRepairs, minAvailable, creation order) hold it Pending."""
 

@@ -23,13 +23,16 @@ from pitstop.instances.sources import daemon as sources_daemon
 from pitstop.pool import alerts
 from pitstop.pool import daemon as pool_daemon
 from pitstop.repair import daemon as repair_daemon
+from pitstop.repair import orphans
 
-__all__ = ["indexes", "pool_daemon", "repair_daemon", "serving", "sources_daemon"]
+__all__ = ["indexes", "orphans", "pool_daemon", "repair_daemon", "serving", "sources_daemon"]
 
 WATCH_HANDLERS = frozenset(
     {
         "on_pod",
         "on_node",
+        "sweep_node",
+        "sweep_after_deletion",
         "wake_on_endpoints",
         "wake_on_pdb",
         "wake_on_node",

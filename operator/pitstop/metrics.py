@@ -115,3 +115,8 @@ INFLIGHT_TASKS = Gauge(
     ["node"],
     registry=REGISTRY,
 )
+ORPHANED_LOCKS = Counter(
+    "pitstop_orphaned_locks_released",
+    "Node locks released because their NodeRepair was gone (deleted without its finalizer).",
+    registry=REGISTRY,
+)

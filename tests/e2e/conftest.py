@@ -10,15 +10,13 @@ PITSTOP_KEEP_CLUSTER=1   leave the started cluster running after the session
 from __future__ import annotations
 
 import os
-import subprocess
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
 from kubernetes import client
 
-from tests.e2e.kube import REPO, Cluster, Pool, wait_until
+from tests.e2e.kube import Cluster, ClusterFailed, Pool, install_crds, local_cluster, wait_until
 from tests.e2e.operator import Operator
 from tests.e2e.repairs import Repairs
 from tests.e2e.sa import operator_kubeconfig
@@ -30,41 +28,13 @@ pytestmark = pytest.mark.e2e
 def cluster() -> Iterator[Cluster]:
     given = os.environ.get("PITSTOP_KUBECONFIG")
     if given:
-        yield _prepared(Cluster(given))
+        yield install_crds(Cluster(given))
         return
-    state = tempfile.mkdtemp(prefix="pitstop-e2e-")
-    env = {
-        **os.environ,
-        "PITSTOP_CLUSTER_DIR": state,
-        "PITSTOP_NODES": "3",
-        "PITSTOP_REAL_NODES": os.environ.get("PITSTOP_REAL_NODES", "1"),
-    }
-    up = subprocess.run(
-        [str(REPO / "hack/cluster.sh"), "up"], env=env, capture_output=True, text=True, timeout=3600
-    )
-    if up.returncode != 0:
-        pytest.exit(f"local control plane failed to start:\n{up.stderr}", returncode=1)
     try:
-        yield _prepared(Cluster(f"{state}/admin.kubeconfig"))
-    finally:
-        if os.environ.get("PITSTOP_KEEP_CLUSTER"):
-            print(f"\ncluster kept: kubectl --kubeconfig {state}/admin.kubeconfig get nodes")
-        else:
-            subprocess.run([str(REPO / "hack/cluster.sh"), "down"], env=env, timeout=120)
-
-
-def _prepared(cluster: Cluster) -> Cluster:
-    """Installs the CRDs from crds/ and waits until they are served."""
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(REPO / "crds"))
-    cluster.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/noderepairs.pitstop.dev",
-        "crd/repairpolicies.pitstop.dev",
-        "crd/instanceprofiles.pitstop.dev",
-    )
-    return cluster
+        with local_cluster(3, int(os.environ.get("PITSTOP_REAL_NODES", "1"))) as (made, _):
+            yield made
+    except ClusterFailed as e:
+        pytest.exit(f"local control plane failed to start:\n{e}", returncode=1)
 
 
 @pytest.fixture

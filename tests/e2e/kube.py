@@ -3,9 +3,12 @@ deadline, fake nodes, and a kubectl runner. Every wait has a timeout."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -94,3 +97,48 @@ class Cluster:
     def node_ready(self, name: str) -> bool:
         node = self.core.read_node(name)
         return any(c.type == "Ready" and c.status == "True" for c in (node.status.conditions or []))
+
+
+class ClusterFailed(RuntimeError):
+    """hack/cluster.sh could not start the control plane (its stderr is the message)."""
+
+
+@contextmanager
+def local_cluster(nodes: int, real_nodes: int) -> Iterator[tuple[Cluster, str]]:
+    """A fresh local control plane (hack/cluster.sh) with `nodes` fake and `real_nodes`
+    real nodes and the CRDs installed, in its own state directory, which is yielded too
+    (`hack/cluster.sh restart` needs it); stopped afterwards unless PITSTOP_KEEP_CLUSTER."""
+    state = tempfile.mkdtemp(prefix="pitstop-e2e-")
+    env = {
+        **os.environ,
+        "PITSTOP_CLUSTER_DIR": state,
+        "PITSTOP_NODES": str(nodes),
+        "PITSTOP_REAL_NODES": str(real_nodes),
+    }
+    up = subprocess.run(
+        [str(REPO / "hack/cluster.sh"), "up"], env=env, capture_output=True, text=True, timeout=3600
+    )
+    if up.returncode != 0:
+        subprocess.run([str(REPO / "hack/cluster.sh"), "down"], env=env, timeout=120)
+        raise ClusterFailed(up.stderr)
+    try:
+        yield install_crds(Cluster(f"{state}/admin.kubeconfig")), state
+    finally:
+        if os.environ.get("PITSTOP_KEEP_CLUSTER"):
+            print(f"\ncluster kept: kubectl --kubeconfig {state}/admin.kubeconfig get nodes")
+        else:
+            subprocess.run([str(REPO / "hack/cluster.sh"), "down"], env=env, timeout=120)
+
+
+def install_crds(cluster: Cluster) -> Cluster:
+    """Installs the CRDs from crds/ and waits until they are served."""
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(REPO / "crds"))
+    cluster.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/noderepairs.pitstop.dev",
+        "crd/repairpolicies.pitstop.dev",
+        "crd/instanceprofiles.pitstop.dev",
+    )
+    return cluster

@@ -352,6 +352,8 @@ class Background:
     """A polling thread that reports its first error when it is stopped."""
 
     interval = 0.1
+    transient: tuple[type[BaseException], ...] = ()
+    """Errors that are retried, not reported (a chaos run's API server restarting)."""
 
     def __init__(self, cluster: Cluster):
         self.cluster = cluster
@@ -380,6 +382,8 @@ class Background:
             except ApiException as e:
                 if e.status not in (404, 409, 429, 500, 503):
                     self.error = self.error or e
+            except self.transient:
+                pass
             except BaseException as e:  # reported by __exit__
                 self.error = self.error or e
             self._stop.wait(self.interval)

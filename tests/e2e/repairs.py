@@ -75,11 +75,28 @@ class Repairs:
         if wait:
             wait_until(f"{name} deleted", lambda: not self.exists(name), timeout=timeout)
 
+    def force_delete(self, name: str) -> bool:
+        """Deletes the repair without its finalizer, as a human would with
+        `kubectl patch nr NAME --type=merge -p '{"metadata":{"finalizers":null}}'` and
+        `kubectl delete nr NAME`. True if it went without its finalizer; False if the
+        operator put the finalizer back in between (the deletion then runs it as usual)."""
+        return force_delete(self.cluster, name)
+
     def cleanup(self) -> None:
         for name in self.made:
             self.delete(name, wait=False)
         for name in self.made:
             wait_until(f"{name} deleted", lambda n=name: not self.exists(n), timeout=60)
+
+
+def force_delete(cluster: Cluster, name: str) -> bool:
+    """See Repairs.force_delete."""
+    custom = cluster.custom
+    custom.patch_cluster_custom_object(
+        GROUP, VERSION, PLURAL, name, {"metadata": {"finalizers": None}}
+    )
+    answer = custom.delete_cluster_custom_object(GROUP, VERSION, PLURAL, name)
+    return not ((answer or {}).get("metadata") or {}).get("finalizers")
 
 
 def node_markers(cluster: Cluster, node: str) -> dict[str, Any]:

@@ -169,3 +169,25 @@ def test_condition_status_reads_a_node_condition() -> None:
     body["status"] = {"conditions": [{"type": "Ready", "status": "False"}]}
     assert nodes.condition_status(body, "Ready") == "False"
     assert nodes.condition_status(body, "KernelDeadlock") is None
+
+
+def test_orphaned_lock_names_a_holder_that_no_longer_exists() -> None:
+    assert nodes.orphaned_lock(locked("gone"), ["other"]) == "gone"
+    assert nodes.orphaned_lock(locked("gone"), []) == "gone"
+
+
+def test_orphaned_lock_is_none_while_the_holder_exists_or_without_a_lock() -> None:
+    assert nodes.orphaned_lock(locked("r1"), ["r0", "r1"]) is None
+    assert nodes.orphaned_lock(node(), []) is None
+    assert nodes.orphaned_lock(node(annotations={C.ANNOTATION_REPAIR: ""}), []) is None
+
+
+def test_releasing_an_orphaned_lock_keeps_a_cordon_that_predates_the_repair() -> None:
+    """The sweep gives the node back with release(): what the record says is restored."""
+    before = locked("gone", was="true", unschedulable=True, taints=[OTHER, OURS])
+    after = apply(before, nodes.release(before))
+    assert after["spec"]["unschedulable"] is True
+    assert after["spec"]["taints"] == [OTHER]
+    assert nodes.lock_holder(after) is None
+    mine = locked("gone", was="false", unschedulable=True, taints=[OURS])
+    assert not apply(mine, nodes.release(mine))["spec"].get("unschedulable")

@@ -7,7 +7,7 @@ what to restore (invariants 4 and 6)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pitstop import constants
@@ -22,6 +22,13 @@ def node_annotations(node: Mapping[str, Any]) -> Mapping[str, str]:
 def lock_holder(node: Mapping[str, Any]) -> str | None:
     """Name of the NodeRepair that holds the node, if any."""
     return node_annotations(node).get(constants.ANNOTATION_REPAIR) or None
+
+
+def orphaned_lock(node: Mapping[str, Any], repairs: Iterable[str]) -> str | None:
+    """The lock holder if it is none of `repairs` (the NodeRepairs of the node that
+    still exist): a repair force-deleted without its finalizer left its lock behind."""
+    holder = lock_holder(node)
+    return holder if holder is not None and holder not in set(repairs) else None
 
 
 def was_unschedulable(node: Mapping[str, Any]) -> bool:

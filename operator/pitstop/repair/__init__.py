@@ -13,6 +13,7 @@ Effects (may import kopf and pitstop.cluster), one module per step of a pass:
   state      DriverState: what the daemon remembers between passes
   act_node   Cordoning / Uncordoning: the lock, the cordon, giving the node back
   act_pods   Deregistering / WaitingForTasks / Evicting: drain signal, gate, evictions
+  orphans    the sweep of orphaned locks (a repair deleted without its finalizer)
   act_hooks  Repairing: the Job and the webhook of the current attempt
   hooks      the repair hooks' calls themselves (Job bodies, the webhook request)
   report     status writes, Events, the repair metrics

@@ -124,3 +124,24 @@ async def give_back(
             if node is None or nodes.lock_holder(node) != repair:
                 return False
     raise kopf.TemporaryError(f"node {node_name} kept changing; retrying the release", delay=1)
+
+
+async def release_orphan(
+    kube: Kube,
+    node_name: str,
+    holder: str,
+    pods_by_node: kopf.Index[str, Any],
+    logger: kopf.Logger,
+) -> bool:
+    """Gives back a node whose lock names a NodeRepair that is gone, exactly as that
+    repair's deletion would have (give_back: drain signals, gates, taint, lock, and the
+    cordon only if the node was schedulable before). The index may lag behind a repair
+    just created, so the repair's absence is confirmed first. True if it released."""
+    try:
+        await kube.request("GET", f"/apis/{C.API_VERSION}/{C.NODEREPAIR_PLURAL}/{holder}")
+    except ApiError as e:
+        if e.status != 404:
+            raise
+    else:
+        return False
+    return await give_back(kube, node_name, holder, pods_by_node, logger)

@@ -31,7 +31,7 @@ from pitstop.models import (
     Phase,
 )
 from pitstop.pool import daemon as pool_daemon
-from pitstop.repair import drain, hooks
+from pitstop.repair import drain, hooks, orphans
 from pitstop.repair.act_hooks import RepairSteps
 from pitstop.repair.act_node import NodeSteps, give_back
 from pitstop.repair.act_pods import PodSteps
@@ -286,9 +286,12 @@ async def drive(
                     pdbs_by_namespace,
                 )
             except Gone:
-                # Deleted before kopf put its finalizer on it, so kopf will neither stop
-                # this daemon nor run the deletion handler: give the node back here.
-                await give_back(memo["kube"], driver.node_name, name, pods_by_node, logger)
+                # Deleted without its finalizer (before kopf put it on, or force-deleted),
+                # so kopf will neither stop this daemon nor run the deletion handler: give
+                # the node back here, reported as the orphan sweep would (which may win).
+                node = driver.node(nodes_by_name)
+                if await give_back(memo["kube"], driver.node_name, name, pods_by_node, logger):
+                    orphans.report(node or bare_node(driver.node_name), name, logger)
                 record_phase(name, None)
                 return
             except (ApiError, OSError, TimeoutError) as e:
@@ -351,3 +354,8 @@ async def abort(
     record_phase(name, None)
     pool_daemon.ADMISSION.release(name)
     WAKERS.wake(node_name)
+
+
+def bare_node(name: str) -> dict[str, Any]:
+    """Enough of a Node for an Event about it, when the index no longer has it."""
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}
