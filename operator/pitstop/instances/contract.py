@@ -293,10 +293,11 @@ def service_room(
     return room
 
 
-UNREADY_FOR_GOOD = timedelta(seconds=10)
+UNREADY_FOR_GOOD = timedelta(seconds=120)
 """A pod not Ready for this long is taken as out of service already (crash-looping,
-say): its budgets are spent on it whatever we do. One not Ready for less may be a
-failed probe under load, Ready again a moment later unless we take it out."""
+say): its budgets are spent on it whatever we do. One not Ready for less may be
+failing its probes under load (seen for over 10 s on a busy machine), Ready again
+soon unless we take it out."""
 
 
 def take_service_room(room: dict[str, int], i: Instance, now: datetime) -> tuple[str, ...]:
