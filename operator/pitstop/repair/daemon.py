@@ -82,7 +82,7 @@ class Driver(NodeSteps, PodSteps, RepairSteps):
             m = sources_daemon.match_pod(pod, usable, namespace_labels) if usable else None
             polled, unacked = None, None
             if m is not None and m.profile is not None:
-                target = self.target(key, pod, m.profile)
+                target = self.target(key, pod, m.profile, marked=key in marked)
                 if target is not None:
                     targets.append(target)
                     polled, unacked = self.polled(target, marked.get(key))
@@ -91,10 +91,15 @@ class Driver(NodeSteps, PodSteps, RepairSteps):
         self.pdbs_of = {i.key: i.pdbs for i in found}
         return found
 
-    def target(self, key: str, pod: Mapping[str, Any], profile: Profile) -> Target | None:
-        """What the poller asks this instance (None: nothing, the annotation contract)."""
+    def target(
+        self, key: str, pod: Mapping[str, Any], profile: Profile, marked: bool = True
+    ) -> Target | None:
+        """What the poller asks this instance (None: nothing, the annotation contract).
+        Its httpPost drain signal only once the drain marked it (`marked`): one its
+        budget keeps in service must not be told to drain (it would fail its
+        readiness and spend the budget)."""
         polled = profile.spec.tasks.type != tasksources.ANNOTATION
-        signals = profile.spec.drain_signal.type == tasksources.HTTP_POST
+        signals = profile.spec.drain_signal.type == tasksources.HTTP_POST and marked
         if not polled and not signals:
             return None
         # The uid in the key: a pod re-created under the same name starts from nothing.
