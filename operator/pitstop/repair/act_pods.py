@@ -134,9 +134,9 @@ class PodSteps(Report):
     ) -> tuple[frozenset[str], frozenset[str]]:
         """(evicted, uncounted): the instances whose eviction the API server accepted,
         and of those the ones no budget has been seen to count. Once a budget lists a
-        pod in its disruptedPods, it counts it from then on (the disruption controller
-        drops it from there only once it sees the pod deleted, which it then counts
-        as unhealthy), so it is counted for good."""
+        pod in its disruptedPods it counts it from then on: the disruption controller
+        drops it from there only once it sees the pod terminating, which it then
+        counts as unhealthy (or after its 2-minute timeout, the pod still there)."""
         evicted = frozenset(k for action, k in self.sent if action == "evict")
         for i in found:
             if i.key in evicted and any(

@@ -1,0 +1,72 @@
+"""How the evictions decided in one pass are sent (no cluster): in turn per budget,
+budgets and pods without one in parallel, a budget's turn ending at its first 429."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+from pitstop.cluster.kube import Eviction
+from pitstop.models import NodeRepairSpec, NodeRepairStatus
+from pitstop.repair.act_pods import PodSteps
+from pitstop.repair.flow import Decision
+
+NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+
+
+class FakeKube:
+    """Answers evictions after a yield, refusing the pods in `refuse`; records how
+    many were in flight at once per budget."""
+
+    def __init__(self, budget_of: dict[str, str], refuse: set[str]) -> None:
+        self.budget_of, self.refuse = budget_of, refuse
+        self.sent: list[str] = []
+        self.in_flight: dict[str, int] = {}
+        self.most: dict[str, int] = {}
+
+    async def evict(self, key: str, grace: int | None) -> Eviction:
+        b = self.budget_of.get(key, key)
+        self.in_flight[b] = self.in_flight.get(b, 0) + 1
+        self.most[b] = max(self.most.get(b, 0), self.in_flight[b])
+        self.sent.append(key)
+        await asyncio.sleep(0.001)
+        self.in_flight[b] -= 1
+        if key in self.refuse:
+            return Eviction(key, "blocked", "would violate", (b,))
+        return Eviction(key, "evicted")
+
+
+def steps(kube: FakeKube, pdbs_of: dict[str, tuple[str, ...]]) -> PodSteps:
+    s = PodSteps("r1", {"spec": {"nodeName": "n1"}}, kube, logging.getLogger())  # type: ignore[arg-type]
+    s.pdbs_of = pdbs_of
+    s.post = lambda events, node: None  # type: ignore[method-assign]
+    return s
+
+
+def test_evictions_under_one_budget_go_in_turn_and_the_rest_in_parallel() -> None:
+    pdbs_of = {"fn/a1": ("fn/a",), "fn/a2": ("fn/a",), "fn/b1": ("fn/b",), "fn/b2": ("fn/b",)}
+    kube = FakeKube({k: v[0] for k, v in pdbs_of.items()}, refuse=set())
+    s = steps(kube, pdbs_of)
+    d = Decision(status=NodeRepairStatus(), evict=[*pdbs_of, "fn/free-1", "fn/free-2"])
+    asyncio.run(s.act(d, NOW, NodeRepairSpec(node_name="n1")))
+    assert sorted(kube.sent) == sorted(d.evict)
+    assert kube.most["fn/a"] == kube.most["fn/b"] == 1, "one request per budget at a time"
+    assert kube.sent[:4] == ["fn/a1", "fn/b1", "fn/free-1", "fn/free-2"], "groups in parallel"
+    assert {k for _, k in s.sent} == set(d.evict)
+
+
+def test_a_refusal_ends_its_budgets_turn_until_the_next_pass() -> None:
+    pdbs_of = {"fn/a1": ("fn/a",), "fn/a2": ("fn/a",), "fn/a3": ("fn/a",)}
+    kube = FakeKube({k: "fn/a" for k in pdbs_of}, refuse={"fn/a2"})
+    s = steps(kube, pdbs_of)
+    asyncio.run(
+        s.act(
+            Decision(status=NodeRepairStatus(), evict=list(pdbs_of)),
+            NOW,
+            NodeRepairSpec(node_name="n1"),
+        )
+    )
+    assert kube.sent == ["fn/a1", "fn/a2"], "a3 would be refused too: not sent"
+    assert ("evict", "fn/a1") in s.sent and ("evict", "fn/a3") not in s.sent
+    assert set(s.blocked) == {"fn/a2"} and s.blocked["fn/a2"].pdbs == ("fn/a",)
