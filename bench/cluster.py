@@ -136,10 +136,13 @@ class Cluster:
         stack: contextlib.ExitStack,
         prefix: str = "pitstop-bench-",
         real_nodes: int | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.stack = stack
         self.real_nodes = real_nodes
         """PITSTOP_REAL_NODES for hack/cluster.sh; None: its default (or the caller's)."""
+        self.env = env or {}
+        """More of hack/cluster.sh's PITSTOP_* settings."""
         self.kubectl = kubectl_binary()
         self.state = Path(tempfile.mkdtemp(prefix=prefix))
         self.kubeconfig = str(self.state / "admin.kubeconfig")
@@ -148,6 +151,7 @@ class Cluster:
         env = {**os.environ, "PITSTOP_CLUSTER_DIR": str(self.state), "PITSTOP_NODES": "0"}
         if self.real_nodes is not None:
             env["PITSTOP_REAL_NODES"] = str(self.real_nodes)
+        env.update(self.env)
         self.stack.callback(self._down, env)
         log(f"starting a private control plane in {self.state}")
         up = subprocess.run(
