@@ -137,14 +137,17 @@ class Cluster:
         prefix: str = "pitstop-bench-",
         real_nodes: int | None = None,
         env: dict[str, str] | None = None,
+        reuse: Path | None = None,
     ) -> None:
         self.stack = stack
+        self.reused = reuse is not None
+        """A running cluster of an earlier run (its state directory): kept at the end."""
         self.real_nodes = real_nodes
         """PITSTOP_REAL_NODES for hack/cluster.sh; None: its default (or the caller's)."""
         self.env = env or {}
         """More of hack/cluster.sh's PITSTOP_* settings."""
         self.kubectl = kubectl_binary()
-        self.state = Path(tempfile.mkdtemp(prefix=prefix))
+        self.state = reuse or Path(tempfile.mkdtemp(prefix=prefix))
         self.kubeconfig = str(self.state / "admin.kubeconfig")
 
     def start(self) -> None:
@@ -152,7 +155,8 @@ class Cluster:
         if self.real_nodes is not None:
             env["PITSTOP_REAL_NODES"] = str(self.real_nodes)
         env.update(self.env)
-        self.stack.callback(self._down, env)
+        if not self.reused:
+            self.stack.callback(self._down, env)
         log(f"starting a private control plane in {self.state}")
         up = subprocess.run(
             [str(REPO / "hack/cluster.sh"), "up"],

@@ -68,18 +68,20 @@ class Bench:
         """The fake nodes and the load's pods (all Running); returns the set-up times."""
         n, pods = self.args.nodes, self.args.pods
         names = [f"bn-{i:04d}" for i in range(n)]
-        log(f"creating {n} nodes")
         t0 = time.monotonic()
-        workload.apply_nodes(self.cluster, names, {"pool": POOL})
+        if self.ready_nodes() < n:
+            log(f"creating {n} nodes")
+            workload.apply_nodes(self.cluster, names, {"pool": POOL})
         poll(f"{n} nodes Ready", lambda: self.ready_nodes() >= n, timeout=900, interval=3)
         nodes_s = time.monotonic() - t0
         log(f"{n} nodes Ready in {nodes_s:.0f} s; creating {pods} pods")
-        self.cluster.make_namespace(LOAD_NS)
         t1 = time.monotonic()
-        for i, start in enumerate(range(0, pods, PER_DEPLOYMENT)):
-            replicas = min(PER_DEPLOYMENT, pods - start)
-            body = workload.deployment(f"fn-{i}", replicas, {}, grace=0, image="fake")
-            self.cluster.apps.create_namespaced_deployment(LOAD_NS, body)
+        if not self.cluster.reused:
+            self.cluster.make_namespace(LOAD_NS)
+            for i, start in enumerate(range(0, pods, PER_DEPLOYMENT)):
+                replicas = min(PER_DEPLOYMENT, pods - start)
+                body = workload.deployment(f"fn-{i}", replicas, {}, grace=0, image="fake")
+                self.cluster.apps.create_namespaced_deployment(LOAD_NS, body)
         poll(f"{pods} pods Running", lambda: self.ready_pods(t1) >= pods, timeout=5400, interval=10)
         pods_s = time.monotonic() - t1
         log(f"{pods} pods Running in {pods_s:.0f} s ({pods / pods_s:.0f} pods/s)")
@@ -303,8 +305,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             prefix="pitstop-bench-policy-",
             real_nodes=0,
             env={"PITSTOP_NODE_LEASE_SECONDS": "200", "PITSTOP_NODE_MONITOR_GRACE": "300s"},
+            reuse=args.cluster_dir,
         )
         cluster.start()
+        if args.cluster_dir is not None:  # policies and repairs of the run before
+            for plural in ("repairpolicies", "noderepairs"):
+                cluster.run_kubectl("delete", plural, "--all", "--wait=true")
         kubeconfig = None
         if args.identity == "sa":
             apimetrics.install_flow_schemas(cluster)
@@ -426,6 +432,12 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="sample the operator with py-spy during detection and the burst"
         " (bench/results/operator-*.speedscope.json)",
+    )
+    p.add_argument(
+        "--cluster-dir",
+        type=Path,
+        help="measure on the running cluster of an earlier run (its PITSTOP_CLUSTER_DIR),"
+        " populated to --nodes/--pods already; it is kept at the end",
     )
     p.add_argument("--quick", action="store_true", help="200 nodes, 2,000 pods, 20 samples")
     p.add_argument("--output", type=Path, default=RESULTS / "policy.json")
