@@ -80,7 +80,7 @@ BENCH_PODS ?= 20000
 bench-policy: venv build ## BENCH_NODES (1,000) nodes / BENCH_PODS (20,000) pods: RSS, idle CPU, detection, burst, API requests by verb
 	$(BIN)/python -m bench policy --nodes $(BENCH_NODES) --pods $(BENCH_PODS)
 
-bench-scale: venv build ## issue 11's size: bench-policy at 5,000 nodes / 100,000 pods (~10 GB free RAM, ~40 min)
+bench-scale: venv build ## issue 11's size: bench-policy at 5,000 nodes / 100,000 pods (more than 2 CPUs; see bench/README.md)
 	$(BIN)/python -m bench policy --nodes 5000 --pods 100000
 
 demo: venv build ## a fault, and a full repair shown live, on its own local control plane
