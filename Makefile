@@ -10,7 +10,7 @@ PITSTOP_CACHE ?= $(HOME)/.cache/pitstop
 # The kubectl built with the control plane comes first: same release as the server.
 export PATH := $(CURDIR)/$(BIN):$(PITSTOP_CACHE)/bin/kube-$(KUBE_VERSION):$(PATH)
 
-.PHONY: help venv build deps image e2e-chaos e2e-incluster e2e-kind cluster-up cluster-down kubeconfig crds crds-check lint unit e2e test bench bench-drain bench-policy bench-sources demo clean
+.PHONY: help venv build deps image e2e-chaos e2e-incluster e2e-kind cluster-up cluster-down kubeconfig crds crds-check lint unit e2e test bench bench-drain bench-policy bench-scale bench-sources demo clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -78,8 +78,13 @@ bench-drain: venv build ## drain vs kubectl drain (default, tuned QPS), no PDB a
 bench-sources: venv build ## task sources on a real node: pod writes per task, last task -> eviction (~4 min)
 	$(BIN)/python -m bench sources
 
-bench-policy: venv build ## 1,000 nodes / 20,000 pods: RSS, idle CPU, detection, burst, API requests by verb
-	$(BIN)/python -m bench policy
+BENCH_NODES ?= 1000
+BENCH_PODS ?= 20000
+bench-policy: venv build ## BENCH_NODES (1,000) nodes / BENCH_PODS (20,000) pods: RSS, idle CPU, detection, burst, API requests by verb
+	$(BIN)/python -m bench policy --nodes $(BENCH_NODES) --pods $(BENCH_PODS)
+
+bench-scale: venv build ## issue 11's size: bench-policy at 5,000 nodes / 100,000 pods (more than 2 CPUs; see bench/README.md)
+	$(BIN)/python -m bench policy --nodes 5000 --pods 100000
 
 demo: venv build ## a fault, and a full repair shown live, on its own local control plane
 	$(BIN)/python hack/demo.py

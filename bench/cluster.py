@@ -131,15 +131,32 @@ class Cluster:
     PITSTOP_CLUSTER_DIR, no initial nodes) with pitstop's CRDs applied. Everything
     it starts is stopped by `stack`, also after a failure or Ctrl-C."""
 
-    def __init__(self, stack: contextlib.ExitStack, prefix: str = "pitstop-bench-") -> None:
+    def __init__(
+        self,
+        stack: contextlib.ExitStack,
+        prefix: str = "pitstop-bench-",
+        real_nodes: int | None = None,
+        env: dict[str, str] | None = None,
+        reuse: Path | None = None,
+    ) -> None:
         self.stack = stack
+        self.reused = reuse is not None
+        """A running cluster of an earlier run (its state directory): kept at the end."""
+        self.real_nodes = real_nodes
+        """PITSTOP_REAL_NODES for hack/cluster.sh; None: its default (or the caller's)."""
+        self.env = env or {}
+        """More of hack/cluster.sh's PITSTOP_* settings."""
         self.kubectl = kubectl_binary()
-        self.state = Path(tempfile.mkdtemp(prefix=prefix))
+        self.state = reuse or Path(tempfile.mkdtemp(prefix=prefix))
         self.kubeconfig = str(self.state / "admin.kubeconfig")
 
     def start(self) -> None:
         env = {**os.environ, "PITSTOP_CLUSTER_DIR": str(self.state), "PITSTOP_NODES": "0"}
-        self.stack.callback(self._down, env)
+        if self.real_nodes is not None:
+            env["PITSTOP_REAL_NODES"] = str(self.real_nodes)
+        env.update(self.env)
+        if not self.reused:
+            self.stack.callback(self._down, env)
         log(f"starting a private control plane in {self.state}")
         up = subprocess.run(
             [str(REPO / "hack/cluster.sh"), "up"],

@@ -44,6 +44,8 @@ from bench.watches import GROUP, VERSION
 
 POOL = "bench-pool"
 LOAD_NS = "load"
+PER_DEPLOYMENT = 1000
+"""Replicas per Deployment of the load."""
 TARGET_RSS_MB = 300.0
 TARGET_IDLE_CPU = 2.0
 TARGET_P99_S = 1.0
@@ -62,38 +64,66 @@ class Bench:
         self.custom = cluster.custom
         self.operator = operator
 
-    def populate(self) -> None:
+    def populate(self) -> dict[str, float]:
+        """The fake nodes and the load's pods (all Running); returns the set-up times."""
         n, pods = self.args.nodes, self.args.pods
         names = [f"bn-{i:04d}" for i in range(n)]
-        log(f"creating {n} nodes")
-        workload.apply_nodes(self.cluster, names, {"pool": POOL})
-        poll(f"{n} nodes Ready", lambda: self.ready_nodes() >= n, timeout=600, interval=3)
-        log(f"creating {pods} pods")
-        self.cluster.make_namespace(LOAD_NS)
-        for i, start in enumerate(range(0, pods, 1000)):
-            replicas = min(1000, pods - start)
-            body = workload.deployment(f"fn-{i}", replicas, {}, grace=0, image="fake")
-            self.cluster.apps.create_namespaced_deployment(LOAD_NS, body)
-        poll(f"{pods} pods Running", lambda: self.running_pods() >= pods, timeout=1800, interval=10)
+        t0 = time.monotonic()
+        if self.ready_nodes() < n:
+            log(f"creating {n} nodes")
+            workload.apply_nodes(self.cluster, names, {"pool": POOL})
+        poll(f"{n} nodes Ready", lambda: self.ready_nodes() >= n, timeout=900, interval=3)
+        nodes_s = time.monotonic() - t0
+        log(f"{n} nodes Ready in {nodes_s:.0f} s; creating {pods} pods")
+        t1 = time.monotonic()
+        if not self.cluster.reused:
+            self.cluster.make_namespace(LOAD_NS)
+            for i, start in enumerate(range(0, pods, PER_DEPLOYMENT)):
+                replicas = min(PER_DEPLOYMENT, pods - start)
+                body = workload.deployment(f"fn-{i}", replicas, {}, grace=0, image="fake")
+                self.cluster.apps.create_namespaced_deployment(LOAD_NS, body)
+        poll(f"{pods} pods Running", lambda: self.ready_pods(t1) >= pods, timeout=5400, interval=10)
+        pods_s = time.monotonic() - t1
+        log(f"{pods} pods Running in {pods_s:.0f} s ({pods / pods_s:.0f} pods/s)")
+        return {"setup_nodes_s": nodes_s, "setup_pods_s": pods_s, "setup_pods_per_s": pods / pods_s}
 
     def ready_nodes(self) -> int:
         out = self.cluster.run_kubectl("get", "nodes", "-l", f"pool={POOL}", "--no-headers").stdout
         return sum(1 for line in out.splitlines() if " Ready " in line)
 
-    def running_pods(self) -> int:
-        out = self.cluster.run_kubectl(
-            "get",
-            "pods",
-            "-n",
-            LOAD_NS,
-            "--no-headers",
-            "--field-selector=status.phase=Running",
-            "-o",
-            "name",
-        ).stdout
-        count = len(out.splitlines())
-        log(f"  {count} pods Running")
-        return count
+    def ready_pods(self, since: float) -> int:
+        """Running pods of the load: every pod the Deployments made, less those not
+        Running (one page of them: a LIST of 100,000 pods every 10 s would load the
+        API server). Returns 0 until all are Running."""
+        deployments = self.cluster.apps.list_namespaced_deployment(LOAD_NS).items
+        made = sum(d.status.replicas or 0 for d in deployments)
+        ready = sum(d.status.ready_replicas or 0 for d in deployments)
+        page = self.core.list_namespaced_pod(
+            LOAD_NS, field_selector="status.phase!=Running", limit=500
+        )
+        waiting = len(page.items) + (1 if page.metadata._continue else 0)
+        log(
+            f"  {made} pods made, {ready} Ready, {waiting}{'+' if waiting > 500 else ''}"
+            f" not Running after {time.monotonic() - since:.0f} s"
+        )
+        return made if waiting == 0 else 0
+
+    def operator_started(self) -> None:
+        """Returns once the operator's initial listing is over: its LIST and WATCH
+        counts (the API server's) have not moved for 10 s."""
+        last: tuple[float, float] | None = None
+        steady_since = time.monotonic()
+
+        def steady() -> bool:
+            nonlocal last, steady_since
+            self.operator.check_alive()
+            ops = Snapshot(self.cluster).operator
+            now = (ops.get(CLUSTER_LIST, 0.0) + ops.get("list", 0.0), ops.get("watch", 0.0))
+            if now != last or not now[1]:
+                last, steady_since = now, time.monotonic()
+            return time.monotonic() - steady_since >= 10
+
+        poll("the operator's initial listing", steady, timeout=900, interval=1)
 
     def repair_events(self, stop: threading.Event, timeout: int) -> Iterator[dict[str, Any]]:
         """NodeRepair watch events, until `stop` is seen set after one."""
@@ -114,6 +144,11 @@ class Bench:
                 raise  # after `stop`, the stream ends with the cluster: that is no error
 
     def idle(self) -> dict[str, Any]:
+        """RSS and CPU with nothing failing, the detection policy already watching the
+        whole pool (an operator in production has its policies)."""
+        self.custom.create_cluster_custom_object(
+            GROUP, VERSION, "repairpolicies", policy("detect", 1000, "0%")
+        )
         time.sleep(self.args.settle)
         before = Snapshot(self.cluster)
         rss0, cpu0 = proc_stats(self.operator.pid)
@@ -129,9 +164,7 @@ class Bench:
         }
 
     def detection(self) -> list[float]:
-        self.custom.create_cluster_custom_object(
-            GROUP, VERSION, "repairpolicies", policy("detect", 1000, "0%")
-        )
+        """The `detect` policy (made by idle()) at work, a node broken at a time."""
         seen: dict[str, float] = {}
         stop = threading.Event()
 
@@ -264,8 +297,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     load_start = report.load()
     with contextlib.ExitStack() as stack:
-        cluster = Cluster(stack, prefix="pitstop-bench-policy-")
+        # no real node: the load's pods are fake (kwok), and a kubelet would only add noise
+        # Leases of 200 s renewed every 50 s, 300 s of grace: thousands of fake nodes
+        # stay Ready on a loaded machine (faults come from annotations, not lapses).
+        cluster = Cluster(
+            stack,
+            prefix="pitstop-bench-policy-",
+            real_nodes=0,
+            env={"PITSTOP_NODE_LEASE_SECONDS": "200", "PITSTOP_NODE_MONITOR_GRACE": "300s"},
+            reuse=args.cluster_dir,
+        )
         cluster.start()
+        if args.cluster_dir is not None:  # policies and repairs of the run before
+            for plural in ("repairpolicies", "noderepairs"):
+                cluster.run_kubectl("delete", plural, "--all", "--wait=true")
         kubeconfig = None
         if args.identity == "sa":
             apimetrics.install_flow_schemas(cluster)
@@ -273,13 +318,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 cluster, cluster.state / "operator.kubeconfig"
             )
         operator = Operator(cluster, "operator-policy.log", kubeconfig)
-        operator.start("--alerts-port", "0")
         bench = Bench(args, cluster, operator)
-        bench.populate()
+        # The operator starts on the populated cluster, as after a restart: the set-up
+        # is not slowed by it, and its RSS includes the initial listing of every pod.
+        setup = bench.populate()
+        operator.start("--alerts-port", "0")
+        bench.operator_started()
         started_up = Snapshot(cluster)  # the operator has listed and watched by now
         idle = bench.idle()
         log(f"idle: {idle}")
-        latencies = bench.detection()
+        with operator.profiled("operator-detection") if args.profile else contextlib.nullcontext():
+            latencies = bench.detection()
         with operator.profiled("operator-burst") if args.profile else contextlib.nullcontext():
             burst = bench.burst()
         after_start = Snapshot(cluster).since(started_up)["operator"]
@@ -291,6 +340,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "nodes": args.nodes,
         "pods": args.pods,
         "identity": args.identity,
+        **setup,
         **idle,
         "detection_p50_s": statistics.median(latencies) if latencies else None,
         "detection_p99_s": report.pct(latencies, 99) if latencies else None,
@@ -310,6 +360,8 @@ def render(r: dict[str, Any]) -> str:
         f"pitstop scale benchmark: {r['nodes']} nodes, {r['pods']} pods"
         f" ({r['machine']['cpus']} CPUs, load {r['machine']['load_start']} at start,"
         f" {r['machine']['load_end']} at end; shared and noisy)",
+        f"  set-up: nodes Ready in        {r['setup_nodes_s']:8.0f} s",
+        f"  set-up: pods Running in       {r['setup_pods_s']:8.0f} s     ({r['setup_pods_per_s']:.0f} pods/s)",
         f"  operator RSS                  {r['rss_mb']:8.1f} MB    target <= {TARGET_RSS_MB:.0f} MB   {mark(r['rss_mb'] <= TARGET_RSS_MB)}",
         f"  operator idle CPU             {r['idle_cpu_percent']:8.2f} %     target <= {TARGET_IDLE_CPU:.0f} %      {mark(r['idle_cpu_percent'] <= TARGET_IDLE_CPU)}",
         f"  detection latency p50         {r['detection_p50_s']:8.3f} s     ({r['detection_samples']} samples)",
@@ -378,7 +430,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--profile",
         action="store_true",
-        help="sample the operator with py-spy during the burst (bench/results/*.speedscope.json)",
+        help="sample the operator with py-spy during detection and the burst"
+        " (bench/results/operator-*.speedscope.json)",
+    )
+    p.add_argument(
+        "--cluster-dir",
+        type=Path,
+        help="measure on the running cluster of an earlier run (its PITSTOP_CLUSTER_DIR),"
+        " populated to --nodes/--pods already; it is kept at the end",
     )
     p.add_argument("--quick", action="store_true", help="200 nodes, 2,000 pods, 20 samples")
     p.add_argument("--output", type=Path, default=RESULTS / "policy.json")

@@ -59,6 +59,10 @@ MEMO_OPTIONS = "options"
 WATCH_SERVER_TIMEOUT = 270
 WATCH_CLIENT_TIMEOUT = 300.0
 WATCH_CONNECT_TIMEOUT = 10.0
+# The initial LIST of each resource (and any re-LIST after a 410) in pages: 100,000
+# pods in one response are some 300 MB of JSON, parsed at once, whose memory the process
+# keeps; pages are indexed and dropped one after the other.
+LIST_CHUNK_SIZE = 500
 # Ordinary (non-watch) API requests: fail fast rather than hold a handler for kopf's 5 min.
 REQUEST_TIMEOUT = 60.0
 CONNECT_TIMEOUT = 10.0
@@ -76,6 +80,7 @@ def configure(
     settings.watching.server_timeout = WATCH_SERVER_TIMEOUT
     settings.watching.client_timeout = WATCH_CLIENT_TIMEOUT
     settings.watching.connect_timeout = WATCH_CONNECT_TIMEOUT
+    settings.watching.chunk_size = LIST_CHUNK_SIZE
     settings.networking.request_timeout = REQUEST_TIMEOUT
     settings.networking.connect_timeout = CONNECT_TIMEOUT
 

@@ -4,6 +4,7 @@ instance contract and the node markers read, and EndpointSlices give readiness b
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -322,3 +323,16 @@ def test_a_pdb_event_wakes_the_repairs_of_nodes_holding_pods_it_covers() -> None
     finally:
         indexes.WAKERS.unregister("n1", covered)
         indexes.WAKERS.unregister("n2", elsewhere)
+
+
+def test_slim_pods_share_what_they_repeat() -> None:
+    """100,000 indexed pods: strings and empty containers they all repeat are kept once."""
+    a = indexes.slim_pod(json.loads(json.dumps(full_pod("a"))))
+    b = indexes.slim_pod(json.loads(json.dumps(full_pod("b"))))
+    (key_a,), (key_b,) = (
+        [k for k in p["metadata"]["labels"] if k == "pod-template-hash"] for p in (a, b)
+    )
+    assert key_a is key_b
+    assert a["metadata"]["namespace"] is b["metadata"]["namespace"]
+    plain = {"spec": {"nodeName": "n", "containers": [{"name": "c", "image": "i"}]}}
+    assert indexes.slim_pod(plain)["spec"]["containers"] == [{"ports": [], "env": []}]

@@ -10,6 +10,7 @@ complete picture."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
@@ -29,28 +30,48 @@ KEPT_NODE_ANNOTATIONS = (C.ANNOTATION_REPAIR, C.ANNOTATION_WAS_UNSCHEDULABLE)
 KEPT_POD_CONDITIONS = frozenset({C.CONDITION_SERVING, "Ready"})
 
 
+def _shared(value: Any) -> Any:
+    """One copy of a string that many pods repeat (namespace, label keys and values,
+    node name, phase): each watch event parses its own, and 100,000 pods hold them."""
+    return sys.intern(value) if isinstance(value, str) else value
+
+
+_EMPTY_CONTAINER: dict[str, Any] = {"ports": [], "env": []}
+"""Shared by every slimmed container with nothing kept (the common case); index
+values are read, never changed in place."""
+_OWNER_KINDS: dict[Any, dict[str, Any]] = {}
+
+
+def _owner(kind: Any) -> dict[str, Any]:
+    """A shared {"kind": kind} per owner kind (ReplicaSet, DaemonSet, ...)."""
+    ref = _OWNER_KINDS.get(kind)
+    if ref is None:
+        ref = _OWNER_KINDS.setdefault(kind, {"kind": _shared(kind)})
+    return ref
+
+
 def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
     meta, spec, status = body.get("metadata", {}), body.get("spec", {}), body.get("status", {})
     annotations = meta.get("annotations") or {}
     return {
         "metadata": {
-            "namespace": meta.get("namespace"),
+            "namespace": _shared(meta.get("namespace")),
             "name": meta.get("name"),
             "uid": meta.get("uid"),
-            "labels": dict(meta.get("labels") or {}),
+            "labels": {_shared(k): _shared(v) for k, v in (meta.get("labels") or {}).items()},
             "annotations": {k: annotations[k] for k in KEPT_POD_ANNOTATIONS if k in annotations},
-            "ownerReferences": [{"kind": r.get("kind")} for r in meta.get("ownerReferences") or []],
+            "ownerReferences": [_owner(r.get("kind")) for r in meta.get("ownerReferences") or []],
             "deletionTimestamp": meta.get("deletionTimestamp"),
         },
         "spec": {
-            "nodeName": spec.get("nodeName"),
+            "nodeName": _shared(spec.get("nodeName")),
             "readinessGates": spec.get("readinessGates"),
             # What task sources read: named ports, of-watchdog's timeouts, the grace.
             "containers": [_slim_container(c) for c in spec.get("containers") or []],
             "terminationGracePeriodSeconds": spec.get("terminationGracePeriodSeconds"),
         },
         "status": {
-            "phase": status.get("phase"),
+            "phase": _shared(status.get("phase")),
             "podIP": status.get("podIP"),
             # Ready: only a ready pod consumes a disruption of its PDB when evicted.
             "conditions": [
@@ -65,18 +86,19 @@ KEPT_ENV = frozenset({"write_timeout", "healthcheck_interval", "exec_timeout"})
 
 
 def _slim_container(c: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "ports": [
-            {"name": p.get("name"), "containerPort": p.get("containerPort")}
-            for p in c.get("ports") or []
-            if p.get("name")
-        ],
-        "env": [
-            {"name": e.get("name"), "value": e.get("value")}
-            for e in c.get("env") or []
-            if e.get("name") in KEPT_ENV and e.get("value") is not None
-        ],
-    }
+    ports = [
+        {"name": p.get("name"), "containerPort": p.get("containerPort")}
+        for p in c.get("ports") or []
+        if p.get("name")
+    ]
+    env = [
+        {"name": e.get("name"), "value": e.get("value")}
+        for e in c.get("env") or []
+        if e.get("name") in KEPT_ENV and e.get("value") is not None
+    ]
+    if not ports and not env:
+        return _EMPTY_CONTAINER
+    return {"ports": ports, "env": env}
 
 
 def slim_node(body: Mapping[str, Any]) -> dict[str, Any]:

@@ -91,6 +91,12 @@ def in_pool(spec: RepairPolicySpec, node: NodeView) -> bool:
     return selectors.matches(spec.node_selector.wire(), node.labels)
 
 
+def pool_of(spec: RepairPolicySpec, nodes: Iterable[NodeView]) -> list[NodeView]:
+    """The nodes of the policy's pool (the selector rendered once, not once per node)."""
+    selector = spec.node_selector.wire()
+    return [n for n in nodes if selectors.matches(selector, n.labels)]
+
+
 def fault_of(
     spec: RepairPolicySpec, node: NodeView, now: datetime
 ) -> tuple[Fault | None, datetime | None]:

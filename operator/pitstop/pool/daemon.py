@@ -44,16 +44,51 @@ def parse_policy(raw: Mapping[str, Any]) -> RepairPolicySpec | None:
         return None
 
 
-def pools_of(
-    node: arithmetic.NodeView, policies_index: kopf.Index[str, Any]
-) -> list[tuple[str, RepairPolicySpec]]:
+def parse_policies(policies_index: kopf.Index[str, Any]) -> list[tuple[str, RepairPolicySpec]]:
+    """Every RepairPolicy of the index, parsed once (a pool pass asks each node)."""
     found = []
     for name, store in list(policies_index.items()):
         for raw in store:
             spec = parse_policy(raw)
-            if spec is not None and arithmetic.in_pool(spec, node):
+            if spec is not None:
                 found.append((name, spec))
     return found
+
+
+def pools_of(
+    node: arithmetic.NodeView, policies: Iterable[tuple[str, RepairPolicySpec]]
+) -> list[tuple[str, RepairPolicySpec]]:
+    return [(name, spec) for name, spec in policies if arithmetic.in_pool(spec, node)]
+
+
+class NodeViews:
+    """The pool logic's view of every node, made again only for a node whose
+    resourceVersion changed: a pass over 5,000 nodes would otherwise spend most of
+    its time re-reading conditions and timestamps that did not change."""
+
+    def __init__(self) -> None:
+        self._views: dict[str, tuple[str, arithmetic.NodeView]] = {}
+
+    def all(self, nodes_index: kopf.Index[str, Any]) -> list[arithmetic.NodeView]:
+        views, kept = [], {}
+        for store in list(nodes_index.values()):
+            for raw in store:
+                meta = raw.get("metadata", {})
+                name, rv = meta.get("name"), meta.get("resourceVersion")
+                cached = self._views.get(name)
+                if rv and cached is not None and cached[0] == rv:
+                    view = cached[1]
+                else:
+                    view = arithmetic.node_view(raw)
+                if rv:
+                    kept[name] = (rv, view)
+                views.append(view)
+        self._views = kept  # deleted nodes drop out
+        return views
+
+
+NODE_VIEWS = NodeViews()
+"""One per process: the policy daemons and the admission share it."""
 
 
 def lock_holders(nodes: Iterable[arithmetic.NodeView]) -> set[str]:
@@ -116,15 +151,15 @@ class Admission:
             if node.lock == repair:  # it took its node before a restart: it is active
                 self.admitted.add(repair)
                 return None
-            pools = pools_of(node, policies_index)
+            pools = pools_of(node, parse_policies(policies_index))
             if not pools:
                 self.admitted.add(repair)
                 return None
-            all_nodes = [arithmetic.node_view(n) for s in list(nodes_index.values()) for n in s]
+            all_nodes = NODE_VIEWS.all(nodes_index)
             views = repair_views(repairs_index, self.admitted | lock_holders(all_nodes))
             candidate = arithmetic.RepairView(repair, node_name, Phase.PENDING, created)
             for name, spec in pools:
-                pool = [n for n in all_nodes if arithmetic.in_pool(spec, n)]
+                pool = arithmetic.pool_of(spec, all_nodes)
                 refusal = arithmetic.admit(candidate, spec, pool, views)
                 if refusal:
                     return f"{refusal} (policy {name})"
@@ -196,10 +231,15 @@ class PolicyDriver:
             return None  # the schema admitted it, so this cannot happen; nothing to do
         if self.name not in policies_index:
             raise Gone(f"RepairPolicy {self.name} is gone")
-        all_nodes = [arithmetic.node_view(n) for s in list(nodes_index.values()) for n in s]
-        pool = [n for n in all_nodes if arithmetic.in_pool(spec, n)]
+        all_nodes = NODE_VIEWS.all(nodes_index)
+        pool = arithmetic.pool_of(spec, all_nodes)
         names = {n.name for n in pool}
-        conflicts = sorted(n.name for n in pool if len(pools_of(n, policies_index)) > 1)
+        others = [
+            set(map(id, arithmetic.pool_of(other, pool)))
+            for name, other in parse_policies(policies_index)
+            if name != self.name
+        ]
+        conflicts = sorted(n.name for n in pool if any(id(n) in o for o in others))
 
         faults: dict[str, arithmetic.Fault] = {}
         due_next: datetime | None = None
