@@ -251,12 +251,14 @@ def follow(
         line = (
             f"{phase:<16} instances left {counts.get('remaining', '-'):>3}   "
             f"tasks in flight {counts.get('inflightTasks', '-'):>3}   "
-            + (f"{extra()}   " if extra is not None else "")
-            + f"{DIM}{message}{RESET}"
         )
-        if line != shown:
-            shown = line
-            print(f"    {datetime.now():%H:%M:%S.%f}"[:-3] + f"  {line}", flush=True)
+        if line + message != shown:  # a line per change of the repair, not of `extra`
+            shown = line + message
+            more = f"{extra()}   " if extra is not None else ""
+            print(
+                f"    {datetime.now():%H:%M:%S.%f}"[:-3] + f"  {line}{more}{DIM}{message}{RESET}",
+                flush=True,
+            )
         if phase in ("Succeeded", "Failed", "Aborted"):
             break
         time.sleep(0.1)
@@ -390,7 +392,7 @@ def real_node_act(cluster: Cluster, state: Path) -> bool | None:
     for label, n in (
         ("requests failed", result.failed_total),
         ("requests cut mid-flight", result.cut),
-        ("requests sent after leaving ready", result.sent_after_leaving),
+        ("requests sent after leaving", result.sent_after_leaving),
     ):
         print(f"    {label + ':':<34}{GREEN if n == 0 else RED}{n}{RESET}")
     print(f"    pods that left the ready set:     {len(result.left)}")
