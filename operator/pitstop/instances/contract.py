@@ -304,12 +304,7 @@ def take_service_room(room: dict[str, int], i: Instance, now: datetime) -> tuple
     """Takes one from each budget of `i` if all have room; returns those that have
     none. A pod not Ready for good takes nothing: it costs its budgets nothing more."""
     spent = i.unready_since is not None and now - i.unready_since >= UNREADY_FOR_GOOD
-    limits = [] if spent else [p for p in i.pdbs if p in room]
-    full = tuple(p for p in limits if room[p] <= 0)
-    if not full:
-        for p in limits:
-            room[p] -= 1
-    return full
+    return _take(room, [] if spent else [p for p in i.pdbs if p in room])
 
 
 def eviction_room(
@@ -333,7 +328,11 @@ def take_room(room: dict[str, int], i: Instance) -> tuple[str, ...]:
     several budgets is held by the tightest); returns the budgets that have none.
     A pod that is not Ready takes nothing (the API server does not count it), nor
     does a budget not in `room` (unknown yet: the API server decides)."""
-    limits = [p for p in i.pdbs if p in room] if i.pod_ready else []
+    return _take(room, [p for p in i.pdbs if p in room] if i.pod_ready else [])
+
+
+def _take(room: dict[str, int], limits: list[str]) -> tuple[str, ...]:
+    """One from each of `limits` if all have room; else nothing, and those full."""
     full = tuple(p for p in limits if room[p] <= 0)
     if not full:
         for p in limits:
