@@ -652,7 +652,7 @@ def test_abort_gives_the_node_back(
         marked = [
             x
             for x in live(node_pods(cluster, namespace, node))
-            if DRAINING in x.metadata.annotations
+            if DRAINING in (x.metadata.annotations or {})
         ]
         assert marked, "the drain signal is out before the abort"
 

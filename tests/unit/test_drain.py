@@ -1204,3 +1204,10 @@ def test_a_late_instance_has_its_own_task_timeout() -> None:
     d = decide(observe(st, [early, late], sp=spec(task_timeout=300)))
     assert d.evict == ["fn/p0"]
     assert d.wake_at is not None and d.wake_at <= ago(10) + timedelta(seconds=300)
+
+
+def test_async_instances_under_a_budget_get_the_drain_signal_at_once() -> None:
+    # No gate of ours makes them not Ready: their eviction is what the budget meters.
+    pods = [dataclasses.replace(inst(f"w{n}", draining=False), pdbs=("fn/pdb",)) for n in range(3)]
+    d = decide(observe(status(Phase.DEREGISTERING), pods, budgets=spare(0)))
+    assert d.held == {} and d.mark_draining == ["fn/w0", "fn/w1", "fn/w2"]

@@ -145,15 +145,20 @@ def _count(d: Decision, obs: Observation) -> None:
 
 
 def _mark_and_deregister(d: Decision, obs: Observation) -> None:
-    """Drain signal on every instance, serving=False on every gated sync one, as far
-    as their PodDisruptionBudgets allow: both make a pod leave service (not Ready),
-    which its budgets count; the rest stay in service (`d.held`) until pods of theirs
-    are gone and replaced. Done again on every pass, so instances that appear later,
-    and those held, are treated the same."""
+    """Drain signal on every instance, serving=False on every gated sync one; for
+    gated sync instances as far as their PodDisruptionBudgets allow: the closed gate
+    makes a pod leave service (not Ready), which its budgets count; the rest stay in
+    service (`d.held`) until pods of theirs are gone and replaced. Done again on
+    every pass, so instances that appear later, and those held, are treated the same."""
     out = {i.key for i in obs.instances if _out_of_service(i, obs)}
     room = contract.service_room(obs.budgets, obs.instances, out)
     for i in obs.instances:
-        if i.key not in out and not i.terminating:
+        # Only a closed gate is ours to know makes the pod not Ready: gated sync
+        # instances wait for their budget, the drain signal with them (a runtime that
+        # is told to drain while still routed may fail its readiness too). Others get
+        # the signal at once; a runtime failing its readiness on it should let its
+        # budget evict unhealthy pods (docs/runtime-integration.md).
+        if i.key not in out and not i.terminating and i.sync and i.gated:
             full = contract.take_service_room(room, i, obs.now)
             if full:
                 d.held[i.key] = full
