@@ -10,8 +10,11 @@
 #   hack/cluster.sh kubeconfig  print the admin kubeconfig path
 #   hack/cluster.sh status      print whether it runs
 #   hack/cluster.sh restart C   stop component C (etcd, kube-apiserver, kube-controller-manager,
-#                               kube-scheduler, kwok) and start it again with the same flags,
+#                               kube-scheduler, kwok, kube-apiserver-observer) and start it again with the same flags,
 #                               ports and data; returns when it is healthy again (chaos tests)
+#
+# PITSTOP_OBSERVER_APISERVER=1 adds a second kube-apiserver on the same etcd for
+# checkers (observer.kubeconfig); nothing under test talks to it.
 #
 # State lives in $PITSTOP_CLUSTER_DIR (default: <repo>/.cluster): certificates,
 # kubeconfigs, pids, ports and one log file per component in logs/.
@@ -22,6 +25,8 @@ source "$here/versions.env"
 dir="${PITSTOP_CLUSTER_DIR:-$repo/.cluster}"
 nodes="${PITSTOP_NODES:-3}"
 real_nodes="${PITSTOP_REAL_NODES:-1}"
+# 1: a second kube-apiserver for checkers (observer.kubeconfig), see up()
+observer="${PITSTOP_OBSERVER_APISERVER:-0}"
 # Client rate limit of kube-controller-manager and kube-scheduler. Their defaults
 # (20 QPS, burst 30; 50, burst 100) cap pod creation and binding at ~20 pods/s,
 # which makes a 100,000-pod benchmark take over an hour. Raising it costs nothing
@@ -80,8 +85,8 @@ extendedKeyUsage=serverAuth"
   openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
 }
 
-write_kubeconfig() { # $1 name (cert), $2 server
-  cat >"$dir/$1.kubeconfig" <<KC
+write_kubeconfig() { # $1 name (cert), $2 server, $3 file name (default: $1)
+  cat >"$dir/${3:-$1}.kubeconfig" <<KC
 apiVersion: v1
 kind: Config
 clusters:
@@ -119,6 +124,8 @@ healthy() { # $1 name: the same probes `up` waits for
     etcd) curl -sf "http://127.0.0.1:$ETCD_PORT/health" ;;
     kube-apiserver) curl -sf --cacert "$dir/pki/ca.crt" --cert "$dir/pki/admin.crt" \
       --key "$dir/pki/admin.key" "https://127.0.0.1:$API_PORT/readyz" ;;
+    kube-apiserver-observer) curl -sf --cacert "$dir/pki/ca.crt" --cert "$dir/pki/admin.crt" \
+      --key "$dir/pki/admin.key" "https://127.0.0.1:$OBSERVER_PORT/readyz" ;;
     kube-controller-manager) curl -skf "https://127.0.0.1:$KCM_PORT/healthz" ;;
     kube-scheduler) curl -skf "https://127.0.0.1:$SCHED_PORT/healthz" ;;
     kwok) kill -0 "$(pid_of kwok)" ;;
@@ -174,12 +181,12 @@ up() {
   mkdir -p "$dir/logs" "$dir/etcd"
   : >"$dir/pids"
   make_certs
-  local etcd_port etcd_peer api_port kcm_port sched_port
+  local etcd_port etcd_peer api_port kcm_port sched_port observer_port
   etcd_port=$(free_port); etcd_peer=$(free_port); api_port=$(free_port)
-  kcm_port=$(free_port); sched_port=$(free_port)
+  kcm_port=$(free_port); sched_port=$(free_port); observer_port=$(free_port)
   local server="https://127.0.0.1:$api_port" pki="$dir/pki"
-  printf 'ETCD_PORT=%s\nAPI_PORT=%s\nKCM_PORT=%s\nSCHED_PORT=%s\n' \
-    "$etcd_port" "$api_port" "$kcm_port" "$sched_port" >"$dir/ports.env"
+  printf 'ETCD_PORT=%s\nAPI_PORT=%s\nKCM_PORT=%s\nSCHED_PORT=%s\nOBSERVER_PORT=%s\n' \
+    "$etcd_port" "$api_port" "$kcm_port" "$sched_port" "$observer_port" >"$dir/ports.env"
   for n in admin controller-manager scheduler kwok; do write_kubeconfig "$n" "$server"; done
   log "starting etcd, kube-apiserver on $server (state: $dir)"
   # The audit log records every write with its user agent and source address, so
@@ -202,22 +209,35 @@ AUDIT
 
   # The advertise address only fills the `kubernetes` Service's endpoints; it must
   # not be loopback, and nothing here connects to it.
-  start kube-apiserver "$kube/kube-apiserver" \
-    --etcd-servers "http://127.0.0.1:$etcd_port" \
-    --bind-address 127.0.0.1 --secure-port "$api_port" --advertise-address 198.51.100.1 \
-    --endpoint-reconciler-type none \
-    --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
-    --client-ca-file "$pki/ca.crt" --authorization-mode Node,RBAC \
-    --service-account-issuer https://kubernetes.default.svc.cluster.local \
-    --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
-    --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=true \
-    --audit-policy-file "$dir/audit-policy.yaml" --audit-log-path "$dir/logs/audit.log" \
-    --audit-log-maxsize 200 --audit-log-maxbackup 1 \
-    --kubelet-client-certificate "$pki/apiserver-kubelet-client.crt" \
-    --kubelet-client-key "$pki/apiserver-kubelet-client.key" \
-    --kubelet-certificate-authority "$pki/ca.crt" --kubelet-preferred-address-types InternalIP \
+  local apiserver_flags=(
+    --etcd-servers "http://127.0.0.1:$etcd_port"
+    --bind-address 127.0.0.1 --advertise-address 198.51.100.1
+    --endpoint-reconciler-type none
+    --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key"
+    --client-ca-file "$pki/ca.crt" --authorization-mode Node,RBAC
+    --service-account-issuer https://kubernetes.default.svc.cluster.local
+    --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key"
+    --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=true
+    --kubelet-client-certificate "$pki/apiserver-kubelet-client.crt"
+    --kubelet-client-key "$pki/apiserver-kubelet-client.key"
+    --kubelet-certificate-authority "$pki/ca.crt" --kubelet-preferred-address-types InternalIP
     --profiling=false --v=1
+  )
+  start kube-apiserver "$kube/kube-apiserver" "${apiserver_flags[@]}" --secure-port "$api_port" \
+    --audit-policy-file "$dir/audit-policy.yaml" --audit-log-path "$dir/logs/audit.log" \
+    --audit-log-maxsize 200 --audit-log-maxbackup 1
+  if ((observer)); then
+    # A second API server on the same etcd, which nothing under test uses: a checker
+    # watching through it keeps its stream (and its watch cache) while the first one
+    # restarts, instead of going blind and re-listing.
+    start kube-apiserver-observer "$kube/kube-apiserver" "${apiserver_flags[@]}" \
+      --secure-port "$observer_port"
+    write_kubeconfig admin "https://127.0.0.1:$observer_port" observer
+  fi
   wait_for 90 kube-apiserver kc get --raw /readyz
+  if ((observer)); then
+    wait_for 90 kube-apiserver-observer healthy kube-apiserver-observer
+  fi
 
   log "starting kube-controller-manager, kube-scheduler, kwok"
   start kube-controller-manager "$kube/kube-controller-manager" \

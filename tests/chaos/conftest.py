@@ -1,5 +1,6 @@
 """The chaos tier: its own local control plane (no real node; the pool's fake nodes
-are made by the test), whose kube-apiserver and etcd the test restarts, with the
+are made by the test), whose kube-apiserver and etcd the test restarts (a second
+API server, untouched, serves the checker), with the
 e2e tier's fixtures (namespace, pool, the operator with its ServiceAccount's RBAC).
 
 PITSTOP_KEEP_CLUSTER=1 leaves the cluster running afterwards. An existing cluster
@@ -37,13 +38,19 @@ class ControlPlane:
     state: str
     """PITSTOP_CLUSTER_DIR of the cluster: what `hack/cluster.sh restart` needs."""
 
+    @property
+    def observer(self) -> Cluster:
+        """The same cluster through the second API server, which the chaos never
+        restarts: the checker's watches stay open across the first one's restarts."""
+        return Cluster(f"{self.state}/observer.kubeconfig")
+
 
 @pytest.fixture(scope="session")
 def control_plane() -> Iterator[ControlPlane]:
     if os.environ.get("PITSTOP_KUBECONFIG"):
         pytest.skip("the chaos tier restarts the control plane: it starts its own")
     try:
-        with local_cluster(0, 0) as (made, state):
+        with local_cluster(0, 0, observer=True) as (made, state):
             yield ControlPlane(made, state)
     except ClusterFailed as e:
         pytest.exit(f"local control plane failed to start:\n{e}", returncode=1)

@@ -254,7 +254,7 @@ def test_chaos_soak(
     setup = time.monotonic() - began
 
     monitor = Monitor(
-        new_client(cluster),
+        new_client(control_plane.observer),
         namespace,
         selector(p),
         set(p.names),

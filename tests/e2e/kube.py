@@ -104,16 +104,20 @@ class ClusterFailed(RuntimeError):
 
 
 @contextmanager
-def local_cluster(nodes: int, real_nodes: int) -> Iterator[tuple[Cluster, str]]:
+def local_cluster(
+    nodes: int, real_nodes: int, observer: bool = False
+) -> Iterator[tuple[Cluster, str]]:
     """A fresh local control plane (hack/cluster.sh) with `nodes` fake and `real_nodes`
     real nodes and the CRDs installed, in its own state directory, which is yielded too
-    (`hack/cluster.sh restart` needs it); stopped afterwards unless PITSTOP_KEEP_CLUSTER."""
+    (`hack/cluster.sh restart` needs it); stopped afterwards unless PITSTOP_KEEP_CLUSTER.
+    `observer` adds a second API server for checkers (`<state>/observer.kubeconfig`)."""
     state = tempfile.mkdtemp(prefix="pitstop-e2e-")
     env = {
         **os.environ,
         "PITSTOP_CLUSTER_DIR": state,
         "PITSTOP_NODES": str(nodes),
         "PITSTOP_REAL_NODES": str(real_nodes),
+        "PITSTOP_OBSERVER_APISERVER": "1" if observer else "0",
     }
     up = subprocess.run(
         [str(REPO / "hack/cluster.sh"), "up"], env=env, capture_output=True, text=True, timeout=3600
