@@ -28,6 +28,7 @@ fails the run just like a break: a checker never passes for what it could not se
 from __future__ import annotations
 
 import bisect
+import sys
 import threading
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -111,6 +112,8 @@ class Monitor:
     repairs: dict[str, dict[str, Any]] = field(default_factory=dict)
     ended_rv: dict[str, int] = field(default_factory=dict)
     """repair → resourceVersion at which it was seen Verified, deleting, gone, or final"""
+    ended_unseen: set[str] = field(default_factory=set)
+    """repairs whose end only a re-list showed: `ended_rv` is then an upper bound"""
     deleted: set[str] = field(default_factory=set)
     _touches: list[tuple[int, str, str, str]] = field(default_factory=list)
     """(rv, pod, node, what), waiting for the node stream to catch up"""
@@ -223,13 +226,19 @@ class Monitor:
             if kind == "DELETED":
                 self.repairs.pop(name, None)
                 self.deleted.add(name)
-                # a deletion seen only by a re-list has no rv of its own (and is uncovered)
-                self.ended_rv.setdefault(name, 0 if resynced else rv)
+                if name not in self.ended_rv:
+                    # a deletion seen only by a re-list has no rv of its own
+                    self.ended_rv[name] = sys.maxsize if resynced else rv
+                    if resynced:
+                        self.ended_unseen.add(name)
             else:
                 self.repairs[name] = obj
                 gone = obj["metadata"].get("deletionTimestamp") or phase_of(obj) in FINAL
                 if name not in self.ended_rv and (verified(obj) or gone):
+                    # through a re-list: it ended in the gap, at the latest at this rv
                     self.ended_rv[name] = rv
+                    if resynced:
+                        self.ended_unseen.add(name)
             active = [
                 (n, r["spec"]["nodeName"])
                 for n, r in self.repairs.items()
@@ -377,6 +386,10 @@ class Monitor:
             ended = self.ended_rv.get(repair)
             if ended is not None and self._in_blind(node, ended):
                 self.uncovered.append(f"{node} released by {repair} while its watch was blind")
+            elif ended is not None and ended > rv and repair in self.ended_unseen:
+                self.uncovered.append(
+                    f"{node} released by {repair} at rv {rv}, which ended unseen by rv {ended}"
+                )
             elif ended is None or ended > rv:
                 self.breaks.append(
                     f"inv3: {node} released by {repair} at rv {rv} "

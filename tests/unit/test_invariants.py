@@ -1,0 +1,109 @@
+"""The outside checker's judgement of "a lock is released only after its repair
+Verified" (tests/e2e/invariants.py), fed events by hand: what it saw one by one
+is judged, what only a re-list showed is uncovered, never passed or broken."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client
+
+from tests.e2e.invariants import LOCK, TAINT, Monitor
+
+NODE, REPAIR = "n-1", "r-1"
+
+
+@dataclass
+class Stream:
+    """What `Monitor._judge` reads of a watch: its name and how far it caught up."""
+
+    name: str
+    rv: int = 0
+
+
+def node(rv: int, locked: bool) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": NODE,
+            "resourceVersion": str(rv),
+            "annotations": {LOCK: REPAIR} if locked else {},
+        },
+        "spec": {"unschedulable": locked, "taints": [{"key": TAINT}] if locked else []},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
+def repair(rv: int, verified: bool) -> dict[str, Any]:
+    conditions = [{"type": "Verified", "status": "True"}] if verified else []
+    return {
+        "metadata": {"name": REPAIR, "resourceVersion": str(rv)},
+        "spec": {"nodeName": NODE},
+        "status": {"phase": "Uncordoning" if verified else "Repairing", "conditions": conditions},
+    }
+
+
+def monitor() -> tuple[Monitor, Stream, Stream]:
+    m = Monitor(client.ApiClient(), "ns", "pool=p", {NODE}, max_active=3, min_available=0)
+    nodes, repairs = Stream("nodes"), Stream("noderepairs")
+    m.watches = [nodes, repairs]  # type: ignore[list-item]
+    return m, nodes, repairs
+
+
+def released_at(rv: int, m: Monitor, nodes: Stream) -> None:
+    m._on_node("ADDED", node(rv - 5, locked=True), None, False)
+    nodes.rv = rv
+    m._on_node("MODIFIED", node(rv, locked=False), node(rv - 5, locked=True), False)
+
+
+def test_a_release_after_verified_passes() -> None:
+    m, nodes, repairs = monitor()
+    m._on_repair("ADDED", repair(3, verified=False), None, False)
+    repairs.rv = 10
+    m._on_repair("MODIFIED", repair(10, verified=True), repair(3, verified=False), False)
+    released_at(12, m, nodes)
+    assert m.checks["inv3 uncordon only after Verified"] == 0, "judged before rv 12 was seen"
+    repairs.rv = 13  # (a bookmark)
+    m._judge()
+    assert m.checks["inv3 uncordon only after Verified"] == 1
+    assert (m.breaks, m.uncovered) == ([], [])
+
+
+def test_a_release_before_verified_breaks() -> None:
+    m, nodes, repairs = monitor()
+    m._on_repair("ADDED", repair(3, verified=False), None, False)
+    released_at(12, m, nodes)
+    repairs.rv = 14
+    m._on_repair("MODIFIED", repair(14, verified=True), repair(3, verified=False), False)
+    assert len(m.breaks) == 1 and "released by r-1 at rv 12" in m.breaks[0]
+
+
+def test_an_end_seen_only_by_a_relist_is_uncovered_not_a_break() -> None:
+    """The repair stream was blind: the re-list shows it Verified at rv 14, its last
+    write; it may have turned Verified anywhere before, so a release at 12 is unknown."""
+    m, nodes, repairs = monitor()
+    m._on_repair("ADDED", repair(3, verified=False), None, False)
+    released_at(12, m, nodes)
+    repairs.rv = 20
+    m._on_repair("MODIFIED", repair(14, verified=True), repair(3, verified=False), True)
+    assert m.breaks == []
+    assert len(m.uncovered) == 1 and "ended unseen by rv 14" in m.uncovered[0]
+
+
+def test_a_relisted_end_before_the_release_passes() -> None:
+    m, nodes, repairs = monitor()
+    m._on_repair("ADDED", repair(3, verified=False), None, False)
+    repairs.rv = 20
+    m._on_repair("MODIFIED", repair(10, verified=True), repair(3, verified=False), True)
+    released_at(12, m, nodes)
+    assert m.checks["inv3 uncordon only after Verified"] == 1
+    assert (m.breaks, m.uncovered) == ([], [])
+
+
+def test_a_deletion_seen_only_by_a_relist_is_uncovered() -> None:
+    m, nodes, repairs = monitor()
+    m._on_repair("ADDED", repair(3, verified=False), None, False)
+    released_at(12, m, nodes)
+    repairs.rv = 20
+    m._on_repair("DELETED", repair(3, verified=False), repair(3, verified=False), True)
+    assert m.breaks == [] and len(m.uncovered) == 1
