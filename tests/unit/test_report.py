@@ -11,6 +11,7 @@ from typing import Any
 from pitstop import constants as C
 from pitstop.conditions import set_condition
 from pitstop.models import InstanceCounts, NodeRepairStatus, Phase
+from pitstop.repair.flow import Event
 from pitstop.repair.report import STATUS_COALESCE, Report
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -57,3 +58,28 @@ def test_counter_and_message_changes_are_coalesced_phase_changes_are_not() -> No
     later = NOW + STATUS_COALESCE * 2 + timedelta(milliseconds=1)
     write(evicting(18, C.REASON_EVICTION_BLOCKED), later)
     assert len(kube.patches) == 3, "a condition's reason goes out at once"
+
+
+def test_a_wait_is_one_event_whatever_its_message_and_only_the_story_goes_on_the_node(
+    monkeypatch: Any,
+) -> None:
+    posted: list[tuple[str, str, str]] = []
+    monkeypatch.setattr(
+        "pitstop.repair.report.kopf.event",
+        lambda body, type, reason, message: posted.append((body["kind"], reason, message)),
+    )
+    body = {"kind": "NodeRepair", "spec": {"nodeName": "n1"}}
+    report = Report("r1", body, FakeKube(), logging.getLogger())  # type: ignore[arg-type]
+    node = {"kind": "Node", "metadata": {"name": "n1"}}
+    report.post([Event("Normal", "WaitingForCapacity", "3 active", once=True)], node)
+    report.post([Event("Normal", "WaitingForCapacity", "2 active", once=True)], node)
+    report.post([Event("Warning", "TaskTimeout", "a"), Event("Warning", "TaskTimeout", "b")], node)
+    report.post([Event("Normal", "Cordoned", "Node cordoned", on_node=True)], node)
+    report.post([Event("Normal", "Cordoned", "Node cordoned", on_node=True)], node)
+    assert posted == [
+        ("NodeRepair", "WaitingForCapacity", "3 active"),
+        ("NodeRepair", "TaskTimeout", "a"),
+        ("NodeRepair", "TaskTimeout", "b"),
+        ("NodeRepair", "Cordoned", "Node cordoned"),
+        ("Node", "Cordoned", "r1: Node cordoned"),
+    ]

@@ -71,7 +71,7 @@ def decide(obs: Observation) -> Decision:
         recovery.uncordoning(d, obs)
         return d
     if obs.waiting_for and status.phase == Phase.PENDING:
-        d.events.append(Event("Normal", C.REASON_WAITING_FOR_CAPACITY, obs.waiting_for))
+        d.events.append(Event("Normal", C.REASON_WAITING_FOR_CAPACITY, obs.waiting_for, once=True))
         status.message = f"{C.REASON_WAITING_FOR_CAPACITY}: {obs.waiting_for}"
         return d
     holder = nodes.lock_holder(obs.node)
@@ -80,7 +80,7 @@ def decide(obs: Observation) -> Decision:
             return fail(d, obs, C.REASON_LOCK_LOST, f"node lock taken by {holder}")
         if holder is not None and obs.holder_active:
             message = f"node is being repaired by {holder}"
-            d.events.append(Event("Normal", C.REASON_NODE_BUSY, f"Waiting: {message}"))
+            d.events.append(Event("Normal", C.REASON_NODE_BUSY, f"Waiting: {message}", once=True))
             status.message = f"{C.REASON_NODE_BUSY}: {message}"
             return d
         # Free, held by a vanished repair, or ours lost mid-drain and still free: take it.

@@ -86,7 +86,11 @@ class Event:
     reason: str
     message: str
     on_node: bool = False
-    """Also posted on the Node."""
+    """Also posted on the Node: only what a reader of the node's story needs (taken,
+    ready for repair, repair started, returned, failed); the rest is on the repair."""
+    once: bool = False
+    """Posted once per repair whatever its message: a wait whose detail changes every
+    pass (status.message carries it) is one Event, not one per change."""
 
 
 @dataclass

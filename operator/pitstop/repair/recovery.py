@@ -87,7 +87,7 @@ def repairing(d: Decision, obs: Observation) -> None:
             d.delete_job, d.create_job = rs.job_name, None
     if outcome == "repaired":
         set_cond(d, obs, C.COND_REPAIRED, True, C.REASON_REPAIRED, message)
-        d.events.append(Event("Normal", C.REASON_REPAIRED, message, True))
+        d.events.append(Event("Normal", C.REASON_REPAIRED, message))
         d.status.verify = VerifyStatus()
         enter(d, obs, Phase.VERIFYING)
         verifying(d, obs)
@@ -176,7 +176,7 @@ def verifying(d: Decision, obs: Observation) -> None:
             held = ", ".join(f"{c.type}={c.status.value}" for c in want)
             message = f"{held} held for {stable.seconds}s"
             set_cond(d, obs, C.COND_VERIFIED, True, C.REASON_VERIFIED, message)
-            d.events.append(Event("Normal", C.REASON_VERIFIED, f"Node healthy: {message}", True))
+            d.events.append(Event("Normal", C.REASON_VERIFIED, f"Node healthy: {message}"))
             enter(d, obs, Phase.UNCORDONING)
             d.release = True
             d.status.message = "Uncordoning"

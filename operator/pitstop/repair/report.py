@@ -68,9 +68,10 @@ class Report(DriverState):
 
     def post(self, events: list[drain.Event], node: Mapping[str, Any] | None) -> None:
         for e in events:
-            if (e.reason, e.message) in self.posted:
+            key = (e.reason, "" if e.once else e.message)
+            if key in self.posted:
                 continue
-            self.posted.add((e.reason, e.message))
+            self.posted.add(key)
             kopf.event(self.body, type=e.type, reason=e.reason, message=e.message)
             if e.on_node and node is not None:
                 kopf.event(
