@@ -10,8 +10,9 @@
 #   hack/cluster.sh kubeconfig  print the admin kubeconfig path
 #   hack/cluster.sh status      print whether it runs
 #   hack/cluster.sh restart C   stop component C (etcd, kube-apiserver, kube-controller-manager,
-#                               kube-scheduler, kwok, kube-apiserver-observer) and start it again with the same flags,
-#                               ports and data; returns when it is healthy again (chaos tests)
+#                               kube-scheduler, kwok, kube-apiserver-observer) and start it
+#                               again with the same flags, ports and data; returns when it is
+#                               healthy again (chaos tests)
 #
 # PITSTOP_OBSERVER_APISERVER=1 adds a second kube-apiserver on the same etcd for
 # checkers (observer.kubeconfig); nothing under test talks to it.

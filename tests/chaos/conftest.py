@@ -1,7 +1,7 @@
 """The chaos tier: its own local control plane (no real node; the pool's fake nodes
 are made by the test), whose kube-apiserver and etcd the test restarts (a second
-API server, untouched, serves the checker), with the
-e2e tier's fixtures (namespace, pool, the operator with its ServiceAccount's RBAC).
+API server, never restarted, serves the checker), with the e2e tier's fixtures
+(namespace, pool, the operator with its ServiceAccount's RBAC).
 
 PITSTOP_KEEP_CLUSTER=1 leaves the cluster running afterwards. An existing cluster
 (PITSTOP_KUBECONFIG) cannot be used: the test must restart its components."""

@@ -226,19 +226,16 @@ class Monitor:
             if kind == "DELETED":
                 self.repairs.pop(name, None)
                 self.deleted.add(name)
-                if name not in self.ended_rv:
-                    # a deletion seen only by a re-list has no rv of its own
-                    self.ended_rv[name] = sys.maxsize if resynced else rv
-                    if resynced:
-                        self.ended_unseen.add(name)
             else:
                 self.repairs[name] = obj
-                gone = obj["metadata"].get("deletionTimestamp") or phase_of(obj) in FINAL
-                if name not in self.ended_rv and (verified(obj) or gone):
-                    # through a re-list: it ended in the gap, at the latest at this rv
-                    self.ended_rv[name] = rv
-                    if resynced:
-                        self.ended_unseen.add(name)
+            deleting = obj["metadata"].get("deletionTimestamp") or phase_of(obj) in FINAL
+            if name not in self.ended_rv and (kind == "DELETED" or verified(obj) or deleting):
+                # Seen only through a re-list, it ended somewhere in the gap: at the
+                # latest at the object's rv, or, once gone, at no rv we know.
+                gone_unseen = resynced and kind == "DELETED"
+                self.ended_rv[name] = sys.maxsize if gone_unseen else rv
+                if resynced:
+                    self.ended_unseen.add(name)
             active = [
                 (n, r["spec"]["nodeName"])
                 for n, r in self.repairs.items()
@@ -387,8 +384,9 @@ class Monitor:
             if ended is not None and self._in_blind(node, ended):
                 self.uncovered.append(f"{node} released by {repair} while its watch was blind")
             elif ended is not None and ended > rv and repair in self.ended_unseen:
+                by = "" if ended == sys.maxsize else f" by rv {ended}"
                 self.uncovered.append(
-                    f"{node} released by {repair} at rv {rv}, which ended unseen by rv {ended}"
+                    f"{node} released by {repair} at rv {rv}, which ended unseen{by}"
                 )
             elif ended is None or ended > rv:
                 self.breaks.append(

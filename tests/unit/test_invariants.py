@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from kubernetes import client
 
 from tests.e2e.invariants import LOCK, TAINT, Monitor
@@ -78,16 +79,20 @@ def test_a_release_before_verified_breaks() -> None:
     assert len(m.breaks) == 1 and "released by r-1 at rv 12" in m.breaks[0]
 
 
-def test_an_end_seen_only_by_a_relist_is_uncovered_not_a_break() -> None:
+@pytest.mark.parametrize("kind", ["MODIFIED", "DELETED"])
+def test_an_end_seen_only_by_a_relist_is_uncovered_not_a_break(kind: str) -> None:
     """The repair stream was blind: the re-list shows it Verified at rv 14, its last
-    write; it may have turned Verified anywhere before, so a release at 12 is unknown."""
+    write (or gone, at no rv at all); it may have ended anywhere before, so a release
+    at 12 can be judged neither way."""
     m, nodes, repairs = monitor()
     m._on_repair("ADDED", repair(3, verified=False), None, False)
     released_at(12, m, nodes)
     repairs.rv = 20
-    m._on_repair("MODIFIED", repair(14, verified=True), repair(3, verified=False), True)
+    seen = repair(14, verified=True) if kind == "MODIFIED" else repair(3, verified=False)
+    m._on_repair(kind, seen, repair(3, verified=False), True)
     assert m.breaks == []
-    assert len(m.uncovered) == 1 and "ended unseen by rv 14" in m.uncovered[0]
+    assert len(m.uncovered) == 1 and "released by r-1 at rv 12" in m.uncovered[0]
+    assert ("by rv 14" in m.uncovered[0]) == (kind == "MODIFIED")
 
 
 def test_a_relisted_end_before_the_release_passes() -> None:
@@ -98,12 +103,3 @@ def test_a_relisted_end_before_the_release_passes() -> None:
     released_at(12, m, nodes)
     assert m.checks["inv3 uncordon only after Verified"] == 1
     assert (m.breaks, m.uncovered) == ([], [])
-
-
-def test_a_deletion_seen_only_by_a_relist_is_uncovered() -> None:
-    m, nodes, repairs = monitor()
-    m._on_repair("ADDED", repair(3, verified=False), None, False)
-    released_at(12, m, nodes)
-    repairs.rv = 20
-    m._on_repair("DELETED", repair(3, verified=False), repair(3, verified=False), True)
-    assert m.breaks == [] and len(m.uncovered) == 1
