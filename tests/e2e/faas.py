@@ -13,7 +13,13 @@ And it records what would hurt users:
   in-flight annotation was above 0 — a task killed (invariant 1);
 - `routed_when_evicted`: a gated sync pod whose EndpointSlice entry went straight
   from ready to terminating, i.e. it was evicted while still routed (invariant 2);
-- `dropped`: a request routed to a pod that was already terminating or gone.
+- `dropped`: a request routed to a pod by an EndpointSlice state written after the
+  pod had begun terminating (or was gone).
+
+The router and the pod watch are two streams that arrive at their own pace, so
+"after" is judged in the API's own order, by resourceVersion (etcd revisions, one
+counter for every kind; opaque to clients, comparable in a test of one cluster),
+never by which stream happened to be read first.
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ class PodView:
     terminating: bool
     phase: str | None
     gated: bool
+    left_rv: int | None = None
+    """The resourceVersion at which the pod was first seen terminating."""
 
 
 @dataclass
@@ -52,6 +60,8 @@ class Judge:
     evicted: list[str] = field(default_factory=list)
     routed_when_evicted: list[str] = field(default_factory=list)
     dropped: int = 0
+    dropped_to: list[str] = field(default_factory=list)
+    """(pod) of each dropped request, for the failure message"""
     served: int = 0
     tasks_done: int = 0
 
@@ -81,7 +91,9 @@ class FaasRuntime:
         self.discovery = client.DiscoveryV1Api(cluster.api)
         self.pods: dict[str, PodView] = {}
         self.tasks: dict[str, list[float]] = defaultdict(list)
-        self.slice_ready: dict[str, dict[str, bool]] = {}  # slice → pod → routable
+        self.slice_ready: dict[str, tuple[int, dict[str, bool]]] = {}
+        """slice → (its resourceVersion, pod → routable)"""
+        self.gone: dict[str, int] = {}  # pod → resourceVersion at which it left
         self.history: dict[str, list[str]] = defaultdict(list)  # pod → slice states
         self.gated: set[str] = set()
         self.judge = Judge()
@@ -165,9 +177,12 @@ class FaasRuntime:
             )
             with self._lock:
                 before = self.pods.get(name)
+                if view.terminating:
+                    view.left_rv = before.left_rv if before and before.left_rv else int(view.rv)
                 if event["type"] == "DELETED":
                     self.pods.pop(name, None)
                     self.tasks.pop(name, None)
+                    self.gone[name] = view.left_rv or int(view.rv)
                 else:
                     self.pods[name] = view
                     if view.gated:
@@ -211,7 +226,7 @@ class FaasRuntime:
                 if event["type"] == "DELETED":
                     self.slice_ready.pop(s.metadata.name, None)
                 else:
-                    self.slice_ready[s.metadata.name] = routable
+                    self.slice_ready[s.metadata.name] = (int(s.metadata.resource_version), routable)
 
     def _judge_routing(self) -> None:
         """A gated sync pod must have left routing (ready → unready) before it was
@@ -281,11 +296,20 @@ class FaasRuntime:
         if not self.service:
             return
         with self._lock:
-            ready = sorted({p for s in self.slice_ready.values() for p, ok in s.items() if ok})
+            routed_at: dict[str, int] = {}  # pod → newest slice rv that says it is ready
+            for rv, routable in self.slice_ready.values():
+                for pod, ok in routable.items():
+                    if ok:
+                        routed_at[pod] = max(rv, routed_at.get(pod, 0))
+            ready = sorted(routed_at)
             for _ in range(self.requests_per_tick if ready else 0):
                 target = self.rand.choice(ready)
                 view = self.pods.get(target)
-                if view is None or view.terminating:
+                left = view.left_rv if view is not None else self.gone.get(target)
+                # A pod the pod watch has not caught up with (left is None) is judged
+                # by the slice, as a router would.
+                if left is not None and left < routed_at[target]:
                     self.judge.dropped += 1
+                    self.judge.dropped_to.append(target)
                 else:
                     self.judge.served += 1
