@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
+
+import pytest
 
 from pitstop import constants as C
 from pitstop.cluster import nodes
@@ -35,25 +38,105 @@ def locked(repair: str = "r1", was: str = "false", **kw: Any) -> dict[str, Any]:
     )
 
 
-def apply(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    """JSON merge patch (RFC 7386), as the API server applies it."""
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(target) if isinstance(target, dict) else {}
-    for k, v in patch.items():
-        if v is None:
-            out.pop(k, None)
+class Refused(Exception):
+    """What the API server answers 422 for: a failed `test`, a path that is not there."""
+
+
+def apply(target: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, Any]:
+    """JSON Patch (RFC 6902) as the API server applies it: all or nothing, and a
+    `test` of null passes for a member that is absent (checked against
+    kube-apiserver v1.35: a missing parent fails it)."""
+    out = copy.deepcopy(target)
+    for op in ops:
+        *parents, leaf = [
+            p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]
+        ]
+        holder: Any = out
+        for part in parents:
+            if not isinstance(holder, dict) or part not in holder:
+                raise Refused(op)
+            holder = holder[part]
+        if op["op"] == "test":
+            if holder.get(leaf) != op["value"]:
+                raise Refused(op)
+        elif op["op"] == "add":
+            holder[leaf] = copy.deepcopy(op["value"])
+        elif op["op"] == "remove":
+            if leaf not in holder:
+                raise Refused(op)
+            del holder[leaf]
         else:
-            out[k] = apply(out.get(k, {}), v)
+            raise AssertionError(op)
     return out
 
 
+def refused(target: dict[str, Any], ops: list[dict[str, Any]]) -> bool:
+    try:
+        apply(target, ops)
+    except Refused:
+        return True
+    return False
+
+
+# --- the guards: what a patch was built from must still hold ---
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda n: nodes.lock_and_cordon(n, "r2"),
+        nodes.cordon,
+        nodes.release,
+    ],
+    ids=["lock_and_cordon", "cordon", "release"],
+)
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(
+            lambda n: n["metadata"]["annotations"].update({C.ANNOTATION_REPAIR: "r3"}), id="lock"
+        ),
+        pytest.param(
+            lambda n: n["metadata"]["annotations"].pop(C.ANNOTATION_WAS_UNSCHEDULABLE), id="record"
+        ),
+        pytest.param(lambda n: n["spec"].pop("unschedulable"), id="uncordoned"),
+        pytest.param(lambda n: n["spec"]["taints"].append(OTHER), id="taints"),
+    ],
+)
+def test_a_patch_is_refused_when_a_marker_it_read_changed(build: Any, change: Any) -> None:
+    read = locked("r2", unschedulable=True, taints=[OURS])
+    ops = build(read)
+    assert not refused(read, ops)
+    now = copy.deepcopy(read)
+    change(now)
+    assert refused(now, ops)
+
+
+def test_a_patch_ignores_what_it_did_not_read() -> None:
+    """The node's status writes (kubelet heartbeats, kwok) and other annotations do not
+    refuse it, where a resourceVersion precondition would."""
+    read = node(taints=[OTHER], annotations={})  # as the index keeps it: no other keys
+    ops = nodes.lock_and_cordon(read, "r1")
+    now = copy.deepcopy(read)
+    now["metadata"]["resourceVersion"] = "43"
+    now["metadata"]["annotations"] = {"node.alpha.kubernetes.io/ttl": "0"}
+    now["status"] = {"conditions": [{"type": "Ready", "status": "True"}]}
+    after = apply(now, ops)
+    assert nodes.lock_holder(after) == "r1" and nodes.is_cordoned(after)
+    assert after["metadata"]["annotations"]["node.alpha.kubernetes.io/ttl"] == "0"
+
+
+def test_a_node_without_annotations_gets_the_map_created() -> None:
+    read = node()
+    assert "annotations" not in read["metadata"]
+    after = apply(read, nodes.lock_and_cordon(read, "r1"))
+    assert nodes.lock_holder(after) == "r1"
+    now = copy.deepcopy(read)
+    now["metadata"]["annotations"] = {"x": "y"}
+    assert refused(now, nodes.lock_and_cordon(read, "r1")), "it would replace the map"
+
+
 # --- lock_and_cordon ---
-
-
-def test_lock_and_cordon_is_conditional_on_resource_version() -> None:
-    patch = nodes.lock_and_cordon(node(rv="77"), "r1")
-    assert patch["metadata"]["resourceVersion"] == "77"
 
 
 def test_lock_and_cordon_sets_lock_cordon_and_taint() -> None:
@@ -65,33 +148,32 @@ def test_lock_and_cordon_sets_lock_cordon_and_taint() -> None:
 
 
 def test_lock_and_cordon_records_schedulable_node_as_false() -> None:
-    patch = nodes.lock_and_cordon(node(unschedulable=False), "r1")
-    assert patch["metadata"]["annotations"][C.ANNOTATION_WAS_UNSCHEDULABLE] == "false"
+    after = apply(node(unschedulable=False), nodes.lock_and_cordon(node(unschedulable=False), "r1"))
+    assert after["metadata"]["annotations"][C.ANNOTATION_WAS_UNSCHEDULABLE] == "false"
 
 
 def test_lock_and_cordon_records_already_cordoned_node_as_true() -> None:
-    patch = nodes.lock_and_cordon(node(unschedulable=True), "r1")
-    assert patch["metadata"]["annotations"][C.ANNOTATION_WAS_UNSCHEDULABLE] == "true"
+    before = node(unschedulable=True, annotations={})
+    after = apply(before, nodes.lock_and_cordon(before, "r1"))
+    assert after["metadata"]["annotations"][C.ANNOTATION_WAS_UNSCHEDULABLE] == "true"
 
 
 def test_lock_and_cordon_keeps_an_existing_record() -> None:
     """Inherited from a vanished repair: the state before *its* cordon counts."""
     before = locked("gone", was="false", unschedulable=True, taints=[OURS])
-    patch = nodes.lock_and_cordon(before, "r2")
-    assert C.ANNOTATION_WAS_UNSCHEDULABLE not in patch["metadata"]["annotations"]
-    after = apply(before, patch)
+    after = apply(before, nodes.lock_and_cordon(before, "r2"))
     assert nodes.lock_holder(after) == "r2"
     assert not nodes.was_unschedulable(after)
 
 
 def test_lock_and_cordon_keeps_other_taints() -> None:
-    patch = nodes.lock_and_cordon(node(taints=[OTHER]), "r1")
-    assert patch["spec"]["taints"] == [OTHER, OURS]
+    after = apply(node(taints=[OTHER]), nodes.lock_and_cordon(node(taints=[OTHER]), "r1"))
+    assert after["spec"]["taints"] == [OTHER, OURS]
 
 
 def test_lock_and_cordon_adds_our_taint_only_once() -> None:
-    patch = nodes.lock_and_cordon(node(taints=[OTHER, OURS]), "r1")
-    assert patch["spec"]["taints"] == [OTHER, OURS]
+    before = node(taints=[OTHER, OURS])
+    assert apply(before, nodes.lock_and_cordon(before, "r1"))["spec"]["taints"] == [OTHER, OURS]
 
 
 def test_lock_and_cordon_does_not_mutate_the_node() -> None:
@@ -103,11 +185,11 @@ def test_lock_and_cordon_does_not_mutate_the_node() -> None:
 # --- cordon ---
 
 
-def test_cordon_restores_cordon_and_taint_conditionally() -> None:
+def test_cordon_restores_cordon_and_taint_and_leaves_the_lock() -> None:
     before = locked(unschedulable=False, taints=[OTHER], rv="9")
-    patch = nodes.cordon(before)
-    assert patch["metadata"] == {"resourceVersion": "9"}  # the lock is untouched
-    assert patch["spec"] == {"unschedulable": True, "taints": [OTHER, OURS]}
+    after = apply(before, nodes.cordon(before))
+    assert after["metadata"] == before["metadata"]
+    assert after["spec"] == {"unschedulable": True, "taints": [OTHER, OURS]}
 
 
 # --- release ---
@@ -131,7 +213,7 @@ def test_release_leaves_a_previously_cordoned_node_cordoned() -> None:
 
 def test_release_removes_only_our_taint() -> None:
     before = locked(unschedulable=True, taints=[OTHER, OURS])
-    assert nodes.release(before)["spec"]["taints"] == [OTHER]
+    assert apply(before, nodes.release(before))["spec"]["taints"] == [OTHER]
 
 
 def test_release_removes_both_lock_annotations() -> None:
@@ -139,10 +221,6 @@ def test_release_removes_both_lock_annotations() -> None:
     before["metadata"]["annotations"]["unrelated"] = "keep"
     after = apply(before, nodes.release(before))
     assert after["metadata"]["annotations"] == {"unrelated": "keep"}
-
-
-def test_release_is_conditional_on_resource_version() -> None:
-    assert nodes.release(locked(rv="5"))["metadata"]["resourceVersion"] == "5"
 
 
 # --- lock_holder / is_cordoned ---

@@ -112,7 +112,10 @@ def slim_node(body: Mapping[str, Any]) -> dict[str, Any]:
             "uid": meta.get("uid"),
             "resourceVersion": meta.get("resourceVersion"),
             "labels": dict(meta.get("labels") or {}),
-            "annotations": {k: annotations[k] for k in KEPT_NODE_ANNOTATIONS if k in annotations},
+            # None when the node has no annotations at all: a patch must then create the map.
+            "annotations": {k: annotations[k] for k in KEPT_NODE_ANNOTATIONS if k in annotations}
+            if meta.get("annotations") is not None
+            else None,
         },
         "spec": {"unschedulable": spec.get("unschedulable"), "taints": spec.get("taints")},
         "status": {

@@ -11,7 +11,7 @@ import base64
 import json
 import os
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +45,10 @@ class ApiError(Exception):
         self.status = status
         self.message = message
         self.body = dict(body or {})
+
+
+class NodeChanged(ApiError):
+    """A guarded node patch was refused: a marker it tests changed since the read."""
 
 
 class Gone(Exception):
@@ -130,9 +134,14 @@ class Kube:
                 return None
             raise
 
-    async def patch_node(self, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
-        """JSON merge patch; a `metadata.resourceVersion` in it makes it conditional (409)."""
-        return await self.request("PATCH", f"/api/v1/nodes/{name}", patch, MERGE)
+    async def patch_node(self, name: str, ops: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """JSON Patch; a failed `test` operation refuses it whole (NodeChanged)."""
+        try:
+            return await self.request("PATCH", f"/api/v1/nodes/{name}", list(ops), JSON_PATCH)
+        except ApiError as e:
+            if e.status == 422 and any(op["op"] == "test" for op in ops):
+                raise NodeChanged(e.status, e.message, e.body) from e
+            raise
 
     # --- pods ---
 

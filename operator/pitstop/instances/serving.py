@@ -10,6 +10,7 @@ from typing import Any
 import kopf
 
 from pitstop import constants
+from pitstop.cluster import nodes
 from pitstop.cluster.indexes import UNDER_REPAIR, WAKERS, one
 from pitstop.cluster.kube import ApiError, Kube
 from pitstop.instances import contract
@@ -26,7 +27,7 @@ def wants_serving(pod: dict[str, Any] | kopf.Body, node: dict[str, Any] | None) 
         return False
     if node is None or node["metadata"].get("name") in UNDER_REPAIR:
         return False
-    return not node["metadata"]["annotations"].get(C.ANNOTATION_REPAIR)
+    return nodes.lock_holder(node) is None
 
 
 async def open_gate(kube: Kube, key: str, logger: kopf.Logger) -> None:

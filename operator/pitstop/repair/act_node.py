@@ -5,7 +5,7 @@ are built by pitstop.cluster.nodes."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -14,7 +14,7 @@ import kopf
 from pitstop import constants
 from pitstop.cluster import nodes
 from pitstop.cluster.indexes import UNDER_REPAIR, slim_node
-from pitstop.cluster.kube import ApiError, Kube
+from pitstop.cluster.kube import ApiError, Kube, NodeChanged
 from pitstop.conditions import set_condition
 from pitstop.instances import contract
 from pitstop.models import (
@@ -44,15 +44,21 @@ class NodeSteps(Report):
         # repair takes the lock over, and with it the record of the prior schedulability.
         return False
 
-    async def patch_node(self, node: Mapping[str, Any], patch: dict[str, Any]) -> bool:
+    async def patch_node(
+        self, node: Mapping[str, Any], build: Callable[[Mapping[str, Any]], list[nodes.Op]]
+    ) -> bool:
+        """Writes `build(node)`; False if the node's markers changed since `node` was
+        read (the fresh node is remembered, and the next pass decides on it)."""
+        ops = build(node)
         try:
-            answer = await self.kube.patch_node(self.node_name, patch)
-        except ApiError as e:
-            if e.status == 409:
-                fresh = await self.kube.get_node(self.node_name)
-                self.patched_node = (node["metadata"]["resourceVersion"], fresh) if fresh else None
-                return False
-            raise
+            answer = await self.kube.patch_node(self.node_name, ops)
+        except NodeChanged:
+            fresh = await self.kube.get_node(self.node_name)
+            if fresh is not None and build(slim_node(fresh)) == ops:
+                raise  # refused although nothing it tests changed: not a race, an error
+            before = node["metadata"]["resourceVersion"]
+            self.patched_node = (before, slim_node(fresh)) if fresh else None
+            return False
         self.patched_node = (node["metadata"]["resourceVersion"], slim_node(answer))
         return True
 
@@ -87,14 +93,21 @@ async def give_back(
     repair: str,
     pods_by_node: kopf.Index[str, Any],
     logger: kopf.Logger,
-) -> bool:
+    node: Mapping[str, Any] | None = None,
+) -> dict[str, Any] | None:
     """Undo what a repair did to its node, if it holds the node: remove the drain
     signal and reopen the serving gate of the instances still there, then remove the
-    taint and the lock and uncordon unless the node was cordoned before."""
-    node = await kube.get_node(node_name)
+    taint and the lock and uncordon unless the node was cordoned before.
+
+    `node` is the caller's view of the node, if it has one: the release is guarded
+    by the markers it shows, so a view that lags only costs a re-read. A view that
+    does not show our lock is confirmed from the API first. Returns the released node
+    as the API server answered (None if the repair did not hold it)."""
+    if node is None or nodes.lock_holder(node) != repair:
+        node = await kube.get_node(node_name)
     if node is None or nodes.lock_holder(node) != repair:
         UNDER_REPAIR.discard(node_name)
-        return False
+        return None
     jobs = []
     for pod in list(pods_by_node.get(node_name, ())):
         if contract.is_terminating(pod) or not contract.is_instance(pod):
@@ -113,16 +126,18 @@ async def give_back(
             raise result
     UNDER_REPAIR.discard(node_name)
     for _ in range(5):
+        ops = nodes.release(node)
         try:
-            await kube.patch_node(node_name, nodes.release(node))
+            answer = await kube.patch_node(node_name, ops)
             logger.info(f"Node {node_name} given back.")
-            return True
-        except ApiError as e:
-            if e.status != 409:
-                raise
-            node = await kube.get_node(node_name)
-            if node is None or nodes.lock_holder(node) != repair:
-                return False
+            return answer
+        except NodeChanged:
+            fresh = await kube.get_node(node_name)
+            if fresh is not None and nodes.release(fresh) == ops:
+                raise  # refused although nothing it tests changed: not a race, an error
+            if fresh is None or nodes.lock_holder(fresh) != repair:
+                return None
+            node = fresh
     raise kopf.TemporaryError(f"node {node_name} kept changing; retrying the release", delay=1)
 
 
@@ -144,4 +159,4 @@ async def release_orphan(
             raise
     else:
         return False
-    return await give_back(kube, node_name, holder, pods_by_node, logger)
+    return await give_back(kube, node_name, holder, pods_by_node, logger) is not None

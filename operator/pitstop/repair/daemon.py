@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from pitstop import constants, metrics
 from pitstop.cluster import nodes
-from pitstop.cluster.indexes import CAPACITY, UNDER_REPAIR, WAKERS, nap
+from pitstop.cluster.indexes import CAPACITY, UNDER_REPAIR, WAKERS, nap, slim_node
 from pitstop.cluster.kube import ApiError, Gone, Kube
 from pitstop.instances import contract
 from pitstop.instances.sources import daemon as sources_daemon
@@ -217,13 +217,12 @@ class Driver(NodeSteps, PodSteps, RepairSteps):
         if d.take_lock and node is not None:
             UNDER_REPAIR.add(self.node_name)
             known = self.status.node.was_unschedulable if self.status.node else None
-            patch = nodes.lock_and_cordon(node, self.name, known)
-            again = await self.patch_node(node, patch)
+            again = await self.patch_node(
+                node, lambda n: nodes.lock_and_cordon(n, self.name, known)
+            )
             if not again:
-                return True, None  # 409: someone else wrote; decide again on fresh state
-        elif (
-            d.recordon and node is not None and not await self.patch_node(node, nodes.cordon(node))
-        ):
+                return True, None  # the markers changed: decide again on the fresh node
+        elif d.recordon and node is not None and not await self.patch_node(node, nodes.cordon):
             return True, None
         if d.status.phase not in FINAL_PHASES and nodes.lock_holder(node or {}) == self.name:
             UNDER_REPAIR.add(self.node_name)
@@ -235,8 +234,12 @@ class Driver(NodeSteps, PodSteps, RepairSteps):
         if d.release and d.status.phase == Phase.FAILED:
             await self.give_back_after_failure(now, pods_by_node)
         elif d.release:  # verified: give the node back; the next pass records it
-            await give_back(self.kube, self.node_name, self.name, pods_by_node, self.logger)
-            self.patched_node = None
+            released = await give_back(
+                self.kube, self.node_name, self.name, pods_by_node, self.logger, node
+            )
+            # The next pass sees the release at once, not the index's older view.
+            before = (node or {}).get("metadata", {}).get("resourceVersion")
+            self.patched_node = (before, slim_node(released)) if released else None
             again = True
         if d.status.phase in drain.DRAIN_PHASES:
             metrics.INFLIGHT_TASKS.labels(self.node_name).set(sum(i.tasks.count for i in found))

@@ -4,8 +4,9 @@ give such a node back until the node's next repair inherited the lock (invariant
 
 Swept on the node's own events (so also at start-up, from kopf's initial listing, and
 after every re-list) and when a NodeRepair's deletion arrives. Idempotent: the release
-is conditional on the node's resourceVersion and only done while the lock still names
-the vanished repair, so two sweeps (or the repair's own Gone path) never release twice."""
+is guarded by the node's markers (JSON Patch `test`s of the lock) and only done while
+the lock still names the vanished repair, so two sweeps (or the repair's own Gone
+path) never release twice."""
 
 from __future__ import annotations
 

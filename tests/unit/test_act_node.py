@@ -1,0 +1,86 @@
+"""How a node is given back (no cluster): the release is built from the caller's
+view and guarded by the markers it shows, so a lagging view costs one re-read, a
+view without our lock is confirmed first, and a refusal that no re-read explains
+is an error, not a loop."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from typing import Any
+
+import pytest
+
+from pitstop import constants as C
+from pitstop.cluster.kube import NodeChanged
+from pitstop.repair.act_node import give_back
+from tests.unit.test_nodes import OTHER, OURS, Refused, apply, locked
+
+
+class NodeApi:
+    """One node, patched as the API server would (tests.unit.test_nodes.apply)."""
+
+    def __init__(self, node: dict[str, Any]) -> None:
+        self.node = node
+        self.calls: list[str] = []
+        self.broken = False
+        """Refuse every patch, whatever it tests."""
+
+    async def get_node(self, name: str) -> dict[str, Any] | None:
+        self.calls.append("GET")
+        return copy.deepcopy(self.node)
+
+    async def patch_node(self, name: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
+        self.calls.append("PATCH")
+        try:
+            if self.broken:
+                raise Refused(ops)
+            self.node = apply(self.node, ops)
+        except Refused as e:
+            raise NodeChanged(422, "the server rejected our request") from e
+        return self.node
+
+
+def run(api: NodeApi, view: dict[str, Any] | None, repair: str = "r1") -> bool:
+    log = logging.getLogger()
+    return asyncio.run(give_back(api, "n1", repair, {}, log, view))  # type: ignore[arg-type]
+
+
+def test_a_view_that_shows_our_lock_is_released_without_a_read() -> None:
+    api = NodeApi(locked("r1", unschedulable=True, taints=[OURS]))
+    assert run(api, copy.deepcopy(api.node))
+    assert api.calls == ["PATCH"]
+    assert api.node["metadata"]["annotations"] == {} and "taints" not in api.node["spec"]
+
+
+def test_a_lagging_view_costs_one_read_and_loses_nothing() -> None:
+    view = locked("r1", unschedulable=True, taints=[OURS])
+    api = NodeApi(copy.deepcopy(view))
+    api.node["spec"]["taints"] = [OURS, OTHER]  # someone added a taint since the view
+    assert run(api, view)
+    assert api.calls == ["PATCH", "GET", "PATCH"]
+    assert api.node["spec"]["taints"] == [OTHER], "their taint is kept, ours removed"
+
+
+def test_a_view_without_our_lock_is_confirmed_from_the_api() -> None:
+    api = NodeApi(locked("r1", unschedulable=True, taints=[OURS]))
+    stale = locked("r0", unschedulable=True, taints=[OURS])
+    assert run(api, stale)
+    assert api.calls == ["GET", "PATCH"]
+
+
+def test_a_lock_taken_meanwhile_by_another_repair_is_left_alone() -> None:
+    view = locked("r1", unschedulable=True, taints=[OURS])
+    api = NodeApi(locked("r2", unschedulable=True, taints=[OURS]))
+    assert not run(api, view)
+    assert api.calls == ["PATCH", "GET"]
+    assert api.node["metadata"]["annotations"][C.ANNOTATION_REPAIR] == "r2"
+
+
+def test_a_refusal_no_change_explains_is_raised() -> None:
+    api = NodeApi(locked("r1", unschedulable=True, taints=[OURS]))
+    api.broken = True
+    with pytest.raises(NodeChanged):
+        run(api, copy.deepcopy(api.node))
+    assert api.calls == ["PATCH", "GET"], "one re-read, then the error: no retry loop"
