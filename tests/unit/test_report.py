@@ -1,5 +1,6 @@
 """The status writer (no cluster): phase and condition changes go out at once,
-changes of counters and messages alone are coalesced into one PATCH a second."""
+changes of counters and messages alone are coalesced into one PATCH a second (five
+while the repair waits in Pending)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pitstop import constants as C
 from pitstop.conditions import set_condition
 from pitstop.models import InstanceCounts, NodeRepairStatus, Phase
 from pitstop.repair.flow import Event
-from pitstop.repair.report import STATUS_COALESCE, Report
+from pitstop.repair.report import STATUS_COALESCE, WAITING_COALESCE, Report
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -58,6 +59,31 @@ def test_counter_and_message_changes_are_coalesced_phase_changes_are_not() -> No
     later = NOW + STATUS_COALESCE * 2 + timedelta(milliseconds=1)
     write(evicting(18, C.REASON_EVICTION_BLOCKED), later)
     assert len(kube.patches) == 3, "a condition's reason goes out at once"
+
+
+def test_a_waiting_repairs_changing_detail_is_written_at_most_every_five_seconds() -> None:
+    """A burst queue: the older repair that starts first changes with every admission."""
+    kube = FakeKube()
+    report = Report("r1", {"spec": {"nodeName": "n1"}}, kube, logging.getLogger())  # type: ignore[arg-type]
+
+    def waiting(older: str) -> NodeRepairStatus:
+        return NodeRepairStatus(
+            phase=Phase.PENDING, message=f"WaitingForCapacity: {older} (older) starts first"
+        )
+
+    def write(status: NodeRepairStatus, at: datetime) -> datetime | None:
+        return asyncio.run(report.write_status(status, at, None))
+
+    write(waiting("a"), NOW)
+    for i, older in enumerate("bcd", start=1):
+        due = write(waiting(older), NOW + STATUS_COALESCE * i)
+    assert len(kube.patches) == 1, "past the drain's window, the queue's detail still waits"
+    assert due == NOW + WAITING_COALESCE
+    write(waiting("d"), NOW + WAITING_COALESCE)
+    assert [p.get("message") for p in kube.patches][-1].startswith("WaitingForCapacity: d")
+    cordoning = NodeRepairStatus(phase=Phase.CORDONING, message="Cordoning n1")
+    write(cordoning, NOW + WAITING_COALESCE + timedelta(milliseconds=1))
+    assert len(kube.patches) == 3, "leaving the queue goes out at once"
 
 
 def test_a_wait_is_one_event_whatever_its_message_and_only_the_story_goes_on_the_node(

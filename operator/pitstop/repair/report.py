@@ -28,6 +28,11 @@ STATUS_COALESCE = timedelta(seconds=1)
 (phase, condition status or reason, repair and completion are written at once): a
 drain under a budget changes its counts with every pod, and each write is a PATCH."""
 
+WAITING_COALESCE = timedelta(seconds=5)
+"""The same for a repair still Pending: a queue's detail (which older repair starts
+first, how many are active) changes with every repair of the pool that moves, and
+a burst of N waiting repairs would rewrite N statuses each time."""
+
 
 class Report(DriverState):
     """Status, Events and the invalid-spec failure."""
@@ -43,8 +48,9 @@ class Report(DriverState):
         if wire == self.written:
             return wake_at
         significant = _shape(wire) != _shape(self.written or {})
-        if not significant and now - self.written_at < STATUS_COALESCE:
-            due = self.written_at + STATUS_COALESCE  # counters only: write a bit later
+        window = WAITING_COALESCE if status.phase == Phase.PENDING else STATUS_COALESCE
+        if not significant and now - self.written_at < window:
+            due = self.written_at + window  # counters or detail only: write a bit later
             return due if wake_at is None else min(wake_at, due)
         try:
             await self.kube.patch_status(
@@ -109,7 +115,7 @@ def record_phase(repair: str, phase: Phase | None) -> None:
 
 
 def _shape(wire: Mapping[str, Any]) -> tuple[Any, ...]:
-    """What makes a status change significant: phase, conditions, message."""
+    """What makes a status change significant: phase, conditions, repair, completion."""
     conds = tuple(
         (c.get("type"), c.get("status"), c.get("reason")) for c in wire.get("conditions") or []
     )
