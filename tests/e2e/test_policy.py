@@ -109,10 +109,12 @@ def test_condition_becomes_a_repair_after_its_duration_and_not_before(
     assert spec["verify"]["timeoutSeconds"] == 30
     assert not repairs_for(cluster, [p.names[1]]), "the healthy node has no repair"
 
-    detected = policies.wait_event(rp, "UnhealthyNodeDetected")
-    assert any(node in e.message and DEADLOCK in e.message for e in detected)
     made = policies.wait_event(rp, "NodeRepairCreated", "Normal")
-    assert any(meta["name"] in e.message and node in e.message for e in made)
+    assert any(
+        meta["name"] in e.message and node in e.message and DEADLOCK in e.message for e in made
+    ), "one Event names the repair, the node and the cause"
+    reasons = {e.reason for e in policies.events(rp)}
+    assert "UnhealthyNodeDetected" not in reasons, "only a fault left unrepaired is a Warning"
     status = policies.wait_status(rp, "lastRepairTime", lambda s: s.get("lastRepairTime"))
     assert status["nodes"] == 2 and status["unhealthyNodes"] == 1
 
@@ -337,6 +339,10 @@ def test_paused_policy_starts_nothing_and_running_repairs_go_on(
     assert status["suppressed"]["active"] is True, status
     assert status["suppressed"]["nodes"] == [node], status
     assert status["unhealthyNodes"] == 1
+    detected = policies.wait_event(rp, "UnhealthyNodeDetected", "Warning")
+    assert any(node in e.message and DEADLOCK in e.message for e in detected)
+    held = policies.wait_event(rp, "NodeRepairSuppressed", "Warning")
+    assert any(node in e.message and "paused" in e.message for e in held)
     no_repair_for(cluster, p.names, seconds=2)
 
     policies.patch_spec(rp, {"paused": False})

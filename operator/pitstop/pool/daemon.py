@@ -266,7 +266,6 @@ class PolicyDriver:
                 not r.dry_run and (r.active or r.waiting) for r in mine
             ):
                 continue  # this fault has its repair, or the node is being repaired anyway
-            self.post("Warning", "UnhealthyNodeDetected", f"{node_name}: {fault.cause}", node_name)
             if node_name in conflicts:
                 suppressed.append(node_name)
                 reason, message = "PoolConflict", f"{node_name} is in several pools"
@@ -282,7 +281,11 @@ class PolicyDriver:
                 )
             else:
                 await self.create(spec, node_name, repair, fault, now)
+        # A fault that got its repair is told by NodeRepairCreated (which names the
+        # cause); one that did not is a Warning that nobody repairs it yet.
         for node_name in suppressed:
+            cause = faults[node_name].cause
+            self.post("Warning", "UnhealthyNodeDetected", f"{node_name}: {cause}", node_name)
             self.post("Warning", "NodeRepairSuppressed", f"{node_name}: {message}", node_name)
 
         status = RepairPolicyStatus(
