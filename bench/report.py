@@ -161,8 +161,10 @@ def drain_table(
     for tool in tools[1:]:
         retries = sum(r[tool].get("retries_after_429", 0) for r in d["rounds"])
         throttled = sum(r[tool].get("client_side_throttling_notes", 0) for r in d["rounds"])
+        failed = sum(r[tool].get("failed_runs", 0) for r in d["rounds"])
         lines.append(
             f"   {tool}: eviction retries after 429: {retries};"
-            f" 'client-side throttling' notes in its stderr: {throttled}"
+            f" 'client-side throttling' notes in its stderr: {throttled};"
+            f" failed runs, run again: {failed}"
         )
     return lines
