@@ -122,10 +122,11 @@ def test_polls_counts_and_reports_changes() -> None:
             await until("a reading", lambda: poller.reading(t.key, t.profile) is not None)
             first = poller.reading(t.key, t.profile)
             assert first is not None and first.count == 3 and first.error is None
-            assert woken == ["n1"]
+            # The wake-up follows the node's whole pass, just after the reading is kept.
+            await until("one wake-up", lambda: woken == ["n1"])
             rt.inflight = 0
             await until("the count to drop", lambda: poller.reading(t.key, t.profile).count == 0)  # type: ignore[union-attr]
-            assert woken == ["n1", "n1"]
+            await until("a second wake-up", lambda: woken == ["n1", "n1"])
             await asyncio.sleep(0.35)  # unchanged readings wake nobody
             assert woken == ["n1", "n1"]
             assert len(rt.peers) == 1  # one kept-alive connection for every poll
@@ -201,7 +202,8 @@ def test_unacknowledged_signal_is_retried_then_reported() -> None:
             rt.drain_status = 200  # the runtime comes round
             await until("the acknowledgement", lambda: state.acked_at is not None)
             await until("a reading", lambda: poller.reading(t.key, p) is not None)
-            assert state.reported_at is None and woken
+            await until("the repair woken", lambda: woken)
+            assert state.reported_at is None
         finally:
             await poller.close()
             await runner.cleanup()
