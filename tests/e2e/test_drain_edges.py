@@ -288,7 +288,14 @@ def test_task_timeout_fail_with_uncordon_gives_node_back(
         node, drain={"taskTimeoutSeconds": 2, "onTaskTimeout": "Fail"}, onFailure="Uncordon"
     )
     repairs.wait_phase(name, "WaitingForTasks", timeout=20)
-    assert DRAINING in (cluster.core.read_namespaced_pod(busy, namespace).metadata.annotations)
+    # The pass writes its phase first, then sends the drain signal.
+    wait_until(
+        f"the drain signal on {busy}",
+        lambda: (
+            DRAINING in (cluster.core.read_namespaced_pod(busy, namespace).metadata.annotations)
+        ),
+        timeout=5,
+    )
     status = repairs.wait_phase(name, "Failed", timeout=30)
     assert status["message"].startswith("TaskTimeout"), status["message"]
     wait_until(f"{node} given back", lambda: node_markers(cluster, node) == RELEASED, timeout=15)
