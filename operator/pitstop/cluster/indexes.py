@@ -18,6 +18,7 @@ from typing import Any
 import kopf
 
 from pitstop import constants
+from pitstop.cluster import nodes
 from pitstop.instances import contract
 
 C = constants
@@ -26,7 +27,6 @@ KEPT_POD_ANNOTATIONS = (
     C.ANNOTATION_INFLIGHT,
     "kubernetes.io/config.mirror",
 )
-KEPT_NODE_ANNOTATIONS = (C.ANNOTATION_REPAIR, C.ANNOTATION_WAS_UNSCHEDULABLE)
 KEPT_POD_CONDITIONS = frozenset({C.CONDITION_SERVING, "Ready"})
 
 
@@ -113,7 +113,7 @@ def slim_node(body: Mapping[str, Any]) -> dict[str, Any]:
             "resourceVersion": meta.get("resourceVersion"),
             "labels": dict(meta.get("labels") or {}),
             # None when the node has no annotations at all: a patch must then create the map.
-            "annotations": {k: annotations[k] for k in KEPT_NODE_ANNOTATIONS if k in annotations}
+            "annotations": {k: annotations[k] for k in nodes.LOCK_ANNOTATIONS if k in annotations}
             if meta.get("annotations") is not None
             else None,
         },

@@ -20,6 +20,10 @@ def node_annotations(node: Mapping[str, Any]) -> Mapping[str, str]:
     return node.get("metadata", {}).get("annotations") or {}
 
 
+LOCK_ANNOTATIONS = (constants.ANNOTATION_REPAIR, constants.ANNOTATION_WAS_UNSCHEDULABLE)
+"""The node annotations a repair writes: its lock and its record of the prior cordon."""
+
+
 def lock_holder(node: Mapping[str, Any]) -> str | None:
     """Name of the NodeRepair that holds the node, if any."""
     return node_annotations(node).get(constants.ANNOTATION_REPAIR) or None
@@ -84,7 +88,7 @@ def release(node: Mapping[str, Any]) -> list[Op]:
     ops = guards(node)
     ops += [
         {"op": "remove", "path": _annotation(k)}
-        for k in (constants.ANNOTATION_REPAIR, constants.ANNOTATION_WAS_UNSCHEDULABLE)
+        for k in LOCK_ANNOTATIONS
         if k in node_annotations(node)
     ]
     if was_unschedulable(node):
@@ -110,10 +114,7 @@ def guards(node: Mapping[str, Any]) -> list[Op]:
     if meta.get("annotations") is None:
         tests = [_test("/metadata/annotations", None)]
     else:
-        tests = [
-            _test(_annotation(k), node_annotations(node).get(k))
-            for k in (constants.ANNOTATION_REPAIR, constants.ANNOTATION_WAS_UNSCHEDULABLE)
-        ]
+        tests = [_test(_annotation(k), node_annotations(node).get(k)) for k in LOCK_ANNOTATIONS]
     tests.append(_test("/spec/unschedulable", spec.get("unschedulable")))
     tests.append(_test("/spec/taints", spec.get("taints")))
     return tests
