@@ -1,14 +1,17 @@
-"""How the evictions decided in one pass are sent (no cluster): in turn per budget,
-budgets and pods without one in parallel, a budget's turn ending at its first 429."""
+"""How the evictions decided in one pass are sent (no cluster): in turn per budget
+(the next one beside a slow one, up to a limit), budgets and pods without one in
+parallel, a budget's turn ending at its first 429."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from datetime import UTC, datetime
+from typing import Any
 
 from pitstop.cluster.kube import Eviction
 from pitstop.models import NodeRepairSpec, NodeRepairStatus
+from pitstop.repair import act_pods
 from pitstop.repair.act_pods import PodSteps
 from pitstop.repair.flow import Decision
 
@@ -19,8 +22,10 @@ class FakeKube:
     """Answers evictions after a yield, refusing the pods in `refuse`; records how
     many were in flight at once per budget."""
 
-    def __init__(self, budget_of: dict[str, str], refuse: set[str]) -> None:
-        self.budget_of, self.refuse = budget_of, refuse
+    def __init__(
+        self, budget_of: dict[str, str], refuse: set[str], slow: dict[str, float] | None = None
+    ) -> None:
+        self.budget_of, self.refuse, self.slow = budget_of, refuse, slow or {}
         self.sent: list[str] = []
         self.in_flight: dict[str, int] = {}
         self.most: dict[str, int] = {}
@@ -30,7 +35,7 @@ class FakeKube:
         self.in_flight[b] = self.in_flight.get(b, 0) + 1
         self.most[b] = max(self.most.get(b, 0), self.in_flight[b])
         self.sent.append(key)
-        await asyncio.sleep(0.001)
+        await asyncio.sleep(self.slow.get(key, 0.001))
         self.in_flight[b] -= 1
         if key in self.refuse:
             return Eviction(key, "blocked", "would violate", (b,))
@@ -70,3 +75,40 @@ def test_a_refusal_ends_its_budgets_turn_until_the_next_pass() -> None:
     assert kube.sent == ["fn/a1", "fn/a2"], "a3 would be refused too: not sent"
     assert ("evict", "fn/a1") in s.sent and ("evict", "fn/a3") not in s.sent
     assert set(s.blocked) == {"fn/a2"} and s.blocked["fn/a2"].pdbs == ("fn/a",)
+
+
+def test_a_slow_eviction_gets_the_next_one_sent_beside_it(monkeypatch: Any) -> None:
+    """One asleep in the API server (a conflict on its budget) must not hold the rest;
+    those answering fast stay one at a time; never more than the limit at once."""
+    monkeypatch.setattr(act_pods, "EVICTION_HEDGE", 0.02)
+    keys = [f"fn/a{n}" for n in range(8)]
+    slow = {"fn/a0": 0.3, "fn/a1": 0.3, "fn/a2": 0.3, "fn/a3": 0.3}
+    kube = FakeKube({k: "fn/a" for k in keys}, refuse=set(), slow=slow)
+    s = steps(kube, {k: ("fn/a",) for k in keys})
+    asyncio.run(
+        s.act(Decision(status=NodeRepairStatus(), evict=keys), NOW, NodeRepairSpec(node_name="n1"))
+    )
+    assert kube.sent == keys, "in order"
+    assert kube.most["fn/a"] == act_pods.EVICTIONS_IN_FLIGHT == 3, "hedged, up to the limit"
+    assert {k for _, k in s.sent} == set(keys)
+
+    fast = FakeKube({k: "fn/a" for k in keys}, refuse=set())
+    asyncio.run(
+        steps(fast, {k: ("fn/a",) for k in keys}).act(
+            Decision(status=NodeRepairStatus(), evict=keys), NOW, NodeRepairSpec(node_name="n1")
+        )
+    )
+    assert fast.most["fn/a"] == 1, "answers within the hedge: strictly in turn"
+
+
+def test_a_refusal_beside_a_slow_eviction_stops_the_turn(monkeypatch: Any) -> None:
+    monkeypatch.setattr(act_pods, "EVICTION_HEDGE", 0.02)
+    keys = ["fn/a0", "fn/a1", "fn/a2", "fn/a3", "fn/a4"]
+    kube = FakeKube({k: "fn/a" for k in keys}, refuse={"fn/a1"}, slow={"fn/a0": 0.2})
+    s = steps(kube, {k: ("fn/a",) for k in keys})
+    asyncio.run(
+        s.act(Decision(status=NodeRepairStatus(), evict=keys), NOW, NodeRepairSpec(node_name="n1"))
+    )
+    # a0 is asleep, a1 beside it is refused: nothing more is sent, a0's answer still counts
+    assert kube.sent == ["fn/a0", "fn/a1"]
+    assert ("evict", "fn/a0") in s.sent and set(s.blocked) == {"fn/a1"}

@@ -23,6 +23,14 @@ from pitstop.repair.report import Report
 C = constants
 
 
+EVICTION_HEDGE = 0.25
+"""Seconds an eviction under a budget may take before the next is sent beside it:
+about twice an eviction's round trip on a busy API server, half its 500 ms sleep
+after a conflict (see PodSteps._in_turn)."""
+EVICTIONS_IN_FLIGHT = 3
+"""At most this many evictions under one budget at once."""
+
+
 def backoff(attempt: int) -> timedelta:
     """Retry delay after the n-th refused eviction: 0.5 s doubling to 5 s."""
     return timedelta(seconds=min(0.5 * 2 ** (attempt - 1), 5.0))
@@ -70,9 +78,7 @@ class PodSteps(Report):
 
     def by_budget(self, keys: list[str]) -> list[list[str]]:
         """Evictions grouped by the first budget of their pod, each pod without one a
-        group of its own. Evictions under one budget that are sent together conflict
-        on its status in the API server, which sleeps 500 ms before each retry; sent
-        one after the other they take one round trip each."""
+        group of its own."""
         groups: dict[str, list[str]] = {}
         for k in keys:
             pdbs = self.pdbs_of.get(k) or (k,)
@@ -80,14 +86,37 @@ class PodSteps(Report):
         return list(groups.values())
 
     async def _in_turn(self, keys: list[str], grace: int | None) -> list[Eviction]:
-        """One budget's evictions in turn; after a refusal the rest would be refused
-        too: they wait for the next pass."""
-        done = []
-        for k in keys:
-            outcome = await self.kube.evict(k, grace)
-            done.append(outcome)
-            if outcome.result == "blocked":
-                break
+        """One budget's evictions one after the other, hedged. An eviction writes its
+        budget's status; one that meets another write there (a second eviction, the
+        disruption controller's own) sleeps 500 ms in the API server before it tries
+        again. Sent together, most of a budget's evictions would sleep; sent strictly
+        in turn, each such sleep stalls the drain. So the next one is sent when the
+        one before answers or has taken EVICTION_HEDGE (it is likely asleep), at most
+        EVICTIONS_IN_FLIGHT at once. After a refusal the rest would be refused too:
+        they wait for the next pass."""
+        done: list[Eviction] = []
+        queue = list(reversed(keys))
+        flying: set[asyncio.Future[Eviction]] = set()
+        refused = False
+        try:
+            while queue or flying:
+                if queue and not refused and len(flying) < EVICTIONS_IN_FLIGHT:
+                    flying.add(asyncio.ensure_future(self.kube.evict(queue.pop(), grace)))
+                if not flying:
+                    break
+                may_add = bool(queue) and not refused and len(flying) < EVICTIONS_IN_FLIGHT
+                answered, flying = await asyncio.wait(
+                    flying,
+                    timeout=EVICTION_HEDGE if may_add else None,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                for f in answered:
+                    outcome = f.result()
+                    done.append(outcome)
+                    refused = refused or outcome.result == "blocked"
+        finally:
+            for f in flying:  # cancelled pass: its unanswered evictions are not ours to await
+                f.cancel()
         return done
 
     def forget_sent(self, found: list[contract.Instance]) -> None:
