@@ -105,13 +105,14 @@ class ClusterFailed(RuntimeError):
 
 @contextmanager
 def local_cluster(
-    nodes: int, real_nodes: int, observer: bool = False
+    nodes: int, real_nodes: int, observer: bool = False, crds: bool = True, prefix: str = "e2e"
 ) -> Iterator[tuple[Cluster, str]]:
     """A fresh local control plane (hack/cluster.sh) with `nodes` fake and `real_nodes`
-    real nodes and the CRDs installed, in its own state directory, which is yielded too
-    (`hack/cluster.sh restart` needs it); stopped afterwards unless PITSTOP_KEEP_CLUSTER.
-    `observer` adds a second API server for checkers (`<state>/observer.kubeconfig`)."""
-    state = tempfile.mkdtemp(prefix="pitstop-e2e-")
+    real nodes and, if `crds`, the CRDs installed, in its own state directory, which is
+    yielded too (`hack/cluster.sh restart` needs it); stopped afterwards unless
+    PITSTOP_KEEP_CLUSTER. `observer` adds a second API server for checkers
+    (`<state>/observer.kubeconfig`)."""
+    state = tempfile.mkdtemp(prefix=f"pitstop-{prefix}-")
     env = {
         **os.environ,
         "PITSTOP_CLUSTER_DIR": state,
@@ -126,12 +127,13 @@ def local_cluster(
         subprocess.run([str(REPO / "hack/cluster.sh"), "down"], env=env, timeout=120)
         raise ClusterFailed(up.stderr)
     try:
-        yield install_crds(Cluster(f"{state}/admin.kubeconfig")), state
+        made = Cluster(f"{state}/admin.kubeconfig")
+        yield (install_crds(made) if crds else made), state
     finally:
         if os.environ.get("PITSTOP_KEEP_CLUSTER"):
             print(f"\ncluster kept: kubectl --kubeconfig {state}/admin.kubeconfig get nodes")
-        else:
-            subprocess.run([str(REPO / "hack/cluster.sh"), "down"], env=env, timeout=120)
+        else:  # real nodes take longer to stop than kwok's
+            subprocess.run([str(REPO / "hack/cluster.sh"), "down"], env=env, timeout=300)
 
 
 def install_crds(cluster: Cluster) -> Cluster:

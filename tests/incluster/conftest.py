@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from tests.e2e.kube import REPO, Cluster, wait_until
+from tests.e2e.kube import REPO, Cluster, ClusterFailed, local_cluster, wait_until
 
 pytestmark = pytest.mark.incluster
 
@@ -40,47 +40,35 @@ def cluster() -> Iterator[Cluster]:
     if given:
         yield Cluster(given)
         return
-    state = tempfile.mkdtemp(prefix="pitstop-incluster-")
-    env = {
-        **os.environ,
-        "PITSTOP_CLUSTER_DIR": state,
-        "PITSTOP_NODES": "0",
-        "PITSTOP_REAL_NODES": os.environ.get("PITSTOP_REAL_NODES", "2"),
-    }
-    up = subprocess.run(
-        [str(REPO / "hack/cluster.sh"), "up"], env=env, capture_output=True, text=True, timeout=1800
-    )
-    if up.returncode != 0:
-        pytest.exit(f"local control plane failed to start:\n{up.stderr}", returncode=1)
+    real = int(os.environ.get("PITSTOP_REAL_NODES", "2"))
     try:
-        # What a platform team does: no taint of ours on its nodes (the e2e session
-        # taints its real node to keep kwok-test pods off it).
-        kc = ["kubectl", "--kubeconfig", f"{state}/admin.kubeconfig"]
-        subprocess.run(
-            [*kc, "taint", "nodes", "-l", "type=real", "pitstop.dev/real-node-"],
-            check=True,
-            capture_output=True,
-            timeout=60,
+        # The CRDs come with manifests/, as a user installs them.
+        with local_cluster(0, real, crds=False, prefix="incluster") as (made, state):
+            yield _prepared(made, state)
+    except ClusterFailed as e:
+        pytest.exit(f"local control plane failed to start:\n{e}", returncode=1)
+
+
+def _prepared(cluster: Cluster, state: str) -> Cluster:
+    """The local cluster as a platform team has it: no taint of ours on its real nodes
+    (the e2e session taints its real node to keep kwok-test pods off it), and the
+    images of the operator and the function built and loaded."""
+    cluster.kubectl("taint", "nodes", "-l", "type=real", "pitstop.dev/real-node-")
+    env = {**os.environ, "PITSTOP_CLUSTER_DIR": state}
+    built = []
+    for command in (
+        ["hack/build-image.sh"],
+        ["make", "-s", "function"],
+        ["function/build-image.sh"],
+    ):
+        done = subprocess.run(
+            command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800
         )
-        built = []
-        for command in (
-            ["hack/build-image.sh"],
-            ["make", "-s", "function"],
-            ["function/build-image.sh"],
-        ):
-            done = subprocess.run(
-                command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800
-            )
-            if done.returncode != 0:
-                pytest.exit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}", returncode=1)
-            built.append(done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "")
-        os.environ.setdefault("PITSTOP_IMAGE", built[0])
-        yield Cluster(f"{state}/admin.kubeconfig")
-    finally:
-        if os.environ.get("PITSTOP_KEEP_CLUSTER"):
-            print(f"\ncluster kept: kubectl --kubeconfig {state}/admin.kubeconfig get nodes")
-        else:
-            subprocess.run([str(REPO / "hack/cluster.sh"), "down"], env=env, timeout=300)
+        if done.returncode != 0:
+            pytest.exit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}", returncode=1)
+        built.append(done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "")
+    os.environ.setdefault("PITSTOP_IMAGE", built[0])
+    return cluster
 
 
 def local(cluster: Cluster) -> bool:
