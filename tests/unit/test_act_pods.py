@@ -80,8 +80,17 @@ def test_a_refusal_ends_its_budgets_turn_until_the_next_pass() -> None:
 def test_a_slow_eviction_gets_the_next_one_sent_beside_it(monkeypatch: Any) -> None:
     """One asleep in the API server (a conflict on its budget) must not hold the rest;
     those answering fast stay one at a time; never more than the limit at once."""
-    monkeypatch.setattr(act_pods, "EVICTION_HEDGE", 0.02)
     keys = [f"fn/a{n}" for n in range(8)]
+    # With the real hedge (0.25 s), answers after 1 ms go strictly in turn.
+    fast = FakeKube({k: "fn/a" for k in keys}, refuse=set())
+    asyncio.run(
+        steps(fast, {k: ("fn/a",) for k in keys}).act(
+            Decision(status=NodeRepairStatus(), evict=keys), NOW, NodeRepairSpec(node_name="n1")
+        )
+    )
+    assert fast.most["fn/a"] == 1, "answers within the hedge: strictly in turn"
+
+    monkeypatch.setattr(act_pods, "EVICTION_HEDGE", 0.02)
     slow = {"fn/a0": 0.3, "fn/a1": 0.3, "fn/a2": 0.3, "fn/a3": 0.3}
     kube = FakeKube({k: "fn/a" for k in keys}, refuse=set(), slow=slow)
     s = steps(kube, {k: ("fn/a",) for k in keys})
@@ -92,19 +101,12 @@ def test_a_slow_eviction_gets_the_next_one_sent_beside_it(monkeypatch: Any) -> N
     assert kube.most["fn/a"] == act_pods.EVICTIONS_IN_FLIGHT == 3, "hedged, up to the limit"
     assert {k for _, k in s.sent} == set(keys)
 
-    fast = FakeKube({k: "fn/a" for k in keys}, refuse=set())
-    asyncio.run(
-        steps(fast, {k: ("fn/a",) for k in keys}).act(
-            Decision(status=NodeRepairStatus(), evict=keys), NOW, NodeRepairSpec(node_name="n1")
-        )
-    )
-    assert fast.most["fn/a"] == 1, "answers within the hedge: strictly in turn"
-
 
 def test_a_refusal_beside_a_slow_eviction_stops_the_turn(monkeypatch: Any) -> None:
     monkeypatch.setattr(act_pods, "EVICTION_HEDGE", 0.02)
     keys = ["fn/a0", "fn/a1", "fn/a2", "fn/a3", "fn/a4"]
-    kube = FakeKube({k: "fn/a" for k in keys}, refuse={"fn/a1"}, slow={"fn/a0": 0.2})
+    # a1 answers at its first yield, well before the next hedge would send a2
+    kube = FakeKube({k: "fn/a" for k in keys}, refuse={"fn/a1"}, slow={"fn/a0": 0.2, "fn/a1": 0})
     s = steps(kube, {k: ("fn/a",) for k in keys})
     asyncio.run(
         s.act(Decision(status=NodeRepairStatus(), evict=keys), NOW, NodeRepairSpec(node_name="n1"))
