@@ -19,7 +19,7 @@ from typing import Any
 import kopf
 from aiohttp import web
 
-from pitstop import __version__, constants, kopf_toggles, metrics
+from pitstop import __version__, constants, kopf_startup, metrics
 from pitstop.cluster.kube import Kube
 from pitstop.cluster.kubeconfig import KubeSource, connection_info
 from pitstop.cluster.leader import ElectionConfig, Elector, Fence
@@ -75,8 +75,8 @@ class QuietWatchers(logging.Filter):
 def run(options: RunOptions) -> None:
     """Run until SIGTERM/SIGINT; raises OSError if a port cannot be bound."""
     kopf.configure(verbose=options.verbose)
-    kopf_toggles.install()  # before kopf makes its start-up gate
     main = main_module()
+    kopf_startup.install(main.indexes.WATCH_SLIMMERS)  # before kopf starts its watches
     if not options.verbose:
         logging.getLogger("kopf.objects").addFilter(QuietWatchers(main.WATCH_HANDLERS))
 

@@ -132,6 +132,27 @@ def test_slim_pod_does_not_alias_the_body() -> None:
     assert pod == PODS[3]
 
 
+@pytest.mark.parametrize("pod", PODS, ids=lambda p: p["metadata"]["name"])
+def test_watched_pod_gives_the_same_answers_and_the_same_index_entry(pod: dict[str, Any]) -> None:
+    """What kopf keeps of a pod's watch event serves the serving gate and the index
+    exactly as the whole pod would."""
+    watched = indexes.watched_pod(pod)
+    assert answers(watched) == answers(pod)
+    assert indexes.slim_pod(watched) == indexes.slim_pod(pod)
+
+
+def test_watched_pod_keeps_what_kopf_reads_and_drops_the_bulk() -> None:
+    pod = full_pod("kept", metadata__finalizers=["x/y"], metadata__generation=2)
+    watched = indexes.watched_pod(pod)
+    meta = watched["metadata"]
+    assert (watched["apiVersion"], watched["kind"]) == ("v1", "Pod")
+    for field in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp"):
+        assert meta[field] == pod["metadata"][field], field
+    assert (meta["finalizers"], meta["generation"]) == (["x/y"], 2)
+    assert "managedFields" not in meta and "volumes" not in watched["spec"]
+    assert "containerStatuses" not in watched["status"]
+
+
 def test_pods_by_node_keys_by_node_and_skips_unscheduled_pods() -> None:
     assert indexes.pods_by_node(body=PODS[0]) == {"n1": indexes.slim_pod(PODS[0])}
     unscheduled = full_pod("pending", spec__nodeName=None)
