@@ -5,7 +5,7 @@ daemon: its watchers make a toggle per new object in one operator-wide
 `ToggleSet(all)`; each object's worker indexes its first event, drops its toggle
 and waits on the set, holding that event. Measured on 1,000 nodes and 20,000 pods
 (bench/README.md), kopf 1.45 as it is did not act within 240 s, and the events
-held at the gate took the process to 825 MB (the Deployment's limit is 512 MiB).
+held at the gate took the process to 825 MB (over the 512 MiB limit the Deployment had).
 
 Two changes, installed before kopf starts (`install`):
 
