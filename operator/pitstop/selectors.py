@@ -25,3 +25,15 @@ def matches(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bo
         if op == "DoesNotExist" and present:
             return False
     return True
+
+
+def pdb_covers(pdb: Mapping[str, Any], pod: Mapping[str, Any]) -> bool:
+    """The budget selects the pod: same namespace, and its selector matches (policy/v1:
+    an empty selector selects every pod of the namespace, a null one none)."""
+    selector = (pdb.get("spec") or {}).get("selector")
+    meta = pod.get("metadata", {})
+    return (
+        selector is not None
+        and meta.get("namespace") == pdb["metadata"]["namespace"]
+        and matches(selector, meta.get("labels") or {})
+    )

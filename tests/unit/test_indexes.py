@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from pitstop import constants as C
+from pitstop import selectors
 from pitstop.cluster import indexes, nodes
 from pitstop.instances import contract
 
@@ -324,7 +325,7 @@ def test_slim_pdb_keeps_what_the_budget_arithmetic_reads() -> None:
         "fn/fn-pdb", 1, frozenset({"fn/web-1"}), spare=1
     )
     for pod in PODS:
-        assert contract.covers(slim, pod) == contract.covers(full_pdb(), pod)
+        assert selectors.pdb_covers(slim, pod) == contract.covers(full_pdb(), pod)
 
 
 def test_pdbs_by_namespace_keys_by_namespace() -> None:

@@ -6,6 +6,7 @@ another pitstop module. Read with `ast`, so nothing is imported to check it."""
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -135,3 +136,101 @@ def test_the_checks_can_fail() -> None:
     # The real graph is read: the daemon's import of the client module is seen.
     assert "pitstop.cluster.kube" in GRAPH["pitstop.repair.daemon"]
     assert "kopf" in imports("pitstop.cluster.kube")
+
+
+# The "may import" column of docs/architecture.md's package table, read as rules.
+ARCHITECTURE = ROOT.parent / "docs" / "architecture.md"
+
+
+def _ticked(text: str) -> list[str]:
+    return re.findall(r"`([^`]+)`", re.sub(r"\([^)]*\)", "", text))
+
+
+def _names(ticked: list[str]) -> list[str]:
+    return [f"pitstop.{t.rstrip('/').replace('/', '.')}" for t in ticked]
+
+
+def read_rules(markdown: str) -> tuple[dict[str, dict[str, set[str]]], set[str]]:
+    """From the table: for each row's key (a package `repair/` or top-level modules),
+    the modules of that row mapped to what each may import ('*' for anything), and
+    the helpers. A cell is `a`, `b`, helpers; a later `m`, `n` also `c` segment adds
+    `c` for those modules only; "never" segments and (asides) are prose."""
+    rows: dict[str, dict[str, set[str]]] = {}
+    helpers: set[str] = set()
+    lines = markdown.split("| package | holds | may import |", 1)[1].splitlines()[2:]
+    for line in lines:
+        if not line.startswith("|"):
+            break
+        key, _, allowed = (c.strip() for c in line.strip("|").split("|"))
+        owners = _names(_ticked(key))
+        segments = [s.strip() for s in re.sub(r"\([^)]*\)", "", allowed).split(";")]
+        base: set[str] = {"*"} if segments[0] == "anything" else set(_names(_ticked(segments[0])))
+        if re.search(r"\bhelpers\b", segments[0]):
+            base.add("helpers")
+        extra: dict[str, set[str]] = {}
+        for seg in segments[1:]:
+            if " also " in seg:
+                who, _, what = seg.partition(" also ")
+                for m in _names(_ticked(who)):
+                    extra[m] = set(_names(_ticked(what)))
+        rows[key] = {o: base | extra.get(o, set()) for o in owners} | {
+            m: base | extra[m] for m in extra
+        }
+        if "helpers" in key or "shared helpers" in line:
+            helpers.update(owners)
+    return rows, helpers
+
+
+def layout_breaks(
+    graph: dict[str, set[str]], rows: dict[str, dict[str, set[str]]], helpers: set[str]
+) -> list[str]:
+    """Every module the table does not place, and every import it does not allow.
+    Imports within a module's own package row are always allowed."""
+    packages = {n for n in graph if any(m.startswith(n + ".") for m in graph)}
+    home: dict[str, str] = {}  # module -> the package row it belongs to
+    allowed: dict[str, tuple[str, set[str]]] = {}  # module -> (most specific owner, rules)
+    for owners in rows.values():
+        for owner, rules in owners.items():
+            for name in graph:
+                inside = owner in packages and (name == owner or name.startswith(owner + "."))
+                if inside:
+                    home[name] = owner
+                if (inside or name == owner) and len(owner) > len(allowed.get(name, ("",))[0]):
+                    allowed[name] = (owner, rules)
+    breaks: list[str] = []
+    for name in sorted(graph):
+        if name not in allowed:
+            if not (name in packages and not graph[name]):  # an empty package marker
+                breaks.append(f"{name}: not placed in the table")
+            continue
+        rules = allowed[name][1]
+        for dep in sorted(graph[name]):
+            if dep in packages and not graph[dep]:
+                continue  # `from pitstop.x import y` also names the empty package x
+            own = home.get(name)
+            if not (
+                "*" in rules
+                or (own is not None and (dep == own or dep.startswith(own + ".")))
+                or ("helpers" in rules and dep in helpers)
+                or any(dep == a or dep.startswith(a + ".") for a in rules)
+            ):
+                breaks.append(f"{name} imports {dep}: not in its row's 'may import'")
+    return breaks
+
+
+def test_imports_keep_the_architecture_table() -> None:
+    rows, helpers = read_rules(ARCHITECTURE.read_text())
+    assert helpers >= {"pitstop.constants", "pitstop.selectors"}, helpers
+    assert layout_breaks(GRAPH, rows, helpers) == []
+
+
+def test_the_table_check_can_fail() -> None:
+    rows, helpers = read_rules(ARCHITECTURE.read_text())
+    # cluster/ sits below instances/: an import upwards is a break, as is an unplaced module.
+    graph = {n: set(d) for n, d in GRAPH.items()}
+    graph["pitstop.cluster.indexes"].add("pitstop.instances.contract")
+    graph["pitstop.newthing"] = set()
+    assert layout_breaks(graph, rows, helpers) == [
+        "pitstop.cluster.indexes imports pitstop.instances.contract: not in its row's 'may import'",
+        "pitstop.newthing: not placed in the table",
+    ]

@@ -17,9 +17,8 @@ from typing import Any
 
 import kopf
 
-from pitstop import constants
+from pitstop import constants, selectors
 from pitstop.cluster import nodes
-from pitstop.instances import contract
 
 C = constants
 KEPT_POD_ANNOTATIONS = (
@@ -288,7 +287,7 @@ def wake_on_pdb(body: kopf.Body, pods_by_node: kopf.Index[str, Any], **_: Any) -
     """A budget changed (an eviction took a disruption, a replacement gave one back):
     wake the repairs (dry runs too, for their plan) whose nodes hold pods it covers."""
     for node in WAKERS.nodes():
-        if any(contract.covers(body, p) for p in pods_by_node.get(node, ())):
+        if any(selectors.pdb_covers(body, p) for p in pods_by_node.get(node, ())):
             WAKERS.wake(node)
 
 

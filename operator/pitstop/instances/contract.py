@@ -218,16 +218,8 @@ def pdb_key(pdb: Mapping[str, Any]) -> str:
     return f"{pdb['metadata']['namespace']}/{pdb['metadata']['name']}"
 
 
-def covers(pdb: Mapping[str, Any], pod: Mapping[str, Any]) -> bool:
-    """The budget selects the pod: same namespace, and its selector matches (policy/v1:
-    an empty selector selects every pod of the namespace, a null one none)."""
-    selector = (pdb.get("spec") or {}).get("selector")
-    meta = pod.get("metadata", {})
-    return (
-        selector is not None
-        and meta.get("namespace") == pdb["metadata"]["namespace"]
-        and selectors.matches(selector, meta.get("labels") or {})
-    )
+# The budget selects the pod; in `selectors` so the indexes can wake on it too.
+covers = selectors.pdb_covers
 
 
 def allowed(pdb: Mapping[str, Any]) -> int:
