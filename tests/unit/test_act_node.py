@@ -26,6 +26,12 @@ class NodeApi:
         self.calls: list[str] = []
         self.broken = False
         """Refuse every patch, whatever it tests."""
+        self.pods: list[dict[str, Any]] = []
+
+    async def request(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+        assert (method, path) == ("GET", "/api/v1/pods"), "only the node's pods are listed"
+        assert kw["params"] == {"fieldSelector": "spec.nodeName=n1"}
+        return {"items": copy.deepcopy(self.pods)}
 
     async def get_node(self, name: str) -> dict[str, Any] | None:
         self.calls.append("GET")
@@ -44,7 +50,7 @@ class NodeApi:
 
 def run(api: NodeApi, view: dict[str, Any] | None, repair: str = "r1") -> bool:
     log = logging.getLogger()
-    return asyncio.run(give_back(api, "n1", repair, {}, log, view))  # type: ignore[arg-type]
+    return asyncio.run(give_back(api, "n1", repair, log, view))  # type: ignore[arg-type]
 
 
 def test_a_view_that_shows_our_lock_is_released_without_a_read() -> None:
