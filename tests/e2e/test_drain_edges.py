@@ -30,6 +30,7 @@ from tests.e2e.helpers import (
     untainted,
     wait_event,
 )
+from tests.e2e.invariants import marks_left
 from tests.e2e.kube import Cluster, Pool, wait_until
 from tests.e2e.operator import Operator
 from tests.e2e.repairs import GROUP, PLURAL, VERSION, Repairs, node_markers
@@ -110,6 +111,8 @@ def assert_released(cluster: Cluster, ns: str, node: str, cordoned_before: bool 
     assert node_markers(cluster, node) == {**RELEASED, "unschedulable": cordoned_before}
     notes = node_annotations(cluster, node)
     assert LOCK not in notes and WAS_UNSCHEDULABLE not in notes, notes
+    # Invariant 9: the pods are unmarked before the node is, so at once.
+    assert marks_left(cluster.core, ns) == []
     wait_until(
         "no drain signal left and every gate open on the node's pods",
         lambda: all(
