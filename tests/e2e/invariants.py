@@ -18,7 +18,9 @@ judged as soon as the other stream has caught up with that resourceVersion:
   repair had Verified=True, or was deleted, or Failed/Aborted.
 
 At the end (`final`): inv. 4, every node free of cordon, taint and lock, and every
-repair Succeeded (those not force-deleted).
+repair Succeeded (those not force-deleted); inv. 9, no surviving pod keeps a mark of
+pitstop's (drain signal, closed serving gate) on a node no repair holds
+(`marks_left`, also for e2e tests to call after a repair ends or is deleted).
 
 A transition that happened while a watch was down is only seen through the re-list's
 diff; where that hides the moment that matters (a pod evicted, an endpoint dropped, a
@@ -31,6 +33,7 @@ import bisect
 import sys
 import threading
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +86,41 @@ def is_active(phase: str | None) -> bool:
 def verified(obj: dict[str, Any]) -> bool:
     conds = (obj.get("status") or {}).get("conditions") or []
     return any(c["type"] == "Verified" and c["status"] == "True" for c in conds)
+
+
+def leftover_marks(pods: Iterable[Mapping[str, Any]], held: Set[str]) -> list[str]:
+    """Invariant 9: the pods (as the API gives them) that are not terminating and keep
+    the drain signal or a closed serving gate although no repair holds their node
+    (`held`: the nodes a repair holds). Every repair that ended or was deleted must
+    have unmarked what it marked."""
+    problems = []
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        node = (pod.get("spec") or {}).get("nodeName")
+        if meta.get("deletionTimestamp") or node in held:
+            continue
+        marks = []
+        if DRAINING in (meta.get("annotations") or {}):
+            marks.append("drain signal")
+        conditions = (pod.get("status") or {}).get("conditions") or []
+        if any(c.get("type") == GATE and c.get("status") == "False" for c in conditions):
+            marks.append("closed serving gate")
+        if marks:
+            problems.append(
+                f"inv9: {meta.get('namespace')}/{meta.get('name')} on {node} keeps its"
+                f" {' and '.join(marks)}, and no repair holds the node"
+            )
+    return problems
+
+
+def marks_left(core: client.CoreV1Api, namespace: str) -> list[str]:
+    """`leftover_marks` of the namespace's pods now; a node holds a repair while its
+    lock names one (an active repair, or a Failed one that keeps it cordoned)."""
+    held = {
+        n.metadata.name for n in core.list_node().items if (n.metadata.annotations or {}).get(LOCK)
+    }
+    pods = core.list_namespaced_pod(namespace).items
+    return leftover_marks([core.api_client.sanitize_for_serialization(p) for p in pods], held)
 
 
 @dataclass
@@ -412,6 +450,8 @@ class Monitor:
                 problems.append(
                     f"inv4: {n.metadata.name} left cordoned/tainted/locked ({notes.get(LOCK)})"
                 )
+        self.checks["inv9 no pod left marked"] += 1
+        problems.extend(marks_left(core, self.namespace))
         custom = client.CustomObjectsApi(self.api)
         for r in custom.list_cluster_custom_object("pitstop.dev", "v1alpha1", "noderepairs")[
             "items"

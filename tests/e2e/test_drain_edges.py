@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -30,6 +31,7 @@ from tests.e2e.helpers import (
     untainted,
     wait_event,
 )
+from tests.e2e.invariants import marks_left
 from tests.e2e.kube import Cluster, Pool, wait_until
 from tests.e2e.operator import Operator
 from tests.e2e.repairs import GROUP, PLURAL, VERSION, Repairs, node_markers
@@ -110,6 +112,8 @@ def assert_released(cluster: Cluster, ns: str, node: str, cordoned_before: bool 
     assert node_markers(cluster, node) == {**RELEASED, "unschedulable": cordoned_before}
     notes = node_annotations(cluster, node)
     assert LOCK not in notes and WAS_UNSCHEDULABLE not in notes, notes
+    # Invariant 9: the pods are unmarked before the node is, so at once.
+    assert marks_left(cluster.core, ns) == []
     wait_until(
         "no drain signal left and every gate open on the node's pods",
         lambda: all(
@@ -620,6 +624,42 @@ def test_dry_run_reports_the_plan_and_changes_nothing(
         if gated(x):
             assert serving(x) == "True", x.metadata.name
     assert ready_endpoints(cluster, namespace, "fn") == fn
+
+
+def test_routing_that_ignores_the_gate_is_left_after_each_pods_own_wait(
+    cluster: Cluster, namespace: str, pool: Any, repairs: Repairs
+) -> None:
+    """publishNotReadyAddresses keeps the endpoints ready whatever the gate says: past
+    the deregistration deadline the repair goes on (DeregistrationTimeout), and each
+    gated pod is evicted once its own gate has been closed for the timeout (invariant
+    9). That wait is read from the serving condition's lastTransitionTime, which must
+    survive on the pod: without it the pods would never be forced out."""
+    p = make_pool(cluster, pool)
+    node = p.names[0]
+    deploy(cluster, namespace, "fn", 2, p, gated=True)
+    make_service(cluster, namespace, "fn", publish_not_ready=True)
+    fn = {x.metadata.name for x in ready_pods(cluster, namespace, "fn", 2)}
+    wait_until("fn routed", lambda: ready_endpoints(cluster, namespace, "fn") == fn)
+    name = repairs.create(node, drain={"taskTimeoutSeconds": 3})
+
+    def closed_at() -> dict[str, str] | None:
+        times = {
+            x.metadata.name: c.last_transition_time
+            for x in pods(cluster, namespace, "fn")
+            for c in x.status.conditions or []
+            if c.type == GATE and c.status == "False" and c.last_transition_time
+        }
+        return times if set(times) == fn else None
+
+    closed = wait_until("every gate closed, with its time", closed_at, timeout=20)
+    assert ready_endpoints(cluster, namespace, "fn") == fn, "still routed: the gate is ignored"
+    status = repairs.wait_phase(name, "Repairing", timeout=40)
+    dereg = cond(status, "Deregistered")
+    assert dereg["status"] == "False" and dereg["reason"] == "DeregistrationTimeout", dereg
+    assert not fn & {x.metadata.name for x in node_pods(cluster, namespace, node)}
+    allowed = datetime.fromisoformat(status["phaseStartTime"].replace("Z", "+00:00"))
+    for pod, at in closed.items():
+        assert allowed >= at + timedelta(seconds=3), f"{pod} out before its own wait ({at})"
 
 
 # --- abort ---

@@ -26,6 +26,18 @@ class NodeApi:
         self.calls: list[str] = []
         self.broken = False
         """Refuse every patch, whatever it tests."""
+        self.pods: list[dict[str, Any]] = []
+
+    async def patch_pod(self, key: str, patch: dict[str, Any]) -> None:
+        self.calls.append(f"unmark {key}: {patch['metadata']['annotations']}")
+
+    async def set_pod_condition(self, key: str, type_: str, status: str, reason: str) -> None:
+        self.calls.append(f"{type_}={status} on {key}")
+
+    async def request(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+        assert (method, path) == ("GET", "/api/v1/pods"), "only the node's pods are listed"
+        assert kw["params"] == {"fieldSelector": "spec.nodeName=n1"}
+        return {"items": copy.deepcopy(self.pods)}
 
     async def get_node(self, name: str) -> dict[str, Any] | None:
         self.calls.append("GET")
@@ -44,7 +56,7 @@ class NodeApi:
 
 def run(api: NodeApi, view: dict[str, Any] | None, repair: str = "r1") -> bool:
     log = logging.getLogger()
-    return asyncio.run(give_back(api, "n1", repair, {}, log, view))  # type: ignore[arg-type]
+    return asyncio.run(give_back(api, "n1", repair, log, view))  # type: ignore[arg-type]
 
 
 def test_a_view_that_shows_our_lock_is_released_without_a_read() -> None:
@@ -84,3 +96,40 @@ def test_a_refusal_no_change_explains_is_raised() -> None:
     with pytest.raises(NodeChanged):
         run(api, copy.deepcopy(api.node))
     assert api.calls == ["PATCH", "GET"], "one re-read, then the error: no retry loop"
+
+
+def marked_pod(name: str, gate: bool = False, **meta: Any) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": "fn",
+            "annotations": {C.ANNOTATION_DRAINING: "2024-05-01T12:00:00Z"},
+            **meta,
+        },
+        "spec": {"readinessGates": [{"conditionType": C.CONDITION_SERVING}] if gate else []},
+        "status": {
+            "phase": "Running",
+            "conditions": [{"type": C.CONDITION_SERVING, "status": "False"}],
+        },
+    }
+
+
+def test_the_pods_to_unmark_are_found_by_their_marks_in_the_api() -> None:
+    """Invariant 9: whatever the index shows (here: nothing), every pod of the node that
+    carries a mark is unmarked, a closed serving condition reopened even without the
+    gate; a terminating pod is left to go."""
+    api = NodeApi(locked("r1", unschedulable=True, taints=[OURS]))
+    api.pods = [
+        marked_pod("gated", gate=True),
+        marked_pod("ungated"),
+        marked_pod("going", deletionTimestamp="2024-05-01T12:00:00Z"),
+    ]
+    assert run(api, copy.deepcopy(api.node))
+    serving = C.CONDITION_SERVING
+    assert sorted(api.calls[:-1]) == [
+        f"{serving}=True on fn/gated",
+        f"{serving}=True on fn/ungated",
+        f"unmark fn/gated: {{'{C.ANNOTATION_DRAINING}': None}}",
+        f"unmark fn/ungated: {{'{C.ANNOTATION_DRAINING}': None}}",
+    ]
+    assert api.calls[-1] == "PATCH", "the node is released after its pods"

@@ -114,3 +114,24 @@ def test_a_refusal_beside_a_slow_eviction_stops_the_turn(monkeypatch: Any) -> No
     # a0 is asleep, a1 beside it is refused: nothing more is sent, a0's answer still counts
     assert kube.sent == ["fn/a0", "fn/a1"]
     assert ("evict", "fn/a0") in s.sent and set(s.blocked) == {"fn/a1"}
+
+
+def test_a_repair_being_deleted_sends_no_more_marks_or_evictions() -> None:
+    """Invariant 9: the deletion handler sets `stopping` before it waits for the pass
+    in flight; the pass then sends nothing more (its give-back undoes what was sent)."""
+    keys = ["fn/a0", "fn/a1", "fn/a2"]
+    kube = FakeKube({k: "fn/a" for k in keys}, refuse=set())
+    s = steps(kube, {k: ("fn/a",) for k in keys})
+    first = kube.evict
+
+    async def evict_then_delete(key: str, grace: int | None) -> Eviction:
+        s.guard.stopping = True  # the repair is deleted while its first eviction flies
+        return await first(key, grace)
+
+    kube.evict = evict_then_delete  # type: ignore[method-assign]
+    d = Decision(status=NodeRepairStatus(), evict=keys)
+    asyncio.run(s.act(d, NOW, NodeRepairSpec(node_name="n1")))
+    assert kube.sent == ["fn/a0"], "none sent after the deletion began"
+    marks = Decision(status=NodeRepairStatus(), mark_draining=["fn/b"], evict=["fn/a1"])
+    asyncio.run(s.act(marks, NOW, NodeRepairSpec(node_name="n1")))
+    assert kube.sent == ["fn/a0"] and ("drain", "fn/b") not in s.sent

@@ -55,8 +55,11 @@ def inst(
     tasks: int | str = 0,
     draining: bool = True,
     terminating: bool = False,
+    since: float = 3600,
 ) -> Instance:
-    """One instance in namespace `fn`; `tasks` as a str is an invalid annotation value."""
+    """One instance in namespace `fn`; `tasks` as a str is an invalid annotation value.
+    Its drain signal (if `draining`) and its closed gate (if `serving` is False) date
+    from `since` seconds before NOW: by default as old as the repair."""
     count = TaskCount(0, invalid=tasks) if isinstance(tasks, str) else TaskCount(tasks)
     return Instance(
         key=f"fn/{name}",
@@ -67,6 +70,8 @@ def inst(
         tasks=count,
         draining=draining,
         terminating=terminating,
+        draining_since=ago(since) if draining else None,
+        gate_closed_since=ago(since) if serving == "False" else None,
     )
 
 
@@ -140,6 +145,7 @@ CORDONED = cond(C.COND_CORDONED, True, C.REASON_CORDONED)
 DEREGISTERED = cond(C.COND_DEREGISTERED, True, C.REASON_DEREGISTERED)
 DRAINED = cond(C.COND_TASKS_DRAINED, True, C.REASON_TASKS_DRAINED)
 TIMED_OUT = cond(C.COND_TASKS_DRAINED, False, C.REASON_TASK_TIMEOUT)
+DEREG_TIMED_OUT = cond(C.COND_DEREGISTERED, False, C.REASON_DEREGISTRATION_TIMEOUT)
 
 
 def status(
@@ -895,11 +901,20 @@ def random_instance(rng: random.Random, i: int) -> Instance:
         serving=rng.choice([None, "True", "False"]),
         ready=rng.random() < 0.5,
         tasks=rng.choice([0, 0, 1, 5, "abc", "-1"]),
-        draining=rng.random() < 0.5,
+        draining=rng.random() < 0.7,
         terminating=rng.random() < 0.15,
     )
     pdbs = tuple(p for p in RANDOM_PDBS if rng.random() < 0.4)
-    return dataclasses.replace(one, pdbs=pdbs, pod_ready=rng.random() < 0.9)
+    # Each step of its own, some long before the task timeout, some just now (one a
+    # budget held back), some without a time (a value that is no time).
+    times = [None, ago(10), ago(100), ago(5000), ago(5000), ago(5000)]
+    return dataclasses.replace(
+        one,
+        pdbs=pdbs,
+        pod_ready=rng.random() < 0.9,
+        draining_since=rng.choice(times) if one.draining else None,
+        gate_closed_since=rng.choice(times) if one.serving == "False" else None,
+    )
 
 
 RANDOM_PDBS = ("fn/pdb", "fn/other", "fn/unindexed")
@@ -920,7 +935,8 @@ def random_observation(rng: random.Random) -> Observation:
         drained = [DRAINED]
         if on_timeout == OnTaskTimeout.EVICT:
             drained.append(TIMED_OUT)  # the task timeout passed earlier, with Evict
-        st.conditions = [CORDONED, DEREGISTERED, rng.choice(drained)]
+        # the deregistration timed out earlier too, or not
+        st.conditions = [CORDONED, rng.choice([DEREGISTERED, DEREG_TIMED_OUT]), rng.choice(drained)]
     holder = rng.choice([None, NAME, NAME, NAME, "r0"])
     the_node = None if rng.random() < 0.05 else node(holder, cordoned=rng.random() < 0.8)
     instances = [random_instance(rng, i) for i in range(rng.randint(0, 6))]
@@ -963,19 +979,29 @@ def assert_invariants(obs: Observation, d: Decision) -> None:
     for key in d.evict:
         i = by_key[key]
         assert not i.terminating, f"{key} is already terminating"
-        # Invariant 1: busy instances only after the task timeout with onTaskTimeout: Evict.
-        if i.tasks.busy:
+        timeout = timedelta(seconds=obs.spec.drain.task_timeout_seconds)
+        # Invariants 1 and 9: busy instances (or those not yet signalled) only after the
+        # task timeout with onTaskTimeout: Evict, the repair's and the instance's own,
+        # counted from its drain signal.
+        if i.tasks.busy or not i.draining:
             drained = find(d.status.conditions, C.COND_TASKS_DRAINED)
             assert drained is not None and drained.reason == C.REASON_TASK_TIMEOUT, key
             assert obs.spec.drain.on_task_timeout == OnTaskTimeout.EVICT, key
-        # Invariant 2: a gated sync instance only once it is out of routing — or once
-        # its gate was closed for the whole task timeout and routing still ignored it
-        # (DeregistrationTimeout: eviction is then what takes it out).
-        if i.sync and i.gated:
+            assert i.draining_since is not None, f"{key} evicted without its drain signal"
+            assert i.draining_since + timeout <= obs.now, f"{key}: its own timeout not passed"
+        # Invariants 2 and 9: a gated sync instance only once it is out of routing — or
+        # once its own gate was closed for the whole timeout and routing still ignored
+        # it (DeregistrationTimeout: eviction is then what takes it out).
+        if i.sync and i.gated and not (i.serving == "False" and not i.ready_endpoint):
             dereg = find(d.status.conditions, C.COND_DEREGISTERED)
-            timed_out = dereg is not None and dereg.reason == C.REASON_DEREGISTRATION_TIMEOUT
-            assert timed_out or (i.serving == "False" and not i.ready_endpoint), (
+            assert dereg is not None and dereg.reason == C.REASON_DEREGISTRATION_TIMEOUT, (
                 f"{key} still routed"
+            )
+            assert i.serving == "False" and i.gate_closed_since is not None, (
+                f"{key} evicted with its gate open"
+            )
+            assert i.gate_closed_since + timeout <= obs.now, (
+                f"{key} still routed before its own deregistration timeout"
             )
         b = obs.blocked.get(key)
         assert b is None or b.retry_at <= obs.now, f"{key} retried before its backoff"
@@ -1001,18 +1027,20 @@ SEEDS = range(4000)
 
 def test_invariants_hold_for_random_observations() -> None:
     rng = random.Random(20240501)
-    evictions = busy_evictions = capped = 0
+    evictions = busy_evictions = routed_evictions = capped = 0
     for _ in SEEDS:
         obs = random_observation(rng)
         d = decide(obs)
         assert_invariants(obs, d)
         evictions += len(d.evict)
         busy_evictions += sum(1 for k in d.evict if _busy(obs, k))
+        routed_evictions += sum(1 for i in obs.instances if i.key in d.evict and i.ready_endpoint)
         capped += len(decide(dataclasses.replace(obs, budgets={})).evict) - len(d.evict)
     # The generator must reach the interesting cases, or the test proves nothing.
-    assert evictions > 200
+    assert evictions > 150
     assert busy_evictions > 50
-    assert capped > 10, "the budgets held some evictions back"
+    assert routed_evictions > 40, "some still routed after their own deregistration timeout"
+    assert capped > 0, "the budgets held some evictions back"
 
 
 def _busy(obs: Observation, key: str) -> bool:
@@ -1211,3 +1239,46 @@ def test_async_instances_under_a_budget_get_the_drain_signal_at_once() -> None:
     pods = [dataclasses.replace(inst(f"w{n}", draining=False), pdbs=("fn/pdb",)) for n in range(3)]
     d = decide(observe(status(Phase.DEREGISTERING), pods, budgets=spare(0)))
     assert d.held == {} and d.mark_draining == ["fn/w0", "fn/w1", "fn/w2"]
+
+
+# --- invariant 9: deadlines per instance (issue 18, the review's cases) ---
+
+DEREG_TIMED_OUT_AND_TASKS = [CORDONED, DEREG_TIMED_OUT, TIMED_OUT]
+
+
+def test_a_held_routed_pod_released_after_both_timeouts_is_marked_not_evicted() -> None:
+    # The repair's deregistration and task timeouts both passed while a budget held p1
+    # in service; the budget now spares it. It has 2 tasks and is still routed: it
+    # gets its drain signal and its gate closed, and waits its own timeouts.
+    st = status(Phase.EVICTING, since=30, conditions=DEREG_TIMED_OUT_AND_TASKS)
+    p1 = in_service("p1", tasks=2)
+    d = decide(observe(st, [p1], budgets=spare(1), sp=spec(task_timeout=300)))
+    assert d.mark_draining == ["fn/p1"] and d.deregister == ["fn/p1"]
+    assert d.evict == [], "not evicted while routed and busy in the pass that marks it"
+
+
+def test_a_pod_marked_after_the_deregistration_timeout_waits_its_own() -> None:
+    # Every task drained; the repair's deregistration timed out long ago. p1's gate
+    # closed 10 s ago and its EndpointSlice has not caught up: still a ready endpoint.
+    st = status(Phase.EVICTING, since=30, conditions=[CORDONED, DEREG_TIMED_OUT, DRAINED])
+    p1 = inst("p1", "sync", gated=True, serving="False", ready=True, since=10)
+    d = decide(observe(st, [p1], sp=spec(task_timeout=300)))
+    assert d.evict == []
+    assert d.wake_at == ago(10) + timedelta(seconds=300), "wakes when its own wait is over"
+    later = decide(
+        observe(st, [p1], sp=spec(task_timeout=300), now=ago(10) + timedelta(seconds=300))
+    )
+    assert later.evict == ["fn/p1"], "routing ignored its closed gate for its whole wait"
+
+
+def test_a_routed_pod_whose_gate_is_still_open_is_never_evicted_on_the_timeout() -> None:
+    st = status(Phase.EVICTING, since=30, conditions=DEREG_TIMED_OUT_AND_TASKS)
+    d = decide(observe(st, [routed("p1")]))
+    assert d.deregister == ["fn/p1"] and d.evict == []
+
+
+def test_a_busy_pod_signalled_after_the_task_timeout_waits_its_own() -> None:
+    st = status(Phase.EVICTING, since=30, conditions=DEREG_TIMED_OUT_AND_TASKS)
+    p1 = deregistered("p1", tasks=2, since=10)
+    d = decide(observe(st, [p1], sp=spec(task_timeout=300)))
+    assert d.evict == [] and d.wake_at == ago(10) + timedelta(seconds=300)

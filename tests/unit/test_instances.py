@@ -181,6 +181,20 @@ def test_serving_status_is_none_without_the_condition() -> None:
     assert contract.serving_status(pod()) is None
 
 
+def test_gate_closed_since_is_the_closed_conditions_transition_time() -> None:
+    """Invariant 9: the deregistration wait of each instance counts from its own gate
+    closing; an open gate, or a closed one without a time, has none."""
+    closed = {"type": C.CONDITION_SERVING, "status": "False"}
+    at = {"lastTransitionTime": "2024-05-01T12:00:00Z"}
+    i = contract.observe(pod(gates=[C.CONDITION_SERVING], conditions=[{**closed, **at}]), None)
+    assert i.gate_closed_since is not None and i.gate_closed_since.isoformat() == (
+        "2024-05-01T12:00:00+00:00"
+    )
+    opened = {"type": C.CONDITION_SERVING, "status": "True", **at}
+    assert contract.observe(pod(conditions=[opened]), None).gate_closed_since is None
+    assert contract.observe(pod(conditions=[closed]), None).gate_closed_since is None
+
+
 # --- terminating ---
 
 

@@ -1,6 +1,7 @@
 """The outside checker's judgement of "a lock is released only after its repair
 Verified" (tests/e2e/invariants.py), fed events by hand: what it saw one by one
-is judged, what only a re-list showed is uncovered, never passed or broken."""
+is judged, what only a re-list showed is uncovered, never passed or broken. And its
+judgement of the pods a repair leaves behind (invariant 9)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.e2e.invariants import LOCK, TAINT, Monitor
+from tests.e2e.invariants import DRAINING, GATE, LOCK, TAINT, Monitor, leftover_marks
 
 NODE, REPAIR = "n-1", "r-1"
 
@@ -103,3 +104,47 @@ def test_a_relisted_end_before_the_release_passes() -> None:
     released_at(12, m, nodes)
     assert m.checks["inv3 uncordon only after Verified"] == 1
     assert (m.breaks, m.uncovered) == ([], [])
+
+
+# --- invariant 9: no pod keeps a mark once no repair holds its node ---
+
+
+def pod(
+    name: str, node: str = NODE, draining: bool = False, gate: str | None = None, **meta: Any
+) -> dict[str, Any]:
+    conditions = [{"type": "Ready", "status": "True"}]
+    if gate is not None:
+        conditions.append({"type": GATE, "status": gate})
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": "ns",
+            "annotations": {DRAINING: "2024-05-01T12:00:00Z"} if draining else None,
+            **meta,
+        },
+        "spec": {"nodeName": node},
+        "status": {"conditions": conditions},
+    }
+
+
+def test_a_pod_left_marked_on_a_free_node_breaks() -> None:
+    found = leftover_marks(
+        [pod("a", draining=True), pod("b", gate="False"), pod("c", draining=True, gate="False")],
+        held=set(),
+    )
+    assert found == [
+        "inv9: ns/a on n-1 keeps its drain signal, and no repair holds the node",
+        "inv9: ns/b on n-1 keeps its closed serving gate, and no repair holds the node",
+        "inv9: ns/c on n-1 keeps its drain signal and closed serving gate, and no repair"
+        " holds the node",
+    ]
+
+
+def test_marks_on_a_held_node_unmarked_or_terminating_pods_pass() -> None:
+    pods = [
+        pod("held", draining=True, gate="False"),
+        pod("open", node="n-2", gate="True"),
+        pod("plain", node="n-2"),
+        pod("going", node="n-2", draining=True, deletionTimestamp="2024-05-01T12:00:00Z"),
+    ]
+    assert leftover_marks(pods, held={NODE}) == []

@@ -13,6 +13,7 @@ import os
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -150,9 +151,16 @@ class Kube:
         await self.request("PATCH", f"/api/v1/namespaces/{ns}/pods/{name}", patch, MERGE)
 
     async def set_pod_condition(self, key: str, type_: str, status: str, reason: str) -> None:
-        """A pod condition via pods/status; strategic merge keys conditions by type."""
+        """A pod condition via pods/status; strategic merge keys conditions by type. Set
+        only on a change of status, so its lastTransitionTime is when the gate moved."""
         ns, name = key.split("/", 1)
-        condition = {"type": type_, "status": status, "reason": reason, "lastProbeTime": None}
+        condition = {
+            "type": type_,
+            "status": status,
+            "reason": reason,
+            "lastProbeTime": None,
+            "lastTransitionTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
         patch = {"status": {"conditions": [condition]}}
         await self.request("PATCH", f"/api/v1/namespaces/{ns}/pods/{name}/status", patch, STRATEGIC)
 

@@ -88,6 +88,15 @@ def inflight_tasks(pod: Mapping[str, Any]) -> TaskCount:
     return TaskCount(0, invalid=str(raw))
 
 
+def gate_closed_since(pod: Mapping[str, Any]) -> datetime | None:
+    """When its pitstop.dev/serving condition turned False (None: not False, or no
+    readable lastTransitionTime)."""
+    for c in pod.get("status", {}).get("conditions") or []:
+        if c.get("type") == constants.CONDITION_SERVING and c.get("status") == "False":
+            return _time(c.get("lastTransitionTime"))
+    return None
+
+
 def is_terminating(pod: Mapping[str, Any]) -> bool:
     return pod.get("metadata", {}).get("deletionTimestamp") is not None
 
@@ -142,6 +151,9 @@ class Instance:
     value that is no time)."""
     unready_since: datetime | None = None
     """When it stopped being Ready (None: Ready, or not known)."""
+    gate_closed_since: datetime | None = None
+    """When its serving gate was closed (the condition's lastTransitionTime; None: not
+    closed, or no time)."""
 
     @property
     def sync(self) -> bool:
@@ -200,6 +212,7 @@ def observe(
             (pod.get("metadata", {}).get("annotations") or {}).get(constants.ANNOTATION_DRAINING)
         ),
         unready_since=unready_since(pod),
+        gate_closed_since=gate_closed_since(pod),
     )
 
 

@@ -62,18 +62,16 @@ class NodeSteps(Report):
         self.patched_node = (node["metadata"]["resourceVersion"], slim_node(answer))
         return True
 
-    async def finish_failure(self, now: datetime, pods_by_node: kopf.Index[str, Any]) -> None:
+    async def finish_failure(self, now: datetime) -> None:
         """A Failed repair with onFailure: Uncordon that still holds its node (the
         operator died between the two writes, or the release failed): release it.
         Safe to repeat: give_back does nothing unless the lock is ours."""
         spec = self.body.get("spec") or {}
         if self.status.phase == Phase.FAILED and spec.get("onFailure") == OnFailure.UNCORDON:
-            await self.give_back_after_failure(now, pods_by_node)
+            await self.give_back_after_failure(now)
 
-    async def give_back_after_failure(
-        self, now: datetime, pods_by_node: kopf.Index[str, Any]
-    ) -> None:
-        if await give_back(self.kube, self.node_name, self.name, pods_by_node, self.logger):
+    async def give_back_after_failure(self, now: datetime) -> None:
+        if await give_back(self.kube, self.node_name, self.name, self.logger):
             status = self.status.model_copy(deep=True)
             status.conditions = set_condition(
                 status.conditions,
@@ -91,13 +89,14 @@ async def give_back(
     kube: Kube,
     node_name: str,
     repair: str,
-    pods_by_node: kopf.Index[str, Any],
     logger: kopf.Logger,
     node: Mapping[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Undo what a repair did to its node, if it holds the node: remove the drain
     signal and reopen the serving gate of the instances still there, then remove the
-    taint and the lock and uncordon unless the node was cordoned before.
+    taint and the lock and uncordon unless the node was cordoned before. The pods to
+    unmark are found by their marks, read from the API server now: the index lags
+    behind the repair's own last writes (invariant 9).
 
     `node` is the caller's view of the node, if it has one: the release is guarded
     by the markers it shows, so a view that lags only costs a re-read. A view that
@@ -109,15 +108,16 @@ async def give_back(
         UNDER_REPAIR.discard(node_name)
         return None
     jobs = []
-    for pod in list(pods_by_node.get(node_name, ())):
+    for pod in await pods_on(kube, node_name):
         if contract.is_terminating(pod) or not contract.is_instance(pod):
             continue
         key = contract.key(pod)
-        if C.ANNOTATION_DRAINING in pod["metadata"]["annotations"]:
+        if C.ANNOTATION_DRAINING in (pod["metadata"].get("annotations") or {}):
             jobs.append(
                 kube.patch_pod(key, {"metadata": {"annotations": {C.ANNOTATION_DRAINING: None}}})
             )
-        if contract.has_serving_gate(pod) and contract.serving_status(pod) != "True":
+        serving = contract.serving_status(pod)
+        if serving == "False" or (contract.has_serving_gate(pod) and serving != "True"):
             jobs.append(kube.set_pod_condition(key, C.CONDITION_SERVING, "True", "NodeRepairEnded"))
     for result in await asyncio.gather(*jobs, return_exceptions=True):
         if isinstance(result, ApiError) and result.status != 404:
@@ -141,13 +141,15 @@ async def give_back(
     raise kopf.TemporaryError(f"node {node_name} kept changing; retrying the release", delay=1)
 
 
-async def release_orphan(
-    kube: Kube,
-    node_name: str,
-    holder: str,
-    pods_by_node: kopf.Index[str, Any],
-    logger: kopf.Logger,
-) -> bool:
+async def pods_on(kube: Kube, node_name: str) -> list[dict[str, Any]]:
+    """The pods bound to the node, as the API server has them now."""
+    found = await kube.request(
+        "GET", "/api/v1/pods", params={"fieldSelector": f"spec.nodeName={node_name}"}
+    )
+    return list(found.get("items") or [])
+
+
+async def release_orphan(kube: Kube, node_name: str, holder: str, logger: kopf.Logger) -> bool:
     """Gives back a node whose lock names a NodeRepair that is gone, exactly as that
     repair's deletion would have (give_back: drain signals, gates, taint, lock, and the
     cordon only if the node was schedulable before). The index may lag behind a repair
@@ -159,4 +161,4 @@ async def release_orphan(
             raise
     else:
         return False
-    return await give_back(kube, node_name, holder, pods_by_node, logger) is not None
+    return await give_back(kube, node_name, holder, logger) is not None

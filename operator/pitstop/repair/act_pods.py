@@ -42,21 +42,25 @@ class PodSteps(Report):
     async def act(self, d: drain.Decision, now: datetime, spec: NodeRepairSpec) -> None:
         """Pod actions, concurrently: drain signal, deregistration, evictions. What
         succeeded is remembered (the indexes lag behind our writes); what failed is
-        tried again on the next pass."""
+        tried again on the next pass. Nothing is sent once the repair is being
+        deleted (invariant 9): its give-back undoes only what it can see."""
+        if self.stopping():
+            return
         stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
         writes: list[tuple[tuple[str, str], Any]] = []
         for key in d.mark_draining:
             if ("drain", key) not in self.sent:
                 patch = {"metadata": {"annotations": {C.ANNOTATION_DRAINING: stamp}}}
-                writes.append((("drain", key), self.kube.patch_pod(key, patch)))
+                writes.append((("drain", key), self.guard.track(self.kube.patch_pod(key, patch))))
         for key in d.deregister:
             if ("deregister", key) not in self.sent:
                 call = self.kube.set_pod_condition(key, C.CONDITION_SERVING, "False", "NodeRepair")
-                writes.append((("deregister", key), call))
+                writes.append((("deregister", key), self.guard.track(call)))
         evictions = [k for k in d.evict if ("evict", k) not in self.sent]
         grace = spec.drain.grace_period_seconds
         results = await asyncio.gather(
-            *(self._ignore_gone(call) for _, call in writes),
+            # shielded: a cancelled pass leaves them to the deletion's settle()
+            *(self._ignore_gone(asyncio.shield(call)) for _, call in writes),
             *(self._in_turn(group, grace) for group in self.by_budget(evictions)),
             return_exceptions=True,
         )
@@ -93,18 +97,19 @@ class PodSteps(Report):
         in turn, each such sleep stalls the drain. So the next one is sent when the
         one before answers or has taken EVICTION_HEDGE (it is likely asleep), at most
         EVICTIONS_IN_FLIGHT at once. After a refusal the rest would be refused too:
-        they wait for the next pass."""
+        they wait for the next pass; once the repair is being deleted, none is sent."""
         done: list[Eviction] = []
         queue = list(reversed(keys))
         flying: set[asyncio.Future[Eviction]] = set()
         refused = False
         try:
             while queue or flying:
-                if queue and not refused and len(flying) < EVICTIONS_IN_FLIGHT:
+                more = bool(queue) and not refused and not self.stopping()
+                if more and len(flying) < EVICTIONS_IN_FLIGHT:
                     flying.add(asyncio.ensure_future(self.kube.evict(queue.pop(), grace)))
                 if not flying:
                     break
-                may_add = bool(queue) and not refused and len(flying) < EVICTIONS_IN_FLIGHT
+                may_add = more and bool(queue) and len(flying) < EVICTIONS_IN_FLIGHT
                 answered, flying = await asyncio.wait(
                     flying,
                     timeout=EVICTION_HEDGE if may_add else None,

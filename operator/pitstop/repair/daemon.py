@@ -36,7 +36,7 @@ from pitstop.repair.act_hooks import RepairSteps
 from pitstop.repair.act_node import NodeSteps, give_back
 from pitstop.repair.act_pods import PodSteps
 from pitstop.repair.report import forget_gauge, record_phase
-from pitstop.repair.state import parse_status
+from pitstop.repair.state import parse_status, pass_guard
 
 C = constants
 
@@ -211,6 +211,8 @@ class Driver(NodeSteps, PodSteps, RepairSteps):
             webhook=self.webhook_answer,
         )
         d = drain.decide(obs)
+        if self.stopping():
+            return False, None  # being deleted: the deletion handler undoes, nothing more
         self.poll(d.status.phase)
         again = False
 
@@ -230,13 +232,13 @@ class Driver(NodeSteps, PodSteps, RepairSteps):
         wake_at = await self.write_status(d.status, now, d.wake_at, d.passed)
         self.post(d.events, node)
         await self.act(d, now, spec)
+        if self.stopping():
+            return False, None
         again = await self.run_hooks(d, spec) or again
         if d.release and d.status.phase == Phase.FAILED:
-            await self.give_back_after_failure(now, pods_by_node)
+            await self.give_back_after_failure(now)
         elif d.release:  # verified: give the node back; the next pass records it
-            released = await give_back(
-                self.kube, self.node_name, self.name, pods_by_node, self.logger, node
-            )
+            released = await give_back(self.kube, self.node_name, self.name, self.logger, node)
             # The next pass sees the release at once, not the index's older view.
             before = (node or {}).get("metadata", {}).get("resourceVersion")
             self.patched_node = (before, slim_node(released)) if released else None
@@ -271,9 +273,14 @@ async def drive(
     **_: Any,
 ) -> None:
     driver = Driver(name, body, memo["kube"], logger, memo.get(sources_daemon.MEMO_POLLER))
+    # Each pass holds the repair's guard: its deletion handler waits for the pass in
+    # flight to end before it gives the node back (invariant 9).
+    guard = driver.guard = pass_guard(memo)
+    driver.stopped = stopped
     if driver.status.phase in FINAL_PHASES:
         record_phase(name, driver.status.phase)
-        await driver.finish_failure(datetime.now(UTC), pods_by_node)
+        async with guard.lock:
+            await driver.finish_failure(datetime.now(UTC))
         return
     waker = WAKERS.register(driver.node_name)
     CAPACITY.register(waker)  # room freed anywhere in the pool wakes it too
@@ -281,33 +288,37 @@ async def drive(
         while not stopped and not body.get("metadata", {}).get("deletionTimestamp"):
             waker.clear()
             now = datetime.now(UTC)
-            try:
-                again, wake_at = await driver.step(
-                    now,
-                    pods_by_node,
-                    endpoints_by_pod,
-                    nodes_by_name,
-                    repairs_by_node,
-                    policies_by_name,
-                    profiles_by_name,
-                    namespace_labels,
-                    pdbs_by_namespace,
-                )
-            except Gone:
-                # Deleted without its finalizer (before kopf put it on, or force-deleted),
-                # so kopf will neither stop this daemon nor run the deletion handler: give
-                # the node back here, reported as the orphan sweep would (which may win).
-                node = driver.node(nodes_by_name)
-                if await give_back(memo["kube"], driver.node_name, name, pods_by_node, logger):
-                    orphans.report(node or bare_node(driver.node_name), name, logger)
-                record_phase(name, None)
-                return
-            except (ApiError, OSError, TimeoutError) as e:
-                logger.warning(f"Pass failed, retrying in 1s: {e}")
-                again, wake_at = False, now + timedelta(seconds=1)
-            if driver.status.phase in FINAL_PHASES:
-                await driver.finish_failure(datetime.now(UTC), pods_by_node)
-                return
+            async with guard.lock:
+                if driver.stopping():
+                    return
+                try:
+                    again, wake_at = await driver.step(
+                        now,
+                        pods_by_node,
+                        endpoints_by_pod,
+                        nodes_by_name,
+                        repairs_by_node,
+                        policies_by_name,
+                        profiles_by_name,
+                        namespace_labels,
+                        pdbs_by_namespace,
+                    )
+                except Gone:
+                    # Deleted without its finalizer (before kopf put it on, or force-
+                    # deleted), so kopf will neither stop this daemon nor run the deletion
+                    # handler: give the node back here, reported as the orphan sweep would
+                    # (which may win).
+                    node = driver.node(nodes_by_name)
+                    if await give_back(memo["kube"], driver.node_name, name, logger):
+                        orphans.report(node or bare_node(driver.node_name), name, logger)
+                    record_phase(name, None)
+                    return
+                except (ApiError, OSError, TimeoutError) as e:
+                    logger.warning(f"Pass failed, retrying in 1s: {e}")
+                    again, wake_at = False, now + timedelta(seconds=1)
+                if driver.status.phase in FINAL_PHASES:
+                    await driver.finish_failure(datetime.now(UTC))
+                    return
             if driver.status.phase not in (None, Phase.PENDING):  # admitted: no more waiting
                 CAPACITY.unregister(waker)
             if again:
@@ -324,7 +335,7 @@ async def drive(
             pool_daemon.ADMISSION.release(name)
 
 
-@kopf.on.delete(C.GROUP, C.VERSION, C.NODEREPAIR_PLURAL)  # type: ignore[arg-type]  # (index kwargs)
+@kopf.on.delete(C.GROUP, C.VERSION, C.NODEREPAIR_PLURAL)
 async def abort(
     name: str,
     spec: kopf.Spec,
@@ -332,33 +343,38 @@ async def abort(
     body: kopf.Body,
     memo: kopf.Memo,
     logger: kopf.Logger,
-    pods_by_node: kopf.Index[str, Any],
     **_: Any,
 ) -> None:
-    """Deleting a repair undoes what it did (finalizer): phase Aborted while it runs."""
+    """Deleting a repair undoes what it did (finalizer): phase Aborted while it runs.
+    kopf runs this while it stops the daemon: the pass in flight is told to send
+    nothing more, and is waited for, with its pod marks, before anything is undone."""
     kube: Kube = memo["kube"]
     node_name = spec.get("nodeName")
     phase = status.get("phase")
-    if phase != Phase.SUCCEEDED:
-        aborted = parse_status(status).model_copy(deep=True)
-        aborted.phase = Phase.ABORTED
-        aborted.message = f"Aborted: giving {node_name} back"
-        aborted.completion_time = aborted.completion_time or datetime.now(UTC)
-        try:
-            await kube.patch_status(C.NODEREPAIR_PLURAL, name, aborted.wire())
-        except ApiError as e:
-            if e.status != 404:
-                raise
-    job = (status.get("repair") or {}).get("jobName")
-    if job and phase == Phase.REPAIRING:
-        await hooks.delete_job(kube, job)  # a repair in progress stops with its repair
-    if node_name and await give_back(kube, node_name, name, pods_by_node, logger):
-        kopf.event(
-            body,
-            type="Normal",
-            reason=C.REASON_ABORTED,
-            message=f"Repair deleted; {node_name} given back",
-        )
+    guard = pass_guard(memo)
+    guard.stopping = True
+    async with guard.lock:
+        await guard.settle()
+        if phase != Phase.SUCCEEDED:
+            aborted = parse_status(status).model_copy(deep=True)
+            aborted.phase = Phase.ABORTED
+            aborted.message = f"Aborted: giving {node_name} back"
+            aborted.completion_time = aborted.completion_time or datetime.now(UTC)
+            try:
+                await kube.patch_status(C.NODEREPAIR_PLURAL, name, aborted.wire())
+            except ApiError as e:
+                if e.status != 404:
+                    raise
+        job = (status.get("repair") or {}).get("jobName")
+        if job and phase == Phase.REPAIRING:
+            await hooks.delete_job(kube, job)  # a repair in progress stops with its repair
+        if node_name and await give_back(kube, node_name, name, logger):
+            kopf.event(
+                body,
+                type="Normal",
+                reason=C.REASON_ABORTED,
+                message=f"Repair deleted; {node_name} given back",
+            )
     record_phase(name, None)
     pool_daemon.ADMISSION.release(name)
     WAKERS.wake(node_name)

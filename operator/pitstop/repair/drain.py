@@ -12,13 +12,16 @@ The per-instance guards here are the invariants themselves:
    passed and `onTaskTimeout: Evict`;
 2. a sync instance is never evicted before it is out of routing (unless it has no
    serving gate, in which case eviction is what takes it out);
-3. nothing touches an instance before the node is cordoned under our lock.
+3. nothing touches an instance before the node is cordoned under our lock;
+9. those timeouts force an instance out only once its own passed too, counted from
+   its own drain signal and gate closing: the repair's (the phase's conditions and
+   Events) may have passed long before a budget let it leave service.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from pitstop import conditions, constants
 from pitstop.cluster import nodes
@@ -356,21 +359,23 @@ def _evicting(d: Decision, obs: Observation) -> None:
         )
         return
     forced = _task_timeout_passed(d)
-    timeout = timedelta(seconds=obs.spec.drain.task_timeout_seconds)
+    unrouted = _deregistration_timed_out(d)
     room = contract.eviction_room(obs.budgets, remaining, obs.uncounted)
     held: set[str] = set()
     waiting = 0
     for i in remaining:
         if i.terminating or i.key in obs.evicted or i.key in d.held:
             continue
-        # One taken out of service after the others (its budget held it) has a task
-        # timeout of its own, from its drain signal.
-        late = i.draining_since is not None and i.draining_since + timeout > obs.now
-        if late and forced and i.draining_since is not None:
-            d.wake_by(i.draining_since + timeout)
-        if not (forced and not late) and (i.tasks.busy or not i.draining):
+        if (i.tasks.busy or not i.draining) and not _own_wait_over(
+            d, obs, forced, i.draining_since
+        ):
             continue  # invariant 1: busy, or its count predates the drain signal; wait
-        if i.sync and i.gated and not i.deregistered and not _deregistration_timed_out(d):
+        if (
+            i.sync
+            and i.gated
+            and not i.deregistered
+            and not _own_wait_over(d, obs, unrouted, i.gate_closed_since)
+        ):
             continue  # invariant 2: not out of routing yet
         b = blocked.get(i.key)
         if b is not None and b.retry_at > obs.now:
@@ -406,6 +411,23 @@ def _evicting(d: Decision, obs: Observation) -> None:
 def _full(obs: Observation, pdb: str) -> bool:
     b = obs.budgets.get(pdb)
     return b is not None and b.allowed <= 0
+
+
+def _own_wait_over(
+    d: Decision, obs: Observation, repair_timed_out: bool, since: datetime | None
+) -> bool:
+    """Invariant 9: a timeout forces an instance out only once the repair's passed
+    (its condition says so) and the instance's own did too, counted from its own step
+    (`since`: its drain signal, its gate closing). One a budget held back, or one that
+    came later, gets its full wait; one whose step has no time (not taken yet, or a
+    time that is no time) is never forced. Wakes the repair when its own passes."""
+    if not repair_timed_out or since is None:
+        return False
+    deadline = since + timedelta(seconds=obs.spec.drain.task_timeout_seconds)
+    if deadline > obs.now:
+        d.wake_by(deadline)
+        return False
+    return True
 
 
 def _deregistration_timed_out(d: Decision) -> bool:

@@ -28,7 +28,6 @@ async def sweep(
     kube: Kube,
     node: Mapping[str, Any],
     repairs_by_node: kopf.Index[str, Any],
-    pods_by_node: kopf.Index[str, Any],
     logger: kopf.Logger,
 ) -> bool:
     name = node.get("metadata", {}).get("name")
@@ -36,7 +35,7 @@ async def sweep(
         return False
     live = [r["name"] for r in repairs_by_node.get(name, ())]
     holder = nodes.orphaned_lock(node, live)
-    if holder is None or not await release_orphan(kube, name, holder, pods_by_node, logger):
+    if holder is None or not await release_orphan(kube, name, holder, logger):
         return False
     report(node, holder, logger)
     return True
@@ -60,11 +59,10 @@ async def sweep_node(
     memo: kopf.Memo,
     logger: kopf.Logger,
     repairs_by_node: kopf.Index[str, Any],
-    pods_by_node: kopf.Index[str, Any],
     **_: Any,
 ) -> None:
     """A locked node: is its repair still there?"""
-    await sweep(memo["kube"], body, repairs_by_node, pods_by_node, logger)
+    await sweep(memo["kube"], body, repairs_by_node, logger)
 
 
 @kopf.on.event(C.GROUP, C.VERSION, C.NODEREPAIR_PLURAL)  # type: ignore[arg-type]  # (index kwargs)
@@ -75,7 +73,6 @@ async def sweep_after_deletion(
     logger: kopf.Logger,
     nodes_by_name: kopf.Index[str, Any],
     repairs_by_node: kopf.Index[str, Any],
-    pods_by_node: kopf.Index[str, Any],
     **_: Any,
 ) -> None:
     """A repair gone: a normal deletion released its node in the finalizer, a forced
@@ -84,4 +81,4 @@ async def sweep_after_deletion(
         return
     node = one(nodes_by_name.get(spec.get("nodeName") or ""))
     if node is not None:
-        await sweep(memo["kube"], node, repairs_by_node, pods_by_node, logger)
+        await sweep(memo["kube"], node, repairs_by_node, logger)

@@ -4,7 +4,9 @@ from the cluster (invariant 6)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +24,54 @@ from pitstop.models import (
 from pitstop.repair import drain, flow
 
 C = constants
+
+
+MEMO_GUARD = "pitstop.repair.guard"
+"""Where a repair's PassGuard lives: kopf's memo of that NodeRepair, which its daemon
+and its deletion handler share."""
+
+SETTLE_TIMEOUT = 10.0
+"""Seconds the deletion waits for pod marks still unanswered after a cancelled pass."""
+
+
+@dataclass
+class PassGuard:
+    """A repair's passes and its deletion, one at a time. kopf runs the deletion handler
+    while it stops the daemon: without this the give-back could read the pods while a
+    pass still marks them, and a mark landing after it would stay for ever."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Held by a pass, and by the deletion while it undoes the repair."""
+    stopping: bool = False
+    """Set by the deletion before it waits for the lock: the pass in flight sends
+    nothing more (checked before each batch of marks and each eviction)."""
+    writes: set[asyncio.Future[Any]] = field(default_factory=set)
+    """Pod marks sent and not yet answered: kopf cancels a daemon that does not stop in
+    time, but a request already sent may still land, so the deletion waits for them."""
+
+    def track(self, call: Awaitable[Any]) -> asyncio.Future[Any]:
+        write = asyncio.ensure_future(call)
+        self.writes.add(write)
+        write.add_done_callback(self._done)
+        return write
+
+    def _done(self, write: asyncio.Future[Any]) -> None:
+        self.writes.discard(write)
+        if not write.cancelled():
+            write.exception()  # the pass reports it; one it no longer awaits is dropped
+
+    async def settle(self) -> None:
+        """Waits until every pod mark sent has its answer (at most SETTLE_TIMEOUT)."""
+        if self.writes:
+            await asyncio.wait(set(self.writes), timeout=SETTLE_TIMEOUT)
+
+
+def pass_guard(memo: Any) -> PassGuard:
+    """The repair's PassGuard, from its memo (made on first use)."""
+    guard = memo.get(MEMO_GUARD)
+    if guard is None:
+        guard = memo[MEMO_GUARD] = PassGuard()
+    return guard  # type: ignore[no-any-return]
 
 
 class DriverState:
@@ -66,6 +116,14 @@ class DriverState:
         self.job_refused: flow.JobState | None = None
         self.marked_draining: set[str] = set()
         self.marked_closed: set[tuple[str, str]] = set()
+        self.guard = PassGuard()
+        """Shared with the deletion handler (the daemon sets the repair's own)."""
+        self.stopped: kopf.DaemonStopped | None = None
+        """The daemon's stop flag (set on deletion and on the operator's shutdown)."""
+
+    def stopping(self) -> bool:
+        """The repair is being deleted or the daemon stopped: send nothing more."""
+        return self.guard.stopping or bool(self.stopped)
 
     def node(self, nodes_by_name: kopf.Index[str, Any]) -> dict[str, Any] | None:
         """The node from the index, unless our own patch is newer than what it shows."""
