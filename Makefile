@@ -10,18 +10,29 @@ PITSTOP_CACHE ?= $(HOME)/.cache/pitstop
 # The kubectl built with the control plane comes first: same release as the server.
 export PATH := $(CURDIR)/$(BIN):$(PITSTOP_CACHE)/bin/kube-$(KUBE_VERSION):$(PATH)
 
-.PHONY: help venv build deps image e2e-chaos e2e-incluster e2e-kind cluster-up cluster-down kubeconfig crds crds-check lint unit e2e test bench bench-drain bench-policy bench-scale bench-sources demo clean
+.PHONY: help venv lock build deps image e2e-chaos e2e-incluster e2e-kind cluster-up cluster-down kubeconfig crds crds-check lint unit e2e test bench bench-drain bench-policy bench-scale bench-sources demo clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-$(BIN)/.installed: pyproject.toml
+# Only what requirements-dev.lock names, each file checked against its hash; then
+# pitstop itself, without resolving anything more.
+$(BIN)/.installed: pyproject.toml requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --disable-pip-version-check --require-hashes -r requirements-dev.lock
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
 
-venv: $(BIN)/.installed ## create the virtualenv in .venv with the dev tools
+venv: $(BIN)/.installed ## create the virtualenv in .venv with the dev tools (from requirements-dev.lock)
+
+UV_VERSION := 0.13.8
+LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes -q
+lock: ## regenerate requirements.lock and requirements-dev.lock (hashes) from pyproject.toml
+	$(PYTHON) -m venv build/lock-venv
+	build/lock-venv/bin/pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	build/lock-venv/bin/uv pip compile pyproject.toml $(LOCK_FLAGS) -o requirements.lock
+	build/lock-venv/bin/uv pip compile pyproject.toml --extra dev -c requirements.lock \
+	  $(LOCK_FLAGS) -o requirements-dev.lock
 
 build: ## build (or reuse from the cache) etcd, Kubernetes (with the kubelet) and kwok
 	hack/build-control-plane.sh >/dev/null
@@ -29,7 +40,7 @@ build: ## build (or reuse from the cache) etcd, Kubernetes (with the kubelet) an
 deps: ## install the Debian packages of the real nodes and the image build (root)
 	hack/install-deps.sh
 
-image: ## build the operator image without a daemon and import it into the local cluster
+image: ## build the operator image (and its SBOM) without a daemon; import it into the local cluster
 	hack/build-image.sh
 
 cluster-up: ## start the local control plane, PITSTOP_REAL_NODES (1) real nodes (idempotent)

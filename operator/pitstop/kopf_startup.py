@@ -19,37 +19,51 @@ Two changes, installed before kopf starts (`install`):
   resources given a slimmer (pods: what the pod index and the serving gate read,
   `pitstop.cluster.indexes.watched_pod`) keep only what their handlers read.
 
-Both reach into kopf's private modules; each stands down (kopf stays as it is)
-if a kopf release no longer has the shape they expect.
+Both reach into kopf's private modules (pyproject.toml pins kopf to the minor they
+were written for, 1.45); each stands down with a warning (kopf stays as it is) if a
+kopf release no longer has the modules or the shape they expect: a moved module
+costs the start-up its speed, never `pitstop run` itself.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from types import ModuleType
 from typing import Any
-
-from kopf._cogs.aiokits import aiotoggles
-from kopf._cogs.clients import watching
 
 logger = logging.getLogger(__name__)
 
 Slimmer = Callable[[Mapping[str, Any]], dict[str, Any]]
 """A watched object (one of its kind) → what pitstop's handlers and kopf read of it."""
 
-_ORIGINAL = aiotoggles.ToggleSet
-_ORIGINAL_WATCH = watching.infinite_watch
+
+def _private(name: str) -> ModuleType | None:
+    """One of kopf's private modules, or None (with the reason kept) if it moved."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        MISSING[name] = str(e)
+        return None
+
+
+MISSING: dict[str, str] = {}
+"""kopf's private modules that could not be imported, and why."""
+aiotoggles = _private("kopf._cogs.aiokits.aiotoggles")
+watching = _private("kopf._cogs.clients.watching")
+_ORIGINAL: Any = getattr(aiotoggles, "ToggleSet", object)
+_ORIGINAL_WATCH: Any = getattr(watching, "infinite_watch", None)
 OBJECT_EVENTS = frozenset({None, "ADDED", "MODIFIED", "DELETED"})
 """Events that carry an object: None is kopf's type for an object of the initial listing."""
 
 
-class FlipToggleSet(_ORIGINAL):
+class FlipToggleSet(_ORIGINAL):  # type: ignore[misc]
     """A `ToggleSet` that wakes its waiters only when its state flips."""
 
-    async def make_toggle(
-        self, __val: bool = False, *, name: str | None = None
-    ) -> aiotoggles.Toggle:
+    async def make_toggle(self, __val: bool = False, *, name: str | None = None) -> Any:
+        assert aiotoggles is not None  # install() uses this class only then
         toggle = aiotoggles.Toggle(__val, name=name, condition=self._condition)
         async with self._condition:
             before = self.is_on()
@@ -57,13 +71,13 @@ class FlipToggleSet(_ORIGINAL):
             self._notify_if_flipped(before)
         return toggle
 
-    async def drop_toggle(self, toggle: aiotoggles.Toggle) -> None:
+    async def drop_toggle(self, toggle: Any) -> None:
         async with self._condition:
             before = self.is_on()
             self._toggles.discard(toggle)
             self._notify_if_flipped(before)
 
-    async def drop_toggles(self, toggles: Iterable[aiotoggles.Toggle]) -> None:
+    async def drop_toggles(self, toggles: Iterable[Any]) -> None:
         async with self._condition:
             before = self.is_on()
             self._toggles.difference_update(toggles)
@@ -105,16 +119,30 @@ def slimming_watch(slimmers: Mapping[str, Slimmer]) -> Callable[..., AsyncIterat
 
 def install(slimmers: Mapping[str, Slimmer]) -> tuple[bool, bool]:
     """Put both in place where kopf looks them up at call time. Returns which took."""
-    probe = _ORIGINAL(all)
-    gate = all(hasattr(probe, a) for a in ("_condition", "_toggles"))
+    gate = False
+    if aiotoggles is not None and _ORIGINAL is not object and hasattr(aiotoggles, "Toggle"):
+        probe = _ORIGINAL(all)
+        gate = all(hasattr(probe, a) for a in ("_condition", "_toggles", "is_on"))
     if gate:
-        aiotoggles.ToggleSet = FlipToggleSet  # type: ignore[misc]
+        aiotoggles.ToggleSet = FlipToggleSet  # type: ignore[union-attr]
     else:
-        logger.warning("kopf's ToggleSet changed shape: its start-up gate stays as kopf has it.")
-    params = inspect.signature(_ORIGINAL_WATCH).parameters
-    watch = inspect.isasyncgenfunction(_ORIGINAL_WATCH) and "resource" in params
+        logger.warning(
+            f"kopf's ToggleSet is not where or as pitstop expects it{_why('aiotoggles')}: "
+            "its start-up gate stays as kopf has it (slower on large clusters)."
+        )
+    watch = False
+    if watching is not None and _ORIGINAL_WATCH is not None:
+        params = inspect.signature(_ORIGINAL_WATCH).parameters
+        watch = inspect.isasyncgenfunction(_ORIGINAL_WATCH) and "resource" in params
     if watch:
-        watching.infinite_watch = slimming_watch(slimmers)
+        watching.infinite_watch = slimming_watch(slimmers)  # type: ignore[union-attr]
     else:
-        logger.warning("kopf's infinite_watch changed shape: watch events are kept whole.")
+        logger.warning(
+            f"kopf's infinite_watch is not where or as pitstop expects it{_why('watching')}: "
+            "watch events are kept whole."
+        )
     return gate, watch
+
+
+def _why(module: str) -> str:
+    return "".join(f" ({reason})" for name, reason in MISSING.items() if name.endswith(module))

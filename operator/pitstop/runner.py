@@ -4,7 +4,9 @@ handlers, until a signal.
 A replica that does not hold the Lease is a standby: it serves /healthz (with its
 role) and /metrics, answers the alert receiver's port with 503, and makes no change
 to the cluster. kopf (every watch, handler and write) starts only once the Lease is
-won, and the process exits when it is lost (pitstop.cluster.leader's fence)."""
+won, and the process exits when it is lost (pitstop.cluster.leader's fence). The
+acting replica labels its Pod pitstop.dev/leader=true, which the alerts Service
+selects (pitstop.cluster.leader_label); a replica clears that label at its start."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,14 +23,18 @@ import kopf
 from aiohttp import web
 
 from pitstop import __version__, constants, kopf_startup, metrics
+from pitstop.cluster import leader_label
 from pitstop.cluster.kube import Kube
 from pitstop.cluster.kubeconfig import KubeSource, connection_info
 from pitstop.cluster.leader import ElectionConfig, Elector, Fence
+from pitstop.cluster.leader_label import OwnPod
 
 logger = logging.getLogger(__name__)
 
 LOST_EXIT_CODE = 3
 """Exit code of a replica deposed by its fence (the container restarts as a standby)."""
+LABEL_TIMEOUT = 10.0
+"""Seconds for one request of the leader label without leader election."""
 
 
 @dataclass(frozen=True)
@@ -102,9 +109,18 @@ def run(options: RunOptions) -> None:
 async def _run(options: RunOptions, main: Any) -> None:
     memo = kopf.Memo({main.MEMO_KUBE_SOURCE: options.source, main.MEMO_OPTIONS: options})
     election = options.election
+    pod = OwnPod.from_env(os.environ)
+    kube = Kube(
+        lambda: connection_info(options.source, options.identity),
+        request_timeout=election.renew_deadline if election else LABEL_TIMEOUT,
+    )
     if election is None:
         metrics.LEADER.set(1)
-        await _kopf(options, memo)
+        try:
+            async with _marked(kube, pod, LABEL_TIMEOUT):
+                await _kopf(options, memo)
+        finally:
+            await kube.close()
         return
 
     stop = asyncio.Event()
@@ -112,11 +128,9 @@ async def _run(options: RunOptions, main: Any) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    kube = Kube(
-        lambda: connection_info(options.source, election.identity),
-        request_timeout=election.renew_deadline,
-    )
     elector = Elector(kube, election)
+    if pod is not None:  # before /healthz answers: not Ready while it may carry the label
+        await leader_label.unmark(kube, pod)
     standby = await _Standby.start(options, elector)
     fence: Fence | None = None
     keeper: asyncio.Task[None] | None = None
@@ -136,7 +150,8 @@ async def _run(options: RunOptions, main: Any) -> None:
         await standby.close()  # kopf binds the health and alert ports from here on
         # kopf installs its own SIGTERM/SIGINT handlers; a signal that came while we
         # were taking over is passed on through the stop flag.
-        await _kopf(options, memo, stop_flag=stop)
+        async with _marked(kube, pod, election.retry_period):
+            await _kopf(options, memo, stop_flag=stop)
     finally:
         if keeper is not None:
             keeper.cancel()
@@ -149,6 +164,22 @@ async def _run(options: RunOptions, main: Any) -> None:
             await elector.release()  # after kopf stopped: nothing acts any more
         metrics.LEADER.set(0)
         await kube.close()
+
+
+@contextlib.asynccontextmanager
+async def _marked(kube: Kube, pod: OwnPod | None, retry_period: float) -> AsyncIterator[None]:
+    """While acting: our Pod labelled as the leader's, which the alerts Service
+    selects (a task, so kopf's start never waits for it)."""
+    if pod is None:
+        yield
+        return
+    task = asyncio.create_task(leader_label.keep_marked(kube, pod, retry_period))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _kopf(

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import urllib.request
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 from tests.e2e.kube import REPO, wait_until
@@ -38,8 +39,17 @@ class Operator:
     Lease and is kept across restarts, as a Pod's name is, so a restarted operator
     takes its own Lease back at once instead of waiting for it to expire."""
 
-    def __init__(self, kubeconfig: str, log: Path, *args: str, identity: str | None = None):
+    def __init__(
+        self,
+        kubeconfig: str,
+        log: Path,
+        *args: str,
+        identity: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ):
         self.kubeconfig = kubeconfig
+        self.env = dict(env or {})
+        """Added to the process's environment (e.g. POD_NAME, as the downward API)."""
         self.log = log
         self.args = args
         self.identity = identity or f"e2e-{uuid.uuid4().hex[:8]}"
@@ -79,7 +89,7 @@ class Operator:
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             )
         if wait:
             wait_until("operator leading", self.healthy, timeout=60, interval=0.2)

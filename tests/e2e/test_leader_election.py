@@ -46,19 +46,20 @@ ELECTION = (
 
 
 @pytest.fixture
-def replicas(running_operator: Operator, tmp_path: Path) -> Iterator[Callable[[str], Operator]]:
+def replicas(running_operator: Operator, tmp_path: Path) -> Iterator[Callable[..., Operator]]:
     """Makes operator replicas (same ServiceAccount, own identities) on the shared
     Lease, with the session's operator stopped meanwhile."""
     running_operator.stop()
     made: list[Operator] = []
     tag = uuid.uuid4().hex[:4]
 
-    def make(name: str) -> Operator:
+    def make(name: str, env: dict[str, str] | None = None) -> Operator:
         op = Operator(
             running_operator.kubeconfig,
             tmp_path / f"{name}.log",
             *ELECTION,
             identity=f"ha-{tag}-{name}",
+            env=env,
         )
         made.append(op)
         return op
@@ -197,3 +198,66 @@ def test_sigterm_releases_the_lease_and_the_standby_leads_at_once(
     assert took_over <= 3
     assert lease_holder(cluster) == b.identity
     assert "Released the Lease" in a.log_text()
+
+
+LEADER_LABEL = "pitstop.dev/leader"
+NAMESPACE = "pitstop-system"
+
+
+@pytest.fixture
+def stand_in_pods(cluster: Cluster) -> Iterator[Callable[[str], str]]:
+    """Pods in the operator's namespace standing for the replicas' own: the processes
+    run here, each told its Pod's name as the downward API tells it. A node selector
+    that matches no node keeps them Pending (no kubelet, fake or real, runs them)."""
+    from kubernetes import client
+
+    made: list[str] = []
+
+    def make(name: str) -> str:
+        pod = f"ha-pod-{uuid.uuid4().hex[:6]}-{name}"
+        body = client.V1Pod(
+            metadata=client.V1ObjectMeta(name=pod, labels={"app": "pitstop-e2e-ha"}),
+            spec=client.V1PodSpec(
+                containers=[client.V1Container(name="c", image="pause")],
+                node_selector={"e2e.pitstop.dev/no-such-node": "true"},
+            ),
+        )
+        cluster.core.create_namespaced_pod(NAMESPACE, body)
+        made.append(pod)
+        return pod
+
+    yield make
+    for pod in made:
+        cluster.core.delete_namespaced_pod(pod, NAMESPACE, grace_period_seconds=0)
+
+
+def test_the_leaders_pod_alone_carries_the_alerts_label(
+    cluster: Cluster,
+    replicas: Callable[..., Operator],
+    stand_in_pods: Callable[[str], str],
+) -> None:
+    """The alerts Service selects pitstop.dev/leader=true: the leader labels its own
+    Pod, a replica clears the label from its own at start (here: b's Pod kept it, as
+    a fenced leader's does), and a new leader clears it from the old one's Pod."""
+
+    def labelled() -> set[str]:
+        pods = cluster.core.list_namespaced_pod(NAMESPACE, label_selector=LEADER_LABEL).items
+        return {p.metadata.name for p in pods if p.metadata.labels.get(LEADER_LABEL) == "true"}
+
+    pod_a, pod_b = stand_in_pods("a"), stand_in_pods("b")
+    a = replicas("a", env={"POD_NAME": pod_a, "POD_NAMESPACE": NAMESPACE})
+    b = replicas("b", env={"POD_NAME": pod_b, "POD_NAMESPACE": NAMESPACE})
+    a.start()
+    wait_until("a's Pod labelled", lambda: labelled() == {pod_a}, timeout=30)
+    # b's Pod carries the label from an earlier life (a leader fenced, then restarted).
+    cluster.core.patch_namespaced_pod(
+        pod_b, NAMESPACE, {"metadata": {"labels": {LEADER_LABEL: "true"}}}
+    )
+    b.start(wait=False)
+    wait_until("b standing by", lambda: b.role() == "standby", timeout=60)
+    assert labelled() == {pod_a}  # b cleared its own before it answered /healthz
+
+    a.kill()  # its Pod keeps the label, as a fenced leader's does
+    wait_until("b leading", lambda: b.role() == "leader", timeout=LEASE_DURATION + 15)
+    wait_until("b's Pod alone labelled", lambda: labelled() == {pod_b}, timeout=30)
+    assert "Forbidden" not in a.log_text() + b.log_text()

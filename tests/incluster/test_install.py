@@ -5,16 +5,20 @@ and the leader's container SIGKILLed: the standby takes over."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import secrets
 import signal
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from tests.e2e.kube import Cluster, wait_until
 from tests.incluster.conftest import (
@@ -28,6 +32,8 @@ from tests.incluster.conftest import (
 pytestmark = pytest.mark.incluster
 
 LEASE_DURATION = 15  # manifests/: the default of `pitstop run`
+ALERTS_SERVICE = "pitstop-alerts"
+LEADER_LABEL = "pitstop.dev/leader"
 TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
@@ -156,6 +162,85 @@ def test_the_rbac_is_enough(cluster: Cluster, installed: list[client.V1Pod]) -> 
             assert sign not in log, f"{sign!r} in {pod.metadata.name}'s log:\n{log[-3000:]}"
 
 
+def alert_endpoints(cluster: Cluster) -> dict[str, str]:
+    """Pod name -> address of the alerts Service's ready endpoints: where the
+    Service sends an alert."""
+    slices = client.DiscoveryV1Api(cluster.api).list_namespaced_endpoint_slice(
+        NAMESPACE, label_selector=f"kubernetes.io/service-name={ALERTS_SERVICE}"
+    )
+    return {
+        e.target_ref.name: e.addresses[0]
+        for s in slices.items
+        for e in s.endpoints or []
+        if e.target_ref is not None and (e.conditions is None or e.conditions.ready)
+    }
+
+
+def alerts_token(cluster: Cluster) -> str:
+    """The receiver's token (Secret pitstop-alerts, key token), made if absent."""
+    try:
+        secret = cluster.core.read_namespaced_secret("pitstop-alerts", NAMESPACE)
+        return base64.b64decode(secret.data["token"]).decode().strip()
+    except ApiException as e:
+        if e.status != 404:
+            raise
+    token = secrets.token_urlsafe(24)
+    body = client.V1Secret(
+        metadata=client.V1ObjectMeta(name="pitstop-alerts"), string_data={"token": token}
+    )
+    cluster.core.create_namespaced_secret(NAMESPACE, body)
+    return token
+
+
+def post_alert(address: str, token: str) -> tuple[int, dict[str, object]]:
+    """One firing alert that no RepairPolicy matches (it makes nothing)."""
+    alert = {
+        "labels": {"alertname": "PitstopInClusterProbe", "node": "none"},
+        "status": "firing",
+        "startsAt": "2026-12-06T00:00:00Z",
+    }
+    body = json.dumps({"version": "4", "status": "firing", "alerts": [alert]}).encode()
+    request = urllib.request.Request(
+        f"http://{address}:9095/alerts",
+        data=body,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+    except OSError as e:  # not listening (yet), refused, timed out
+        return 0, {"error": str(e)}
+
+
+def test_alerts_reach_the_leader_only(cluster: Cluster, installed: list[client.V1Pod]) -> None:
+    """The alerts Service selects the label the leader puts on its own Pod: its only
+    endpoint is the leader, so every alert posted where the Service routes is
+    accepted (with both replicas behind it, half got the standby's 503)."""
+    if not local(cluster):
+        pytest.skip("posts to the Service's endpoint addresses: only on the local control plane")
+    pods = {p.metadata.name for p in operator_pods(cluster)}
+    holder = wait_holder(cluster, pods)
+    token = alerts_token(cluster)
+    endpoints = wait_until(
+        f"the {ALERTS_SERVICE} Service routing to the leader {holder} only",
+        lambda: (e := alert_endpoints(cluster)).keys() == {holder} and e,
+        timeout=60,
+    )
+    labelled = {
+        p.metadata.name for p in operator_pods(cluster) if LEADER_LABEL in (p.metadata.labels or {})
+    }
+    assert labelled == {holder}, labelled
+    # The receiver reads the token through a cache (or the kubelet's update of a
+    # mounted Secret): the first answers may still be 401.
+    address = endpoints[holder]
+    wait_until("the leader accepting the token", lambda: post_alert(address, token)[0] == 200, 150)
+    answers = [post_alert(a, token) for _ in range(4) for a in alert_endpoints(cluster).values()]
+    assert len(answers) >= 4
+    assert all(status == 200 and body.get("accepted") == 1 for status, body in answers), answers
+
+
 def pid_of(pod: str) -> int:
     """The PID, on this machine, of the operator process of Pod `pod` (its
     environment carries POD_NAME from the downward API)."""
@@ -216,3 +301,10 @@ def test_sigkill_of_the_leaders_container_leaves_a_leader_within_the_lease_durat
         json.loads(get(cluster, p, 8080, "/healthz"))["role"] for p in operator_pods(cluster)
     )
     assert roles == ["leader", "standby"], roles
+    # The alerts Service follows the Lease: its one endpoint is the leader now.
+    holder = wait_holder(cluster, pods)
+    wait_until(
+        f"the {ALERTS_SERVICE} Service routing to {holder} only",
+        lambda: alert_endpoints(cluster).keys() == {holder},
+        timeout=60,
+    )

@@ -5,13 +5,20 @@ watch events are slimmed before kopf keeps them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib.util
+import logging
+import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from types import SimpleNamespace
 from typing import Any
 
+import kopf
 import pytest
 from kopf._cogs.aiokits import aiotoggles
 from kopf._cogs.clients import watching
+from kopf._cogs.structs import references
+from kopf._core.engines import peering
 from kopf._core.reactor import orchestration, queueing
 
 from pitstop import kopf_startup
@@ -184,10 +191,74 @@ def kopf_restored(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.usefixtures("kopf_restored")
 def test_install_puts_both_where_kopf_looks_them_up() -> None:
     assert kopf_startup.install({}) == (True, True)
-    # kopf's orchestration makes operator_indexed with aiotoggles.ToggleSet(all), and
-    # its queueing watches with watching.infinite_watch, both looked up at call time.
-    assert orchestration.aiotoggles.ToggleSet is FlipToggleSet
+    # kopf's queueing watches with watching.infinite_watch, looked up at call time.
     assert queueing.watching.infinite_watch is not kopf_startup._ORIGINAL_WATCH
+
+
+@pytest.mark.usefixtures("kopf_restored")
+def test_kopf_s_own_orchestration_builds_the_flip_only_gate() -> None:
+    """The effect, not the attribute: kopf's orchestrator, run for real after
+    install(), made its operator-wide start-up gate (Ensemble.operator_indexed) of
+    pitstop's class, and that gate wakes its waiters on flips only."""
+    assert kopf_startup.install({}) == (True, True)
+
+    async def gate_built_by_kopf() -> Any:
+        insights = references.Insights()
+        task = asyncio.create_task(
+            orchestration.orchestrator(
+                processor=None,  # type: ignore[arg-type]  # no resource: never called
+                settings=kopf.OperatorSettings(),
+                identity=peering.Identity("unit"),
+                insights=insights,
+                operator_paused=aiotoggles.ToggleSet(any),
+            )
+        )
+        for _ in range(100):  # until it waits for the first revision of the insights
+            await asyncio.sleep(0)
+        frame = task.get_coro().cr_frame  # type: ignore[union-attr]
+        assert frame is not None, "kopf's orchestrator ended"
+        gate = frame.f_locals["ensemble"].operator_indexed
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return gate
+
+    gate = asyncio.run(gate_built_by_kopf())
+    assert type(gate) is FlipToggleSet
+
+    async def wakes_on_flips_only() -> None:
+        woken = asyncio.ensure_future(gate.wait_for(True))
+        first = await gate.make_toggle(name="a")  # on -> off
+        await asyncio.sleep(0)
+        await gate.drop_toggles([await gate.make_toggle(name="b")])  # off -> off
+        await asyncio.sleep(0)
+        assert not woken.done()
+        await gate.drop_toggle(first)  # off -> on
+        await asyncio.wait_for(woken, timeout=1)
+
+    asyncio.run(wakes_on_flips_only())
+
+
+def test_a_moved_kopf_module_stands_pitstop_down_not_out(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A kopf release that moved its private modules: pitstop.kopf_startup still
+    imports (pitstop run imports it before kopf starts), and install() leaves kopf
+    as it is with a warning."""
+    for name in ("kopf._cogs.aiokits.aiotoggles", "kopf._cogs.clients.watching"):
+        package, _, module = name.rpartition(".")
+        monkeypatch.delattr(sys.modules[package], module)  # gone from its package
+        monkeypatch.setitem(sys.modules, name, None)  # and importing it raises ImportError
+    spec = importlib.util.spec_from_file_location("moved_kopf_startup", kopf_startup.__file__)
+    assert spec is not None and spec.loader is not None
+    copy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(copy)
+    before = (aiotoggles.ToggleSet, watching.infinite_watch)
+    with caplog.at_level(logging.WARNING):
+        assert copy.install({}) == (False, False)
+    assert (aiotoggles.ToggleSet, watching.infinite_watch) == before
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 2 and all("not where or as pitstop expects it" in w for w in warned)
 
 
 @pytest.mark.usefixtures("kopf_restored")

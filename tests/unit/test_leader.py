@@ -9,6 +9,7 @@ import asyncio
 import copy
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -132,6 +133,10 @@ class LeaseStore:
         self.lease: dict[str, Any] | None = None
         self.version = 0
         self.down = False
+        self.before_put: list[Callable[[dict[str, Any]], None]] = []
+        """Edits made to the stored Lease just before the next PUTs arrive, one per PUT
+        (what another writer did between the elector's read and its write)."""
+        self.puts = 0
 
     def client(self) -> Any:
         store = self
@@ -151,6 +156,10 @@ class LeaseStore:
                     return store.write(body)
                 if method == "PUT":
                     assert store.lease is not None
+                    store.puts += 1
+                    if store.before_put:
+                        store.before_put.pop(0)(store.lease)
+                        store.bump()
                     given = body["metadata"].get("resourceVersion")
                     if given != store.lease["metadata"]["resourceVersion"]:
                         raise ApiError(409, "the object has been modified")
@@ -158,6 +167,12 @@ class LeaseStore:
                 raise AssertionError(method)
 
         return Client()
+
+    def bump(self) -> None:
+        """A change by another writer: the resourceVersion moves."""
+        assert self.lease is not None
+        self.version += 1
+        self.lease["metadata"]["resourceVersion"] = str(self.version)
 
     def write(self, body: dict[str, Any]) -> dict[str, Any]:
         self.version += 1
@@ -253,3 +268,86 @@ def test_keep_lets_the_fence_fire_while_the_api_is_down() -> None:
 
     lost = asyncio.run(scenario())
     assert lost and "not renewed within 0.5 s" in lost[0]
+
+
+def label_edit(lease: dict[str, Any]) -> None:
+    """What `kubectl label lease` or a GitOps tool does: metadata only."""
+    lease["metadata"].setdefault("labels", {})["team"] = "platform"
+
+
+def taken_by_b(lease: dict[str, Any]) -> None:
+    lease["spec"]["holderIdentity"] = "b"
+    lease["spec"]["renewTime"] = "t-b"
+
+
+def test_keep_survives_a_label_edit_between_its_read_and_its_write() -> None:
+    """The edit moves the resourceVersion, so the renewal gets 409; the Lease still
+    names us, so we read again and renew instead of deposing ourselves."""
+
+    async def scenario() -> tuple[list[str], str, int]:
+        store = LeaseStore()
+        leader = elector(store, "a", lease_duration=3, renew_deadline=2, retry_period=0.05)
+        _, sent = await leader.try_once()
+        store.before_put = [label_edit, label_edit]  # the next two renewals collide
+        lost: list[str] = []
+        fence = Fence(2, lost.append)
+        fence.renewed(sent)
+        keeper = asyncio.create_task(leader.keep(fence))
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if lost or (store.puts >= 5 and not store.before_put):
+                break
+        keeper.cancel()
+        assert store.lease is not None
+        return lost, store.lease["spec"]["holderIdentity"], store.puts
+
+    lost, holder, puts = asyncio.run(scenario())
+    assert lost == []
+    assert holder == "a"
+    assert puts >= 5  # it went on renewing after the conflicts
+
+
+def test_a_conflict_from_another_holder_deposes_at_once() -> None:
+    async def scenario() -> list[str]:
+        store = LeaseStore()
+        leader = elector(store, "a", lease_duration=3, renew_deadline=2, retry_period=0.05)
+        _, sent = await leader.try_once()
+        store.before_put = [taken_by_b]
+        lost: list[str] = []
+        fence = Fence(2, lost.append)
+        fence.renewed(sent)
+        await asyncio.wait_for(leader.keep(fence), 5)
+        return lost
+
+    assert asyncio.run(scenario()) == ["the Lease is held by b"]
+
+
+def test_conflicts_until_the_deadline_fence_the_leader_before_the_lease_can_pass() -> None:
+    """Every renewal collides with an edit: the leader never renews, never names
+    itself as another holder, and its fence fires within the renew deadline of its
+    last renewal, before a standby could take the Lease (the lease duration)."""
+
+    async def scenario() -> tuple[list[str], float, int]:
+        store = LeaseStore()
+        leader = elector(store, "a", lease_duration=1.5, renew_deadline=0.6, retry_period=0.05)
+        _, sent = await leader.try_once()
+        store.before_put = [label_edit] * 10_000
+        lost: list[str] = []
+        fence = Fence(0.6, lost.append)
+        fence.start(sent)
+        keeper = asyncio.create_task(leader.keep(fence))
+        for _ in range(500):
+            if lost:
+                break
+            await asyncio.sleep(0.01)
+        fired = time.monotonic()
+        keeper.cancel()
+        fence.stop()
+        assert store.lease is not None
+        assert store.lease["spec"]["holderIdentity"] == "a"
+        return lost, fired - sent, store.puts
+
+    lost, after, puts = asyncio.run(scenario())
+    assert len(lost) == 1 and "not renewed within 0.6 s" in lost[0], lost
+    assert after < 1.5  # fenced before the lease duration from its last renewal
+    assert puts > 3  # the conflicts were retried, not given up on

@@ -7,6 +7,9 @@ The rules, as client-go's leaderelection keeps them:
   clock* from the moment it saw the last change (no trust in other clocks);
 - the holder renews every `retry_period`; every write is conditional on the
   resourceVersion read, so two candidates can never both win one round;
+- a write refused with 409 is decided again on a fresh read: an edit of the Lease's
+  labels or annotations moves the resourceVersion too, and only a read that shows
+  another holder deposes the holder;
 - fencing: the holder stops acting (the process exits) once `renew_deadline` has
   passed since it sent its last successful renewal. That deadline is shorter than
   the lease duration, so the holder is gone before another candidate may take over.
@@ -34,6 +37,9 @@ from pitstop.cluster.kube import ApiError, Kube
 logger = logging.getLogger(__name__)
 
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+CONFLICT_ATTEMPTS = 5
+"""Writes one round makes while each is refused with 409 and a fresh read still lets
+it write (an edit of the Lease's metadata, not another candidate's claim)."""
 
 
 @dataclass(frozen=True)
@@ -235,33 +241,48 @@ class Elector:
         self.holder = record.holder if record else ""
 
     async def try_once(self) -> tuple[bool, float]:
-        """One round: (whether we hold the Lease now, when our write was sent)."""
-        record = await self.read()
-        step = next_step(record, self.observed_at, time.monotonic(), self.config.identity)
-        if step.action is Action.WAIT:
-            return False, 0.0
-        sent = time.monotonic()
-        spec = lease_spec(self.config, record, step.action, datetime.now(UTC))
-        try:
-            if step.action is Action.CREATE:
-                body = {
-                    "apiVersion": "coordination.k8s.io/v1",
-                    "kind": "Lease",
-                    "metadata": {"name": self.config.name, "namespace": self.config.namespace},
-                    "spec": spec,
-                }
-                written = await self.kube.request(
-                    "POST", LEASES.format(namespace=self.config.namespace), body
-                )
-            else:
-                assert record is not None
-                written = await self.kube.request("PUT", self.path, self._put(record, spec))
-        except ApiError as e:
-            if e.status == 409:  # another candidate wrote first: read again next round
+        """One round: (whether we hold the Lease now, when our winning write was sent).
+
+        A write refused with 409 is not yet a lost round: the resourceVersion also
+        moves when someone edits the Lease's labels or annotations. So it reads again
+        and decides anew: another holder (or its valid claim) ends the round, our own
+        name or a free Lease is written again. After CONFLICT_ATTEMPTS conflicts in a
+        row the last 409 is raised, as any failed renewal: the fence, not this loop,
+        decides when the leader stops (keep also bounds a round by the fence)."""
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            record = await self.read()
+            step = next_step(record, self.observed_at, time.monotonic(), self.config.identity)
+            if step.action is Action.WAIT:
                 return False, 0.0
-            raise
-        self._observe(LeaseRecord.parse(written))
-        return True, sent
+            sent = time.monotonic()
+            try:
+                written = await self._write(record, step.action)
+            except ApiError as e:
+                if e.status != 409 or attempt == CONFLICT_ATTEMPTS:
+                    raise
+                logger.info(
+                    f"Leader election: the Lease changed under our write ({e}); reading again."
+                )
+                continue
+            self._observe(LeaseRecord.parse(written))
+            return True, sent
+        raise AssertionError("unreachable")
+
+    async def _write(self, record: LeaseRecord | None, action: Action) -> dict[str, Any]:
+        """CREATE, TAKE or RENEW, conditional on the record read (409 if it moved)."""
+        spec = lease_spec(self.config, record, action, datetime.now(UTC))
+        if action is Action.CREATE:
+            body = {
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {"name": self.config.name, "namespace": self.config.namespace},
+                "spec": spec,
+            }
+            return await self.kube.request(
+                "POST", LEASES.format(namespace=self.config.namespace), body
+            )
+        assert record is not None
+        return await self.kube.request("PUT", self.path, self._put(record, spec))
 
     def _put(self, record: LeaseRecord, spec: dict[str, Any]) -> dict[str, Any]:
         return {
