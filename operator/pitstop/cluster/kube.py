@@ -13,6 +13,7 @@ import os
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -149,10 +150,20 @@ class Kube:
         ns, name = key.split("/", 1)
         await self.request("PATCH", f"/api/v1/namespaces/{ns}/pods/{name}", patch, MERGE)
 
-    async def set_pod_condition(self, key: str, type_: str, status: str, reason: str) -> None:
-        """A pod condition via pods/status; strategic merge keys conditions by type."""
+    async def set_pod_condition(
+        self, key: str, type_: str, status: str, reason: str, message: str = ""
+    ) -> None:
+        """A pod condition via pods/status; strategic merge keys conditions by type.
+        Written only when its status changes, so now is its lastTransitionTime."""
         ns, name = key.split("/", 1)
-        condition = {"type": type_, "status": status, "reason": reason, "lastProbeTime": None}
+        condition = {
+            "type": type_,
+            "status": status,
+            "reason": reason,
+            "message": message,
+            "lastProbeTime": None,
+            "lastTransitionTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
         patch = {"status": {"conditions": [condition]}}
         await self.request("PATCH", f"/api/v1/namespaces/{ns}/pods/{name}/status", patch, STRATEGIC)
 
