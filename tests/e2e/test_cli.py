@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
 import shutil
 import subprocess
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -348,7 +346,7 @@ def test_forbidden_and_not_found_are_one_line(
 
 
 def test_abort_gives_the_node_back_and_status_watch_follows(
-    cluster: Cluster, pool: Any, repairs: Repairs, running_operator: Any
+    cluster: Cluster, pool: Any, repairs: Repairs, running_operator: Any, tmp_path: Path
 ) -> None:
     node = make_pool(cluster, pool).names[0]
     name = f"cli-{uuid.uuid4().hex[:8]}"
@@ -356,12 +354,13 @@ def test_abort_gives_the_node_back_and_status_watch_follows(
     made = pitstop(cluster, "repair", node, "--name", name, "--reason", "abort me")
     assert made.returncode == 0, made.stderr
     # Options before the subcommand, as kubectl takes them; the watch runs until killed.
-    watcher = subprocess.Popen(
-        [str(BIN / "pitstop"), "--kubeconfig", cluster.kubeconfig, "status", "-w", name],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    seen, errors = tmp_path / "watch.out", tmp_path / "watch.err"
+    with seen.open("w") as to_out, errors.open("w") as to_err:
+        watcher = subprocess.Popen(
+            [str(BIN / "pitstop"), "--kubeconfig", cluster.kubeconfig, "status", "-w", name],
+            stdout=to_out,
+            stderr=to_err,
+        )
     try:
         repairs.wait_phase(name, "Repairing", timeout=30)
         assert node_markers(cluster, node) != RELEASED
@@ -375,12 +374,16 @@ def test_abort_gives_the_node_back_and_status_watch_follows(
         assert first == f"noderepair/{name} deleted while Repairing: the operator gives {node} back"
         assert gone == f"noderepair/{name} gone: its node is given back"
         assert node_markers(cluster, node) == RELEASED
+        # The watch runs until it is stopped: its DELETED event is the last we wait for.
+        wait_until(
+            "the watch printed the deletion",
+            lambda: any(line.split()[2:3] == ["Deleted"] for line in seen.read_text().splitlines()),
+            timeout=30,
+        )
     finally:
-        # The watch runs until it is stopped; its DELETED event ends what we read.
-        out = _read_until(watcher, "Deleted", timeout=30)
         watcher.terminate()
-        rest, err = watcher.communicate(timeout=30)
-        out += rest
+        watcher.wait(timeout=30)
+    out, err = seen.read_text(), errors.read_text()
     lines = out.splitlines()
     assert lines[0].split()[:6] == ["NAME", "NODE", "PHASE", "INSTANCES", "TASKS", "AGE"]
     phases = [x.split()[2] for x in lines[1:]]
@@ -402,22 +405,3 @@ def test_the_kubectl_plugin_takes_the_same_options(cluster: Cluster) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert yaml.safe_load(proc.stdout)["kind"] == "List"
-
-
-def _read_until(proc: subprocess.Popen[str], word: str, timeout: float) -> str:
-    """Lines of `proc`'s stdout until one holds `word` (or the time is up)."""
-    assert proc.stdout is not None
-    seen = ""
-    deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
-                break
-            line = proc.stdout.readline()
-            if not line:
-                break
-            seen += line
-            if word in line.split():
-                break
-    return seen

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.kube import Cluster
 from tests.e2e.helpers import make_pool
+from tests.e2e.kube import Cluster
 from tests.e2e.workloads import deployment, ready_pods
 
 pytestmark = pytest.mark.e2e

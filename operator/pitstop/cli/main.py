@@ -324,7 +324,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     repairs, version = commands.list_repairs_at(api, args.names)
     if args.watch and args.output in ("json", "yaml"):
         raise CLIError(f"--watch prints rows: it does not combine with -o {args.output}")
-    print(commands.render(repairs, args.output))
+    print(commands.render(repairs, args.output, one=len(args.names) == 1), flush=True)
     if args.watch:
         commands.watch_rows(api, version, args.names, wide=args.output == "wide")
     return EXIT_OK
