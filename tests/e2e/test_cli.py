@@ -4,6 +4,9 @@ under test."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import subprocess
 import uuid
 from pathlib import Path
@@ -13,6 +16,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from tests.e2e import sa
 from tests.e2e.kube import REPO, Cluster, wait_until
 from tests.e2e.repairs import GROUP, PLURAL, VERSION, Repairs, node_markers
 from tests.e2e.test_repair import RELEASED, REPAIRED, batch, make_pool
@@ -296,3 +300,108 @@ def test_dry_run_shows_the_plan(
         f"{namespace}/{x.metadata.name}" for x in running_pods(cluster, namespace, "worker", 2)
     )
     assert node_markers(cluster, node) == RELEASED, "a dry run changes nothing"
+
+
+def kubeconfig_of(cluster: Cluster, namespace: str, account: str, path: Path) -> str:
+    """A kubeconfig for a fresh ServiceAccount with no rights at all."""
+    cluster.core.create_namespaced_service_account(
+        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=account))
+    )
+    token = sa._kubectl(cluster.kubeconfig, "create", "token", account, "-n", namespace).strip()
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "nobody",
+                "clusters": [{"name": "c", "cluster": sa._current_cluster(cluster.kubeconfig)}],
+                "users": [{"name": "nobody", "user": {"token": token}}],
+                "contexts": [{"name": "nobody", "context": {"cluster": "c", "user": "nobody"}}],
+            }
+        )
+    )
+    return str(path)
+
+
+def test_forbidden_and_not_found_are_one_line(
+    cluster: Cluster, namespace: str, tmp_path: Path
+) -> None:
+    nobody = kubeconfig_of(cluster, namespace, "nobody", tmp_path / "nobody")
+    for argv in (("status",), ("abort", "x"), ("done", "x")):
+        proc = subprocess.run(
+            [str(BIN / "pitstop"), "--kubeconfig", nobody, *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        line = one_error_line(proc)
+        assert "forbidden" in line, line
+    missing = f"missing-{uuid.uuid4().hex[:6]}"
+    assert one_error_line(pitstop(cluster, "abort", missing)) == (
+        f"NodeRepair {missing} does not exist"
+    )
+    assert one_error_line(pitstop(cluster, "status", missing)) == (
+        f"NodeRepair {missing} not found"
+    )
+
+
+def test_abort_gives_the_node_back_and_status_watch_follows(
+    cluster: Cluster, pool: Any, repairs: Repairs, running_operator: Any, tmp_path: Path
+) -> None:
+    node = make_pool(cluster, pool).names[0]
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+    repairs.made.append(name)
+    made = pitstop(cluster, "repair", node, "--name", name, "--reason", "abort me")
+    assert made.returncode == 0, made.stderr
+    # Options before the subcommand, as kubectl takes them; the watch runs until killed.
+    seen, errors = tmp_path / "watch.out", tmp_path / "watch.err"
+    with seen.open("w") as to_out, errors.open("w") as to_err:
+        watcher = subprocess.Popen(
+            [str(BIN / "pitstop"), "--kubeconfig", cluster.kubeconfig, "status", "-w", name],
+            stdout=to_out,
+            stderr=to_err,
+        )
+    try:
+        repairs.wait_phase(name, "Repairing", timeout=30)
+        assert node_markers(cluster, node) != RELEASED
+        as_json = pitstop(cluster, "status", name, "-o", "json")
+        assert as_json.returncode == 0, as_json.stderr
+        assert json.loads(as_json.stdout)["status"]["phase"] == "Repairing"
+
+        aborted = pitstop(cluster, "abort", name, "--wait", "--timeout", "60")
+        assert aborted.returncode == 0, aborted.stderr
+        first, gone = aborted.stdout.splitlines()
+        assert first == f"noderepair/{name} deleted while Repairing: the operator gives {node} back"
+        assert gone == f"noderepair/{name} gone: its node is given back"
+        assert node_markers(cluster, node) == RELEASED
+        # The watch runs until it is stopped: its DELETED event is the last we wait for.
+        wait_until(
+            "the watch printed the deletion",
+            lambda: any(line.split()[2:3] == ["Deleted"] for line in seen.read_text().splitlines()),
+            timeout=30,
+        )
+    finally:
+        watcher.terminate()
+        watcher.wait(timeout=30)
+    out, err = seen.read_text(), errors.read_text()
+    lines = out.splitlines()
+    assert lines[0].split()[:6] == ["NAME", "NODE", "PHASE", "INSTANCES", "TASKS", "AGE"]
+    phases = [x.split()[2] for x in lines[1:]]
+    assert phases[-1] == "Deleted", out
+    assert "Repairing" in phases, out
+    assert err == "", err
+
+
+def test_the_kubectl_plugin_takes_the_same_options(cluster: Cluster) -> None:
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl on PATH"
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(
+        [kubectl, "pitstop", "--kubeconfig", cluster.kubeconfig, "status", "-o", "yaml"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert yaml.safe_load(proc.stdout)["kind"] == "List"

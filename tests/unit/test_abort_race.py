@@ -68,7 +68,9 @@ class Cluster:
 
         await self._write(change)
 
-    async def set_pod_condition(self, key: str, type_: str, status: str, reason: str) -> None:
+    async def set_pod_condition(
+        self, key: str, type_: str, status: str, reason: str, message: str = ""
+    ) -> None:
         def change() -> None:
             conds = [c for c in self.pod["status"]["conditions"] if c["type"] != type_]
             self.pod["status"]["conditions"] = [*conds, {"type": type_, "status": status}]

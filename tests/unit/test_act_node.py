@@ -31,7 +31,9 @@ class NodeApi:
     async def patch_pod(self, key: str, patch: dict[str, Any]) -> None:
         self.calls.append(f"unmark {key}: {patch['metadata']['annotations']}")
 
-    async def set_pod_condition(self, key: str, type_: str, status: str, reason: str) -> None:
+    async def set_pod_condition(
+        self, key: str, type_: str, status: str, reason: str, message: str = ""
+    ) -> None:
         self.calls.append(f"{type_}={status} on {key}")
 
     async def request(self, method: str, path: str, **kw: Any) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The user-facing `pitstop` commands that talk to the cluster: repair, status,
-plan, done. Synchronous (official client); each failure is a CLIError with one
-line for the user."""
+plan, done, abort. Synchronous (official client); each failure is a CLIError with
+one line for the user."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import json
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from datetime import datetime
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import yaml
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
 from pitstop import constants
 from pitstop.cli.errors import CLIError
@@ -30,8 +31,8 @@ C = constants
 G, V, P = C.GROUP, C.VERSION, C.NODEREPAIR_PLURAL
 
 
-def api(kubeconfig: str | None) -> client.ApiClient:
-    return client.ApiClient(load_configuration(resolve_source(kubeconfig, os.environ)))
+def api(kubeconfig: str | None, context: str | None = None) -> client.ApiClient:
+    return client.ApiClient(load_configuration(resolve_source(kubeconfig, os.environ, context)))
 
 
 def _explain(e: ApiException, what: str) -> CLIError:
@@ -120,13 +121,15 @@ def follow(
     deadline = time.monotonic() + timeout
     shown: tuple[Any, ...] = ()
     while time.monotonic() < deadline:
-        stream = watch.Watch().stream(
-            custom.list_cluster_custom_object,
-            G,
-            V,
-            P,
-            field_selector=f"metadata.name={name}",
-            timeout_seconds=max(1, min(60, int(deadline - time.monotonic()))),
+        stream = _resumable(
+            watch.Watch().stream(
+                custom.list_cluster_custom_object,
+                G,
+                V,
+                P,
+                field_selector=f"metadata.name={name}",
+                timeout_seconds=max(1, min(60, int(deadline - time.monotonic()))),
+            )
         )
         for event in stream:
             if event["type"] == "DELETED":
@@ -147,6 +150,26 @@ def follow(
     )
 
 
+def _resumable(stream: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The events of one watch, ended quietly where the connection broke or the
+    API server expired it (410 Gone): the caller lists and watches again, as
+    kubectl does. Any other error (Forbidden, ...) is the caller's to report."""
+    try:
+        for event in stream:
+            if event.get("type") == "ERROR":
+                code = (event.get("object") or {}).get("code")
+                if code == 410:
+                    return
+                raise CLIError(f"watch failed: {(event.get('object') or {}).get('message')}")
+            yield event
+    except ApiException as e:
+        if e.status == 410:
+            return
+        raise _explain(e, "watch failed") from e
+    except (ProtocolError, ReadTimeoutError):
+        return
+
+
 def progress_line(status: Mapping[str, Any]) -> str:
     phase = status.get("phase")
     if not phase:
@@ -160,27 +183,65 @@ def progress_line(status: Mapping[str, Any]) -> str:
 # --- status ---
 
 
-def status_table(repairs: Sequence[Mapping[str, Any]], now: datetime) -> str:
-    rows = [("NAME", "NODE", "PHASE", "INSTANCES", "TASKS", "AGE", "MESSAGE")]
-    for r in sorted(repairs, key=lambda r: r["metadata"].get("creationTimestamp", "")):
-        st = r.get("status") or {}
-        counts = st.get("instances") or {}
-        rows.append(
-            (
-                r["metadata"]["name"],
-                (r.get("spec") or {}).get("nodeName", ""),
-                st.get("phase") or "Pending",
-                str(counts.get("remaining", "")),
-                str(counts.get("inflightTasks", "")),
-                age(r["metadata"].get("creationTimestamp"), now),
-                st.get("message") or "",
-            )
+HEADER = ("NAME", "NODE", "PHASE", "INSTANCES", "TASKS", "AGE")
+WIDE = ("REASON", "STRATEGY", "POLICY")
+
+
+def status_row(r: Mapping[str, Any], now: datetime, wide: bool = False) -> tuple[str, ...]:
+    st = r.get("status") or {}
+    spec = r.get("spec") or {}
+    counts = st.get("instances") or {}
+    row: tuple[str, ...] = (
+        r["metadata"]["name"],
+        spec.get("nodeName", ""),
+        st.get("phase") or "Pending",
+        str(counts.get("remaining", "")),
+        str(counts.get("inflightTasks", "")),
+        age(r["metadata"].get("creationTimestamp"), now),
+    )
+    if wide:
+        row += (
+            spec.get("reason") or "",
+            (spec.get("repair") or {}).get("strategy") or "Manual",
+            (r["metadata"].get("labels") or {}).get(C.LABEL_POLICY, ""),
         )
+    return (*row, st.get("message") or "")
+
+
+def status_table(repairs: Sequence[Mapping[str, Any]], now: datetime, wide: bool = False) -> str:
+    head = (*HEADER, *(WIDE if wide else ()), "MESSAGE")
+    ordered = sorted(repairs, key=lambda r: r["metadata"].get("creationTimestamp", ""))
+    return _columns([head, *(status_row(r, now, wide) for r in ordered)])
+
+
+def _columns(rows: Sequence[tuple[str, ...]]) -> str:
+    """Aligned like kubectl's tables; the last column (the message) runs free."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join(
-        "   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "   " + row[-1]
+        (
+            "   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False))
+            + "   "
+            + row[-1]
+        ).rstrip()
         for row in rows
-    ).rstrip()
+    )
+
+
+def render(repairs: Sequence[Mapping[str, Any]], output: str | None, one: bool = False) -> str:
+    """The repairs as `-o` asks: a table (wide: more columns), or the objects as JSON or
+    YAML (one object when one was named, else a v1 List, as kubectl prints them)."""
+    if output in ("json", "yaml"):
+        doc: Any = (
+            repairs[0]
+            if one and len(repairs) == 1
+            else {"apiVersion": "v1", "kind": "List", "items": list(repairs)}
+        )
+        if output == "json":
+            return json.dumps(doc, indent=2)
+        return yaml.safe_dump(doc, sort_keys=False).rstrip()
+    if not repairs:
+        return "No NodeRepairs."
+    return status_table(repairs, datetime.now(UTC), wide=output == "wide")
 
 
 def age(created: str | None, now: datetime) -> str:
@@ -194,11 +255,66 @@ def age(created: str | None, now: datetime) -> str:
 
 
 def list_repairs(api_client: client.ApiClient) -> list[dict[str, Any]]:
+    return list_repairs_at(api_client)[0]
+
+
+def list_repairs_at(
+    api_client: client.ApiClient, names: Sequence[str] = ()
+) -> tuple[list[dict[str, Any]], str]:
+    """The repairs (only `names`, when given: each must exist) and the list's
+    resourceVersion, to watch from."""
     try:
         answer = client.CustomObjectsApi(api_client).list_cluster_custom_object(G, V, P)
     except ApiException as e:
         raise _explain(e, "cannot list NodeRepairs") from e
-    return list(answer.get("items") or [])
+    items = list(answer.get("items") or [])
+    if names:
+        found = {r["metadata"]["name"]: r for r in items}
+        missing = [n for n in names if n not in found]
+        if missing:
+            raise CLIError(f"NodeRepair {', '.join(missing)} not found")
+        items = [found[n] for n in dict.fromkeys(names)]
+    return items, str((answer.get("metadata") or {}).get("resourceVersion") or "")
+
+
+def watch_rows(
+    api_client: client.ApiClient,
+    version: str,
+    names: Sequence[str] = (),
+    wide: bool = False,
+    out: TextIO = sys.stdout,
+) -> None:
+    """Print a repair's row each time it changes, until interrupted; a broken or
+    expired watch is resumed from a new list (whose changed rows are printed)."""
+    custom = client.CustomObjectsApi(api_client)
+    shown: dict[str, tuple[str, ...]] = {}
+    while True:
+        stream = _resumable(
+            watch.Watch().stream(
+                custom.list_cluster_custom_object,
+                G,
+                V,
+                P,
+                resource_version=version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=300,
+            )
+        )
+        for event in stream:
+            obj = event["object"]
+            meta = obj.get("metadata") or {}
+            version = meta.get("resourceVersion") or version
+            name = meta.get("name", "")
+            if event["type"] == "BOOKMARK" or (names and name not in names):
+                continue
+            row = status_row(obj, datetime.now(UTC), wide)
+            if event["type"] == "DELETED":
+                row = (*row[:2], "Deleted", *row[3:])
+            same = row[:5] + row[6:]  # a change of age alone is no change
+            if shown.get(name) != same:
+                shown[name] = same
+                print(_columns([row]), file=out, flush=True)
+        _, version = list_repairs_at(api_client)
 
 
 # --- plan ---
@@ -358,6 +474,44 @@ def plan_text(node: str, the_plan: Mapping[str, Any], found: list[contract.Insta
         lines.append(f"  InstanceProfiles describing its instances: {', '.join(described)}")
     lines.extend(f"  warning {w}" for w in the_plan.get("warnings") or [])
     return "\n".join(lines)
+
+
+# --- abort ---
+
+
+def abort(api_client: client.ApiClient, name: str) -> str:
+    """Delete the repair; its finalizer (the operator) gives the node back."""
+    custom = client.CustomObjectsApi(api_client)
+    try:
+        obj: dict[str, Any] = custom.get_cluster_custom_object(G, V, P, name)
+        custom.delete_cluster_custom_object(G, V, P, name)
+    except ApiException as e:
+        if e.status == 404:
+            raise CLIError(f"NodeRepair {name} does not exist") from e
+        raise _explain(e, f"cannot delete NodeRepair {name}") from e
+    node = (obj.get("spec") or {}).get("nodeName", "its node")
+    phase = (obj.get("status") or {}).get("phase") or "Pending"
+    if phase in FINAL_PHASES:
+        return f"noderepair/{name} deleted (it had ended: {phase})"
+    return f"noderepair/{name} deleted while {phase}: the operator gives {node} back"
+
+
+def wait_gone(api_client: client.ApiClient, name: str, timeout: float) -> None:
+    """Until the repair is gone: its finalizer ran, so the node is given back."""
+    custom = client.CustomObjectsApi(api_client)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            custom.get_cluster_custom_object(G, V, P, name)
+        except ApiException as e:
+            if e.status == 404:
+                return
+            raise _explain(e, f"cannot read NodeRepair {name}") from e
+        time.sleep(0.5)
+    raise CLIError(
+        f"NodeRepair {name} still there after {timeout:.0f}s: is the operator running?"
+        " (its finalizer gives the node back)"
+    )
 
 
 # --- done ---

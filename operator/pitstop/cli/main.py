@@ -1,8 +1,9 @@
 """The `pitstop` command (also installed as the kubectl plugin `kubectl-pitstop`).
 
 Each subcommand is one `_add_<name>` function that builds its parser and sets
-`handler`, plus one entry in SUBCOMMANDS. Options every subcommand shares
-(`--kubeconfig`, `--verbose`) come from the common parent parser.
+`handler`, plus one entry in SUBCOMMANDS. The options every subcommand shares
+(`--kubeconfig`, `--context`, `--verbose`) are accepted before the subcommand and
+after it, as kubectl accepts them; every failure is one line and a non-zero exit.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeAlias
 
 from pitstop import __version__, constants
-from pitstop.cli.errors import CLIError
+from pitstop.cli.errors import CLIError, explain
 from pitstop.cluster.kubeconfig import KubeconfigError, load_configuration, resolve_source
 
 EXIT_OK = 0
@@ -46,25 +47,51 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except Exception as e:  # the client's own errors: unreachable, Forbidden, a broken watch
+        if args.verbose:
+            raise
+        print(f"{prog}: error: {explain(e)}", file=sys.stderr)
+        return EXIT_ERROR
 
 
-def build_parser(prog: str = "pitstop") -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
+def _add_global_options(parser: argparse.ArgumentParser, default: object) -> None:
+    """The shared options; `default` is None on the top parser and SUPPRESS on each
+    subcommand's, so a value given after the subcommand wins and one given before it
+    is not overwritten by the subcommand's default."""
+    parser.add_argument(
         "--kubeconfig",
         metavar="PATH",
+        default=default,
         help=(
             "kubeconfig file (default: $KUBECONFIG; else the pod's ServiceAccount when "
             "$KUBERNETES_SERVICE_HOST is set; else ~/.kube/config)"
         ),
     )
-    common.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    parser.add_argument(
+        "--context",
+        metavar="NAME",
+        default=default,
+        help="the kubeconfig context to use (default: its current-context)",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=False if default is None else default,
+        help="log at debug level; show tracebacks",
+    )
+
+
+def build_parser(prog: str = "pitstop") -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    _add_global_options(common, argparse.SUPPRESS)
 
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Take faulty nodes out of service, repair them, and put them back.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_global_options(parser, None)
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for add in SUBCOMMANDS:
         add(subparsers, common)
@@ -178,7 +205,7 @@ def _election(args: argparse.Namespace) -> ElectionConfig | None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    source = resolve_source(args.kubeconfig, os.environ)
+    source = resolve_source(args.kubeconfig, os.environ, args.context)
     load_configuration(source)  # fail now, in one line, rather than inside kopf's login loop
     ports = [args.health_port, args.metrics_port] + ([args.alerts_port] if args.alerts_port else [])
     if len(set(ports)) != len(ports):
@@ -258,7 +285,7 @@ def _cmd_repair(args: argparse.Namespace) -> int:
         webhook_secret=args.webhook_secret,
         dry_run=args.dry_run,
     )
-    api = commands.api(args.kubeconfig)
+    api = commands.api(args.kubeconfig, args.context)
     commands.create_repair(api, body)
     print(f"noderepair/{name} created")
     if not args.wait:
@@ -271,16 +298,81 @@ def _add_status(subparsers: SubParsers, common: argparse.ArgumentParser) -> None
     p = subparsers.add_parser(
         "status", parents=[common], help="list repairs: phase, instances left, tasks, age"
     )
+    p.add_argument("names", nargs="*", metavar="NAME", help="only these repairs")
+    p.add_argument(
+        "-o",
+        "--output",
+        choices=OUTPUTS,
+        help="json or yaml (the objects, as a List), or wide (more columns)",
+    )
+    p.add_argument(
+        "-w",
+        "--watch",
+        action="store_true",
+        help="after the table, print a repair's row again each time it changes",
+    )
     p.set_defaults(handler=_cmd_status)
 
 
-def _cmd_status(args: argparse.Namespace) -> int:
-    from datetime import UTC, datetime
+OUTPUTS = ("json", "yaml", "wide")
 
+
+def _cmd_status(args: argparse.Namespace) -> int:
     from pitstop.cli import commands
 
-    repairs = commands.list_repairs(commands.api(args.kubeconfig))
-    print(commands.status_table(repairs, datetime.now(UTC)) if repairs else "No NodeRepairs.")
+    api = commands.api(args.kubeconfig, args.context)
+    repairs, version = commands.list_repairs_at(api, args.names)
+    if args.watch and args.output in ("json", "yaml"):
+        raise CLIError(f"--watch prints rows: it does not combine with -o {args.output}")
+    print(commands.render(repairs, args.output, one=len(args.names) == 1), flush=True)
+    if args.watch:
+        commands.watch_rows(api, version, args.names, wide=args.output == "wide")
+    return EXIT_OK
+
+
+def _add_abort(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
+    p = subparsers.add_parser(
+        "abort",
+        parents=[common],
+        help="stop a repair: delete its NodeRepair, which gives the node back",
+        description="Delete the NodeRepair NAME. Its finalizer stops what runs, unmarks the "
+        "instances, and uncordons the node unless it was cordoned before the repair.",
+    )
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--wait", action="store_true", help="return once the node is given back")
+    p.add_argument(
+        "--timeout", type=float, default=300, metavar="SECONDS", help="for --wait (default: 300)"
+    )
+    p.set_defaults(handler=_cmd_abort)
+
+
+def _cmd_abort(args: argparse.Namespace) -> int:
+    from pitstop.cli import commands
+
+    api = commands.api(args.kubeconfig, args.context)
+    print(commands.abort(api, args.name))
+    if args.wait:
+        commands.wait_gone(api, args.name, args.timeout)
+        print(f"noderepair/{args.name} gone: its node is given back")
+    return EXIT_OK
+
+
+def _add_completion(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
+    p = subparsers.add_parser(
+        "completion",
+        parents=[common],
+        help="print a shell completion script (bash or zsh)",
+        description="Print a completion script: `source <(pitstop completion bash)`; in zsh, "
+        "`source <(pitstop completion zsh)`. Completes commands, options and their choices.",
+    )
+    p.add_argument("shell", choices=("bash", "zsh"))
+    p.set_defaults(handler=_cmd_completion)
+
+
+def _cmd_completion(args: argparse.Namespace) -> int:
+    from pitstop.cli.completion import script
+
+    print(script(build_parser(), args.shell))
     return EXIT_OK
 
 
@@ -297,7 +389,7 @@ def _add_plan(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
 def _cmd_plan(args: argparse.Namespace) -> int:
     from pitstop.cli import commands
 
-    the_plan, found = commands.plan(commands.api(args.kubeconfig), args.node)
+    the_plan, found = commands.plan(commands.api(args.kubeconfig, args.context), args.node)
     print(commands.plan_text(args.node, the_plan, found))
     return EXIT_OK
 
@@ -314,7 +406,7 @@ def _add_done(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
 def _cmd_done(args: argparse.Namespace) -> int:
     from pitstop.cli import commands
 
-    print(commands.mark_done(commands.api(args.kubeconfig), args.name, args.failed))
+    print(commands.mark_done(commands.api(args.kubeconfig, args.context), args.name, args.failed))
     return EXIT_OK
 
 
@@ -323,7 +415,9 @@ SUBCOMMANDS: tuple[Callable[[SubParsers, argparse.ArgumentParser], None], ...] =
     _add_status,
     _add_plan,
     _add_done,
+    _add_abort,
     _add_run,
+    _add_completion,
 )
 """One entry per subcommand, in the order `--help` lists them."""
 

@@ -150,14 +150,17 @@ class Kube:
         ns, name = key.split("/", 1)
         await self.request("PATCH", f"/api/v1/namespaces/{ns}/pods/{name}", patch, MERGE)
 
-    async def set_pod_condition(self, key: str, type_: str, status: str, reason: str) -> None:
-        """A pod condition via pods/status; strategic merge keys conditions by type. Set
-        only on a change of status, so its lastTransitionTime is when the gate moved."""
+    async def set_pod_condition(
+        self, key: str, type_: str, status: str, reason: str, message: str = ""
+    ) -> None:
+        """A pod condition via pods/status; strategic merge keys conditions by type.
+        Written only when its status changes, so now is its lastTransitionTime."""
         ns, name = key.split("/", 1)
         condition = {
             "type": type_,
             "status": status,
             "reason": reason,
+            "message": message,
             "lastProbeTime": None,
             "lastTransitionTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }

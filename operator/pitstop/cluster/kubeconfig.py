@@ -40,6 +40,8 @@ class KubeSource:
 
     paths: tuple[str, ...] = ()
     """Kubeconfig files, merged in order as kubectl does; empty means in-cluster."""
+    context: str | None = None
+    """The kubeconfig context to use (kubectl's `--context`); None: the current one."""
 
     @property
     def in_cluster(self) -> bool:
@@ -48,16 +50,29 @@ class KubeSource:
     def describe(self) -> str:
         if self.in_cluster:
             return "in-cluster ServiceAccount"
-        return f"kubeconfig {os.pathsep.join(self.paths)}"
+        where = f"kubeconfig {os.pathsep.join(self.paths)}"
+        return f"{where} (context {self.context})" if self.context else where
 
 
-def resolve_source(explicit: str | None, environ: Mapping[str, str]) -> KubeSource:
+def resolve_source(
+    explicit: str | None, environ: Mapping[str, str], context: str | None = None
+) -> KubeSource:
     """Choose the credentials source; raise KubeconfigError when none is usable.
 
     `explicit` is a single file that must exist (as kubectl's `--kubeconfig`);
     `$KUBECONFIG` may list several files, of which missing ones are skipped, also
-    as kubectl does, but at least one must exist.
+    as kubectl does, but at least one must exist. `context` names a kubeconfig
+    context, so it needs a kubeconfig, not the in-cluster ServiceAccount.
     """
+    if context == "":
+        raise KubeconfigError("--context is empty")
+    source = _resolve_paths(explicit, environ, context)
+    return KubeSource(paths=source.paths, context=context) if context else source
+
+
+def _resolve_paths(
+    explicit: str | None, environ: Mapping[str, str], context: str | None
+) -> KubeSource:
     if explicit is not None:
         if not explicit:
             raise KubeconfigError("--kubeconfig is empty")
@@ -75,7 +90,7 @@ def resolve_source(explicit: str | None, environ: Mapping[str, str]) -> KubeSour
             )
         return KubeSource(paths=existing)
 
-    if environ.get(ENV_SERVICE_HOST):
+    if environ.get(ENV_SERVICE_HOST) and context is None:  # a context needs a kubeconfig
         return KubeSource()
 
     if _is_file(HOME_KUBECONFIG):
@@ -100,6 +115,7 @@ def load_configuration(source: KubeSource) -> kubernetes.client.Configuration:
             _check_kubeconfig_files(source.paths)
             kubernetes.config.load_kube_config(
                 config_file=os.pathsep.join(source.paths),
+                context=source.context,
                 client_configuration=config,
                 persist_config=False,  # never rewrite the user's file on token refresh
             )

@@ -32,7 +32,13 @@ def wants_serving(pod: dict[str, Any] | kopf.Body, node: dict[str, Any] | None) 
 
 async def open_gate(kube: Kube, key: str, logger: kopf.Logger) -> None:
     try:
-        await kube.set_pod_condition(key, C.CONDITION_SERVING, "True", REASON_IN_SERVICE)
+        await kube.set_pod_condition(
+            key,
+            C.CONDITION_SERVING,
+            "True",
+            REASON_IN_SERVICE,
+            "routed: its node is not under repair",
+        )
     except ApiError as e:
         if e.status != 404:  # a pod that is gone needs nothing
             raise

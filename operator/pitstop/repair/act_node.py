@@ -118,7 +118,15 @@ async def give_back(
             )
         serving = contract.serving_status(pod)
         if serving == "False" or (contract.has_serving_gate(pod) and serving != "True"):
-            jobs.append(kube.set_pod_condition(key, C.CONDITION_SERVING, "True", "NodeRepairEnded"))
+            jobs.append(
+                kube.set_pod_condition(
+                    key,
+                    C.CONDITION_SERVING,
+                    "True",
+                    "NodeRepairEnded",
+                    f"routed again: NodeRepair {repair} gave its node back",
+                )
+            )
     for result in await asyncio.gather(*jobs, return_exceptions=True):
         if isinstance(result, ApiError) and result.status != 404:
             raise result

@@ -54,7 +54,13 @@ class PodSteps(Report):
                 writes.append((("drain", key), self.guard.track(self.kube.patch_pod(key, patch))))
         for key in d.deregister:
             if ("deregister", key) not in self.sent:
-                call = self.kube.set_pod_condition(key, C.CONDITION_SERVING, "False", "NodeRepair")
+                call = self.kube.set_pod_condition(
+                    key,
+                    C.CONDITION_SERVING,
+                    "False",
+                    "NodeRepair",
+                    f"out of routing: NodeRepair {self.name} drains its node",
+                )
                 writes.append((("deregister", key), self.guard.track(call)))
         evictions = [k for k in d.evict if ("evict", k) not in self.sent]
         grace = spec.drain.grace_period_seconds
