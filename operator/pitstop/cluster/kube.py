@@ -81,6 +81,7 @@ class Kube:
         self._timeout = aiohttp.ClientTimeout(total=request_timeout, connect=10.0)
         self._session: aiohttp.ClientSession | None = None
         self._server = ""
+        self._proxy: str | None = None
         self._lock = asyncio.Lock()
 
     async def _connect(self) -> aiohttp.ClientSession:
@@ -88,6 +89,7 @@ class Kube:
             if self._session is None or self._session.closed:
                 info = self._login()
                 self._server = info.server.rstrip("/")
+                self._proxy = info.proxy_url  # the kubeconfig's proxy-url, as kopf's watches use
                 self._session = aiohttp.ClientSession(
                     connector=aiohttp.TCPConnector(ssl=_ssl_context(info), limit=64),
                     headers=_auth_headers(info),
@@ -113,7 +115,12 @@ class Kube:
             data = None if body is None else json.dumps(body)
             headers = {"Content-Type": content_type} if body is not None else {}
             async with session.request(
-                method, self._server + path, data=data, headers=headers, params=params
+                method,
+                self._server + path,
+                data=data,
+                headers=headers,
+                params=params,
+                proxy=self._proxy,
             ) as response:
                 text = await response.text()
                 if response.status == 401 and attempt == 1:
