@@ -135,3 +135,19 @@ def test_a_repair_being_deleted_sends_no_more_marks_or_evictions() -> None:
     marks = Decision(status=NodeRepairStatus(), mark_draining=["fn/b"], evict=["fn/a1"])
     asyncio.run(s.act(marks, NOW, NodeRepairSpec(node_name="n1")))
     assert kube.sent == ["fn/a0"] and ("drain", "fn/b") not in s.sent
+
+
+def test_a_refusal_names_the_budgets_of_the_pdb_index_not_of_the_message() -> None:
+    """A 429 whose message names no budget (a reworded or translated message) still
+    holds the pod under the budgets the index says cover it, with no extra Event."""
+    posted: list[Any] = []
+    s = steps(FakeKube({}, refuse=set()), {"fn/a1": ("fn/a",)})
+    s.post = lambda events, node: posted.extend(events)  # type: ignore[method-assign]
+    s.record(Eviction("fn/a1", "blocked", "Cannot evict pod (reworded)", ()), NOW)
+    assert s.blocked["fn/a1"].pdbs == ("fn/a",)
+    assert posted == []
+    # A pod the index knows no budget of keeps what the answer named, or none.
+    s.record(Eviction("fn/b1", "blocked", "The disruption budget b needs 1", ("fn/b",)), NOW)
+    assert s.blocked["fn/b1"].pdbs == ("fn/b",)
+    s.record(Eviction("fn/a1", "error", "500 Internal Server Error"), NOW)
+    assert s.blocked["fn/a1"].pdbs == () and len(posted) == 1

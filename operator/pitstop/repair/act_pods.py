@@ -152,10 +152,15 @@ class PodSteps(Report):
             return
         attempt = self.refusals.get(outcome.pod, 0) + 1
         self.refusals[outcome.pod] = attempt
+        # The budgets that hold the pod are the PDB index's (those covering it); the
+        # API server's English message names them only for one the index lacks yet.
+        pdbs = self.pdbs_of.get(outcome.pod) or outcome.blocking_pdbs
+        if outcome.result != "blocked":
+            pdbs = ()  # an error, not a budget's refusal
         self.blocked[outcome.pod] = drain.Blocked(
-            retry_at=now + backoff(attempt), pdbs=outcome.blocking_pdbs, message=outcome.message
+            retry_at=now + backoff(attempt), pdbs=pdbs, message=outcome.message
         )
-        if not outcome.blocking_pdbs:
+        if not pdbs:
             # A refusal that names no budget: one Event per answer, not per pod (decide()
             # posts the one for the budgets it names).
             message = f"Eviction refused: {outcome.message}"
