@@ -133,6 +133,7 @@ class LeaseStore:
         self.lease: dict[str, Any] | None = None
         self.version = 0
         self.down = False
+        self.no_namespace = False
         self.before_put: list[Callable[[dict[str, Any]], None]] = []
         """Edits made to the stored Lease just before the next PUTs arrive, one per PUT
         (what another writer did between the elector's read and its write)."""
@@ -151,6 +152,12 @@ class LeaseStore:
                         raise ApiError(404, "not found")
                     return copy.deepcopy(store.lease)
                 if method == "POST":
+                    if store.no_namespace:  # what the API server answers then
+                        raise ApiError(
+                            404,
+                            'namespaces "pitstop-system" not found',
+                            {"reason": "NotFound", "details": {"kind": "namespaces"}},
+                        )
                     if store.lease is not None:
                         raise ApiError(409, "already exists")
                     return store.write(body)
@@ -351,3 +358,24 @@ def test_conflicts_until_the_deadline_fence_the_leader_before_the_lease_can_pass
     assert len(lost) == 1 and "not renewed within 0.6 s" in lost[0], lost
     assert after < 1.5  # fenced before the lease duration from its last renewal
     assert puts > 3  # the conflicts were retried, not given up on
+
+
+def test_a_missing_namespace_is_said_once_with_what_to_do(caplog: pytest.LogCaptureFixture) -> None:
+    """`pitstop run` on a cluster without pitstop-system warned every second for ever."""
+
+    async def scenario() -> float | None:
+        store = LeaseStore()
+        store.no_namespace = True
+        e = elector(store, "a", lease_duration=0.6, renew_deadline=0.4, retry_period=0.1)
+        stop = asyncio.Event()
+        task = asyncio.create_task(e.acquire(stop))
+        await asyncio.sleep(0.5)  # about ten rounds
+        store.no_namespace = False  # the admin installs pitstop
+        return await asyncio.wait_for(task, 5)
+
+    with caplog.at_level("DEBUG", logger="pitstop.cluster.leader"):
+        assert asyncio.run(scenario()) is not None, "the Lease is taken once the namespace exists"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert "namespace pitstop-system does not exist" in warnings[0]
+    assert "--lease-namespace" in warnings[0] and "--no-leader-elect" in warnings[0]

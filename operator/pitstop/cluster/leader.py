@@ -299,16 +299,31 @@ class Elector:
     async def acquire(self, stop: asyncio.Event) -> float | None:
         """Waits until this candidate holds the Lease; returns when the winning write
         was sent (monotonic), or None if `stop` was set first."""
+        said = ""
         while not stop.is_set():
             try:
                 won, sent = await self.try_once()
             except (ApiError, OSError, TimeoutError) as e:
-                logger.warning(f"Leader election: cannot read or write the Lease: {e}")
-                won, sent = False, 0.0
+                # Said once while it lasts, not every round: a standby may wait for hours.
+                problem = self._explain(e)
+                (logger.debug if problem == said else logger.warning)(f"Leader election: {problem}")
+                said, won, sent = problem, False, 0.0
             if won:
                 return sent
             await _wait(stop, self.config.retry_period / 2)
         return None
+
+    def _explain(self, error: Exception) -> str:
+        ns = self.config.namespace
+        if isinstance(error, ApiError) and error.status == 404:
+            if (error.body.get("details") or {}).get("kind") == "namespaces":
+                return (
+                    f"namespace {ns} does not exist, so the Lease cannot be made there:"
+                    " install pitstop (kubectl apply -k manifests/ creates it), choose"
+                    " another with --lease-namespace, or run a single replica with"
+                    " --no-leader-elect; waiting for it"
+                )
+        return f"cannot read or write the Lease {ns}/{self.config.name}: {error}"
 
     async def keep(self, fence: Fence) -> None:
         """Renews every retry period until cancelled; deposes us through the fence
