@@ -19,6 +19,7 @@ PURE = (
     "pitstop.repair.drain",
     "pitstop.repair.recovery",
     "pitstop.pool.arithmetic",
+    "pitstop.pool.ledger",
     "pitstop.instances.contract",
     "pitstop.instances.sources",
     "pitstop.instances.sources.rules",

@@ -17,6 +17,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 from aiohttp import http_exceptions, web
 
@@ -79,14 +80,20 @@ class Receiver:
             alerts = parse(raw)
         except ValueError as e:
             return _error(400, str(e))
-        for name, labels, starts_at, firing in alerts:
-            ALERTS.add(name, labels, starts_at, firing)
+        for name, labels, starts_at, firing, ends_at in alerts:
+            ALERTS.add(name, labels, starts_at, firing, ends_at)
         firing_count = sum(1 for a in alerts if a[3])
         return web.json_response({"accepted": len(alerts), "firing": firing_count})
 
 
-def parse(raw: bytes) -> list[tuple[str, dict[str, str], str, bool]]:
-    """(alertname, labels, startsAt, firing) for each alert of a version-4 payload."""
+Parsed = tuple[str, dict[str, str], str, bool, datetime | None]
+"""(alertname, labels, startsAt, firing, endsAt)"""
+
+
+def parse(raw: bytes) -> list[Parsed]:
+    """(alertname, labels, startsAt, firing, endsAt) for each alert of a version-4
+    payload; endsAt is None when unset (Alertmanager sends year 1 for an alert that
+    still fires) or not a time."""
     try:
         payload = json.loads(raw)
     except ValueError as e:  # also: not UTF-8, or an integer of more than 4300 digits
@@ -117,8 +124,21 @@ def parse(raw: bytes) -> list[tuple[str, dict[str, str], str, bool]]:
         status = alert.get("status")
         if status not in ("firing", "resolved"):
             raise ValueError(f"alerts[{i}].status must be firing or resolved, not {_shown(status)}")
-        found.append((name, labels, str(alert.get("startsAt") or ""), status == "firing"))
+        starts_at = str(alert.get("startsAt") or "")
+        found.append((name, labels, starts_at, status == "firing", _ends_at(alert.get("endsAt"))))
     return found
+
+
+def _ends_at(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.year <= 1:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def _why(exc: Exception) -> str:
