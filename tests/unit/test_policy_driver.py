@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,7 +20,7 @@ import kopf
 import pytest
 
 from pitstop.cluster.kube import ApiError
-from pitstop.pool import daemon
+from pitstop.pool import alerts, daemon
 
 POLICY = "rp"
 T0 = "2026-01-01T00:00:00Z"
@@ -330,3 +331,38 @@ def test_an_alert_fault_ends_when_resolved_or_stale(events: list[tuple[str, str]
     world.step(driver, now + timedelta(hours=3, minutes=1))
     assert world.body["status"]["unhealthyNodes"] == 0
     assert not world.body["status"].get("alerts")
+
+
+def test_an_alert_fault_ends_at_its_ends_at(events: list[tuple[str, str]]) -> None:
+    """A sender that says when the alert ends is taken at its word (Alertmanager
+    sends year 1, i.e. none, while an alert fires: see the receiver's parse)."""
+    world = alert_policy(paused=True)
+    driver = world.driver()
+    now = datetime.now(UTC)
+    labels = {"alertname": "NodeDiskFailing", "node": "n1"}
+    ends = now + timedelta(minutes=5)
+    daemon.ALERTS.add("NodeDiskFailing", labels, "2026-01-01T00:00:00Z", True, ends)
+    world.step(driver, now)
+    assert world.body["status"]["unhealthyNodes"] == 1
+    world.step(driver, now + timedelta(minutes=6))
+    assert world.body["status"]["unhealthyNodes"] == 0
+
+
+def test_the_receiver_reads_ends_at() -> None:
+    def one(ends_at: object) -> object:
+        body = {
+            "version": "4",
+            "alerts": [
+                {
+                    "status": "firing",
+                    "labels": {"alertname": "A"},
+                    "startsAt": "",
+                    "endsAt": ends_at,
+                }
+            ],
+        }
+        return alerts.parse(json.dumps(body).encode())[0][4]
+
+    assert one("0001-01-01T00:00:00Z") is None
+    assert one("soon") is None and one(7) is None
+    assert one("2026-01-01T00:05:00.5Z") == datetime(2026, 1, 1, 0, 5, 0, 500000, tzinfo=UTC)

@@ -205,6 +205,10 @@ ALERTS = AlertInbox()
 # --- the policy daemon ---
 
 
+def _rfc3339(when: datetime) -> str:
+    return when.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
 def _status(body: kopf.Body) -> RepairPolicyStatus:
     try:
         return RepairPolicyStatus.model_validate(dict(body.get("status") or {}))
@@ -265,7 +269,7 @@ class PolicyDriver:
 
         views = repair_views(repairs_index, ADMISSION.admitted | lock_holders(all_nodes))
         for r in self.repairs.follow(faults, views, now):
-            until = r.declined_until.isoformat() if r.declined_until else "?"
+            until = _rfc3339(r.declined_until) if r.declined_until else "?"
             self.post(
                 "Normal",
                 "NodeRepairDeclined",
