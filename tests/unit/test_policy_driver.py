@@ -366,3 +366,20 @@ def test_the_receiver_reads_ends_at() -> None:
     assert one("0001-01-01T00:00:00Z") is None
     assert one("soon") is None and one(7) is None
     assert one("2026-01-01T00:05:00.5Z") == datetime(2026, 1, 1, 0, 5, 0, 500000, tzinfo=UTC)
+
+
+def test_storm_active_is_told_once_per_storm(events: list[tuple[str, str]]) -> None:
+    world = World(maxUnhealthy="1")
+    driver = world.driver()
+    now = datetime.now(UTC)
+    world.set_node("n1", "True")
+    world.set_node("n2", "True")
+    world.step(driver, now)
+    world.body.pop("status")  # kopf's body has not caught up with the write yet
+    world.step(driver, now + timedelta(seconds=1))
+    assert reasons(events).count("StormActive") == 1, events
+    world.set_node("n2", "False")
+    world.step(driver, now + timedelta(seconds=2))
+    world.set_node("n2", "True", since="2026-01-02T00:00:00Z")  # the next storm
+    world.step(driver, now + timedelta(seconds=3))
+    assert reasons(events).count("StormActive") == 2, events

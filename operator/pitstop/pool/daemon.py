@@ -231,6 +231,8 @@ class PolicyDriver:
             (a.node, a.alertname): a for a in old.alerts
         }
         self.repairs = ledger.Repairs.of(old.repairs)
+        self.storm_told = conditions.is_true(old.conditions, "StormActive")
+        """StormActive is told once per storm (the body may lag behind our own writes)."""
         self.seen_alerts = 0  # every alert still in the inbox: taking one twice changes nothing
 
     async def step(
@@ -340,9 +342,9 @@ class PolicyDriver:
             f"{len(faults)} of {len(pool)} nodes unhealthy; maxUnhealthy {spec.max_unhealthy}"
             f" allows {limit}" + (": no new automatic repairs" if storm else "")
         )
-        if storm and not conditions.is_true(old.conditions, "StormActive"):
-            # Told once per storm: the condition's transition is the memory.
+        if storm and not self.storm_told:
             kopf.event(self.body, type="Warning", reason="StormActive", message=storm_message)
+        self.storm_told = storm
         status.conditions = conditions.set_condition(
             status.conditions,
             "StormActive",
