@@ -56,6 +56,11 @@ ALERTS_PORT: Final = 9095
 """Default port of the Alertmanager receiver, POST /alerts (container port `alerts`)."""
 ALERTS_SECRET: Final = "pitstop-alerts/token"
 """NAME/KEY of the Secret in the operator's namespace with the receiver's bearer token."""
+ALERTS_RATE: Final = 20.0
+"""Default requests per second each client (remote address) of the receiver may send."""
+ALERTS_BURST: Final = 200
+"""Default requests each client of the receiver may send at once (Alertmanager sends
+one per alert group and does not retry a 429: room for a correlated failure's groups)."""
 
 # --- node markers remembered across restarts (invariant 6) ---
 ANNOTATION_WAS_UNSCHEDULABLE: Final = f"{GROUP}/was-unschedulable"

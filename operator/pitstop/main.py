@@ -123,7 +123,14 @@ async def start_alert_receiver(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -
         return
     secret, _, key = options.alerts_secret.partition("/")
     memo["alerts"] = await alerts.serve(
-        memo["kube"], options.bind, options.alerts_port, secret, key
+        memo["kube"],
+        options.bind,
+        options.alerts_port,
+        secret,
+        key,
+        token_file=options.alerts_token_file,
+        rate=options.alerts_rate,
+        burst=options.alerts_burst,
     )
     logger.info(f"Alert receiver on http://{options.bind}:{options.alerts_port}/alerts.")
 

@@ -49,6 +49,11 @@ class RunOptions:
     """0 disables the Alertmanager receiver."""
     alerts_secret: str = constants.ALERTS_SECRET
     """NAME/KEY of the Secret (operator's namespace) holding the receiver's bearer token."""
+    alerts_token_file: str | None = None
+    """A file with the token (a mounted Secret) instead: read again when it changes."""
+    alerts_rate: float = constants.ALERTS_RATE
+    """Requests per second per client of the receiver; 0: no limit."""
+    alerts_burst: int = constants.ALERTS_BURST
     election: ElectionConfig | None = None
     """None: act at once, alone (no Lease); only for a single replica."""
 

@@ -312,6 +312,38 @@ def test_alertmanager_alert_makes_a_repair(
     assert not repairs_for(cluster, [p.names[1]])
 
 
+def test_an_alert_fault_survives_an_operator_restart(
+    cluster: Cluster,
+    pool: Any,
+    policies: Policies,
+    running_operator: Operator,
+    alerts_token: str,
+    tmp_path: Path,
+) -> None:
+    """An alert that came while the policy was paused still counts after the leader
+    changed, though Alertmanager repeats it only after repeat_interval (1h here)."""
+    alertmanager_version()
+    p = pool(2)
+    node = p.names[0]
+    rp = policies.create(p, {**alert_policy(p), "paused": True})
+    policies.wait_observed(rp)
+    with alertmanager(tmp_path / "am", running_operator.alerts_port, alerts_token) as (url, log):
+        fire(url, node)
+        status = policies.wait_status(rp, "the alert kept", lambda s: s.get("alerts"))
+        wait_until("Notify success", lambda: "Notify success" in log.read_text(), timeout=10)
+        (kept,) = status["alerts"]
+        assert (kept["node"], kept["alertname"]) == (node, ALERT), kept
+        # Alertmanager sends no endsAt while an alert fires: the fault holds until resolved.
+        assert "endsAt" not in kept, kept
+
+        running_operator.kill()
+        running_operator.start()
+        policies.patch_spec(rp, {"paused": False})
+        repair = one_repair(cluster, node, timeout=20)
+    assert ALERT in repair["spec"]["reason"]
+    assert "Notify success" in log.read_text()
+
+
 def test_alertmanager_with_a_wrong_token_makes_nothing(
     cluster: Cluster,
     pool: Any,

@@ -170,6 +170,43 @@ def test_the_same_fault_never_yields_two_repairs_across_restarts(
     policies.wait_status(rp, "3 unhealthy", lambda s: s.get("unhealthyNodes") == 3)
 
 
+def test_a_deleted_automatic_repair_is_not_made_again_for_the_same_fault(
+    cluster: Cluster, pool: Any, policies: Policies, running_operator: Operator
+) -> None:
+    """`kubectl delete noderepair` of a policy's repair declines its fault: no new
+    repair (no second cordon, eviction, repair) while the fault is unchanged, also
+    after a restart of the operator; a new fault of the node is repaired again."""
+    p = pool(3)
+    node, witness, _ = p.names
+    rp = policies.create(p, policy_spec(p))
+    inject(cluster, node)
+    first = one_repair(cluster, node)["metadata"]["name"]
+    wait_repair_phase(cluster, first, "Repairing", timeout=30)
+    cluster.custom.delete_cluster_custom_object(GROUP, VERSION, "noderepairs", first)
+    wait_until(f"{first} gone", lambda: not repairs_for(cluster, [node]), timeout=30)
+    no_repair_for(cluster, [node], seconds=2)
+    declined = policies.wait_event(rp, "NodeRepairDeclined", "Normal")
+    assert any(first in e.message and "until" in e.message for e in declined), declined
+    status = policies.wait_status(
+        rp,
+        "the decline recorded",
+        lambda s: any(r.get("declinedUntil") for r in s.get("repairs") or []),
+    )
+    assert [r["repair"] for r in status["repairs"]] == [first], status["repairs"]
+
+    running_operator.kill()
+    running_operator.start()
+    inject(cluster, witness)  # the restarted policy has been through its pool
+    one_repair(cluster, witness)
+    no_repair_for(cluster, [node], seconds=1)
+    assert not cluster.core.read_node(node).spec.unschedulable
+
+    heal(cluster, node)
+    inject(cluster, node)  # a new transition: a new fault
+    second = one_repair(cluster, node)["metadata"]["name"]
+    assert second != first
+
+
 def node_condition_status(cluster: Cluster, node: str) -> str | None:
     for c in cluster.core.read_node(node).status.conditions or []:
         if c.type == DEADLOCK:

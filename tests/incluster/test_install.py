@@ -60,7 +60,8 @@ def test_runs_as_two_pods_on_real_nodes_with_the_mounted_token(
         node = cluster.core.read_node(pod.spec.node_name)
         assert node.metadata.labels.get("type") != "kwok", f"{pod.metadata.name} on a fake node"
         container = pod.spec.containers[0]
-        assert container.args == ["run"], container.args  # no --kubeconfig: in-cluster config
+        assert container.args[0] == "run", container.args
+        assert "--kubeconfig" not in container.args, container.args  # in-cluster config
         assert not any("kubeconfig" in (e.name or "").lower() for e in container.env or [])
         mounts = {m.mount_path for m in container.volume_mounts or []}
         assert TOKEN_DIR in mounts, mounts

@@ -46,7 +46,7 @@ def deep(depth: int, opener: bytes = b"[") -> bytes:
 # --- the receiver's parse() ---
 
 
-def refused_clearly(raw: bytes) -> list[tuple[str, dict[str, str], str, bool]] | str:
+def refused_clearly(raw: bytes) -> list[alerts.Parsed] | str:
     """parse(raw): its alerts, or the message of its ValueError (any other exception
     fails the test)."""
     try:
@@ -56,12 +56,13 @@ def refused_clearly(raw: bytes) -> list[tuple[str, dict[str, str], str, bool]] |
         assert message, "a refusal says why"
         assert len(message) < 300, f"a refusal is one short line: {message[:400]!r}"
         return message
-    for name, labels, starts_at, firing in found:
+    for name, labels, starts_at, firing, ends_at in found:
         assert isinstance(name, str) and name
         assert all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items())
         assert labels["alertname"] == name
         assert isinstance(starts_at, str)
         assert isinstance(firing, bool)
+        assert ends_at is None or ends_at.tzinfo is not None
     return found
 
 
@@ -90,6 +91,8 @@ alert_like = st.fixed_dictionaries(
         "status": st.sampled_from(["firing", "resolved", "Firing", ""]) | json_values,
         "labels": st.dictionaries(unicode_text, unicode_text, max_size=4) | json_values,
         "startsAt": json_values,
+        "endsAt": st.sampled_from(["0001-01-01T00:00:00Z", "2026-01-01T00:00:00Z", "x"])
+        | json_values,
     },
 )
 
@@ -136,7 +139,7 @@ def test_parse_valid_payloads_with_unicode_labels(
     }
     for raw in (json.dumps(body).encode(), json.dumps(body, ensure_ascii=False).encode()):
         assert alerts.parse(raw) == [
-            (name, {**labels, "alertname": name}, starts_at, firing)
+            (name, {**labels, "alertname": name}, starts_at, firing, None)
             for name, labels, firing, starts_at in given_alerts
         ]
 

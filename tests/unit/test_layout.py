@@ -20,6 +20,7 @@ PURE = (
     "pitstop.repair.drain",
     "pitstop.repair.recovery",
     "pitstop.pool.arithmetic",
+    "pitstop.pool.ledger",
     "pitstop.instances.contract",
     "pitstop.instances.sources",
     "pitstop.instances.sources.rules",

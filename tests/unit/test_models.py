@@ -304,6 +304,22 @@ def test_repair_policy_status_round_trip() -> None:
         },
         "conditions": [],
         "lastRepairTime": "2026-01-02T03:04:05Z",
+        "alerts": [
+            {
+                "node": "n3",
+                "alertname": "NodeDiskFailing",
+                "startsAt": "2026-01-02T03:00:00.123Z",
+                "lastReceived": "2026-01-02T03:04:00Z",
+            }
+        ],
+        "repairs": [
+            {
+                "node": "n4",
+                "repair": "n4-kerneldeadlock-0123456789",
+                "cause": "KernelDeadlock=True for 0s",
+                "declinedUntil": "2026-01-03T03:04:05Z",
+            }
+        ],
         "observedGeneration": 2,
     }
     assert RepairPolicyStatus.model_validate(wire).wire() == wire

@@ -134,8 +134,30 @@ def _add_run(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
         "--alerts-secret",
         default=constants.ALERTS_SECRET,
         metavar="NAME/KEY",
-        help="Secret (in the operator's namespace) with the receiver's bearer token "
-        "(default: %(default)s)",
+        help="Secret (in the operator's namespace) with the receiver's bearer token, "
+        "read through the API (default: %(default)s)",
+    )
+    p.add_argument(
+        "--alerts-token-file",
+        default=None,
+        metavar="PATH",
+        help="file with the receiver's bearer token (a mounted Secret), read again when it "
+        "changes; instead of --alerts-secret",
+    )
+    p.add_argument(
+        "--alerts-rate",
+        type=_rate,
+        default=constants.ALERTS_RATE,
+        metavar="PER_SECOND",
+        help="requests per second each client of the receiver may send on average; "
+        "0 disables the limit (default: %(default)s)",
+    )
+    p.add_argument(
+        "--alerts-burst",
+        type=_burst,
+        default=constants.ALERTS_BURST,
+        metavar="N",
+        help="requests each client of the receiver may send at once (default: %(default)s)",
     )
     p.add_argument(
         "--bind",
@@ -224,6 +246,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         alerts_port=args.alerts_port,
         alerts_secret=args.alerts_secret,
+        alerts_token_file=args.alerts_token_file,
+        alerts_rate=args.alerts_rate,
+        alerts_burst=args.alerts_burst,
         election=_election(args),
         verbose=args.verbose,
     )
@@ -447,6 +472,26 @@ def _seconds(value: str) -> float:
 
 def _port_or_zero(value: str) -> int:
     return 0 if value.strip() == "0" else _port(value)
+
+
+def _rate(value: str) -> float:
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = -1.0
+    if not 0 <= rate <= 1e6:  # also NaN
+        raise argparse.ArgumentTypeError(f"expected requests per second >= 0, not {value!r}")
+    return rate
+
+
+def _burst(value: str) -> int:
+    try:
+        burst = int(value)
+    except ValueError:
+        burst = 0
+    if not 1 <= burst <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, not {value!r}")
+    return burst
 
 
 def _one_line(error: BaseException) -> str:

@@ -315,14 +315,14 @@ class Elector:
 
     def _explain(self, error: Exception) -> str:
         ns = self.config.namespace
-        if isinstance(error, ApiError) and error.status == 404:
-            if (error.body.get("details") or {}).get("kind") == "namespaces":
-                return (
-                    f"namespace {ns} does not exist, so the Lease cannot be made there:"
-                    " install pitstop (kubectl apply -k manifests/ creates it), choose"
-                    " another with --lease-namespace, or run a single replica with"
-                    " --no-leader-elect; waiting for it"
-                )
+        body = error.body if isinstance(error, ApiError) and error.status == 404 else {}
+        if (body.get("details") or {}).get("kind") == "namespaces":
+            return (
+                f"namespace {ns} does not exist, so the Lease cannot be made there:"
+                " install pitstop (kubectl apply -k manifests/ creates it), choose"
+                " another with --lease-namespace, or run a single replica with"
+                " --no-leader-elect; waiting for it"
+            )
         return f"cannot read or write the Lease {ns}/{self.config.name}: {error}"
 
     async def keep(self, fence: Fence) -> None:

@@ -108,6 +108,35 @@ class Suppression(CamelModel):
     """Unhealthy nodes left without a repair."""
 
 
+class AlertFault(CamelModel):
+    """A firing alert that marks a node of the pool unhealthy. Kept in status, so a
+    restarted or new leader knows it without waiting for Alertmanager's next repeat."""
+
+    node: str
+    """The node the alert names (its alerts.nodeLabel)."""
+    alertname: str
+    starts_at: str
+    """The alert's startsAt, as Alertmanager sent it: with the name, the fault's identity."""
+    ends_at: datetime | None = None
+    """The alert's endsAt, when the sender gave one in the future: the fault ends then."""
+    last_received: datetime
+    """The last firing notice; with none for 3h (Alertmanager repeats every
+    repeat_interval while the alert fires) the fault is dropped."""
+
+
+class PolicyRepair(CamelModel):
+    """A NodeRepair the policy made for a fault that still holds."""
+
+    node: str
+    repair: str
+    """The NodeRepair's name (derived from the node and the fault)."""
+    cause: str
+    """The condition or alert that made the node unhealthy."""
+    declined_until: datetime | None = None
+    """Set once the repair was deleted: no new repair for this fault (the same condition
+    transition or alert episode) before this time."""
+
+
 class RepairPolicyStatus(CamelModel):
     """Observed state of a RepairPolicy, written by the operator."""
 
@@ -125,5 +154,10 @@ class RepairPolicyStatus(CamelModel):
     """Kubernetes-style conditions of the policy."""
     last_repair_time: datetime | None = None
     """When the policy last created a NodeRepair."""
+    alerts: list[AlertFault] = Field(default_factory=list)
+    """Firing alerts that mark nodes of the pool unhealthy, until resolved."""
+    repairs: list[PolicyRepair] = Field(default_factory=list)
+    """The NodeRepairs the policy made for faults that still hold, and which of those
+    were deleted (declined faults)."""
     observed_generation: int | None = Field(None, ge=0)
     """metadata.generation the status was computed from."""

@@ -3,6 +3,8 @@
   arithmetic  pure pool arithmetic: membership, faults and when they are due,
               maxUnhealthy / minAvailable / maxConcurrentRepairs, admission
               (no kopf, no Kubernetes client, no aiohttp)
+  ledger      what a policy keeps in its status for the next leader: firing alerts,
+              the repairs it made, the faults whose repair was deleted (pure too)
   daemon      the kopf daemon of each RepairPolicy, and the admission gate every
               NodeRepair passes (ADMISSION)
   alerts      the Alertmanager receiver (aiohttp), feeding the policy daemons

@@ -1,9 +1,13 @@
 """The Alertmanager receiver: POST /alerts with Alertmanager's webhook payload
-(version 4), authenticated with a bearer token read from a Secret in the
-operator's namespace. Alerts go to the policy daemons' inbox (pitstop.pool.daemon),
-which match them to pools and create NodeRepairs.
+(version 4), authenticated with a bearer token: a file (the Deployment mounts the
+Secret pitstop-alerts there; re-read as soon as it changes, checked on every
+request) or else a Secret in the operator's namespace read through the API (every
+TOKEN_TTL). Alerts go to the policy daemons' inbox (pitstop.pool.daemon), which
+match them to pools and create NodeRepairs.
 
-401 without a valid token, 400 with a clear message for a malformed payload,
+429 with Retry-After for a client (remote address) past its rate (a token bucket
+each, checked before anything else), 401 without a valid token, 400 with a clear
+message for a malformed payload,
 413 for a body over 1 MiB, 408 for a body not received within READ_TIMEOUT; every
 answer of the receiver is a JSON object. A connection that has not sent a whole
 request within IDLE_TIMEOUT is closed (slow clients cannot pile up). Resolved
@@ -15,11 +19,15 @@ import asyncio
 import hmac
 import json
 import logging
+import math
+import os
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 from aiohttp import http_exceptions, web
 
+from pitstop import constants
 from pitstop.cluster.kube import Kube, read_secret
 from pitstop.pool.daemon import ALERTS
 
@@ -33,14 +41,92 @@ IDLE_TIMEOUT = 15.0
 timer, which also runs from the moment a connection opens): then it is closed."""
 SHOWN = 80
 """Characters of a wrong value quoted in an error message."""
+RATE = constants.ALERTS_RATE
+"""Requests per second a client (remote address) may send, on average..."""
+BURST = constants.ALERTS_BURST
+"""... and at once. Alertmanager sends one request per alert group (with
+group_by [alertname, node], one per node) and does not retry a 429, only a 5xx:
+the burst must hold the groups a correlated failure flushes together."""
+MAX_CLIENTS = 4096
+"""Buckets kept before the full ones (clients quiet long enough) are dropped."""
+
+
+class Buckets:
+    """A token bucket per client: `rate` tokens a second up to `burst`; a request
+    takes one. Pure (the clock is passed in)."""
+
+    def __init__(self, rate: float, burst: int, max_clients: int = MAX_CLIENTS):
+        self.rate, self.burst, self.max_clients = rate, burst, max_clients
+        self._buckets: dict[str, tuple[float, float]] = {}
+        """client → (tokens, when counted)"""
+
+    def take(self, client: str, now: float) -> float:
+        """0 if the client may go on now (a token taken), else the seconds until it may."""
+        tokens, then = self._buckets.get(client, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - then) * self.rate)
+        if tokens < 1.0:
+            self._buckets[client] = (tokens, now)
+            return (1.0 - tokens) / self.rate
+        self._buckets[client] = (tokens - 1.0, now)
+        if len(self._buckets) > self.max_clients:
+            self._forget_full(now)
+        return 0.0
+
+    def _forget_full(self, now: float) -> None:
+        """A bucket that has filled up again is the same as none."""
+        for client, (tokens, then) in list(self._buckets.items()):
+            if tokens + (now - then) * self.rate >= self.burst:
+                del self._buckets[client]
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+class TokenFile:
+    """The bearer token in a file (a mounted Secret's key), read again whenever the
+    file changes: the kubelet swaps a new copy in (a new inode) on rotation. One
+    stat per request; a missing or empty file refuses every request."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._seen: tuple[int, int, int, int] | None = None
+        self._token: str | None = None
+
+    def read(self) -> str | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            self._seen, self._token = None, None
+            return None
+        seen = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+        if seen != self._seen:
+            try:
+                with open(self.path, encoding="utf-8", errors="surrogateescape") as f:
+                    self._token = f.read().strip() or None
+            except OSError:
+                self._token = None
+            self._seen = seen
+        return self._token
 
 
 class Receiver:
-    def __init__(self, kube: Kube, secret: str, key: str):
+    def __init__(
+        self,
+        kube: Kube,
+        secret: str,
+        key: str,
+        token_file: str | None = None,
+        rate: float = RATE,
+        burst: int = BURST,
+    ):
         self.kube, self.secret, self.key = kube, secret, key
+        self.token_file = TokenFile(token_file) if token_file else None
+        self.buckets = Buckets(rate, burst) if rate > 0 else None
         self._token: tuple[float, str | None] = (0.0, None)
 
     async def token(self) -> str | None:
+        if self.token_file is not None:
+            return self.token_file.read()
         read_at, token = self._token
         if time.monotonic() - read_at < TOKEN_TTL:
             return token
@@ -52,6 +138,12 @@ class Receiver:
         return token
 
     async def handle(self, request: web.Request) -> web.Response:
+        if self.buckets is not None:
+            wait = self.buckets.take(request.remote or "", time.monotonic())
+            if wait > 0:
+                response = _error(429, f"too many requests from {request.remote}: retry later")
+                response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+                return response
         expected = await self.token()
         given = request.headers.get("Authorization", "")
         # aiohttp keeps header bytes that are not UTF-8 as surrogates: encode them back
@@ -79,14 +171,20 @@ class Receiver:
             alerts = parse(raw)
         except ValueError as e:
             return _error(400, str(e))
-        for name, labels, starts_at, firing in alerts:
-            ALERTS.add(name, labels, starts_at, firing)
+        for name, labels, starts_at, firing, ends_at in alerts:
+            ALERTS.add(name, labels, starts_at, firing, ends_at)
         firing_count = sum(1 for a in alerts if a[3])
         return web.json_response({"accepted": len(alerts), "firing": firing_count})
 
 
-def parse(raw: bytes) -> list[tuple[str, dict[str, str], str, bool]]:
-    """(alertname, labels, startsAt, firing) for each alert of a version-4 payload."""
+Parsed = tuple[str, dict[str, str], str, bool, datetime | None]
+"""(alertname, labels, startsAt, firing, endsAt)"""
+
+
+def parse(raw: bytes) -> list[Parsed]:
+    """(alertname, labels, startsAt, firing, endsAt) for each alert of a version-4
+    payload; endsAt is None when unset (Alertmanager sends year 1 for an alert that
+    still fires) or not a time."""
     try:
         payload = json.loads(raw)
     except ValueError as e:  # also: not UTF-8, or an integer of more than 4300 digits
@@ -117,8 +215,21 @@ def parse(raw: bytes) -> list[tuple[str, dict[str, str], str, bool]]:
         status = alert.get("status")
         if status not in ("firing", "resolved"):
             raise ValueError(f"alerts[{i}].status must be firing or resolved, not {_shown(status)}")
-        found.append((name, labels, str(alert.get("startsAt") or ""), status == "firing"))
+        starts_at = str(alert.get("startsAt") or "")
+        found.append((name, labels, starts_at, status == "firing", _ends_at(alert.get("endsAt"))))
     return found
+
+
+def _ends_at(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.year <= 1:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def _why(exc: Exception) -> str:
@@ -177,10 +288,24 @@ HTTP_LOG = logging.getLogger("pitstop.alerts.http")
 HTTP_LOG.addFilter(_OneLineRefusals())
 
 
-async def serve(kube: Kube, bind: str, port: int, secret: str, key: str) -> web.AppRunner:
-    receiver = Receiver(kube, secret, key)
+def app_of(receiver: Receiver) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors])
     app.router.add_post("/alerts", receiver.handle)
+    return app
+
+
+async def serve(
+    kube: Kube,
+    bind: str,
+    port: int,
+    secret: str,
+    key: str,
+    token_file: str | None = None,
+    rate: float = RATE,
+    burst: int = BURST,
+) -> web.AppRunner:
+    receiver = Receiver(kube, secret, key, token_file, rate, burst)
+    app = app_of(receiver)
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=IDLE_TIMEOUT, logger=HTTP_LOG)
     await runner.setup()
     await web.TCPSite(runner, bind, port).start()

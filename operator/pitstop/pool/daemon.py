@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,13 +22,11 @@ from pitstop import conditions, constants
 from pitstop.cluster.indexes import CAPACITY, POLICIES, nap, one
 from pitstop.cluster.kube import ApiError, Gone, Kube, merge_patch
 from pitstop.models import Phase, RepairPolicySpec, RepairPolicyStatus, Suppression
-from pitstop.pool import arithmetic
+from pitstop.models.repairpolicy import AlertFault
+from pitstop.pool import arithmetic, ledger
 
 C = constants
 RESYNC = 300.0
-ALERT_MEMORY = timedelta(minutes=10)
-"""A node with a firing alert counts as unhealthy this long after the last firing
-notice (Alertmanager repeats them while the alert fires)."""
 
 
 @kopf.index(C.GROUP, C.VERSION, C.REPAIRPOLICY_PLURAL)
@@ -177,28 +174,29 @@ ADMISSION = Admission()
 # --- alerts received by pitstop.pool.alerts, consumed by the policy daemons ---
 
 
-@dataclass(frozen=True)
-class Alert:
-    seq: int
-    name: str
-    labels: Mapping[str, str]
-    starts_at: str
-    firing: bool
-    received: datetime
-
-
 class AlertInbox:
+    """Alerts as the receiver got them, in order, for every policy daemon to take (a
+    daemon that starts takes them all: taking one twice changes nothing)."""
+
     def __init__(self, size: int = 10_000) -> None:
-        self.items: deque[Alert] = deque(maxlen=size)
+        self.items: deque[tuple[int, ledger.Notice]] = deque(maxlen=size)
         self.seq = 0
 
-    def add(self, name: str, labels: Mapping[str, str], starts_at: str, firing: bool) -> None:
+    def add(
+        self,
+        name: str,
+        labels: Mapping[str, str],
+        starts_at: str,
+        firing: bool,
+        ends_at: datetime | None = None,
+    ) -> None:
         self.seq += 1
-        self.items.append(Alert(self.seq, name, dict(labels), starts_at, firing, datetime.now(UTC)))
+        notice = ledger.Notice(name, dict(labels), starts_at, ends_at, firing, datetime.now(UTC))
+        self.items.append((self.seq, notice))
         POLICIES.wake()
 
-    def since(self, seq: int) -> list[Alert]:
-        return [a for a in self.items if a.seq > seq]
+    def since(self, seq: int) -> list[tuple[int, ledger.Notice]]:
+        return [(n, a) for n, a in self.items if n > seq]
 
 
 ALERTS = AlertInbox()
@@ -207,17 +205,35 @@ ALERTS = AlertInbox()
 # --- the policy daemon ---
 
 
+def _rfc3339(when: datetime) -> str:
+    return when.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def _status(body: kopf.Body) -> RepairPolicyStatus:
+    try:
+        return RepairPolicyStatus.model_validate(dict(body.get("status") or {}))
+    except ValidationError:  # the schema admitted it; an older operator's status, say
+        return RepairPolicyStatus()
+
+
 class PolicyDriver:
     def __init__(self, name: str, body: kopf.Body, kube: Kube, logger: kopf.Logger):
         self.name, self.body, self.kube, self.logger = name, body, kube, logger
-        self.seen_alerts = ALERTS.seq if body.get("status") else 0
-        self.alerted: dict[str, tuple[datetime, arithmetic.Fault]] = {}
         self.written: dict[str, Any] | None = None
-        self.posted: set[tuple[str, str]] = set()
-        self.last_repair: datetime | None = None
-        raw = (body.get("status") or {}).get("lastRepairTime")
-        if raw:
-            self.last_repair = datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
+        self.posted: dict[str, dict[str, str]] = {}
+        """node → Event reason → the message last posted about its fault (forgotten
+        when the fault ends, so the next fault of the node is told again)."""
+        old = _status(body)
+        self.last_repair = old.last_repair_time
+        # What an earlier leader (or this daemon before a restart) recorded: a new
+        # leader knows the firing alerts and the repairs made without waiting for them.
+        self.alerted: dict[ledger.AlertKey, AlertFault] = {
+            (a.node, a.alertname): a for a in old.alerts
+        }
+        self.repairs = ledger.Repairs.of(old.repairs)
+        self.storm_told = conditions.is_true(old.conditions, "StormActive")
+        """StormActive is told once per storm (the body may lag behind our own writes)."""
+        self.seen_alerts = 0  # every alert still in the inbox: taking one twice changes nothing
 
     async def step(
         self,
@@ -250,10 +266,19 @@ class PolicyDriver:
             elif due is not None:
                 due_next = due if due_next is None else min(due_next, due)
         self.take_alerts(spec, names, now)
-        for node_name, (_, fault) in self.alerted.items():
+        for node_name, fault in ledger.alert_faults(self.alerted.values()).items():
             faults.setdefault(node_name, fault)
 
         views = repair_views(repairs_index, ADMISSION.admitted | lock_holders(all_nodes))
+        for r in self.repairs.follow(faults, views, now):
+            until = _rfc3339(r.declined_until) if r.declined_until else "?"
+            self.post(
+                "Normal",
+                "NodeRepairDeclined",
+                f"{r.node}: {r.cause}: {r.repair} was deleted; no new repair for this fault"
+                f" until {until} (a new fault of the node is repaired)",
+                r.node,
+            )
         active = [r for r in views if r.node in names and r.active]
         limit = arithmetic.max_unhealthy(spec, len(pool))
         storm = len(faults) > limit
@@ -266,6 +291,10 @@ class PolicyDriver:
                 not r.dry_run and (r.active or r.waiting) for r in mine
             ):
                 continue  # this fault has its repair, or the node is being repaired anyway
+            declined = self.repairs.declined(repair, now)
+            if declined is not None:
+                due_next = declined if due_next is None else min(due_next, declined)
+                continue  # a person deleted its repair (told by NodeRepairDeclined)
             if node_name in conflicts:
                 suppressed.append(node_name)
                 reason, message = "PoolConflict", f"{node_name} is in several pools"
@@ -287,6 +316,11 @@ class PolicyDriver:
             cause = faults[node_name].cause
             self.post("Warning", "UnhealthyNodeDetected", f"{node_name}: {cause}", node_name)
             self.post("Warning", "NodeRepairSuppressed", f"{node_name}: {message}", node_name)
+        for node_name in [n for n in self.posted if n not in faults]:
+            del self.posted[node_name]  # its fault ended: its next one is told again
+        alert_due = ledger.next_alert_change(self.alerted.values())
+        if alert_due is not None:
+            due_next = alert_due if due_next is None else min(due_next, alert_due)
 
         status = RepairPolicyStatus(
             nodes=len(pool),
@@ -297,17 +331,20 @@ class PolicyDriver:
                 active=bool(suppressed), reason=reason, message=message, nodes=suppressed
             ),
             last_repair_time=self.last_repair,
+            alerts=sorted(self.alerted.values(), key=lambda a: (a.node, a.alertname)),
+            repairs=self.repairs.records(),
             observed_generation=self.body.get("metadata", {}).get("generation"),
         )
-        old = RepairPolicyStatus.model_validate(dict(self.body.get("status") or {}))
+        old = _status(self.body)
         status.conditions = old.conditions
         gen = status.observed_generation
         storm_message = (
             f"{len(faults)} of {len(pool)} nodes unhealthy; maxUnhealthy {spec.max_unhealthy}"
             f" allows {limit}" + (": no new automatic repairs" if storm else "")
         )
-        if storm and not conditions.is_true(old.conditions, "StormActive"):
-            self.post("Warning", "StormActive", storm_message, None)
+        if storm and not self.storm_told:
+            kopf.event(self.body, type="Warning", reason="StormActive", message=storm_message)
+        self.storm_told = storm
         status.conditions = conditions.set_condition(
             status.conditions,
             "StormActive",
@@ -331,24 +368,10 @@ class PolicyDriver:
         return due_next
 
     def take_alerts(self, spec: RepairPolicySpec, pool: set[str], now: datetime) -> None:
-        for alert in ALERTS.since(self.seen_alerts):
-            self.seen_alerts = alert.seq
-            if spec.alerts is None or alert.name not in spec.alerts.names:
-                continue
-            node = alert.labels.get(spec.alerts.node_label)
-            if node not in pool or node is None:
-                continue
-            if not alert.firing:
-                self.alerted.pop(node, None)  # resolved: no new repair; a running one goes on
-                continue
-            key = f"alert-{alert.name}/{alert.starts_at}"
-            self.alerted[node] = (
-                alert.received,
-                arithmetic.Fault(node, f"alert {alert.name}", key),
-            )
-        for node, (when, _) in list(self.alerted.items()):
-            if now - when > ALERT_MEMORY:
-                del self.alerted[node]
+        for seq, notice in ALERTS.since(self.seen_alerts):
+            self.seen_alerts = seq
+            ledger.take_alert(self.alerted, spec, pool, notice)
+        ledger.live_alerts(self.alerted, spec, pool, now)
 
     async def create(
         self, spec: RepairPolicySpec, node: str, name: str, fault: arithmetic.Fault, now: datetime
@@ -367,16 +390,21 @@ class PolicyDriver:
             )
         except ApiError as e:
             if e.status == 409:
-                return  # made before (e.g. by this policy before a restart): the same fault
+                # Made before (e.g. by this policy before a restart): the same fault.
+                self.repairs.made_one(fault, name, now)
+                return
             self.post("Warning", "NodeRepairCreateFailed", f"{node}: {e.message}", node)
             return
+        self.repairs.made_one(fault, name, now)
         self.last_repair = now
         self.post("Normal", "NodeRepairCreated", f"{name} for {node}: {fault.cause}", node)
 
-    def post(self, type_: str, reason: str, message: str, node: str | None) -> None:
-        if (reason, message) in self.posted:
+    def post(self, type_: str, reason: str, message: str, node: str) -> None:
+        """An Event about a node's fault, unless the same was told about it last."""
+        told = self.posted.setdefault(node, {})
+        if told.get(reason) == message:
             return
-        self.posted.add((reason, message))
+        told[reason] = message
         kopf.event(self.body, type=type_, reason=reason, message=message)
 
     async def write_status(self, status: RepairPolicyStatus) -> None:
