@@ -9,6 +9,8 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from pitstop import constants as C
 from pitstop.conditions import set_condition
 from pitstop.models import InstanceCounts, NodeRepairStatus, Phase
@@ -108,4 +110,21 @@ def test_a_wait_is_one_event_whatever_its_message_and_only_the_story_goes_on_the
         ("NodeRepair", "TaskTimeout", "b"),
         ("NodeRepair", "Cordoned", "Node cordoned"),
         ("Node", "Cordoned", "r1: Node cordoned"),
+    ]
+
+
+def test_every_posted_event_is_a_log_line_too(
+    monkeypatch: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`kubectl logs` said nothing at INFO of a repair cordoning or waiting."""
+    monkeypatch.setattr("pitstop.repair.report.kopf.event", lambda *a, **kw: None)
+    body = {"kind": "NodeRepair", "spec": {"nodeName": "n1"}}
+    report = Report("r1", body, FakeKube(), logging.getLogger())  # type: ignore[arg-type]
+    with caplog.at_level(logging.INFO, logger="pitstop"):
+        report.post([Event("Normal", "Cordoned", "Node cordoned and tainted")], None)
+        report.post([Event("Warning", "TaskTimeout", "2 tasks in flight")], None)
+        report.post([Event("Normal", "Cordoned", "Node cordoned and tainted")], None)  # told
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("INFO", "NodeRepair r1: Cordoned: Node cordoned and tainted"),
+        ("WARNING", "NodeRepair r1: TaskTimeout: 2 tasks in flight"),
     ]

@@ -18,7 +18,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from pitstop import conditions, constants
+from pitstop import conditions, constants, logs
 from pitstop.cluster.indexes import CAPACITY, POLICIES, nap, one
 from pitstop.cluster.kube import ApiError, Gone, Kube, merge_patch
 from pitstop.models import Phase, RepairPolicySpec, RepairPolicyStatus, Suppression
@@ -406,6 +406,7 @@ class PolicyDriver:
             return
         told[reason] = message
         kopf.event(self.body, type=type_, reason=reason, message=message)
+        logs.event("RepairPolicy", self.name, type_, reason, message)
 
     async def write_status(self, status: RepairPolicyStatus) -> None:
         wire = status.wire()

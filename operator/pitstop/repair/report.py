@@ -11,7 +11,7 @@ from typing import Any, cast
 
 import kopf
 
-from pitstop import constants, metrics
+from pitstop import constants, logs, metrics
 from pitstop.cluster.kube import ApiError, Gone, merge_patch
 from pitstop.models import (
     NodeRepairStatus,
@@ -79,6 +79,7 @@ class Report(DriverState):
                 continue
             self.posted.add(key)
             kopf.event(self.body, type=e.type, reason=e.reason, message=e.message)
+            logs.event("NodeRepair", self.name, e.type, e.reason, e.message)
             if e.on_node and node is not None:
                 kopf.event(
                     cast(kopf.Body, node),
