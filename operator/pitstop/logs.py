@@ -1,7 +1,7 @@
 """What the operator's log says of what it does: every Event it posts is also a
 log line (INFO for Normal, WARNING for Warning), so `kubectl logs` tells the same
 story as `kubectl get events`: a fault detected, a repair created, admitted,
-cordoned, ... kopf's own posting of log lines as Events is off (main.py), so
+cordoned, ... kopf's own posting of log lines as Events is off (handlers.py), so
 nothing is told twice."""
 
 from __future__ import annotations

@@ -87,10 +87,10 @@ class QuietWatchers(logging.Filter):
 def run(options: RunOptions) -> None:
     """Run until SIGTERM/SIGINT; raises OSError if a port cannot be bound."""
     kopf.configure(verbose=options.verbose)
-    main = main_module()
-    kopf_startup.install(main.indexes.WATCH_SLIMMERS)  # before kopf starts its watches
+    handlers = handlers_module()
+    kopf_startup.install(handlers.indexes.WATCH_SLIMMERS)  # before kopf starts its watches
     if not options.verbose:
-        logging.getLogger("kopf.objects").addFilter(QuietWatchers(main.WATCH_HANDLERS))
+        logging.getLogger("kopf.objects").addFilter(QuietWatchers(handlers.WATCH_HANDLERS))
 
     try:
         server = metrics.serve(options.metrics_port, addr=options.bind)
@@ -104,15 +104,15 @@ def run(options: RunOptions) -> None:
         f"credentials from the {options.source.describe()}.",
     )
     try:
-        asyncio.run(_run(options, main))
+        asyncio.run(_run(options, handlers))
     finally:
         metrics.UP.set(0)
         metrics.LEADER.set(0)
         server.close()
 
 
-async def _run(options: RunOptions, main: Any) -> None:
-    memo = kopf.Memo({main.MEMO_KUBE_SOURCE: options.source, main.MEMO_OPTIONS: options})
+async def _run(options: RunOptions, handlers: Any) -> None:
+    memo = kopf.Memo({handlers.MEMO_KUBE_SOURCE: options.source, handlers.MEMO_OPTIONS: options})
     election = options.election
     pod = OwnPod.from_env(os.environ)
     kube = Kube(
@@ -129,7 +129,7 @@ async def _run(options: RunOptions, main: Any) -> None:
         return
 
     stop = asyncio.Event()
-    memo[main.MEMO_STOP] = stop
+    memo[handlers.MEMO_STOP] = stop
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -241,8 +241,8 @@ class _Standby:
             await runner.cleanup()
 
 
-def main_module() -> Any:
-    """pitstop.main; importing it registers the handlers in kopf's default registry."""
-    from pitstop import main
+def handlers_module() -> Any:
+    """pitstop.handlers; importing it registers them in kopf's default registry."""
+    from pitstop import handlers
 
-    return main
+    return handlers

@@ -5,7 +5,7 @@ One source for the whole process: an explicit kubeconfig (`--kubeconfig`), else
 `~/.kube/config`. kopf's own login fallbacks try in-cluster first and read
 `$KUBECONFIG` only as the official client saw it at import time, so an explicit
 path would be ignored inside a pod; pitstop therefore registers its own login
-handler (pitstop.main) that calls `connection_info()` with the chosen source.
+handler (pitstop.handlers) that calls `connection_info()` with the chosen source.
 """
 
 from __future__ import annotations

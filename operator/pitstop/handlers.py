@@ -148,7 +148,7 @@ async def mark_down(memo: kopf.Memo, **_: Any) -> None:
 
 def _source(memo: kopf.Memo) -> KubeSource:
     source = memo.get(MEMO_KUBE_SOURCE)
-    if not isinstance(source, KubeSource):  # e.g. started with `kopf run -m pitstop.main`
+    if not isinstance(source, KubeSource):  # e.g. started with `kopf run -m pitstop.handlers`
         source = resolve_source(None, os.environ)
     return source
 
