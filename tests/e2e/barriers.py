@@ -21,7 +21,7 @@ import uuid
 
 from tests.e2e.kube import Cluster, wait_until
 from tests.e2e.operator import Operator
-from tests.e2e.repairs import GROUP, PLURAL, VERSION
+from tests.e2e.repairs import GROUP, PLURAL, VERSION, Repairs
 
 POKE = "e2e.pitstop.dev/poke"
 
@@ -49,3 +49,23 @@ def decided_again(cluster: Cluster, operator: Operator, repair: str) -> None:
             return passes(operator, repair) >= target
 
         wait_until(f"{repair}: pass {target - start} after the barrier", reached, timeout=30)
+
+
+def saw_itself(cluster: Cluster, operator: Operator, repairs: Repairs, repair: str) -> None:
+    """`decided_again` for a change of the NodeRepair itself (an annotation), which no
+    status reflects: bumping its generation (spec.reason, free text) after the change
+    and waiting for a condition observed at that generation proves a pass read the
+    object as it is now, change included (one object's events arrive in order). Only
+    for a repair that holds its node: those passes set their conditions each time."""
+    reason = repairs.get(repair)["spec"].get("reason") or ""
+    bumped = cluster.custom.patch_cluster_custom_object(
+        GROUP, VERSION, PLURAL, repair, {"spec": {"reason": f"{reason}."}}
+    )
+    generation = bumped["metadata"]["generation"]
+
+    def observed() -> bool:
+        conditions = repairs.status(repair).get("conditions") or []
+        return any(c.get("observedGeneration") == generation for c in conditions)
+
+    wait_until(f"{repair}: a pass at generation {generation}", observed, timeout=30)
+    decided_again(cluster, operator, repair)

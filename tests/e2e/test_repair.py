@@ -21,7 +21,7 @@ import pytest
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from tests.e2e.barriers import decided_again
+from tests.e2e.barriers import decided_again, saw_itself
 from tests.e2e.helpers import cond, make_pool, repair_events, wait_event
 from tests.e2e.kube import Cluster, wait_until
 from tests.e2e.operator import Operator
@@ -366,7 +366,7 @@ def test_manual_repair_times_out(cluster: Cluster, pool: Any, repairs: Repairs) 
 
 
 def test_mark_before_repairing_counts_once_repairing(
-    cluster: Cluster, namespace: str, pool: Any, repairs: Repairs
+    cluster: Cluster, namespace: str, pool: Any, repairs: Repairs, running_operator: Operator
 ) -> None:
     """A human who marks the repair done early (during the drain) is heard once the
     node may be touched; the drain is not skipped."""
@@ -381,7 +381,7 @@ def test_mark_before_repairing_counts_once_repairing(
     name = repairs.create(node, repair=MANUAL, verify=VERIFY | {"conditions": []})
     repairs.wait_phase(name, "WaitingForTasks", timeout=30)
     mark(cluster, name, "true")
-    time.sleep(1.5)
+    saw_itself(cluster, running_operator, repairs, name)
     assert repairs.phase(name) == "WaitingForTasks"
     cluster.core.patch_namespaced_pod(
         busy, namespace, {"metadata": {"annotations": {"pitstop.dev/inflight-tasks": "0"}}}
