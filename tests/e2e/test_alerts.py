@@ -79,13 +79,15 @@ def test_firing_alert_makes_a_repair_and_resolving_it_does_not_stop_it(
     assert ALERT in repair["spec"]["reason"], repair["spec"]["reason"]
     assert not repairs_for(cluster, [p.names[1]])
     wait_repair_phase(cluster, name, "Repairing", timeout=30)
+    policies.wait_status(rp, "1 unhealthy", lambda s: s.get("unhealthyNodes") == 1)
 
-    # Resolved: no new repair, and the running one goes on.
+    # Resolved: no new repair, and the running one goes on (once the policy's pass
+    # that took the resolution has written its status, after anything it did).
     reply = post(
         running_operator.alerts_port, payload(alert(ALERT, node, "resolved")), alerts_token
     )
     assert reply.status == 200 and reply.body == {"accepted": 1, "firing": 0}, reply
-    time.sleep(2)
+    policies.wait_status(rp, "0 unhealthy", lambda s: s.get("unhealthyNodes") == 0)
     current = get_repair(cluster, name)
     assert current["metadata"].get("deletionTimestamp") is None
     assert current["status"]["phase"] == "Repairing", current["status"]
