@@ -120,3 +120,9 @@ ORPHANED_LOCKS = Counter(
     "Node locks released because their NodeRepair was gone (deleted without its finalizer).",
     registry=REGISTRY,
 )
+PASSES = Counter(
+    "pitstop_repair_passes",
+    "Passes of a NodeRepair's driver that decided its next step, by repair (while it exists).",
+    ["repair"],
+    registry=REGISTRY,
+)

@@ -508,8 +508,9 @@ def test_slowloris(running_operator: Operator, alerts_token: str) -> None:
         f" longest-lived slow connection by kind: "
         + ", ".join(f"{k} {v:.1f} s" for k, v in lived.items())
     )
+    # Every answer within the bound any answer has (the median is printed above: a
+    # figure of the machine's load, not a property of the receiver).
     assert max(latencies) < ANSWER_WITHIN, latencies
-    assert statistics.median(latencies) < 1.0, latencies
     assert lived["headers"] <= receiver.IDLE_TIMEOUT + 5, lived
     assert lived["body"] <= receiver.READ_TIMEOUT + LINGER + 5, lived
     assert lived["body-no-token"] <= LINGER + 5, lived

@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 from kubernetes import client, watch
 
+from tests.e2e.barriers import decided_again
 from tests.e2e.faas import FaasRuntime
 from tests.e2e.kube import Cluster, Pool, wait_until
+from tests.e2e.operator import Operator
 from tests.e2e.repairs import Repairs, node_markers
 from tests.e2e.workloads import (
     deployment,
@@ -111,7 +113,7 @@ def test_judge_catches_kubectl_drain_killing_tasks(
 
 
 def test_tasks_in_flight_hold_eviction_until_they_finish(
-    cluster: Cluster, namespace: str, pool: Any, repairs: Repairs
+    cluster: Cluster, namespace: str, pool: Any, repairs: Repairs, running_operator: Operator
 ) -> None:
     """Invariant 1: with a long task in flight, nothing is evicted until it is done."""
     p: Pool = pool(2)
@@ -123,8 +125,8 @@ def test_tasks_in_flight_hold_eviction_until_they_finish(
     )
     name = repairs.create(p.names[0])
     status = repairs.wait_phase(name, "WaitingForTasks")
-    assert status["instances"]["inflightTasks"] == 2
-    time.sleep(2)
+    assert status["instances"]["inflightTasks"] == 2  # the operator has seen the task
+    decided_again(cluster, running_operator, name)
     assert repairs.phase(name) == "WaitingForTasks"
     still = {
         x.metadata.name

@@ -19,6 +19,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from tests.e2e.barriers import decided_again
 from tests.e2e.helpers import (
     cond,
     log_since,
@@ -170,7 +171,7 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 def test_pdb_blocks_eviction_until_relaxed(
-    cluster: Cluster, namespace: str, pool: Any, repairs: Repairs
+    cluster: Cluster, namespace: str, pool: Any, repairs: Repairs, running_operator: Operator
 ) -> None:
     p = make_pool(cluster, pool)
     node = p.names[0]
@@ -188,7 +189,7 @@ def test_pdb_blocks_eviction_until_relaxed(
     assert any(f"{namespace}/keep-all" in (e.message or "") for e in blocked), [
         e.message for e in blocked
     ]
-    time.sleep(2)
+    decided_again(cluster, running_operator, name)  # with the refusal in view
     assert repairs.phase(name) == "Evicting"
     assert {x.metadata.name for x in live(node_pods(cluster, namespace, node))} == {
         x.metadata.name for x in running
@@ -425,7 +426,12 @@ def denied(cluster: Cluster, ns: str, what: str, probe: Callable[[], None]) -> I
 
 @pytest.mark.parametrize("what", ["drain-signal", "deregistration"])
 def test_transient_api_error_on_an_instance_write_is_retried(
-    cluster: Cluster, namespace: str, pool: Any, repairs: Repairs, what: str
+    cluster: Cluster,
+    namespace: str,
+    pool: Any,
+    repairs: Repairs,
+    running_operator: Operator,
+    what: str,
 ) -> None:
     """A refused write (drain signal, deregistration) is retried once the API takes
     it again: the repair finishes without an operator restart."""
@@ -455,7 +461,7 @@ def test_transient_api_error_on_an_instance_write_is_retried(
         name = repairs.create(node)
         held = "WaitingForTasks" if what == "drain-signal" else "Deregistering"
         repairs.wait_phase(name, held, timeout=20)
-        time.sleep(2)
+        decided_again(cluster, running_operator, name)  # its writes refused meanwhile
         assert repairs.phase(name) == held, "refused writes hold the repair"
         assert all(
             x.metadata.deletion_timestamp is None for x in node_pods(cluster, namespace, node)
@@ -468,7 +474,7 @@ def test_transient_api_error_on_an_instance_write_is_retried(
 
 
 def test_second_repair_waits_for_busy_node_then_takes_over(
-    cluster: Cluster, namespace: str, pool: Any, repairs: Repairs
+    cluster: Cluster, namespace: str, pool: Any, repairs: Repairs, running_operator: Operator
 ) -> None:
     p = make_pool(cluster, pool)
     node = p.names[0]
@@ -483,7 +489,7 @@ def test_second_repair_waits_for_busy_node_then_takes_over(
         lambda: "NodeBusy" in (repairs.status(second).get("message") or ""),
         timeout=15,
     )
-    time.sleep(1)
+    decided_again(cluster, running_operator, second)
     status = repairs.status(second)
     assert status.get("phase") in (None, "Pending"), status
     assert first in status["message"], status["message"]
@@ -519,7 +525,7 @@ def test_missing_node_fails_fast(
 
 
 def test_invalid_task_count_is_reported_and_treated_busy(
-    cluster: Cluster, namespace: str, pool: Any, repairs: Repairs
+    cluster: Cluster, namespace: str, pool: Any, repairs: Repairs, running_operator: Operator
 ) -> None:
     p = make_pool(cluster, pool)
     busy, _ = busy_node(cluster, namespace, p, tasks="lots")
@@ -532,7 +538,7 @@ def test_invalid_task_count_is_reported_and_treated_busy(
         lambda: (repairs.status(name).get("instances") or {}).get("invalidTaskCounts") == 1,
         timeout=10,
     )
-    time.sleep(1.5)
+    decided_again(cluster, running_operator, name)
     assert repairs.phase(name) == "WaitingForTasks"
     on_node = node_pods(cluster, namespace, p.names[0])
     assert len(on_node) == 2 and live(on_node) == on_node, "nothing evicted"
@@ -577,7 +583,7 @@ def test_sync_pod_without_serving_gate(
 
 
 def test_dry_run_reports_the_plan_and_changes_nothing(
-    cluster: Cluster, namespace: str, pool: Any, repairs: Repairs
+    cluster: Cluster, namespace: str, pool: Any, repairs: Repairs, running_operator: Operator
 ) -> None:
     p = make_pool(cluster, pool)
     node = p.names[0]
@@ -610,7 +616,7 @@ def test_dry_run_reports_the_plan_and_changes_nothing(
     assert status.get("phase") in (None, "Pending"), status
     assert status["message"].startswith("Dry run"), status["message"]
 
-    time.sleep(2)
+    decided_again(cluster, running_operator, name)
     status = repairs.status(name)
     assert status.get("phase") in (None, "Pending"), status
     assert not status.get("conditions"), status
@@ -667,7 +673,12 @@ def test_routing_that_ignores_the_gate_is_left_after_each_pods_own_wait(
 
 @pytest.mark.parametrize("phase", ["Deregistering", "WaitingForTasks", "Evicting", "Repairing"])
 def test_abort_gives_the_node_back(
-    cluster: Cluster, namespace: str, pool: Any, repairs: Repairs, phase: str
+    cluster: Cluster,
+    namespace: str,
+    pool: Any,
+    repairs: Repairs,
+    running_operator: Operator,
+    phase: str,
 ) -> None:
     """Deleting a repair in any phase undoes it: phase Aborted while the finalizer
     runs, then the node is uncordoned, untainted, unlocked, and the instances still
@@ -692,7 +703,7 @@ def test_abort_gives_the_node_back(
     repairs.wait_phase(name, phase, timeout=30)
     if phase == "Evicting":
         wait_condition(repairs, name, "InstancesOffline", "EvictionBlocked")
-    time.sleep(0.5)
+    decided_again(cluster, running_operator, name)
     assert repairs.phase(name) == phase, "the repair is held in the phase under test"
     assert node_markers(cluster, node) == {"unschedulable": True, "taint": True, "lock": name}
     if phase != "Repairing":

@@ -195,7 +195,9 @@ def test_sigterm_releases_the_lease_and_the_standby_leads_at_once(
     took_over = time.monotonic() - signalled
     assert a.proc.wait(timeout=30) == 0
     print(f"\nstandby leading {took_over:.2f} s after SIGTERM to the leader")
-    assert took_over <= 3
+    # Sooner than the Lease could have expired: it was released (as the log says
+    # below). How much sooner is a figure of the machine's load, not a property.
+    assert took_over < LEASE_DURATION
     assert lease_holder(cluster) == b.identity
     assert "Released the Lease" in a.log_text()
 

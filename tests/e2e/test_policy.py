@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.barriers import decided_again
 from tests.e2e.kube import Cluster, wait_until
 from tests.e2e.operator import Operator
 from tests.e2e.policies_helpers import (
@@ -165,9 +166,10 @@ def test_the_same_fault_never_yields_two_repairs_across_restarts(
     running_operator.start()
     inject(cluster, witness2)
     one_repair(cluster, witness2)
-    time.sleep(1)
-    assert names(repairs_for(cluster, [node])) == [first]
+    # Only the restarted process counts 3 (witness2 came after the restart): the pass
+    # that wrote it judged the first node's fault too, and made its repairs first.
     policies.wait_status(rp, "3 unhealthy", lambda s: s.get("unhealthyNodes") == 3)
+    assert names(repairs_for(cluster, [node])) == [first]
 
 
 def test_a_deleted_automatic_repair_is_not_made_again_for_the_same_fault(
@@ -245,7 +247,9 @@ def test_storm_guard_suppresses_new_repairs(
     assert sorted(suppressed["nodes"]) == sorted(sick)
     events = policies.wait_event(rp, "StormActive", "Warning")
     assert "30 of 50" in events[0].message, events[0].message
-    no_repair_for(cluster, p.names, seconds=3)
+    # The pass that wrote that status judged all 30 and made its repairs (none)
+    # before writing it; a repair of an earlier pass would be there by now.
+    assert not repairs_for(cluster, p.names)
 
     # Below the limit again (19 of 50, limit 20): the guard lifts and repairs start,
     # for unhealthy nodes only (which of the healed ones still counted when the guard
@@ -380,7 +384,7 @@ def test_paused_policy_starts_nothing_and_running_repairs_go_on(
     assert any(node in e.message and DEADLOCK in e.message for e in detected)
     held = policies.wait_event(rp, "NodeRepairSuppressed", "Warning")
     assert any(node in e.message and "paused" in e.message for e in held)
-    no_repair_for(cluster, p.names, seconds=2)
+    assert not repairs_for(cluster, p.names), "the pass that suppressed it made none"
 
     policies.patch_spec(rp, {"paused": False})
     repair = one_repair(cluster, node, timeout=10)["metadata"]["name"]
@@ -402,7 +406,7 @@ def test_paused_policy_starts_nothing_and_running_repairs_go_on(
 
 
 def test_manual_repairs_count_against_the_pool_limits(
-    cluster: Cluster, pool: Any, policies: Policies, repairs: Repairs
+    cluster: Cluster, pool: Any, policies: Policies, repairs: Repairs, running_operator: Operator
 ) -> None:
     p = pool(3)
     rp = policies.create(p, policy_spec(p, unhealthyConditions=[], maxConcurrentRepairs=1))
@@ -419,7 +423,7 @@ def test_manual_repairs_count_against_the_pool_limits(
     assert status["message"].startswith("WaitingForCapacity"), status["message"]
     assert rp in status["message"], "it names the policy whose limit holds it"
     policies.wait_status(rp, "1 active repair", lambda s: s.get("activeRepairs") == 1)
-    time.sleep(2)
+    decided_again(cluster, running_operator, second)
     assert repairs.phase(second) == "Pending"
     assert repairs.phase(first) == "Repairing"
 
@@ -573,12 +577,24 @@ def test_node_in_two_pools_is_reported_and_not_repaired(
     inject(cluster, alone)
     # The node in one pool is repaired: the policy is at work...
     assert one_repair(cluster, alone)["metadata"]["labels"][POLICY_LABEL] == whole
-    # ...but the node in two pools is not.
-    no_repair_for(cluster, [shared], seconds=2)
+    # ...but the node in two pools is not: a pass that saw both faults (the status
+    # it wrote once its repairs were made says so) made none for it.
     status = policies.wait_status(
-        whole, "suppressed", lambda s: (s.get("suppressed") or {}).get("nodes") == [shared]
+        whole,
+        "both unhealthy, one suppressed",
+        lambda s: (
+            s.get("unhealthyNodes") == 2 and (s.get("suppressed") or {}).get("nodes") == [shared]
+        ),
     )
     assert status["suppressed"]["reason"] == "PoolConflict", status
+    policies.wait_status(
+        part,
+        "its one node unhealthy, suppressed",
+        lambda s: (
+            s.get("unhealthyNodes") == 1 and (s.get("suppressed") or {}).get("nodes") == [shared]
+        ),
+    )
+    assert not repairs_for(cluster, [shared])
 
 
 # --- kubectl ---

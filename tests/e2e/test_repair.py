@@ -21,6 +21,7 @@ import pytest
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
+from tests.e2e.barriers import decided_again, saw_itself
 from tests.e2e.helpers import cond, make_pool, repair_events, wait_event
 from tests.e2e.kube import Cluster, wait_until
 from tests.e2e.operator import Operator
@@ -263,7 +264,7 @@ class Agent:
 
 
 def test_manual_repair_succeeds_and_the_node_takes_pods_again(
-    cluster: Cluster, namespace: str, pool: Any, repairs: Repairs
+    cluster: Cluster, namespace: str, pool: Any, repairs: Repairs, running_operator: Operator
 ) -> None:
     p = make_pool(cluster, pool)
     node = p.names[0]
@@ -279,7 +280,7 @@ def test_manual_repair_succeeds_and_the_node_takes_pods_again(
         assert cond(status, "Repaired")["status"] == "False"
         assert status["repair"]["attempts"] == 1
         assert REPAIRED in status["message"], "a Manual repair says how to finish it"
-        time.sleep(2)
+        decided_again(cluster, running_operator, name)
         assert repairs.phase(name) == "Repairing", "a Manual repair waits for the human"
         assert node_markers(cluster, node) == held(name)
         # The evicted pods wait (the pool's only node is cordoned).
@@ -365,7 +366,7 @@ def test_manual_repair_times_out(cluster: Cluster, pool: Any, repairs: Repairs) 
 
 
 def test_mark_before_repairing_counts_once_repairing(
-    cluster: Cluster, namespace: str, pool: Any, repairs: Repairs
+    cluster: Cluster, namespace: str, pool: Any, repairs: Repairs, running_operator: Operator
 ) -> None:
     """A human who marks the repair done early (during the drain) is heard once the
     node may be touched; the drain is not skipped."""
@@ -380,7 +381,7 @@ def test_mark_before_repairing_counts_once_repairing(
     name = repairs.create(node, repair=MANUAL, verify=VERIFY | {"conditions": []})
     repairs.wait_phase(name, "WaitingForTasks", timeout=30)
     mark(cluster, name, "true")
-    time.sleep(1.5)
+    saw_itself(cluster, running_operator, repairs, name)
     assert repairs.phase(name) == "WaitingForTasks"
     cluster.core.patch_namespaced_pod(
         busy, namespace, {"metadata": {"annotations": {"pitstop.dev/inflight-tasks": "0"}}}
@@ -545,8 +546,7 @@ def test_new_repair_takes_over_from_a_failed_one(
     status = repairs.wait_phase(second, "Succeeded", "Failed", timeout=20)
     assert status["phase"] == "Succeeded", status
     assert node_markers(cluster, node) == RELEASED, "schedulable, as before the first repair"
-    repairs.delete(first)
-    time.sleep(0.5)
+    repairs.delete(first)  # returns once it is gone: its deletion handler has run
     assert node_markers(cluster, node) == RELEASED
 
 
@@ -637,14 +637,16 @@ def test_deleting_a_repair_with_a_running_job(
     wait_until("node released", lambda: node_markers(cluster, node) == RELEASED, timeout=5)
 
 
-def test_deleting_a_repair_while_verifying(cluster: Cluster, pool: Any, repairs: Repairs) -> None:
+def test_deleting_a_repair_while_verifying(
+    cluster: Cluster, pool: Any, repairs: Repairs, running_operator: Operator
+) -> None:
     node = make_pool(cluster, pool).names[0]
     inject(cluster, node)
     name = repairs.create(node, repair=MANUAL, verify=VERIFY | {"timeoutSeconds": 60})
     repairs.wait_phase(name, "Repairing", timeout=30)
     mark(cluster, name, "true")  # but the node is still faulty: it stays Verifying
     repairs.wait_phase(name, "Verifying", timeout=10)
-    time.sleep(1)
+    decided_again(cluster, running_operator, name)
     assert repairs.phase(name) == "Verifying"
     assert node_markers(cluster, node) == held(name)
     repairs.delete(name, timeout=30)

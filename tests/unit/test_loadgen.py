@@ -202,9 +202,9 @@ def test_open_loop_rate_stops_at_its_duration(functions: Start) -> None:
     a = functions("fn-a")
     ready = ReadySet()
     ready.set_endpoints([a.endpoint])
-    began = time.monotonic()
     s = run_load(ready, rate=50, count=10_000, duration=1.0, ms=(10, 10))
-    assert time.monotonic() - began < 5
+    # At most a second's worth of the 10,000 asked for: it stopped at its duration
+    # (how long the run took on this machine is not what is tested).
     assert 30 <= s.sent <= 55 and s.clean, s.text()
 
 

@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 
 from pitstop import constants as C
+from pitstop import metrics
 from pitstop.conditions import set_condition
 from pitstop.models import InstanceCounts, NodeRepairStatus, Phase
 from pitstop.repair.flow import Event
-from pitstop.repair.report import STATUS_COALESCE, WAITING_COALESCE, Report
+from pitstop.repair.report import STATUS_COALESCE, WAITING_COALESCE, Report, record_phase
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -128,3 +129,22 @@ def test_every_posted_event_is_a_log_line_too(
         ("INFO", "NodeRepair r1: Cordoned: Node cordoned and tainted"),
         ("WARNING", "NodeRepair r1: TaskTimeout: 2 tasks in flight"),
     ]
+
+
+def passes(repair: str) -> float | None:
+    return metrics.REGISTRY.get_sample_value("pitstop_repair_passes_total", {"repair": repair})
+
+
+def test_every_decided_pass_is_counted_also_one_that_writes_nothing() -> None:
+    """The barrier of tests that assert that nothing happened: a pass counted after a
+    change decided with the change in view."""
+    kube = FakeKube()
+    report = Report("r-passes", {"spec": {"nodeName": "n1"}}, kube, logging.getLogger())  # type: ignore[arg-type]
+    for i in range(3):
+        asyncio.run(report.write_status(evicting(20), NOW + STATUS_COALESCE * i, None))
+    assert len(kube.patches) == 1, "one write"
+    assert passes("r-passes") == 3, "three passes"
+    record_phase("r-passes", Phase.EVICTING)
+    assert passes("r-passes") == 3
+    record_phase("r-passes", None)
+    assert passes("r-passes") is None, "a repair gone takes its series along"

@@ -107,10 +107,17 @@ def fault_of(
         status, since = node.conditions.get(uc.type, (None, None))
         if status != uc.status.value:
             continue
-        since = since or now
-        due = since + timedelta(seconds=parse_duration(uc.duration))
+        duration = timedelta(seconds=parse_duration(uc.duration))
+        cause = f"{uc.type}={uc.status.value} for {uc.duration}"
+        if since is None:
+            # No lastTransitionTime (the API allows it): how long it has held is unknown,
+            # so only a 0s rule acts, and the episode's key must not move with `now`
+            # (a key that did would make a new repair name on every pass).
+            if not duration:
+                return Fault(node.name, cause, f"{uc.type}/{uc.status.value}/unknown"), None
+            continue
+        due = since + duration
         if now >= due:
-            cause = f"{uc.type}={uc.status.value} for {uc.duration}"
             return Fault(node.name, cause, f"{uc.type}/{uc.status.value}/{since.isoformat()}"), None
         due_next = due if due_next is None else min(due_next, due)
     return None, due_next

@@ -44,6 +44,7 @@ class Report(DriverState):
         wake_at: datetime | None,
         passed: Sequence[Phase] = (),
     ) -> datetime | None:
+        metrics.PASSES.labels(self.name).inc()  # every decided pass reports here, once
         wire = status.wire()
         if wire == self.written:
             return wake_at
@@ -109,6 +110,8 @@ def record_phase(repair: str, phase: Phase | None) -> None:
     """Keeps pitstop_repairs{phase} equal to the count of repairs in each phase."""
     if phase is None:
         PHASES.pop(repair, None)
+        with contextlib.suppress(KeyError):  # gone: its pass count goes too
+            metrics.PASSES.remove(repair)
     else:
         PHASES[repair] = phase
     for p in Phase:
