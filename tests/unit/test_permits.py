@@ -4,9 +4,11 @@ rules that refuse the rest at admission (docs/security.md)."""
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from pitstop import constants as C
@@ -213,3 +215,65 @@ def test_ca_bundle_is_base64_pem() -> None:
         WebhookRepair.model_validate({"url": url, "caBundle": "not base64!"})
     with pytest.raises(ValidationError, match="PEM"):
         WebhookRepair.model_validate({"url": url, "caBundle": base64.b64encode(b"x").decode()})
+
+
+# --- the examples in manifests/ work under these rules ---
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "examples"
+
+
+def _docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+GRANTS = {
+    (d["kind"], d["metadata"]["name"]): d for d in _docs(EXAMPLES / "admin/repair-grants.yaml")
+}
+SHIPPED = {
+    (d["kind"], d["metadata"]["name"]): d
+    for d in _docs(
+        Path(__file__).resolve().parents[2] / "manifests/rbac/repair-serviceaccount.yaml"
+    )
+}
+
+
+def _repairs() -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        for doc in _docs(path):
+            if doc["kind"] == "NodeRepair":
+                found.append((path.name, doc["spec"]["repair"]))
+            if doc["kind"] == "RepairPolicy":
+                repair = doc["spec"].get("repairTemplate", {}).get("spec", {}).get("repair")
+                if repair:
+                    found.append((path.name, repair))
+    return found
+
+
+def test_example_jobs_and_webhooks_are_allowed_by_the_example_grants() -> None:
+    checked = set()
+    for name, repair in _repairs():
+        if repair.get("strategy") == "Job":
+            pod = repair["job"]["template"]["spec"]["template"]["spec"]
+            sa = permits.service_account_of(pod)
+            found = SHIPPED.get(("ServiceAccount", sa)) or GRANTS.get(("ServiceAccount", sa))
+            assert permits.job_refusal(repair["job"]["template"], found, NS) is None, name
+            checked.add((name, sa))
+        if repair.get("strategy") == "Webhook" and repair["webhook"].get("secretRef"):
+            found = GRANTS[("Secret", repair["webhook"]["secretRef"]["name"])]
+            assert permits.webhook_refusal(found, repair["webhook"]["url"], NS) is None, name
+            checked.add((name, "webhook"))
+    assert checked == {
+        ("noderepair-job.yaml", C.REPAIR_SERVICE_ACCOUNT),
+        ("repairpolicy-node-problem-detector.yaml", "pitstop-node-reboot"),
+        ("noderepair-webhook.yaml", "webhook"),
+    }
+
+
+def test_the_reboot_example_needs_its_grants() -> None:
+    (repair,) = [r for n, r in _repairs() if n == "repairpolicy-node-problem-detector.yaml"]
+    granted = GRANTS[("ServiceAccount", "pitstop-node-reboot")]
+    for label in (C.LABEL_REPAIR_ALLOWED, C.LABEL_REPAIR_HOST_ACCESS):
+        labels = {k: v for k, v in granted["metadata"]["labels"].items() if k != label}
+        without = {**granted, "metadata": {**granted["metadata"], "labels": labels}}
+        assert permits.job_refusal(repair["job"]["template"], without, NS) is not None, label

@@ -232,9 +232,7 @@ async def call_webhook(
     try:
         async with (
             aiohttp.ClientSession(timeout=timeout) as session,
-            session.post(
-                hook.url, data=json.dumps(payload), headers=headers, ssl=tls, allow_redirects=False
-            ) as response,
+            session.post(hook.url, data=json.dumps(payload), headers=headers, ssl=tls) as response,
         ):
             raw = await read_limited(response.content, MAX_ANSWER + 1)
             status = response.status
