@@ -124,11 +124,17 @@ def test_a_viewer_may_read_but_not_repair(cluster: Cluster, users: None, pool: A
     assert can_i(cluster, VIEWER, "list", "repairpolicies.pitstop.dev")
     for verb in ("create", "patch", "delete"):
         assert not can_i(cluster, VIEWER, verb, "noderepairs.pitstop.dev"), verb
-    # The built-in view role (aggregated) reads repairs too; edit and admin only read them.
-    view = cluster.kubectl(
-        "get", "clusterrole", "view", "-o", "jsonpath={.rules[*].resources}"
-    ).stdout
-    assert "noderepairs" in view
+    # The built-in view role reads repairs too (pitstop-viewer aggregates into it).
+    wait_until(
+        "pitstop-viewer aggregated into view",
+        lambda: (
+            "noderepairs"
+            in cluster.kubectl(
+                "get", "clusterrole", "view", "-o", "jsonpath={.rules[*].resources}"
+            ).stdout
+        ),
+        timeout=30,
+    )
     # A repairer may not make policies (they repair nodes unattended).
     assert not can_i(cluster, REPAIRER, "create", "repairpolicies.pitstop.dev")
     assert not can_i(cluster, REPAIRER, "get", "secrets", "-n", NS)
