@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import shutil
 import ssl
 import subprocess
 import threading
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -22,9 +24,12 @@ from pitstop import constants as C
 from pitstop.cluster.kube import ApiError
 from pitstop.models import NodeRepairSpec
 from pitstop.repair import hooks
+from pitstop.repair.act_hooks import RepairSteps
+from pitstop.repair.flow import Event
 
 NS = C.OPERATOR_NAMESPACE
 REPAIR = {"metadata": {"name": "r1", "uid": "u1"}}
+NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 
 class FakeKube:
@@ -234,3 +239,62 @@ def test_secrets_are_read_only_in_the_operators_namespace(
     kube = FakeKube({})
     call(kube, webhook_spec("https://repair.example/x", secretRef={"name": "s", "key": "k"}))
     assert [path for _, path, _ in kube.sent] == [secret_path("s")]
+
+
+# --- refused while Pending, before the node is touched ---
+
+
+class StatusKube(FakeKube):
+    """Also records status patches."""
+
+    def __init__(self, objects: dict[str, dict[str, Any]]) -> None:
+        super().__init__(objects)
+        self.statuses: list[dict[str, Any]] = []
+
+    async def patch_status(self, plural: str, name: str, status: dict[str, Any]) -> None:
+        self.statuses.append(status)
+
+
+class Steps(RepairSteps):
+    """RepairSteps that keep the Events they would post."""
+
+    events: list[Event]
+
+    def post(self, events: list[Event], node: Any) -> None:
+        self.events.extend(events)
+
+
+def pending_repair(kube: StatusKube, spec: NodeRepairSpec, generation: int = 1) -> Steps:
+    body = {"metadata": {"name": "r1", "generation": generation}, "spec": spec.wire()}
+    steps = Steps("r1", body, kube, logging.getLogger())  # type: ignore[arg-type]
+    steps.events = []
+    return steps
+
+
+def test_a_repair_not_allowed_fails_while_pending(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
+    kube = StatusKube({sa_path(C.REPAIR_SERVICE_ACCOUNT): PLAIN_SA})
+    steps = pending_repair(kube, job_spec({"hostNetwork": True}))
+    assert asyncio.run(steps.refuse_untrusted(NOW, job_spec({"hostNetwork": True})))
+    (status,) = kube.statuses
+    assert status["phase"] == "Failed" and status["message"].startswith("RepairJobNotAllowed: ")
+    (cond,) = status["conditions"]
+    assert (cond["type"], cond["status"], cond["reason"]) == (
+        "Repaired",
+        "False",
+        "RepairJobNotAllowed",
+    )
+    assert "hostNetwork" in cond["message"] and cond["observedGeneration"] == 1
+    (event,) = steps.events
+    assert (event.type, event.reason) == ("Warning", "RepairJobNotAllowed")
+    assert posted(kube) == [], "nothing created"
+
+
+def test_an_allowed_repair_is_checked_once_per_generation(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
+    kube = StatusKube({sa_path(C.REPAIR_SERVICE_ACCOUNT): PLAIN_SA})
+    steps = pending_repair(kube, job_spec({}))
+    for _ in range(3):
+        assert not asyncio.run(steps.refuse_untrusted(NOW, job_spec({})))
+    assert len(kube.sent) == 1, "one read of the ServiceAccount, not one per pass"
+    assert kube.statuses == []
