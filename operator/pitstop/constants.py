@@ -151,3 +151,25 @@ it is still retried, and the instance's count is used as with drainSignal none."
 REASON_GRACE_PERIOD_TOO_SHORT: Final = "GracePeriodTooShort"
 """`pitstop plan`: an of-watchdog pod's terminationGracePeriodSeconds is below what the
 watchdog needs on SIGTERM (healthcheck_interval + write_timeout)."""
+
+# --- trust: what the platform admin allows a repair to use (docs/security.md) ---
+REPAIR_SERVICE_ACCOUNT: Final = "pitstop-repair"
+"""ServiceAccount of repair Jobs that name none: shipped in manifests/rbac with no rights."""
+LABEL_REPAIR_ALLOWED: Final = f"{GROUP}/repair-allowed"
+"""ServiceAccount label ("true") in the operator's namespace: repair Jobs may run as it."""
+LABEL_REPAIR_HOST_ACCESS: Final = f"{GROUP}/repair-host-access"
+"""ServiceAccount label ("true"): Jobs running as it may be privileged, add
+capabilities, mount hostPath volumes, use host ports and the host's network, PID
+or IPC namespaces."""
+ANNOTATION_REPAIR_SECRETS: Final = f"{GROUP}/repair-secrets"
+"""ServiceAccount annotation: the Secrets (comma-separated names) Jobs running as it
+may mount or read into their environment."""
+LABEL_WEBHOOK_SECRET: Final = f"{GROUP}/webhook-secret"
+"""Secret label ("true") in the operator's namespace: a webhook's secretRef may name it."""
+ANNOTATION_WEBHOOK_URLS: Final = f"{GROUP}/webhook-url-prefixes"
+"""Secret annotation: the URL prefixes (comma-separated) its token may be sent to."""
+REASON_REPAIR_JOB_NOT_ALLOWED: Final = "RepairJobNotAllowed"
+"""The Job template asks for what the platform admin has not allowed: nothing is run."""
+REASON_WEBHOOK_NOT_ALLOWED: Final = "WebhookNotAllowed"
+"""The webhook names a Secret not marked for webhooks (or a URL its marks exclude):
+nothing is sent."""

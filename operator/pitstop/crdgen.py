@@ -82,7 +82,9 @@ def structural(node: Schema, defs: Mapping[str, Schema]) -> Schema:
             out[key] = _UNWRAP.sub(" ", value)  # docstring line breaks are not paragraphs
         else:
             out[key] = value
-    if out.get("additionalProperties") in (True, {}) and "properties" not in out:
+    if out.get("additionalProperties") in (True, {}):
+        # A free-form object, or one that names only some of its fields (extra="allow"):
+        # what the schema does not name is kept as given.
         del out["additionalProperties"]
         out["x-kubernetes-preserve-unknown-fields"] = True
     return _sorted(out)

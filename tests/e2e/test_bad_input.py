@@ -694,7 +694,7 @@ RETRIED = "http-503"
 def token_secret(cluster: Cluster) -> Iterator[tuple[str, str]]:
     name, token = f"hostile-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
     body = client.V1Secret(
-        metadata=client.V1ObjectMeta(name=name),
+        metadata=client.V1ObjectMeta(name=name, labels={"pitstop.dev/webhook-secret": "true"}),
         data={"token": base64.b64encode(token.encode()).decode()},
     )
     cluster.core.create_namespaced_secret(NS, body)
@@ -729,6 +729,7 @@ def test_hostile_webhook(
                     "strategy": "Webhook",
                     "webhook": {
                         "url": f"{hostile.base}/{case}",
+                        "allowInsecureHTTP": True,
                         "timeoutSeconds": CALL_TIMEOUT,
                         "secretRef": {"name": secret, "key": "token"},
                     },

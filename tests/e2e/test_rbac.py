@@ -102,6 +102,8 @@ ALLOWED = [
         for verb in ("get", "create", "update", "patch")
     ),
     f"get secrets -n {NAMESPACE}",
+    # the labels of a repair Job's ServiceAccount (docs/security.md)
+    f"get serviceaccounts -n {NAMESPACE}",
 ]
 
 REFUSED = [
@@ -118,6 +120,10 @@ REFUSED = [
     f"watch secrets -n {NAMESPACE}",
     "get secrets -n default",
     "get secrets -n kube-system",
+    "get serviceaccounts -n default",
+    f"list serviceaccounts -n {NAMESPACE}",
+    f"patch serviceaccounts -n {NAMESPACE}",
+    f"create serviceaccounts --subresource=token -n {NAMESPACE}",
     "create jobs.batch -n default",
     "create jobs.batch --all-namespaces",
     "create leases.coordination.k8s.io -n default",

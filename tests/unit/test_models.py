@@ -227,14 +227,14 @@ def test_label_selector_requirement() -> None:
 
 
 def test_strategies() -> None:
-    job = RepairSpec.model_validate(
-        {"strategy": "Job", "job": {"template": {"spec": {"template": {"spec": {}}}}}}
-    )
-    assert job.job is not None and job.job.template.spec == {"template": {"spec": {}}}
+    pod = {"containers": [{"name": "fix", "image": "fix:1"}], "serviceAccountName": "tool"}
+    given = {"backoffLimit": 2, "template": {"metadata": {"labels": {"a": "b"}}, "spec": pod}}
+    job = RepairSpec.model_validate({"strategy": "Job", "job": {"template": {"spec": given}}})
+    assert job.job is not None and job.job.template.spec.wire() == given, "kept as given"
     hook = RepairSpec.model_validate(
-        {"strategy": "Webhook", "webhook": {"url": "http://repair.svc:8080/x"}}
+        {"strategy": "Webhook", "webhook": {"url": "https://repair.svc:8443/x"}}
     )
-    assert hook.webhook == WebhookRepair(url="http://repair.svc:8080/x", timeout_seconds=30)
+    assert hook.webhook == WebhookRepair(url="https://repair.svc:8443/x", timeout_seconds=30)
     VerifySpec(conditions=[])  # no conditions: only stableSeconds and the timeout
 
 

@@ -90,7 +90,7 @@ def specs(draw: st.DrawFn) -> NodeRepairSpec:
     if strategy == RepairStrategy.JOB:
         repair["job"] = JOB
     if strategy == RepairStrategy.WEBHOOK:
-        repair["webhook"] = {"url": "http://repair.example/nodes"}
+        repair["webhook"] = {"url": "https://repair.example/nodes"}
     return NodeRepairSpec.model_validate(
         {
             "nodeName": "n1",

@@ -1,5 +1,6 @@
 """NodeRepair (pitstop.dev/v1alpha1, cluster-scoped): the repair of one node."""
 
+import base64
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Self
@@ -7,6 +8,7 @@ from urllib.parse import urlsplit
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from pitstop import constants
 from pitstop.models.common import (
     CONDITIONS_LIST,
     DNS_SUBDOMAIN_PATTERN,
@@ -78,12 +80,81 @@ class DrainSpec(CamelModel):
     """Overrides the pods' termination grace period for evictions; unset keeps each pod's own."""
 
 
+OPERATOR_SERVICE_ACCOUNT = constants.SERVICE_ACCOUNT
+"""The operator's own ServiceAccount (manifests/rbac): never a repair Job's."""
+_OWN_SA_MESSAGE = (
+    "a repair Job never runs as the operator's own ServiceAccount (pitstop): leave it unset"
+    " (pitstop-repair) or name one the platform admin allowed (docs/security.md)"
+)
+
+_NOT_THE_OPERATOR = cel(f"self != '{OPERATOR_SERVICE_ACCOUNT}'", _OWN_SA_MESSAGE)
+
+
+class _Open(CamelModel):
+    """A Kubernetes object of which pitstop's schema names only the fields its rules
+    read; every other field is kept as given (x-kubernetes-preserve-unknown-fields)."""
+
+    model_config = ConfigDict(
+        extra="allow", json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+    )
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class JobPodSpec(_Open):
+    """A core/v1 PodSpec. The ServiceAccount is checked here (the operator's own is
+    refused at admission); what the platform admin allows (other ServiceAccounts,
+    privileged and host access, Secrets) is checked by the operator before the Job
+    is created."""
+
+    service_account_name: str | None = Field(
+        None,
+        max_length=253,
+        json_schema_extra=validations(
+            cel(f"self != '{OPERATOR_SERVICE_ACCOUNT}'", _OWN_SA_MESSAGE)
+        ),
+    )
+    """The pod's ServiceAccount in the operator's namespace; unset: pitstop-repair."""
+    service_account: str | None = Field(
+        None,
+        max_length=253,
+        json_schema_extra=validations(
+            cel(f"self != '{OPERATOR_SERVICE_ACCOUNT}'", _OWN_SA_MESSAGE)
+        ),
+    )
+    """Deprecated alias of serviceAccountName."""
+
+    @field_validator("service_account_name", "service_account")
+    @classmethod
+    def _not_the_operator(cls, name: str | None) -> str | None:
+        if name == OPERATOR_SERVICE_ACCOUNT:
+            raise ValueError(_OWN_SA_MESSAGE)
+        return name
+
+
+class JobPodTemplate(_Open):
+    """A core/v1 PodTemplateSpec."""
+
+    spec: JobPodSpec = Field(default_factory=JobPodSpec)
+    """The pod of the repair Job."""
+
+
+class JobSpec(_Open):
+    """A batch/v1 JobSpec."""
+
+    template: JobPodTemplate = Field(default_factory=JobPodTemplate)
+    """The pod the Job runs."""
+
+
 class JobTemplate(CamelModel):
-    """A batch/v1 JobTemplateSpec (metadata and spec), not validated further here."""
+    """A batch/v1 JobTemplateSpec (metadata and spec). The Job runs in the operator's
+    namespace as the ServiceAccount pitstop-repair unless the template names another
+    the platform admin allowed (docs/security.md)."""
 
     metadata: dict[str, Any] | None = None
     """Labels and annotations for the Job."""
-    spec: dict[str, Any]
+    spec: JobSpec
     """A batch/v1 JobSpec."""
 
 
@@ -97,6 +168,18 @@ class JobRepair(CamelModel):
 class WebhookRepair(CamelModel):
     """Repair by calling an external service."""
 
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "self.url.lowerAscii().startsWith('https://')"
+                " || (has(self.allowInsecureHTTP) && self.allowInsecureHTTP)",
+                "an http:// URL sends the call (and its token) in the clear:"
+                " use https://, or set allowInsecureHTTP: true",
+                field_path=".url",
+            ),
+        )
+    )
+
     url: str = Field(
         min_length=1,
         max_length=2048,
@@ -108,11 +191,17 @@ class WebhookRepair(CamelModel):
             )
         ),
     )
-    """http(s) URL of the repair service."""
+    """http(s) URL of the repair service; http:// only with allowInsecureHTTP."""
+    allow_insecure_http: bool = Field(False, alias="allowInsecureHTTP")
+    """Allow an http:// URL: the call, and the token of secretRef, travel unencrypted."""
+    ca_bundle: str | None = Field(None, max_length=65536, json_schema_extra={"format": "byte"})
+    """Base64 of the PEM certificates that verify the service's TLS certificate, in
+    place of the system's roots. The certificate is always verified."""
     timeout_seconds: int = Field(30, ge=1)
     """Timeout of one call."""
     secret_ref: SecretKeyRef | None = None
-    """Credential sent with the call: a key of a Secret in the operator's namespace."""
+    """Credential sent as a Bearer token: a key of a Secret in the operator's namespace
+    that the platform admin labelled pitstop.dev/webhook-secret=true."""
 
     @field_validator("url")
     @classmethod
@@ -121,6 +210,28 @@ class WebhookRepair(CamelModel):
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError("must be an http:// or https:// URL")
         return url
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _pem(cls, bundle: str | None) -> str | None:
+        if bundle is None:
+            return None
+        try:
+            pem = base64.b64decode(bundle, validate=True)
+        except ValueError as e:
+            raise ValueError("caBundle must be base64 (of PEM certificates)") from e
+        if b"-----BEGIN CERTIFICATE-----" not in pem:
+            raise ValueError("caBundle must hold PEM certificates (-----BEGIN CERTIFICATE-----)")
+        return bundle
+
+    @model_validator(mode="after")
+    def _https_unless_allowed(self) -> Self:
+        if not self.url.lower().startswith("https://") and not self.allow_insecure_http:
+            raise ValueError(
+                "an http:// URL sends the call (and its token) in the clear:"
+                " use https://, or set allowInsecureHTTP: true"
+            )
+        return self
 
 
 class RepairSpec(CamelModel):

@@ -1,5 +1,7 @@
 """The Repairing step: the current attempt's Job, and the Job and webhook actions
-of a Decision (pitstop.repair.hooks makes the calls)."""
+of a Decision (pitstop.repair.hooks makes the calls); and, before the node is
+touched, the refusal of a repair that asks for what the platform admin has not
+allowed (docs/security.md)."""
 
 from __future__ import annotations
 
@@ -7,19 +9,47 @@ import dataclasses
 from datetime import UTC, datetime
 
 from pitstop import constants
+from pitstop.conditions import set_condition
 from pitstop.models import (
     NodeRepairSpec,
     Phase,
     RepairStrategy,
 )
 from pitstop.repair import drain, flow, hooks
-from pitstop.repair.state import DriverState
+from pitstop.repair.report import Report
 
 C = constants
 
 
-class RepairSteps(DriverState):
+class RepairSteps(Report):
     """Runs the repair hooks; their outcome is decided on in the same pass."""
+
+    checked_generation: int | None = None
+    """The spec generation whose hooks were found allowed (checked once per generation)."""
+
+    async def refuse_untrusted(self, now: datetime, spec: NodeRepairSpec) -> bool:
+        """While the repair is Pending: if its Job or webhook asks for what the platform
+        admin has not allowed (pitstop.repair.hooks.refusal), it fails at once with that
+        reason in the Repaired condition, before the node is touched. True when it did.
+        (The same check runs again when the Job is created or the call made.)"""
+        generation = self.body.get("metadata", {}).get("generation")
+        if self.status.phase not in (None, Phase.PENDING) or generation == self.checked_generation:
+            return False
+        found = await hooks.refusal(self.kube, spec)
+        if found is None:
+            self.checked_generation = generation
+            return False
+        reason, message = found
+        status = self.status.model_copy(deep=True)
+        status.conditions = set_condition(
+            status.conditions, C.COND_REPAIRED, False, reason, message, now, generation
+        )
+        status.phase, status.completion_time = Phase.FAILED, now
+        status.phase_start_time, status.observed_generation = now, generation
+        status.message = f"{reason}: {message}"
+        await self.write_status(status, now, None)
+        self.post([drain.Event("Warning", reason, message)], None)
+        return True
 
     async def current_job(self, spec: NodeRepairSpec) -> flow.JobState | None:
         """The current attempt's Job, read while one may be running (Jobs live in the

@@ -162,6 +162,8 @@ class Driver(NodeSteps, PodSteps, RepairSteps):
             where = ".".join(str(p) for p in first["loc"])
             await self.fail_invalid(now, f"spec.{where}: {first['msg']}")
             return False, None
+        if await self.refuse_untrusted(now, spec):  # docs/security.md; nothing touched
+            return False, None
         if self.name not in {r["name"] for r in repairs_by_node.get(self.node_name, ())}:
             raise Gone(f"NodeRepair {self.name} is gone")
         finalizers = self.body.get("metadata", {}).get("finalizers") or []

@@ -4,7 +4,9 @@ clear message, never an exception that would crash-loop the repair."""
 
 from __future__ import annotations
 
+import base64
 import copy
+import dataclasses
 import hashlib
 import json
 import ssl
@@ -14,8 +16,9 @@ import aiohttp
 import kopf
 
 from pitstop import constants
-from pitstop.cluster.kube import ApiError, Kube, namespace, read_secret
-from pitstop.models import NodeRepairSpec
+from pitstop.cluster.kube import ApiError, Kube, namespace
+from pitstop.models import NodeRepairSpec, RepairStrategy, WebhookRepair
+from pitstop.repair import permits
 from pitstop.repair.flow import JobState, WebhookAnswer
 
 C = constants
@@ -31,15 +34,17 @@ TOLERATIONS = [
 def job_body(repair: kopf.Body, spec: NodeRepairSpec, name: str) -> dict[str, Any]:
     """The Job of one attempt: the user's template, plus what pitstop guarantees:
     NODE_NAME and NODEREPAIR_NAME in every container, tolerations for the cordon,
-    one try per attempt (pitstop retries), and owned by the NodeRepair, so the
-    garbage collector removes it with the repair."""
+    one try per attempt (pitstop retries), the ServiceAccount pitstop-repair unless
+    the template names one, and owned by the NodeRepair, so the garbage collector
+    removes it with the repair. (Whether the template is allowed is job_refusal's.)"""
     assert spec.repair.job is not None
     template = spec.repair.job.template
     meta = copy.deepcopy(template.metadata or {})
-    job_spec = copy.deepcopy(template.spec)
+    job_spec = template.spec.wire()
     job_spec.setdefault("backoffLimit", 0)
     pod = job_spec.setdefault("template", {}).setdefault("spec", {})
     pod.setdefault("restartPolicy", "Never")
+    pod["serviceAccountName"] = permits.service_account_of(pod)
     pod["tolerations"] = [*(pod.get("tolerations") or []), *TOLERATIONS]
     env = [
         {"name": "NODE_NAME", "value": spec.node_name},
@@ -89,11 +94,76 @@ def label_value(repair: str) -> str:
     return f"{repair[:52].rstrip('-.')}-{hashlib.sha256(repair.encode()).hexdigest()[:10]}"
 
 
+async def read_optional(kube: Kube, path: str) -> dict[str, Any] | None:
+    """The object at `path`, or None where there is none."""
+    try:
+        found: dict[str, Any] = await kube.request("GET", path)
+    except ApiError as e:
+        if e.status == 404:
+            return None
+        raise
+    return found
+
+
+async def job_refusal(kube: Kube, spec: NodeRepairSpec) -> str | None:
+    """Why the repair's Job may not run (permits.job_refusal), reading the
+    ServiceAccount it would run as; None when it may."""
+    assert spec.repair.job is not None
+    template = spec.repair.job.template
+    wire = {"metadata": template.metadata or {}, "spec": template.spec.wire()}
+    pod = wire["spec"].get("template", {}).get("spec", {})
+    sa = permits.service_account_of(pod)
+    account = None
+    if sa != C.SERVICE_ACCOUNT:  # never read: refused whatever it says
+        account = await read_optional(
+            kube, f"/api/v1/namespaces/{namespace()}/serviceaccounts/{sa}"
+        )
+    return permits.job_refusal(wire, account, namespace())
+
+
+async def refusal(kube: Kube, spec: NodeRepairSpec) -> tuple[str, str] | None:
+    """(reason, message) when the repair asks for what the platform admin has not
+    allowed: a Job it may not run, or a webhook token it may not send. A Secret that
+    does not exist yet is no refusal: the call reports it when it is due."""
+    try:
+        if spec.repair.strategy == RepairStrategy.JOB and spec.repair.job is not None:
+            why = await job_refusal(kube, spec)
+            return None if why is None else (C.REASON_REPAIR_JOB_NOT_ALLOWED, why)
+        hook = spec.repair.webhook
+        if spec.repair.strategy == RepairStrategy.WEBHOOK and hook and hook.secret_ref:
+            path = f"/api/v1/namespaces/{namespace()}/secrets/{hook.secret_ref.name}"
+            secret = await read_optional(kube, path)
+            why = None if secret is None else permits.webhook_refusal(secret, hook.url, namespace())
+            return None if why is None else (C.REASON_WEBHOOK_NOT_ALLOWED, why)
+    except ApiError as e:
+        if e.status == 403:  # the operator may not read it: nothing is allowed
+            return _forbidden_reason(spec), f"cannot check what the repair may use: {e.message}"
+        raise
+    return None
+
+
+def _forbidden_reason(spec: NodeRepairSpec) -> str:
+    if spec.repair.strategy == RepairStrategy.JOB:
+        return C.REASON_REPAIR_JOB_NOT_ALLOWED
+    return C.REASON_WEBHOOK_NOT_ALLOWED
+
+
 async def create_job(
     kube: Kube, repair: kopf.Body, spec: NodeRepairSpec, name: str
 ) -> JobState | None:
     """Idempotent: the name is per attempt, so an existing Job is this attempt's.
-    A Job the API server refuses (a bad template) is a failed attempt, not a retry."""
+    A Job the platform admin has not allowed is never created, and one the API
+    server refuses (a bad template) is a failed attempt, not a retry."""
+    try:
+        why = await job_refusal(kube, spec)
+    except ApiError as e:
+        if e.status != 403:
+            raise
+        why = f"cannot read the Job's ServiceAccount: {e.message}"
+    if why is not None:
+        return JobState(
+            name, "Failed", f"cannot create Job {name}: {C.REASON_REPAIR_JOB_NOT_ALLOWED}: {why}"
+        )
     try:
         await kube.request(
             "POST", f"/apis/batch/v1/namespaces/{namespace()}/jobs", job_body(repair, spec, name)
@@ -143,10 +213,12 @@ async def call_webhook(
     hook = spec.repair.webhook
     assert hook is not None
     headers = {"Content-Type": "application/json"}
+    token = None
     try:
         if hook.secret_ref is not None:
-            token = await read_secret(kube, hook.secret_ref.name, hook.secret_ref.key)
+            token = await webhook_token(kube, hook)
             headers["Authorization"] = f"Bearer {token}"
+        tls = tls_context(hook)
     except LookupError as e:
         return WebhookAnswer(attempt, "Error", str(e))
     payload = {
@@ -160,7 +232,7 @@ async def call_webhook(
     try:
         async with (
             aiohttp.ClientSession(timeout=timeout) as session,
-            session.post(hook.url, data=json.dumps(payload), headers=headers) as response,
+            session.post(hook.url, data=json.dumps(payload), headers=headers, ssl=tls) as response,
         ):
             raw = await read_limited(response.content, MAX_ANSWER + 1)
             status = response.status
@@ -170,7 +242,40 @@ async def call_webhook(
         return WebhookAnswer(attempt, "Error", f"webhook TLS error: {e}")
     except aiohttp.ClientError as e:
         return WebhookAnswer(attempt, "Error", f"webhook unreachable: {type(e).__name__}: {e}")
-    return parse_answer(attempt, status, raw)
+    answer = parse_answer(attempt, status, raw)
+    return dataclasses.replace(answer, message=permits.redact(answer.message, token))
+
+
+async def webhook_token(kube: Kube, hook: WebhookRepair) -> str:
+    """The Bearer token of `hook.secretRef`, once its Secret allows this URL
+    (permits.webhook_refusal); LookupError says why not. The token itself is never
+    in a message."""
+    assert hook.secret_ref is not None
+    name, key = hook.secret_ref.name, hook.secret_ref.key
+    try:
+        secret = await read_optional(kube, f"/api/v1/namespaces/{namespace()}/secrets/{name}")
+    except ApiError as e:
+        raise LookupError(f"secret {namespace()}/{name}: {e.status} {e.message}") from e
+    if secret is None:
+        raise LookupError(f"secret {namespace()}/{name} not found")
+    why = permits.webhook_refusal(secret, hook.url, namespace())
+    if why is not None:
+        raise LookupError(f"{C.REASON_WEBHOOK_NOT_ALLOWED}: {why}")
+    data = (secret.get("data") or {}).get(key)
+    if data is None:
+        raise LookupError(f"secret {namespace()}/{name} has no key {key!r}")
+    return base64.b64decode(data).decode().strip()
+
+
+def tls_context(hook: WebhookRepair) -> ssl.SSLContext | bool:
+    """TLS verified against `caBundle` when given (in place of the system roots);
+    True: aiohttp's default, which verifies against the system roots."""
+    if hook.ca_bundle is None:
+        return True
+    try:
+        return ssl.create_default_context(cadata=base64.b64decode(hook.ca_bundle).decode())
+    except (ssl.SSLError, ValueError) as e:
+        raise LookupError(f"webhook caBundle is not usable: {e}") from e
 
 
 async def read_limited(stream: aiohttp.StreamReader, limit: int) -> bytes:
