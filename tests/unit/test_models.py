@@ -449,3 +449,18 @@ def test_good_label_keys_and_values_pass() -> None:
         "pool": "",
         "a_b.c": "X",
     }
+
+
+def test_the_npd_example_repairs_a_ready_node_in_a_small_pool_and_can_verify() -> None:
+    """Run against the real node-problem-detector, the shipped policy never admitted a
+    repair of a still-Ready node in a pool under 7 nodes (minAvailable 85%), and
+    waited on ReadonlyFilesystem=False, which NPD's kernel monitor no longer reports."""
+    from pitstop.pool import arithmetic
+
+    (doc,) = yaml.safe_load_all((EXAMPLES / "repairpolicy-node-problem-detector.yaml").read_text())
+    spec = RepairPolicySpec.model_validate(doc["spec"])
+    for size in (4, 5, 10, 100):
+        assert size - 1 >= arithmetic.min_available(spec, size), size
+    verify = doc["spec"]["repairTemplate"]["spec"]["verify"]["conditions"]
+    # NPD's default monitors report these (kernel-monitor.json); kubelet reports Ready.
+    assert {c["type"] for c in verify} <= {"Ready", "KernelDeadlock"}, verify
