@@ -74,6 +74,8 @@ class Checks:
         self.uncovered = 0
         """minAvailable judgements skipped: the operator's view of the nodes lagged."""
         self.evictions = 0
+        self.released: dict[str, str] = {}
+        """Node → the repair whose lock it carried last."""
 
     @property
     def c(self) -> Cluster:
@@ -113,9 +115,27 @@ class Checks:
             return
         holder = self.c.lock(node)
         if holder is None or not self.c.cordoned(node):
-            self.fail("3", f"{what} on {pod.key} while {node} is not cordoned under a lock")
+            last = self.released.get(node)
+            if last is not None:
+                r = self.repair(last)
+                gone = "gone" if r is None else "being deleted" if self._deleting(r) else "kept"
+                last = f" (last held by {last}, {gone})"
+            self.fail(
+                "3", f"{what} on {pod.key} while {node} is not cordoned under a lock{last or ''}"
+            )
         elif self.repair(holder) is None:
-            self.fail("3", f"{what} on {pod.key} under the lock of {holder}, which is gone")
+            self.fail("3", f"{what} on {pod.key} under the lock of {holder}, which is gone)")
+
+    def _state(self, r: dict[str, Any] | None) -> str:
+        """The repair's own account: what its conditions say about the drain."""
+        if r is None:
+            return "no repair holds the node"
+        conds = {
+            c.get("type"): f"{c.get('type')}={c.get('status')} {c.get('reason')}"
+            for c in (r.get("status") or {}).get("conditions") or []
+        }
+        said = [conds[t] for t in (C.COND_DEREGISTERED, C.COND_TASKS_DRAINED) if t in conds]
+        return f"{r['metadata']['name']}: {', '.join(said) or 'no drain conditions'}"
 
     def evicted(self, pod: Pod) -> None:
         self.evictions += 1
@@ -129,10 +149,16 @@ class Checks:
             own = marked is not None and now >= marked + timeout
             if not (own and drain.get("onTaskTimeout", "Evict") == "Evict"):
                 since = f"marked {now - marked:.0f}s ago" if marked is not None else "never marked"
+                if marked is None and pod.unmarked_at is not None:
+                    since += (
+                        f", its drain signal was removed {now - pod.unmarked_at:.0f}s ago by a"
+                        " give-back"
+                    )
                 self.fail(
                     "1",
                     f"{pod.key} evicted with {pod.tasks} tasks in flight ({since}, task timeout"
-                    f" {timeout:.0f}s, onTaskTimeout {drain.get('onTaskTimeout', 'Evict')})",
+                    f" {timeout:.0f}s, onTaskTimeout {drain.get('onTaskTimeout', 'Evict')};"
+                    f" {self._state(holder)})",
                 )
         if pod.app.gated and self.c.routed(pod):
             closed = pod.gate_closed_at
@@ -143,7 +169,7 @@ class Checks:
                 self.fail(
                     "2",
                     f"{pod.key} evicted while still a ready endpoint ({since}, deregistration"
-                    f" timeout {timeout:.0f}s)",
+                    f" timeout {timeout:.0f}s; {self._state(holder)})",
                 )
 
     def node_written(self, node: str, before: dict[str, Any], after: dict[str, Any]) -> None:
@@ -152,6 +178,7 @@ class Checks:
         if was == now:
             return
         if was is not None:
+            self.released[node] = was
             r = self.repair(was)
             phase = self.phase(was)
             deleting = r is not None and r["metadata"].get("deletionTimestamp")
@@ -176,11 +203,11 @@ class Checks:
                 continue
             active = {v.lock for v in pool if v.lock and self.phase(v.lock) not in FINAL}
             if len(active) > spec.max_concurrent_repairs:
+                names = ", ".join(self._named(a) for a in sorted(a for a in active if a))
                 self.fail(
                     "5",
                     f"{repair} took {node}: {len(active)} active repairs in pool {name}"
-                    f" ({', '.join(sorted(a for a in active if a))}), max"
-                    f" {spec.max_concurrent_repairs}",
+                    f" ({names}), max {spec.max_concurrent_repairs}",
                 )
             before = arithmetic.node_view(self.c.nodes[node])
             if not before.available:
@@ -190,13 +217,32 @@ class Checks:
                 self.uncovered += 1  # the view lagged: no judgement either way
                 continue
             floor = arithmetic.min_available(spec, len(pool))
-            left = sum(1 for v in pool if v.available and not self._held(v))
+            # A node that failed on its own in the last half minute may have failed
+            # after the admission read the pool: the world's doing, not pitstop's.
+            left = sum(
+                1 for v in pool if not self._held(v) and (v.available or self._just_failed(v))
+            )
             if left < floor:
                 self.fail(
                     "5",
                     f"{repair} took {node}: {left} of {len(pool)} nodes available, the pool"
                     f" {name} keeps {floor}",
                 )
+
+    @staticmethod
+    def _deleting(r: dict[str, Any]) -> bool:
+        return bool(r["metadata"].get("deletionTimestamp"))
+
+    def _named(self, repair: str) -> str:
+        r = self.repair(repair)
+        deleting = r is not None and r["metadata"].get("deletionTimestamp")
+        return f"{repair} (being deleted)" if deleting else repair
+
+    def _just_failed(self, v: arithmetic.NodeView) -> bool:
+        status, since = v.conditions.get("Ready", ("Unknown", None))
+        if status == "True" or since is None:
+            return False
+        return (since - EPOCH).total_seconds() > self.c.now - 30.0
 
     def _held(self, v: arithmetic.NodeView) -> bool:
         return v.lock is not None and self.phase(v.lock) not in FINAL

@@ -19,7 +19,6 @@ resourceVersion and is handed to the listeners (the operator's watch streams).""
 
 from __future__ import annotations
 
-import copy
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +31,15 @@ from tests.sim.loop import EPOCH
 NS = "fn"
 POOL_LABELS = {"pool": "a"}
 TAINT_KEY = C.TAINT_MAINTENANCE
+
+
+def clone(x: Any) -> Any:
+    """A deep copy of JSON-like data (copy.deepcopy is slow, and needs no memo here)."""
+    if type(x) is dict:
+        return {k: clone(v) for k, v in x.items()}
+    if type(x) is list:
+        return [clone(v) for v in x]
+    return x
 
 
 def stamp(t: float) -> str:
@@ -71,6 +79,8 @@ class Pod:
     ready: bool = False
     ready_ltt: float = 0.0
     gate_closed_at: float | None = None
+    unmarked_at: float | None = None
+    """When a give-back last took its drain signal off."""
     tasks: int = 0
     rv: int = 0
 
@@ -138,6 +148,7 @@ class Cluster:
 
     def __init__(self, rng: random.Random, nodes: int, apps: int) -> None:
         self.clock: Callable[[], float] = lambda: 0.0
+        self.log: Callable[[str], None] = lambda line: None
         self.rv = 0
         self.uid = 0
         self.listeners: list[Listener] = []
@@ -187,7 +198,8 @@ class Cluster:
             return
         body = self.body(resource, key)
         for listen in self.listeners:
-            listen(resource, key, copy.deepcopy(body) if body is not None else None)
+            # A pod's body is made afresh; the others are the store's own.
+            listen(resource, key, body if resource == "pods" else clone(body))
 
     def body(self, resource: str, key: str) -> dict[str, Any] | None:
         """The object as the API server would serve it now (None: it does not exist)."""
@@ -258,6 +270,7 @@ class Cluster:
         for c in self.nodes[node]["status"]["conditions"]:
             if c["type"] == type_ and c["status"] != status:
                 c["status"], c["lastTransitionTime"] = status, stamp(self.now)
+                self.log(f"node {node}: {type_}={status}")
                 self.touch_node(node)
 
     def condition(self, node: str, type_: str) -> str | None:
@@ -309,7 +322,7 @@ class Cluster:
             routes_unready=sync and rng.random() < 0.15,
             pdb=pdb,
             grace=rng.choice([1, 5, 30]),
-            task_rate=rng.choice([0.1, 0.3, 0.6]),
+            task_rate=rng.choice([0.05, 0.15, 0.3]),
         )
         self.apps[name] = app
         if sync:
@@ -401,7 +414,7 @@ class Cluster:
         """Tasks end at random; new ones start only while the pod carries no drain
         signal and, for a sync pod, while routing sends it requests."""
         before = pod.tasks
-        pod.tasks -= sum(1 for _ in range(pod.tasks) if rng.random() < 0.25)
+        pod.tasks -= sum(1 for _ in range(pod.tasks) if rng.random() < 0.15)
         takes = C.ANNOTATION_DRAINING not in pod.annotations and (
             not pod.app.sync or self.routed(pod)
         )

@@ -17,7 +17,6 @@ listing, as kopf does."""
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -34,7 +33,7 @@ from pitstop.instances import serving
 from pitstop.pool import daemon as pool_daemon
 from pitstop.repair import daemon as repair_daemon
 from pitstop.repair import orphans, report
-from tests.sim.cluster import NS, RESOURCES
+from tests.sim.cluster import NS, RESOURCES, clone
 from tests.sim.server import REPAIRS, SimKube
 
 if TYPE_CHECKING:
@@ -192,7 +191,9 @@ class Process:
             lag += rng.uniform(0.5, 5.0)
         if now < s.slow_until:
             lag += rng.uniform(5.0, 30.0)
-        s.last_at = max(s.last_at, now + lag)
+        # Strictly later than the one before: timers due at the same moment do not
+        # run in the order they were set, and a watch never reorders its events.
+        s.last_at = max(s.last_at + 1e-6, now + lag)
         s.pending += 1
         self.loop.call_at(s.last_at, self._deliver, resource, key, body, True)
 
@@ -213,7 +214,8 @@ class Process:
                 self.apply(resource, key, s.seen[key])
 
         for key in list(s.seen)[-count:]:
-            self.loop.call_at(max(s.last_at, self.loop.time()) + 0.01, again, key)
+            s.last_at = max(s.last_at, self.loop.time()) + 0.01
+            self.loop.call_at(s.last_at, again, key)
 
     def break_stream(self, resource: str, relist_after: float) -> None:
         s = self.streams[resource]
@@ -239,7 +241,7 @@ class Process:
         for key in sorted(now):
             body = c.body(resource, key)
             if body is not None:
-                self.apply(resource, key, copy.deepcopy(body))
+                self.apply(resource, key, clone(body))
 
     # --- what kopf does with an event ---
 
@@ -298,12 +300,26 @@ class Process:
                 "on_pod",
             )
 
+    def forget(self, name: str) -> None:
+        """An object gone: kopf forgets it (a new one of the same name is another)."""
+        self.bodies.pop(name, None)
+        self.stop_daemon(name, at_once=True)
+        self.daemons.pop(name, None)
+        self.finalizing.discard(name)
+        self.adopted.discard(name)
+
     def on_repair(self, name: str, body: dict[str, Any] | None, old: dict[str, Any] | None) -> None:
         ix = self.index["noderepairs"]
+        if (
+            body is not None
+            and old is not None
+            and old["metadata"]["uid"] != body["metadata"]["uid"]
+        ):
+            self.on_repair(name, None, old)  # deleted and made again between two events
+            old = None
         if body is None:
             ix.put(name, None)
-            self.bodies.pop(name, None)
-            self.stop_daemon(name, at_once=True)
+            self.forget(name)
             if old is not None:
                 indexes.wake_on_repair(spec=old["spec"])
                 self.spawn(

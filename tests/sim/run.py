@@ -42,6 +42,7 @@ FAULTS = (
     "dup",
     "late",
     "apierr",
+    "churn",
 )
 """restart: the operator killed, a new one up 1-15 s later; leader: the same with
 the standby taking over at once (the old one's requests still land); delete: a
@@ -49,7 +50,8 @@ NodeRepair deleted (its finalizer runs `abort`); timeout: 100-2000 s pass at onc
 (deadlines); burst: nodes turn KernelDeadlock at once (the policy's burst); alerts:
 an alert storm for many nodes; drop: a watch breaks, re-listed 1-30 s later; dup:
 events delivered twice; late: a watch lags 5-30 s for a while; apierr: requests
-fail or lose their answers for a while."""
+fail or lose their answers for a while; churn: a NodeRepair made by hand and
+deleted 0-3 s later, while its first passes are in flight."""
 FAULT_RATE = 0.03
 QUIET_LIMIT = 4 * 3600.0
 
@@ -131,6 +133,7 @@ class Simulation:
         self._rng = random.Random(f"{seed}:setup")
         rng = self._rng
         self.cluster = Cluster(rng, nodes=rng.randint(4, 8), apps=rng.randint(4, 10))
+        self.cluster.log = self.log
         self.checks = Checks(self)
         self.server = ApiServer(self.cluster, self.checks)
         self.net = Network(self.rng)
@@ -291,6 +294,9 @@ class Simulation:
                 )
         elif f.kind == "apierr":
             self.net.faulty_until = now + rng.uniform(1, 20)
+        elif f.kind == "churn":
+            name = self.create_by_hand(rng, sorted(c.nodes)[f.arg % len(c.nodes)])
+            asyncio.get_running_loop().call_later(rng.uniform(0, 3), self.delete, name)
 
     def delete(self, name: str) -> None:
         self.log(f"NodeRepair {name} deleted by a user")
@@ -314,15 +320,7 @@ class Simulation:
                 c.set_condition(n, "KernelDeadlock", "True")
         open_ = [r for r in c.repairs.values() if (r.get("status") or {}).get("phase") not in FINAL]
         if not quiet and rng.random() < 0.01 and len(open_) < 4:
-            node = rng.choice(sorted(c.nodes))
-            name = f"manual-{self.step}"
-            c.create_repair(
-                {
-                    "metadata": {"name": name},
-                    "spec": {**self.repair_template(rng), "nodeName": node},
-                }
-            )
-            self.log(f"NodeRepair {name} created by hand for {node}")
+            self.create_by_hand(rng, rng.choice(sorted(c.nodes)))
         for name, r in sorted(c.repairs.items()):
             status = r.get("status") or {}
             notes = r["metadata"].setdefault("annotations", {})
@@ -337,6 +335,15 @@ class Simulation:
             elif quiet and status.get("phase") == "Failed" and rng.random() < 0.05:
                 self.fix(r["spec"]["nodeName"])
                 self.delete(name)
+
+    def create_by_hand(self, rng: random.Random, node: str) -> str:
+        name = f"manual-{self.step}"
+        while name in self.cluster.repairs:
+            name += "x"
+        spec = {**self.repair_template(rng), "nodeName": node}
+        self.cluster.create_repair({"metadata": {"name": name}, "spec": spec})
+        self.log(f"NodeRepair {name} created by hand for {node}")
+        return name
 
     def fix(self, node: str) -> None:
         self.cluster.set_condition(node, "KernelDeadlock", "False")

@@ -15,7 +15,6 @@ accepts them, against the model's truth (see tests.sim.checks)."""
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import random
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pitstop import constants as C
 from pitstop.cluster.kube import ApiError, Kube
-from tests.sim.cluster import NS, Cluster, stamp
+from tests.sim.cluster import NS, Cluster, clone, stamp
 from tests.unit.test_nodes import Refused, apply
 
 if TYPE_CHECKING:
@@ -37,7 +36,7 @@ PODS = f"/api/v1/namespaces/{NS}/pods/"
 def merge(target: Any, patch: Any) -> Any:
     """JSON merge patch (RFC 7386)."""
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
+        return clone(patch)
     out = dict(target) if isinstance(target, dict) else {}
     for k, v in patch.items():
         if v is None:
@@ -64,7 +63,7 @@ class ApiServer:
             if name not in c.nodes:
                 raise ApiError(404, f'nodes "{name}" not found')
             if method == "GET":
-                return copy.deepcopy(c.nodes[name])
+                return clone(c.nodes[name])
             return self.patch_node(name, body)
         if path.startswith(PODS):
             rest = path[len(PODS) :].split("/")
@@ -89,7 +88,7 @@ class ApiServer:
             if r is None:
                 raise ApiError(404, f'noderepairs "{name}" not found')
             if method == "GET":
-                return copy.deepcopy(r)
+                return clone(r)
             if sub == ["status"]:
                 return self.patch_repair_status(name, body)
             return self.patch_repair_meta(name, body)
@@ -122,7 +121,7 @@ class ApiServer:
             self.log(f"node {name}: cordoned again by {now}")
         c.nodes[name] = after
         c.touch_node(name)
-        return copy.deepcopy(after)
+        return clone(after)
 
     # --- pods ---
 
@@ -134,6 +133,8 @@ class ApiServer:
             if v is None:
                 if k in pod.annotations:
                     self.log(f"pod {pod.key} on {pod.node}: {k} removed")
+                    if k == C.ANNOTATION_DRAINING:
+                        pod.unmarked_at = c.now
                 pod.annotations.pop(k, None)
             else:
                 if k == C.ANNOTATION_DRAINING and k not in pod.annotations:
@@ -221,7 +222,7 @@ class ApiServer:
             )
         r["status"] = new
         self.c.touch_repair(name)
-        return copy.deepcopy(r)
+        return clone(r)
 
     def patch_repair_meta(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         c = self.c
@@ -234,7 +235,7 @@ class ApiServer:
             self.checks.repair_gone(name, r)
             return {}
         c.touch_repair(name)
-        return copy.deepcopy(r)
+        return clone(r)
 
 
 def _lock(node: dict[str, Any]) -> str | None:
