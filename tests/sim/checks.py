@@ -149,7 +149,7 @@ class Checks:
             own = marked is not None and now >= marked + timeout
             if not (own and drain.get("onTaskTimeout", "Evict") == "Evict"):
                 since = f"marked {now - marked:.0f}s ago" if marked is not None else "never marked"
-                if marked is None and pod.unmarked_at is not None:
+                if pod.unmarked_at is not None and now - pod.unmarked_at < 600:
                     since += (
                         f", its drain signal was removed {now - pod.unmarked_at:.0f}s ago by a"
                         " give-back"

@@ -31,6 +31,13 @@ unsignalled, skips the wait, and evicts a pod whose runtime, unmarked, took a ta
 again (invariant 1)."""
 
 
+UNSEEN_MARK = "task-timeout-evicts-a-mark-not-yet-seen"
+"""After the task timeout (onTaskTimeout: Evict) an instance marked late gets a
+timeout of its own, counted from the drain mark the pass reads on the pod; one this
+process just marked, whose mark the view does not show yet, has no mark to count
+from and is evicted at once, with tasks in flight (invariants 1 and 9)."""
+
+
 def classify(b: Break) -> str:
     if b.invariant in ("1", "2") and "DeregistrationTimeout" in b.message:
         return HOLE_DEREGISTRATION
@@ -44,6 +51,8 @@ def classify(b: Break) -> str:
         return HOLE_DELETION_RACE  # a pass of a deleted repair took the lock after abort
     if b.invariant == "1" and "removed" in b.message and "by a give-back" in b.message:
         return STALE_MARK
+    if b.invariant == "1" and "TasksDrained=False TaskTimeout" in b.message:
+        return UNSEEN_MARK
     if b.invariant == "5" and "(being deleted)" in b.message:
         return SLOT_OF_DELETED_REPAIR
     return f"invariant-{b.invariant}"
