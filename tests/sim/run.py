@@ -99,6 +99,11 @@ class Result:
     trace: list[str] = field(default_factory=list)
 
     @property
+    def faults(self) -> int:
+        """Faults of the plan that the run reached."""
+        return sum(1 for f in self.plan if f.step < self.steps)
+
+    @property
     def ok(self) -> bool:
         return not self.breaks
 
@@ -106,7 +111,7 @@ class Result:
         phases = ", ".join(f"{k} {v}" for k, v in sorted(self.repairs.items()))
         return (
             f"seed {self.seed}: {self.steps} steps (+{self.quiet_steps} quiet),"
-            f" {self.sim_seconds / 3600:.1f} h simulated, {len(self.plan)} faults,"
+            f" {self.sim_seconds / 3600:.1f} h simulated, {self.faults} faults,"
             f" {self.restarts} operator starts, {self.requests} API requests,"
             f" {self.evictions} evictions; repairs: {phases or 'none'}"
         )
@@ -398,6 +403,10 @@ def shrink(result: Result, budget: int = 40) -> tuple[Result, int]:
         r = Simulation(result.seed, steps, candidate, settle=not in_steps).run()
         return r if r.breaks and r.breaks[0].invariant == target.invariant else None
 
+    if plan:  # often the world alone breaks it
+        r = fails([])
+        if r is not None:
+            plan, best = [], r
     chunk = max(1, len(plan) // 2)
     while plan and runs < budget:
         removed = False
@@ -422,14 +431,14 @@ def shrink(result: Result, budget: int = 40) -> tuple[Result, int]:
 def report(original: Result, shrunk: Result | None = None, tail: int = 40) -> str:
     r = shrunk or original
     b = r.breaks[0]
-    faults = ",".join(str(f) for f in r.plan)
+    faults = ",".join(str(f) for f in r.plan if f.step < r.steps)
     lines = [
         f"SIMULATION BREAK: seed {original.seed}",
         b.line(),
     ]
     if shrunk is not None:
         lines.append(
-            f"shrunk: {len(r.plan)} faults (from {len(original.plan)}), {r.steps} steps"
+            f"shrunk: {r.faults} faults (from {original.faults}), {r.steps} steps"
             f" (from {original.steps})"
         )
     lines.append(
