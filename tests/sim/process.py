@@ -17,6 +17,7 @@ listing, as kopf does."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -121,6 +122,28 @@ def reset_globals() -> None:
     pool_daemon.NODE_VIEWS = pool_daemon.NodeViews()
     pool_daemon.ALERTS.items.clear()
     report.PHASES.clear()
+
+
+@contextlib.contextmanager
+def isolated_globals() -> Iterator[None]:
+    """A simulation's module state replaced for its run, and the host's put back."""
+    saved = (
+        WAKERS._events,
+        CAPACITY._events,
+        POLICIES._events,
+        set(UNDER_REPAIR),
+        pool_daemon.ADMISSION,
+        pool_daemon.NODE_VIEWS,
+        dict(report.PHASES),
+    )
+    try:
+        yield
+    finally:
+        reset_globals()
+        WAKERS._events, CAPACITY._events, POLICIES._events = saved[:3]
+        UNDER_REPAIR.update(saved[3])
+        pool_daemon.ADMISSION, pool_daemon.NODE_VIEWS = saved[4], saved[5]
+        report.PHASES.update(saved[6])
 
 
 class Process:

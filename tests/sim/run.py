@@ -28,7 +28,7 @@ from pitstop.pool import daemon as pool_daemon
 from tests.sim.checks import FINAL, Break, Checks
 from tests.sim.cluster import RESOURCES, Cluster, stamp
 from tests.sim.loop import VirtualLoop, patched_clock
-from tests.sim.process import Process, reset_globals
+from tests.sim.process import Process, isolated_globals
 from tests.sim.server import ApiServer, Network
 
 FAULTS = (
@@ -162,7 +162,7 @@ class Simulation:
         loop = VirtualLoop()
         self.cluster.clock = loop.time
         try:
-            with patched_clock(), quiet_events():
+            with patched_clock(), quiet_events(), isolated_globals():
                 loop.run_until_complete(self.main())
                 if self.proc is not None:
                     self.proc.kill()
@@ -172,7 +172,6 @@ class Simulation:
                 loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         finally:
             loop.close()
-            reset_globals()
         repairs: dict[str, int] = {"deleted": self.deleted} if self.deleted else {}
         for r in self.cluster.repairs.values():
             phase = (r.get("status") or {}).get("phase") or "None"
