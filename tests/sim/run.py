@@ -396,10 +396,13 @@ def shrink(result: Result, budget: int = 40) -> tuple[Result, int]:
     plan = [f for f in result.plan if f.step < steps]
     runs = 0
 
+    # Without a fault the world runs differently: let it break a little later too.
+    limit = steps + max(50, steps // 2) if in_steps else steps
+
     def fails(candidate: list[Fault]) -> Result | None:
         nonlocal runs
         runs += 1
-        r = Simulation(result.seed, steps, candidate, settle=not in_steps).run()
+        r = Simulation(result.seed, limit, candidate, settle=not in_steps).run()
         return r if r.breaks and r.breaks[0].invariant == target.invariant else None
 
     if plan:  # often the world alone breaks it
