@@ -124,7 +124,7 @@ class Checks:
                 "3", f"{what} on {pod.key} while {node} is not cordoned under a lock{last or ''}"
             )
         elif self.repair(holder) is None:
-            self.fail("3", f"{what} on {pod.key} under the lock of {holder}, which is gone)")
+            self.fail("3", f"{what} on {pod.key} under the lock of {holder} (gone)")
 
     def _state(self, r: dict[str, Any] | None) -> str:
         """The repair's own account: what its conditions say about the drain."""
