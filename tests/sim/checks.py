@@ -74,6 +74,8 @@ class Checks:
         self.uncovered = 0
         """minAvailable judgements skipped: the operator's view of the nodes lagged."""
         self.evictions = 0
+        self.lost_status: set[str] = set()
+        """Repairs a status write of which landed while its answer was lost."""
         self.released: dict[str, str] = {}
         """Node → the repair whose lock it carried last."""
 
@@ -166,6 +168,8 @@ class Checks:
                 since = (
                     f"gate closed {now - closed:.0f}s ago" if closed is not None else "gate open"
                 )
+                if not pod.app.labelled:
+                    since += ", unlabelled: its kind is inferred from the EndpointSlices"
                 self.fail(
                     "2",
                     f"{pod.key} evicted while still a ready endpoint ({since}, deregistration"
@@ -257,10 +261,13 @@ class Checks:
             if a in FINAL and not (a == "Failed" and b == "Aborted"):
                 self.fail("6", f"{name} went from {a} to {b}")
             return
+        lost = ""
+        if name in self.lost_status:
+            lost = " (the answer to one of its status writes was lost)"
         if a in FINAL:
-            self.fail("6", f"{name} went from {a} back to {b}")
+            self.fail("6", f"{name} went from {a} back to {b}{lost}")
         elif ORDER.get(b, 99) < ORDER.get(a, 0) and not (a == "Verifying" and b == "Repairing"):
-            self.fail("6", f"{name} went back from {a} to {b}")
+            self.fail("6", f"{name} went back from {a} to {b}{lost}")
 
     def repair_gone(self, name: str, body: dict[str, Any]) -> None:
         node = body["spec"].get("nodeName")

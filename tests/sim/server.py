@@ -289,6 +289,8 @@ class SimKube(Kube):
             if answer.done():
                 return  # the caller gave up (cancelled): the write stands all the same
             if fault == "lost":
+                if path.startswith(REPAIRS + "/") and path.endswith("/status"):
+                    self.server.checks.lost_status.add(path.split("/")[-2])
                 answer.set_exception(TimeoutError("injected: the answer was lost"))
             elif isinstance(result, BaseException):
                 answer.set_exception(result)

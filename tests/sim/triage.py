@@ -38,6 +38,16 @@ process just marked, whose mark the view does not show yet, has no mark to count
 from and is evicted at once, with tasks in flight (invariants 1 and 9)."""
 
 
+LOST_STATUS_ANSWER = "a-lost-status-answer-rewinds-the-phase"
+"""A status write that landed but whose answer was lost leaves the driver deciding
+from its older status (it never reads its own back): a repair already Uncordoning,
+whose release failed, is verified again and written back to Verifying (6)."""
+INFERRED_KIND = "a-sync-pod-inferred-async-from-a-lagging-view"
+"""An unlabelled sync pod is sync only once the operator's view of the EndpointSlices
+shows it: a new replacement whose endpoint has not reached the view yet is taken for
+async and evicted without deregistration, still routed (2)."""
+
+
 def classify(b: Break) -> str:
     if b.invariant in ("1", "2") and "DeregistrationTimeout" in b.message:
         return HOLE_DEREGISTRATION
@@ -53,6 +63,10 @@ def classify(b: Break) -> str:
         return STALE_MARK
     if b.invariant == "1" and "TasksDrained=False TaskTimeout" in b.message:
         return UNSEEN_MARK
+    if b.invariant == "6" and "answer to one of its status writes was lost" in b.message:
+        return LOST_STATUS_ANSWER
+    if b.invariant == "2" and "gate open, unlabelled" in b.message:
+        return INFERRED_KIND
     if b.invariant == "5" and "(being deleted)" in b.message:
         return SLOT_OF_DELETED_REPAIR
     return f"invariant-{b.invariant}"
