@@ -77,6 +77,7 @@ class Checks:
         self.lost_status: set[str] = set()
         """Repairs a status write of which landed while its answer was lost."""
         self.released: dict[str, str] = {}
+        self.released_at: dict[str, float] = {}
         """Node → the repair whose lock it carried last."""
 
     @property
@@ -183,6 +184,7 @@ class Checks:
             return
         if was is not None:
             self.released[node] = was
+            self.released_at[node] = self.c.now
             r = self.repair(was)
             phase = self.phase(was)
             deleting = r is not None and r["metadata"].get("deletionTimestamp")
@@ -227,10 +229,14 @@ class Checks:
                 1 for v in pool if not self._held(v) and (v.available or self._just_failed(v))
             )
             if left < floor:
+                since = self.c.now - self.released_at.get(node, float("-inf"))
+                hint = ""
+                if since < 30:
+                    hint = f" ({self.released[node]} released it {since:.1f}s before)"
                 self.fail(
                     "5",
                     f"{repair} took {node}: {left} of {len(pool)} nodes available, the pool"
-                    f" {name} keeps {floor}",
+                    f" {name} keeps {floor}{hint}",
                 )
 
     @staticmethod

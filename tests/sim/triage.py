@@ -48,6 +48,13 @@ shows it: a new replacement whose endpoint has not reached the view yet is taken
 async and evicted without deregistration, still routed (2)."""
 
 
+STALE_TARGET = "admission-sees-its-node-still-cordoned"
+"""Admission judges the repair's own node from the view: a node another repair has
+just released still looks cordoned there, so taking it "takes nothing away" and
+minAvailable is not checked; the lock patch then meets the fresh node, but the
+admission, once given, is not asked again: the pool drops below minAvailable (5)."""
+
+
 def classify(b: Break) -> str:
     if b.invariant in ("1", "2") and "DeregistrationTimeout" in b.message:
         return HOLE_DEREGISTRATION
@@ -67,6 +74,8 @@ def classify(b: Break) -> str:
         return LOST_STATUS_ANSWER
     if b.invariant == "2" and "gate open, unlabelled" in b.message:
         return INFERRED_KIND
+    if b.invariant == "5" and "nodes available" in b.message and "released it" in b.message:
+        return STALE_TARGET
     if b.invariant == "5" and "(being deleted)" in b.message:
         return SLOT_OF_DELETED_REPAIR
     return f"invariant-{b.invariant}"
