@@ -169,7 +169,8 @@ class Simulation:
                 pending = asyncio.all_tasks(loop)
                 for t in pending:
                     t.cancel()
-                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                if pending:  # gather() of nothing would make a future of another loop
+                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         finally:
             loop.close()
         repairs: dict[str, int] = {"deleted": self.deleted} if self.deleted else {}

@@ -102,6 +102,13 @@ def test_a_seed_replays_exactly() -> None:
     assert (a.requests, a.evictions, a.sim_seconds) == (b.requests, b.evictions, b.sim_seconds)
 
 
+def test_a_run_whose_tasks_all_ended_closes_its_loop() -> None:
+    """Seed 10,198 ends with no task left on its loop: closing it must not gather
+    nothing (a future of another loop) and fail the run."""
+    r = _run(10198, 1188)
+    assert r.breaks and r.steps == 1188
+
+
 def test_the_checks_catch_an_eviction_of_a_busy_instance(monkeypatch: Any) -> None:
     """A mutant drain that reads every task count as 0: invariant 1 must break, and
     the shrunk reproduction must break the same way when replayed."""
