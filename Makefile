@@ -10,7 +10,7 @@ PITSTOP_CACHE ?= $(HOME)/.cache/pitstop
 # The kubectl built with the control plane comes first: same release as the server.
 export PATH := $(CURDIR)/$(BIN):$(PITSTOP_CACHE)/bin/kube-$(KUBE_VERSION):$(PATH)
 
-.PHONY: help venv lock build deps image e2e-chaos e2e-incluster e2e-kind cluster-up cluster-down kubeconfig crds crds-check lint unit e2e test bench bench-drain bench-policy bench-scale bench-sources demo clean
+.PHONY: help venv lock build deps image e2e-chaos e2e-incluster e2e-kind cluster-up cluster-down kubeconfig crds crds-check lint unit sim sim-long e2e test bench bench-drain bench-policy bench-scale bench-sources demo clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -67,6 +67,13 @@ unit: venv ## unit tests (no cluster)
 	$(BIN)/pytest -q tests/unit
 	cd function && go test -count=1 ./...
 
+sim: venv ## the deterministic simulation: fixed seeds, >= 50,000 steps, invariants after every step
+	$(BIN)/pytest -q tests/sim
+
+SIM_STEPS ?= 1000000
+sim-long: venv ## the simulation's long run: fresh seeds until SIM_STEPS (1,000,000) steps ran
+	$(BIN)/python -m tests.sim --seed 10000 --steps 5000 --total $(SIM_STEPS)
+
 e2e: venv build ## e2e tests on a fresh local control plane (PITSTOP_KEEP_CLUSTER=1 keeps it)
 	$(BIN)/pytest -q tests/e2e
 
@@ -79,7 +86,7 @@ e2e-incluster: venv build ## pitstop from manifests/ as two Pods on real nodes, 
 e2e-kind: venv ## the in-cluster tier on a kind cluster (needs Docker and kind; not on this machine)
 	hack/e2e-kind.sh
 
-test: lint unit e2e e2e-incluster e2e-chaos ## everything CI runs
+test: lint unit sim e2e e2e-incluster e2e-chaos ## everything CI runs
 
 bench: bench-drain bench-policy bench-sources ## all benchmarks, each on its own cluster
 

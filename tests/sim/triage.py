@@ -1,0 +1,81 @@
+"""Names for the breaks the simulation finds on the current code, so the fixed seeds
+of `make test` can expect them by name until their fixes are merged."""
+
+from __future__ import annotations
+
+from tests.sim.checks import Break
+
+HOLE_DEREGISTRATION = "hole-1-deregistration-deadline"
+"""Issue 18 hole 1: the deregistration deadline is repair-wide. Once a repair has
+timed out deregistering (DeregistrationTimeout), a gated sync instance its budget
+held back is marked late and evicted within the same pass or soon after, still a
+ready endpoint and with tasks in flight (invariants 1 and 2, and 9's per-instance
+deadlines)."""
+HOLE_DELETION_RACE = "hole-2-deletion-races-the-pass"
+"""Issue 18 hole 2: deleting a repair races the pass in flight: the pass writes its
+status over Aborted (invariant 6) and marks pods after the give-back unmarked them,
+so they keep pitstop.dev/draining (invariant 9), or marks pods of a node already
+given back (invariant 3), or takes the lock after its deletion was handled, leaving
+the node cordoned by a repair that no longer exists until the orphan sweep (4)."""
+SLOT_OF_DELETED_REPAIR = "pool-slot-freed-before-give-back"
+"""Admission counts a repair being deleted as no longer active (RepairView.active
+ignores deleting repairs) while its finalizer has not given its node back yet: a
+waiting repair takes another node at once, and for a moment the pool has one
+repair more than maxConcurrentRepairs (invariant 5)."""
+
+
+STALE_MARK = "stale-drain-mark-after-give-back"
+"""A repair that takes a node right after another's give-back decides from a view
+that still shows the drain signals the give-back took off: it finds no task
+unsignalled, skips the wait, and evicts a pod whose runtime, unmarked, took a task
+again (invariant 1)."""
+
+
+UNSEEN_MARK = "task-timeout-evicts-a-mark-not-yet-seen"
+"""After the task timeout (onTaskTimeout: Evict) an instance marked late gets a
+timeout of its own, counted from the drain mark the pass reads on the pod; one this
+process just marked, whose mark the view does not show yet, has no mark to count
+from and is evicted at once, with tasks in flight (invariants 1 and 9)."""
+
+
+LOST_STATUS_ANSWER = "a-lost-status-answer-rewinds-the-phase"
+"""A status write that landed but whose answer was lost leaves the driver deciding
+from its older status (it never reads its own back): a repair already Uncordoning,
+whose release failed, is verified again and written back to Verifying (6)."""
+INFERRED_KIND = "a-sync-pod-inferred-async-from-a-lagging-view"
+"""An unlabelled sync pod is sync only once the operator's view of the EndpointSlices
+shows it: a new replacement whose endpoint has not reached the view yet is taken for
+async and evicted without deregistration, still routed (2)."""
+
+
+STALE_TARGET = "admission-sees-its-node-still-cordoned"
+"""Admission judges the repair's own node from the view: a node another repair has
+just released still looks cordoned there, so taking it "takes nothing away" and
+minAvailable is not checked; the lock patch then meets the fresh node, but the
+admission, once given, is not asked again: the pool drops below minAvailable (5)."""
+
+
+def classify(b: Break) -> str:
+    if b.invariant in ("1", "2") and "DeregistrationTimeout" in b.message:
+        return HOLE_DEREGISTRATION
+    if b.invariant == "6" and "went from Aborted" in b.message:
+        return HOLE_DELETION_RACE
+    if b.invariant == "9" and "keeps pitstop.dev/draining" in b.message:
+        return HOLE_DELETION_RACE
+    if b.invariant == "3" and ("gone)" in b.message or "being deleted)" in b.message):
+        return HOLE_DELETION_RACE  # a pass of a deleted repair still marking pods
+    if b.invariant == "4" and "which no longer exists" in b.message:
+        return HOLE_DELETION_RACE  # a pass of a deleted repair took the lock after abort
+    if b.invariant == "1" and "removed" in b.message and "by a give-back" in b.message:
+        return STALE_MARK
+    if b.invariant == "1" and "TasksDrained=False TaskTimeout" in b.message:
+        return UNSEEN_MARK
+    if b.invariant == "6" and "answer to one of its status writes was lost" in b.message:
+        return LOST_STATUS_ANSWER
+    if b.invariant == "2" and "gate open, unlabelled" in b.message:
+        return INFERRED_KIND
+    if b.invariant == "5" and "nodes available" in b.message and "released it" in b.message:
+        return STALE_TARGET
+    if b.invariant == "5" and "(being deleted)" in b.message:
+        return SLOT_OF_DELETED_REPAIR
+    return f"invariant-{b.invariant}"
