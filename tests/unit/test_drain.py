@@ -31,7 +31,7 @@ from pitstop.models import (
     OnTaskTimeout,
     Phase,
 )
-from pitstop.repair.drain import Blocked, Decision, Instance, Observation, decide
+from pitstop.repair.drain import Blocked, Decision, Instance, Observation, decide, mark_time
 
 NAME = "r1"
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -141,7 +141,9 @@ def cond(type_: str, status: bool, reason: str, at: datetime | None = None) -> C
     )
 
 
-CORDONED = cond(C.COND_CORDONED, True, C.REASON_CORDONED)
+CORDONED = cond(C.COND_CORDONED, True, C.REASON_CORDONED, ago(3600))
+"""The repair took the node as it started: the instances' marks (by default as old as
+the repair) are its own."""
 DEREGISTERED = cond(C.COND_DEREGISTERED, True, C.REASON_DEREGISTERED)
 DRAINED = cond(C.COND_TASKS_DRAINED, True, C.REASON_TASKS_DRAINED)
 TIMED_OUT = cond(C.COND_TASKS_DRAINED, False, C.REASON_TASK_TIMEOUT)
@@ -384,7 +386,8 @@ def test_ungated_sync_instance_gets_a_no_serving_gate_warning() -> None:
 
 
 def test_no_sync_instances_and_no_tasks_reach_evicting_in_the_same_pass() -> None:
-    d = decide(observe(status(Phase.CORDONING), [inst("a"), inst("b")]))
+    st = status(Phase.CORDONING, conditions=[CORDONED])  # signalled since it took the node
+    d = decide(observe(st, [inst("a"), inst("b")]))
     assert d.status.phase == Phase.EVICTING
     assert d.evict == ["fn/a", "fn/b"]
     assert condition(d, C.COND_DEREGISTERED).status == ConditionStatus.TRUE
@@ -906,8 +909,9 @@ def random_instance(rng: random.Random, i: int) -> Instance:
     )
     pdbs = tuple(p for p in RANDOM_PDBS if rng.random() < 0.4)
     # Each step of its own, some long before the task timeout, some just now (one a
-    # budget held back), some without a time (a value that is no time).
-    times = [None, ago(10), ago(100), ago(5000), ago(5000), ago(5000)]
+    # budget held back), some without a time (a value that is no time), some older than
+    # the repair's taking of the node (a mark a give-back took off, still in the view).
+    times = [None, ago(10), ago(100), *[ago(3000)] * 5, ago(7000)]
     return dataclasses.replace(
         one,
         pdbs=pdbs,
@@ -931,6 +935,8 @@ def random_observation(rng: random.Random) -> Observation:
     )
     phase = rng.choice(PHASES)
     st = status(phase, since=rng.choice([0, 30, 59, 60, 599, 600, 1800, 5000]))
+    if phase in (Phase.PENDING, Phase.CORDONING) and rng.random() < 0.5:
+        st.conditions = [CORDONED]  # took the node in an earlier pass, its status not moved yet
     if phase == Phase.EVICTING:
         drained = [DRAINED]
         if on_timeout == OnTaskTimeout.EVICT:
@@ -989,6 +995,9 @@ def assert_invariants(obs: Observation, d: Decision) -> None:
             assert obs.spec.drain.on_task_timeout == OnTaskTimeout.EVICT, key
             assert i.draining_since is not None, f"{key} evicted without its drain signal"
             assert i.draining_since + timeout <= obs.now, f"{key}: its own timeout not passed"
+        # Invariant 1: a count or a timeout counts only from this repair's own mark,
+        # made after it took the node (an older one a give-back took off).
+        assert _marked_by_us(i, d), f"{key} evicted without a drain mark of this repair"
         # Invariants 2 and 9: a gated sync instance only once it is out of routing — or
         # once its own gate was closed for the whole timeout and routing still ignored
         # it (DeregistrationTimeout: eviction is then what takes it out).
@@ -1027,20 +1036,29 @@ SEEDS = range(4000)
 
 def test_invariants_hold_for_random_observations() -> None:
     rng = random.Random(20240501)
-    evictions = busy_evictions = routed_evictions = capped = 0
+    evictions = busy_evictions = routed_evictions = capped = marked_again = 0
     for _ in SEEDS:
         obs = random_observation(rng)
         d = decide(obs)
         assert_invariants(obs, d)
+        marked_again += sum(1 for i in obs.instances if i.draining and i.key in d.mark_draining)
         evictions += len(d.evict)
         busy_evictions += sum(1 for k in d.evict if _busy(obs, k))
         routed_evictions += sum(1 for i in obs.instances if i.key in d.evict and i.ready_endpoint)
         capped += len(decide(dataclasses.replace(obs, budgets={})).evict) - len(d.evict)
     # The generator must reach the interesting cases, or the test proves nothing.
-    assert evictions > 150
-    assert busy_evictions > 50
+    # (fewer than without marks older than the repair: those are marked again instead)
+    assert evictions > 100
+    assert busy_evictions > 35
+    assert marked_again > 500, "marks older than the repair's taking of the node"
     assert routed_evictions > 40, "some still routed after their own deregistration timeout"
     assert capped > 0, "the budgets held some evictions back"
+
+
+def _marked_by_us(i: Instance, d: Decision) -> bool:
+    taken = find(d.status.conditions, C.COND_CORDONED)
+    assert taken is not None and taken.last_transition_time is not None
+    return i.draining_since is not None and i.draining_since >= taken.last_transition_time
 
 
 def _busy(obs: Observation, key: str) -> bool:
@@ -1282,3 +1300,59 @@ def test_a_busy_pod_signalled_after_the_task_timeout_waits_its_own() -> None:
     p1 = deregistered("p1", tasks=2, since=10)
     d = decide(observe(st, [p1], sp=spec(task_timeout=300)))
     assert d.evict == [] and d.wake_at == ago(10) + timedelta(seconds=300)
+
+
+# --- a drain mark counts only if this repair made it (sim seeds 49 and 94) ---
+
+
+def test_a_mark_a_give_back_took_off_is_not_trusted_by_the_next_repair() -> None:
+    # Sim seed 49: r1 took the node 2 s ago, just after another repair's give-back
+    # removed its marks. The view still shows that repair's mark (20 min old) and
+    # the count read then, 0: the runtime, unmarked since, may have taken tasks.
+    st = status(Phase.DEREGISTERING, since=2, conditions=[cond(*CORDONED_NOW, ago(2))])
+    stale = inst("a", tasks=0, since=1200)
+    d = decide(observe(st, [stale]))
+    assert d.evict == [], "evicted on a count read under a mark already taken off"
+    assert d.mark_draining == ["fn/a"], "marked again, by this repair"
+    assert d.status.phase == Phase.WAITING_FOR_TASKS
+    assert "drain signal" in (d.status.message or "")
+    # Once the view shows its new mark, its count is read with it: idle, it goes.
+    fresh = inst("a", tasks=0, since=1)
+    later = decide(observe(d.status, [fresh]))
+    assert later.evict == ["fn/a"]
+
+
+def test_a_mark_older_than_the_repair_is_no_step_time_for_the_task_timeout() -> None:
+    # Sim seed 94's path: the task timeout passed (onTaskTimeout: Evict). A busy pod
+    # whose view shows a mark from before r1 took the node has no own wait yet: the
+    # old mark's age must not force it out.
+    st = status(Phase.EVICTING, since=30, conditions=[cond(*CORDONED_NOW, ago(400)), TIMED_OUT])
+    busy = inst("a", tasks=2, since=3600)
+    d = decide(observe(st, [busy], sp=spec(task_timeout=300)))
+    assert d.evict == [] and d.mark_draining == ["fn/a"]
+
+
+def test_after_the_task_timeout_a_mark_not_seen_yet_forces_nothing() -> None:
+    # Sim seed 94: r1 just marked a (taken_out), its view does not show the mark yet,
+    # a has tasks in flight: no time of its own to count from, so it is not forced.
+    st = status(Phase.EVICTING, since=30, conditions=[CORDONED, DEREGISTERED, TIMED_OUT])
+    busy = inst("a", tasks=2, draining=False)
+    d = decide(observe(st, [busy], taken_out=frozenset({"fn/a"}), sp=spec(task_timeout=300)))
+    assert d.evict == []
+
+
+def test_a_drain_mark_is_never_stamped_before_the_repair_took_the_node() -> None:
+    # Another process's clock may lag the one that took the node: its mark must still
+    # count as this repair's, or the drain would wait for a mark it never sends again.
+    st = status(Phase.DEREGISTERING, conditions=[cond(*CORDONED_NOW, NOW)])
+    stamp = mark_time(st, NOW - timedelta(seconds=3))
+    again = decide(observe(st, [dataclasses.replace(inst("a"), draining_since=_at(stamp))]))
+    assert again.mark_draining == [] and again.evict == ["fn/a"]
+    assert _at(mark_time(st, NOW + timedelta(microseconds=1))) > NOW, "sub-second precision"
+
+
+def _at(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp)
+
+
+CORDONED_NOW = (C.COND_CORDONED, True, C.REASON_CORDONED)

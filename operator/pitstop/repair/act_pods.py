@@ -46,7 +46,7 @@ class PodSteps(Report):
         deleted (invariant 9): its give-back undoes only what it can see."""
         if self.stopping():
             return
-        stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        stamp = drain.mark_time(d.status, now)
         writes: list[tuple[tuple[str, str], Any]] = []
         for key in d.mark_draining:
             if ("drain", key) not in self.sent:

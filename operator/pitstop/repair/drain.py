@@ -20,6 +20,7 @@ The per-instance guards here are the invariants themselves:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
@@ -32,6 +33,7 @@ from pitstop.models import (
     DryRunPlan,
     InstanceCounts,
     NodeRecord,
+    NodeRepairStatus,
     OnTaskTimeout,
     Phase,
 )
@@ -102,6 +104,7 @@ def decide(obs: Observation) -> Decision:
             Event("Normal", C.REASON_CORDONED, "Node cordoned and tainted", on_node=True)
         )
     set_cond(d, obs, C.COND_CORDONED, True, C.REASON_CORDONED, "unschedulable, tainted, locked")
+    obs = _own_marks(obs, taken_at(d.status))
 
     if status.phase in DRAIN_PHASES or status.phase == Phase.PENDING:
         _count(d, obs)
@@ -123,6 +126,48 @@ def decide(obs: Observation) -> Decision:
     elif status.phase == Phase.VERIFYING:
         recovery.verifying(d, obs)
     return d
+
+
+def taken_at(status: NodeRepairStatus) -> datetime | None:
+    """When this repair took the node: its Cordoned condition turned True (set in the
+    first pass that holds the lock, before any pod is touched)."""
+    cond = conditions.find(status.conditions, C.COND_CORDONED)
+    if cond is None or not conditions.is_true(status.conditions, C.COND_CORDONED):
+        return None
+    return cond.last_transition_time
+
+
+def mark_time(status: NodeRepairStatus, now: datetime) -> str:
+    """The value of a drain mark written now: never before the repair took the node
+    (another process's clock may lag), so the mark always counts as this repair's."""
+    since = taken_at(status)
+    at = max(now, since) if since is not None else now
+    return at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _own_marks(obs: Observation, since: datetime | None) -> Observation:
+    """A drain mark counts only if this repair made it: its time is not before the
+    repair took the node. An older one is a mark a give-back already took off that a
+    lagging view still shows (or one that is no time): the runtime may have taken
+    tasks since, so it is treated as absent: the pod is marked again, and its count
+    is trusted only once read with the new mark (invariant 1)."""
+    if since is None:
+        return obs
+    stale = [
+        i
+        for i in obs.instances
+        if i.draining and (i.draining_since is None or i.draining_since < since)
+    ]
+    if not stale:
+        return obs
+    keys = {i.key for i in stale}
+    return dataclasses.replace(
+        obs,
+        instances=[
+            dataclasses.replace(i, draining=False, draining_since=None) if i.key in keys else i
+            for i in obs.instances
+        ],
+    )
 
 
 def _count(d: Decision, obs: Observation) -> None:
