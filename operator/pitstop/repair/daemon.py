@@ -77,15 +77,19 @@ class Driver(NodeSteps, PodSteps, RepairSteps):
                 for pdb in by_ns[ns]:
                     budgets[contract.pdb_key(pdb)] = contract.budget(pdb)
             pdbs = by_ns[ns]
-            if C.ANNOTATION_DRAINING in (pod["metadata"].get("annotations") or {}):
-                marked[key] = self.marked_at.get(key, now)
+            mark = (pod["metadata"].get("annotations") or {}).get(C.ANNOTATION_DRAINING)
+            if mark is not None:
+                # A new mark (a repair's after another's, taken off between) is seen
+                # anew: a poll of the old one's time may predate it (trust rule).
+                seen = self.marked_at.get(key)
+                marked[key] = seen if seen is not None and seen[0] == mark else (mark, now)
             m = sources_daemon.match_pod(pod, usable, namespace_labels) if usable else None
             polled, unacked = None, None
             if m is not None and m.profile is not None:
                 target = self.target(key, pod, m.profile, marked=key in marked)
                 if target is not None:
                     targets.append(target)
-                    polled, unacked = self.polled(target, marked.get(key))
+                    polled, unacked = self.polled(target, marked[key][1] if key in marked else None)
             found.append(contract.observe(pod, endpoints_by_pod.get(key), m, polled, unacked, pdbs))
         self.marked_at, self.targets, self.budgets = marked, targets, budgets
         self.pdbs_of = {i.key: i.pdbs for i in found}

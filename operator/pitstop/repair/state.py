@@ -89,8 +89,9 @@ class DriverState:
         self.name = name
         self.poller = poller
         """The operator's shared task-source poller (None: no profile is ever polled)."""
-        self.marked_at: dict[str, datetime] = {}
-        """When this process first saw each pod carry pitstop.dev/draining (trust rule)."""
+        self.marked_at: dict[str, tuple[str, datetime]] = {}
+        """Each pod's pitstop.dev/draining value and when this process first saw it
+        (trust rule)."""
         self.targets: list[Target] = []
         """What the poller would ask the node's instances, from the last observation."""
         self.body = body
