@@ -195,6 +195,12 @@ def available(pool: Pool, also_taken: Sequence[str] = ()) -> set[str]:
     return {n.name for n in pool.nodes if n.available and n.name not in taken}
 
 
+def out_already(node: NodeView) -> bool:
+    """Not available whatever the operator's view lags behind: not Ready, or cordoned
+    by someone else than pitstop (a cordon under a lock may be on its way off)."""
+    return not node.ready or (node.unschedulable and node.lock is None)
+
+
 def floor_of(pool: Pool) -> int:
     return arithmetic.min_available(pool.spec, len(pool.nodes))
 
@@ -226,7 +232,8 @@ def test_an_admitted_repair_leaves_the_pool_min_available_nodes(
 ) -> None:
     pool, candidate = case
     if admit(pool, candidate) is None:
-        target_available = candidate.node in available(pool)
+        target = next(n for n in pool.nodes if n.name == candidate.node)
+        target_available = not out_already(target)
         after = available(pool, also_taken=[candidate.node])
         assert not target_available or len(after) >= floor_of(pool), (
             f"{len(after)} available after cordoning {candidate.node}, floor {floor_of(pool)}"
@@ -240,7 +247,7 @@ def test_a_repair_of_an_unavailable_node_is_never_refused_for_min_available(
 ) -> None:
     pool, candidate = case
     target = next(n for n in pool.nodes if n.name == candidate.node)
-    if not target.available:
+    if out_already(target):
         answer = admit(pool, candidate) or ""
         assert not answer.startswith("MinAvailable"), answer
         # ... and the strictest minAvailable changes nothing for it.
@@ -278,7 +285,7 @@ def test_the_oldest_waiting_repair_is_held_back_by_a_limit_never_by_the_order(po
 def test_a_pool_with_nothing_active_starts_its_oldest_repair_of_an_unavailable_node(
     pool: Pool,
 ) -> None:
-    unavailable = {n.name for n in pool.nodes if not n.available}
+    unavailable = {n.name for n in pool.nodes if out_already(n)}
     waiting = [r for r in pool.waiting() if r.node in unavailable]
     if waiting:
         oldest = min(pool.waiting(), key=lambda r: (r.created, r.name))
@@ -403,6 +410,30 @@ def test_a_repair_being_deleted_holds_its_slot_until_its_node_is_given_back() ->
     nodes[0] = locked(nodes[0], "old")
     failed = RepairView("old", "a-0", Phase.FAILED, created(0))
     assert arithmetic.admit(new, spec, nodes, [failed]) is None
+
+
+def test_a_node_cordoned_under_a_finished_repairs_lock_is_not_taken_as_out_already() -> None:
+    """The long-run break "admission sees its node still cordoned" (sim seeds 20252,
+    20300): the view still showed the node locked and cordoned by the repair that had
+    just released it, so its next repair "took nothing away" and skipped minAvailable;
+    the lock patch then met the released node and the pool fell below the floor."""
+    spec, nodes = three_ready(max_concurrent=3, min_available=2)
+    nodes[0] = locked(nodes[0], "before")  # released already; the view lags
+    nodes[2] = replace(nodes[2], unschedulable=True)  # cordoned by hand
+    new = RepairView("new", "a-0", Phase.PENDING, created(5))
+    for previous in (
+        [RepairView("before", "a-0", Phase.SUCCEEDED, created(0))],
+        [RepairView("before", "a-0", Phase.FAILED, created(0))],
+        [],  # deleted already
+    ):
+        answer = arithmetic.admit(new, spec, nodes, previous) or ""
+        assert answer.startswith("MinAvailable"), (previous, answer)
+    # A node not Ready, or cordoned by someone else, is out already: nothing taken.
+    for out in (
+        replace(nodes[0], lock=None),
+        replace(nodes[0], conditions={"Ready": ("False", T0)}),
+    ):
+        assert arithmetic.admit(new, spec, [out, *nodes[1:]], []) is None
 
 
 # --- the percentages ---

@@ -183,8 +183,16 @@ def _limits(
     taken = set(held.values())
     available = {n.name for n in pool if n.available and n.name not in taken}
     target = next((n for n in pool if n.name == candidate.node), None)
-    # Repairing a node that is not available takes nothing away from the pool.
-    if target is not None and target.available and len(available) - 1 < floor:
+    # Repairing a node that is not available takes nothing away from the pool; but
+    # a cordon under a lock is pitstop's own, and the view may not show its release
+    # yet (or it comes with the next repair's take-over): only a node not Ready, or
+    # cordoned by someone else, counts as out already.
+    if (
+        target is not None
+        and target.ready
+        and (target.lock not in (None, candidate.name) or not target.unschedulable)
+        and len(available - {target.name}) < floor
+    ):
         return (
             f"MinAvailable: {len(available)} of {total} nodes available;"
             f" the pool keeps {floor} (minAvailable {spec.min_available})"
