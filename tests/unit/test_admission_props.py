@@ -13,7 +13,10 @@ the way DESIGN.md "Pool arithmetic" and docs/policies.md "Pool safety" say them:
 
 The pools are drawn as a cluster shows them: nodes Ready or not, some cordoned by
 hand, the nodes of repairs past Cordoning locked and cordoned, a Failed repair
-kept cordoned, at most one active repair per node, repairs of nodes in other pools.
+kept cordoned, at most one active repair per node, repairs of nodes in other pools;
+and as the operator's view may show them a moment late: a repair being deleted
+whose finalizer has not given its node back yet, a lock left by a repair already
+gone, a finished repair's lock and cordon its release has taken off already.
 """
 
 from __future__ import annotations
@@ -100,6 +103,7 @@ def pools(draw: st.DrawFn, max_nodes: int = 10) -> Pool:
         repairs.append(view)
     nodes = []
     for name in names[:n]:
+        mine = [r for r in repairs if r.node == name]
         holder = next(
             (
                 r.name
@@ -118,6 +122,23 @@ def pools(draw: st.DrawFn, max_nodes: int = 10) -> Pool:
                     if r.node == name and r.phase == Phase.CORDONING and draw(st.booleans())
                 ),
                 None,
+            )
+        if holder is None:  # one being deleted, its node not given back yet
+            holder = next(
+                (
+                    r.name
+                    for r in mine
+                    if r.deleting and r.phase not in (None, Phase.PENDING) and draw(st.booleans())
+                ),
+                None,
+            )
+        if holder is None:  # a view behind a release (a finished repair's), or an orphan
+            holder = draw(
+                st.sampled_from(
+                    [None] * 6
+                    + [r.name for r in mine if r.phase in (Phase.SUCCEEDED, Phase.ABORTED)]
+                    + [f"gone-{name}"]
+                )
             )
         ready = draw(st.sampled_from(["True", "True", "True", "False", "Unknown"]))
         nodes.append(
@@ -141,15 +162,43 @@ def pool_and_candidate(draw: st.DrawFn) -> tuple[Pool, RepairView]:
     return pool, candidate
 
 
-def active(pool: Pool) -> list[RepairView]:
+def held(pool: Pool, candidate: RepairView | None = None) -> dict[str, str]:
+    """The repairs that hold a slot of the pool (name → node): those past Pending and
+    not finished, those being deleted whose finalizer may not have given their node
+    back (all but a Succeeded one), and whoever a node's lock names unless that repair
+    ended and is not being deleted. The lock of a vanished repair on the candidate's
+    node is no slot of its own: the candidate takes it over."""
     names = {n.name for n in pool.nodes}
-    return [r for r in pool.repairs if r.active and r.node in names]
+    known = {r.name for r in pool.repairs}
+    slots = {}
+    for r in pool.repairs:
+        if r.node not in names or r.phase in (None, Phase.PENDING):
+            continue
+        if (r.deleting and r.phase != Phase.SUCCEEDED) or r.phase not in FINAL_PHASES:
+            slots[r.name] = r.node
+    ended = {r.name for r in pool.repairs if r.phase in FINAL_PHASES and not r.deleting}
+    for n in pool.nodes:
+        if candidate is not None and n.name == candidate.node and n.lock not in known:
+            continue
+        if n.lock and n.lock not in ended:
+            slots.setdefault(n.lock, n.name)
+    return slots
+
+
+def active(pool: Pool, candidate: RepairView | None = None) -> list[str]:
+    return list(held(pool, candidate))
 
 
 def available(pool: Pool, also_taken: Sequence[str] = ()) -> set[str]:
-    """Ready, schedulable and not held by an active repair (nor in `also_taken`)."""
-    taken = {r.node for r in active(pool)} | set(also_taken)
+    """Ready, schedulable and not held by a repair (nor in `also_taken`)."""
+    taken = set(held(pool).values()) | set(also_taken)
     return {n.name for n in pool.nodes if n.available and n.name not in taken}
+
+
+def out_already(node: NodeView) -> bool:
+    """Not available whatever the operator's view lags behind: not Ready, or cordoned
+    by someone else than pitstop (a cordon under a lock may be on its way off)."""
+    return not node.ready or (node.unschedulable and node.lock is None)
 
 
 def floor_of(pool: Pool) -> int:
@@ -173,7 +222,7 @@ def test_an_admission_never_makes_more_active_than_max_concurrent_repairs(
 ) -> None:
     pool, candidate = case
     if admit(pool, candidate) is None:
-        assert len(active(pool)) + 1 <= pool.spec.max_concurrent_repairs
+        assert len(active(pool, candidate)) + 1 <= pool.spec.max_concurrent_repairs
 
 
 @PROPS
@@ -183,7 +232,8 @@ def test_an_admitted_repair_leaves_the_pool_min_available_nodes(
 ) -> None:
     pool, candidate = case
     if admit(pool, candidate) is None:
-        target_available = candidate.node in available(pool)
+        target = next(n for n in pool.nodes if n.name == candidate.node)
+        target_available = not out_already(target)
         after = available(pool, also_taken=[candidate.node])
         assert not target_available or len(after) >= floor_of(pool), (
             f"{len(after)} available after cordoning {candidate.node}, floor {floor_of(pool)}"
@@ -197,7 +247,7 @@ def test_a_repair_of_an_unavailable_node_is_never_refused_for_min_available(
 ) -> None:
     pool, candidate = case
     target = next(n for n in pool.nodes if n.name == candidate.node)
-    if not target.available:
+    if out_already(target):
         answer = admit(pool, candidate) or ""
         assert not answer.startswith("MinAvailable"), answer
         # ... and the strictest minAvailable changes nothing for it.
@@ -235,11 +285,11 @@ def test_the_oldest_waiting_repair_is_held_back_by_a_limit_never_by_the_order(po
 def test_a_pool_with_nothing_active_starts_its_oldest_repair_of_an_unavailable_node(
     pool: Pool,
 ) -> None:
-    unavailable = {n.name for n in pool.nodes if not n.available}
+    unavailable = {n.name for n in pool.nodes if out_already(n)}
     waiting = [r for r in pool.waiting() if r.node in unavailable]
-    if not active(pool) and waiting:
+    if waiting:
         oldest = min(pool.waiting(), key=lambda r: (r.created, r.name))
-        if oldest in waiting:
+        if oldest in waiting and not active(pool, oldest):
             assert admit(pool, oldest) is None
 
 
@@ -258,7 +308,7 @@ def test_repairs_of_nodes_outside_the_pool_change_nothing(
 @given(pool_and_candidate())
 def test_a_node_with_an_active_repair_admits_no_second_one(case: tuple[Pool, RepairView]) -> None:
     pool, candidate = case
-    if any(r.node == candidate.node for r in active(pool)):
+    if candidate.node in held(pool, candidate).values():
         assert (admit(pool, candidate) or "").startswith("NodeBusy")
 
 
@@ -298,6 +348,15 @@ def test_a_burst_of_admissions_keeps_the_pool_limits(pool: Pool, rnd: random.Ran
             if admit(state, r) is None:
                 admitted = replace(r, phase=Phase.CORDONING)
                 state = replace(state, repairs=[admitted if x == r else x for x in state.repairs])
+                # The lock of a vanished repair on its node is its to take over.
+                known = {x.name for x in state.repairs}
+                nodes = [
+                    replace(n, lock=r.name)
+                    if n.name == r.node and n.lock and n.lock not in known
+                    else n
+                    for n in state.nodes
+                ]
+                state = replace(state, nodes=nodes)
                 changed = True
                 assert len(active(state)) <= max(pool.spec.max_concurrent_repairs, before_active)
                 floor = floor_of(state)
@@ -306,6 +365,75 @@ def test_a_burst_of_admissions_keeps_the_pool_limits(pool: Pool, rnd: random.Ran
     left = state.waiting()
     for r in left:
         assert admit(state, r) is not None
+
+
+# --- what the simulation found (tests/sim/triage.py) ---
+
+
+def three_ready(max_concurrent: int, min_available: int) -> tuple[RepairPolicySpec, list[NodeView]]:
+    spec = RepairPolicySpec.model_validate(
+        {
+            "nodeSelector": {"matchLabels": {"pool": "a"}},
+            "maxConcurrentRepairs": max_concurrent,
+            "minAvailable": min_available,
+        }
+    )
+    nodes = [
+        NodeView(f"a-{i}", {"pool": "a"}, {"Ready": ("True", T0)}, False, None) for i in range(3)
+    ]
+    return spec, nodes
+
+
+def locked(node: NodeView, holder: str) -> NodeView:
+    return replace(node, unschedulable=True, lock=holder)
+
+
+def test_a_repair_being_deleted_holds_its_slot_until_its_node_is_given_back() -> None:
+    """SLOT_OF_DELETED_REPAIR (sim seeds 25, 87): a repair being deleted counted as
+    inactive while its finalizer (Aborted, then the give-back) still held the node,
+    so a waiting repair took a second node under maxConcurrentRepairs: 1."""
+    spec, nodes = three_ready(max_concurrent=1, min_available=0)
+    nodes[0] = locked(nodes[0], "old")
+    new = RepairView("new", "a-1", Phase.PENDING, created(5))
+    for phase in (Phase.EVICTING, Phase.ABORTED, Phase.FAILED):
+        old = RepairView("old", "a-0", phase, created(0), deleting=True)
+        answer = arithmetic.admit(new, spec, nodes, [old]) or ""
+        assert answer.startswith("MaxConcurrentRepairs"), (phase, answer)
+    # Gone from the view (deleted, or force-deleted), its lock still on the node: held.
+    answer = arithmetic.admit(new, spec, nodes, []) or ""
+    assert answer.startswith("MaxConcurrentRepairs"), answer
+    # Given back (no lock any more): the slot is free.
+    nodes[0] = replace(nodes[0], unschedulable=False, lock=None)
+    old = RepairView("old", "a-0", Phase.ABORTED, created(0), deleting=True)
+    assert arithmetic.admit(new, spec, nodes, []) is None
+    # A Failed repair that keeps its node cordoned has ended: it holds no slot.
+    nodes[0] = locked(nodes[0], "old")
+    failed = RepairView("old", "a-0", Phase.FAILED, created(0))
+    assert arithmetic.admit(new, spec, nodes, [failed]) is None
+
+
+def test_a_node_cordoned_under_a_finished_repairs_lock_is_not_taken_as_out_already() -> None:
+    """The long-run break "admission sees its node still cordoned" (sim seeds 20252,
+    20300): the view still showed the node locked and cordoned by the repair that had
+    just released it, so its next repair "took nothing away" and skipped minAvailable;
+    the lock patch then met the released node and the pool fell below the floor."""
+    spec, nodes = three_ready(max_concurrent=3, min_available=2)
+    nodes[0] = locked(nodes[0], "before")  # released already; the view lags
+    nodes[2] = replace(nodes[2], unschedulable=True)  # cordoned by hand
+    new = RepairView("new", "a-0", Phase.PENDING, created(5))
+    for previous in (
+        [RepairView("before", "a-0", Phase.SUCCEEDED, created(0))],
+        [RepairView("before", "a-0", Phase.FAILED, created(0))],
+        [],  # deleted already
+    ):
+        answer = arithmetic.admit(new, spec, nodes, previous) or ""
+        assert answer.startswith("MinAvailable"), (previous, answer)
+    # A node not Ready, or cordoned by someone else, is out already: nothing taken.
+    for out in (
+        replace(nodes[0], lock=None),
+        replace(nodes[0], conditions={"Ready": ("False", T0)}),
+    ):
+        assert arithmetic.admit(new, spec, [out, *nodes[1:]], []) is None
 
 
 # --- the percentages ---

@@ -49,12 +49,21 @@ class RepairView:
 
     @property
     def active(self) -> bool:
-        """Past Pending and not finished: it holds (or is taking) its node."""
-        return (
-            self.phase not in (None, Phase.PENDING)
-            and self.phase not in FINAL_PHASES
-            and not self.deleting
-        )
+        """Past Pending and not finished: it holds (or is taking) its node. One being
+        deleted stays active while its finalizer runs (it writes Aborted, then gives
+        the node back): its slot is free only once it is gone. A Succeeded one has
+        given its node back already."""
+        if self.phase in (None, Phase.PENDING):
+            return False
+        if self.deleting:
+            return self.phase != Phase.SUCCEEDED
+        return self.phase not in FINAL_PHASES
+
+    @property
+    def ended(self) -> bool:
+        """Finished and not being deleted: a lock it left on its node (a Failed repair
+        keeps its node cordoned) holds no slot, and a new repair takes it over."""
+        return self.phase in FINAL_PHASES and not self.deleting
 
     @property
     def waiting(self) -> bool:
@@ -160,27 +169,59 @@ def _limits(
     pool: Sequence[NodeView],
     others: list[RepairView],
 ) -> str | None:
-    active = [r for r in others if r.active and r.name != candidate.name]
-    if any(r.node == candidate.node for r in active):
+    held = holders(candidate, pool, others)
+    if candidate.node in held.values():
         return f"NodeBusy: {candidate.node} is being repaired"
-    if len(active) >= spec.max_concurrent_repairs:
+    if len(held) >= spec.max_concurrent_repairs:
         return (
-            f"MaxConcurrentRepairs: {len(active)} active repairs in the pool"
+            f"MaxConcurrentRepairs: {len(held)} active repairs in the pool"
             f" (max {spec.max_concurrent_repairs})"
         )
     total = len(pool)
     floor = min_available(spec, total)
     # A node an active repair holds is out, even before its cordon shows in the index.
-    taken = {r.node for r in active}
-    available = [n for n in pool if n.available and n.name not in taken]
+    taken = set(held.values())
+    available = {n.name for n in pool if n.available and n.name not in taken}
     target = next((n for n in pool if n.name == candidate.node), None)
-    # Repairing a node that is not available takes nothing away from the pool.
-    if target is not None and target.available and len(available) - 1 < floor:
+    # Repairing a node that is not available takes nothing away from the pool; but
+    # a cordon under a lock is pitstop's own, and the view may not show its release
+    # yet (or it comes with the next repair's take-over): only a node not Ready, or
+    # cordoned by someone else, counts as out already.
+    if (
+        target is not None
+        and target.ready
+        and (target.lock not in (None, candidate.name) or not target.unschedulable)
+        and len(available - {target.name}) < floor
+    ):
         return (
             f"MinAvailable: {len(available)} of {total} nodes available;"
             f" the pool keeps {floor} (minAvailable {spec.min_available})"
         )
     return None
+
+
+def holders(
+    candidate: RepairView, pool: Sequence[NodeView], others: Iterable[RepairView]
+) -> dict[str, str]:
+    """The repairs that hold (or are taking) a node of the pool, besides `candidate`:
+    repair name → node. The active ones, and whoever a node's lock names (the lock
+    is what holds a node: a repair whose status or deletion the view shows ahead of
+    its node, or one gone without giving it back), unless that repair ended (its
+    lock holds no slot). A lock on the candidate's own node whose holder is gone is
+    the candidate's to take over, not a second slot."""
+    others = [r for r in others if r.name != candidate.name]
+    held = {r.name: r.node for r in others if r.active}
+    known = {r.name: r for r in others}
+    for n in pool:
+        if not n.lock or n.lock == candidate.name or n.lock in held:
+            continue
+        r = known.get(n.lock)
+        if r is not None and r.ended:
+            continue
+        if r is None and n.name == candidate.node:
+            continue
+        held[n.lock] = n.name
+    return held
 
 
 def repair_name(node: str, fault_key: str) -> str:
