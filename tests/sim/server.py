@@ -171,10 +171,12 @@ class ApiServer:
                 pod.gate_closed_at = None
             if pod.serving != cond["status"]:
                 self.log(f"pod {pod.key} on {pod.node}: serving gate {cond['status']}")
-            if pod.serving != cond["status"] or pod.serving_since is None:
-                pod.serving_since = cond.get("lastTransitionTime")
-            pod.serving, pod.serving_reason = cond["status"], cond.get("reason") or ""
-            pod.serving_message = cond.get("message") or ""
+            # A strategic merge keys conditions by type: the fields sent replace those
+            # kept (lastTransitionTime too: the server does not stamp pod conditions).
+            pod.serving = cond["status"]
+            pod.serving_reason = cond.get("reason", pod.serving_reason) or ""
+            pod.serving_message = cond.get("message", pod.serving_message) or ""
+            pod.serving_since = cond.get("lastTransitionTime", pod.serving_since)
         c._refresh_ready(pod)
         c.touch_pod(pod)
         return pod.body()
