@@ -1,7 +1,8 @@
 """The simulation tier in `make test`: fixed seeds, 2,000 steps each, every one
 replayed identically on every run (docs/simulation.md).
 
-CLEAN seeds must hold every invariant. KNOWN seeds break on the current code in
+CLEAN seeds, and the FIXED seeds that found holes now fixed, must hold every
+invariant. KNOWN seeds break on the current code in
 a way tests.sim.triage names; each is an expected failure (strict: once the fix
 is merged it passes, and the strict xfail then fails until its mark is removed).
 A seed that breaks any other way fails outright, with the seed and a trace.
