@@ -76,6 +76,9 @@ class Pod:
     annotations: dict[str, str] = field(default_factory=dict)
     serving: str | None = None
     serving_reason: str = ""
+    serving_message: str = ""
+    serving_since: str | None = None
+    """The serving condition's lastTransitionTime, as its writer sent it."""
     ready: bool = False
     ready_ltt: float = 0.0
     gate_closed_at: float | None = None
@@ -115,9 +118,11 @@ class Pod:
             }
         ]
         if self.serving is not None:
-            conds.append(
-                {"type": C.CONDITION_SERVING, "status": self.serving, "reason": self.serving_reason}
-            )
+            cond = {"type": C.CONDITION_SERVING, "status": self.serving}
+            cond.update(reason=self.serving_reason, message=self.serving_message)
+            if self.serving_since is not None:
+                cond["lastTransitionTime"] = self.serving_since
+            conds.append(cond)
         return {
             "apiVersion": "v1",
             "kind": "Pod",
@@ -172,6 +177,7 @@ class Cluster:
             pod.start_at = 0.0
             if pod.app.gated:
                 pod.serving, pod.serving_reason = "True", "NodeInService"
+                pod.serving_since = stamp(0)
             self._refresh_ready(pod)
         for app in self.apps.values():
             if app.sync:

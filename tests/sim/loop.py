@@ -18,6 +18,10 @@ EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 """Simulated time 0."""
 
 
+TICK = 1e-6
+"""Simulated time one round of the loop takes (the resolution of datetime)."""
+
+
 class Deadlock(RuntimeError):
     """Nothing is ready and no timer is set: the simulation would wait for ever."""
 
@@ -32,7 +36,10 @@ class _Clock:
     def select(self, timeout: float | None) -> list[Any]:
         if timeout is None:
             raise Deadlock("no task is ready and no timer is set")
-        self.loop.now += timeout
+        # Each round of the loop takes a microsecond, as running code does: a daemon
+        # that sleeps until a deadline equal to now (a "> due" test one side, ">= due"
+        # the other) passes again once the clock moved, not for ever at one instant.
+        self.loop.now += max(timeout, TICK)
         return []
 
     def close(self) -> None:
@@ -98,11 +105,13 @@ class SimDatetime(datetime):
 @contextlib.contextmanager
 def patched_clock() -> Iterator[None]:
     """The operator modules that read the wall clock read the simulated one."""
+    from pitstop.cluster import kube
     from pitstop.pool import daemon as pool_daemon
     from pitstop.repair import act_hooks
     from pitstop.repair import daemon as repair_daemon
 
-    modules = (repair_daemon, pool_daemon, act_hooks)
+    # kube: a pod condition's lastTransitionTime (the serving gate's deadlines count from it)
+    modules = (repair_daemon, pool_daemon, act_hooks, kube)
     saved = [m.datetime for m in modules]  # type: ignore[attr-defined]
     for m in modules:
         m.datetime = SimDatetime  # type: ignore[attr-defined]

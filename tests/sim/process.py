@@ -154,6 +154,10 @@ class Process:
         self.loop = asyncio.get_running_loop()
         self.kube = SimKube(sim.server, sim.net)
         self.memo: dict[str, Any] = {"kube": self.kube}
+        """The operator's memo; each object gets its own shallow copy (`memo_of`)."""
+        self.memos: dict[str, dict[str, Any]] = {}
+        """kopf's per-object memos of NodeRepairs and RepairPolicies, by uid: the
+        daemon and the deletion handler of one repair share one (its PassGuard)."""
         self.index: dict[str, SimIndex] = {r: SimIndex() for r in RESOURCES}
         self.profiles = SimIndex()
         self.ns_labels = SimIndex()
@@ -306,9 +310,7 @@ class Process:
             self.spawn(serving.on_node(name=name, body=body, pods_by_node=pods, **kw), "on_node")
         if C.ANNOTATION_REPAIR in (body["metadata"].get("annotations") or {}):
             self.spawn(
-                orphans.sweep_node(
-                    body=body, repairs_by_node=self.index["noderepairs"], pods_by_node=pods, **kw
-                ),
+                orphans.sweep_node(body=body, repairs_by_node=self.index["noderepairs"], **kw),
                 "sweep_node",
             )
 
@@ -323,8 +325,19 @@ class Process:
                 "on_pod",
             )
 
-    def forget(self, name: str) -> None:
+    def memo_of(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """The object's memo, as kopf keeps it: a shallow copy of the operator's memo
+        made when the object is first seen, kept until it is gone (by uid)."""
+        uid = body["metadata"]["uid"]
+        memo = self.memos.get(uid)
+        if memo is None:
+            memo = self.memos[uid] = dict(self.memo)
+        return memo
+
+    def forget(self, name: str, body: Mapping[str, Any] | None = None) -> None:
         """An object gone: kopf forgets it (a new one of the same name is another)."""
+        if body is not None:
+            self.memos.pop(body["metadata"]["uid"], None)
         self.bodies.pop(name, None)
         self.stop_daemon(name, at_once=True)
         self.daemons.pop(name, None)
@@ -342,7 +355,7 @@ class Process:
             old = None
         if body is None:
             ix.put(name, None)
-            self.forget(name)
+            self.forget(name, old)
             if old is not None:
                 indexes.wake_on_repair(spec=old["spec"])
                 self.spawn(
@@ -353,7 +366,6 @@ class Process:
                         logger=LOG,
                         nodes_by_name=self.index["nodes"],
                         repairs_by_node=ix,
-                        pods_by_node=self.index["pods"],
                     ),
                     "sweep_after_deletion",
                 )
@@ -382,7 +394,7 @@ class Process:
             self.adopted.add(name)
             self.spawn(self.add_finalizer(name), f"finalizer {name}")
         if name not in self.daemons:
-            self.start_daemon(name, self.drive(name, live))
+            self.start_daemon(name, self.drive(name, live, self.memo_of(body)))
 
     def on_policy(self, name: str, body: dict[str, Any] | None) -> None:
         ix = self.index["repairpolicies"]
@@ -395,7 +407,7 @@ class Process:
         live.update(body)
         indexes.wake_on_policy()
         if name not in self.daemons:
-            self.start_daemon(name, self.watch_pool(name, live))
+            self.start_daemon(name, self.watch_pool(name, live, self.memo_of(body)))
 
     # --- daemons and handlers ---
 
@@ -432,13 +444,15 @@ class Process:
         else:
             self.loop.call_later(5.0, task.cancel)  # its cancellation_timeout
 
-    def drive(self, name: str, body: dict[str, Any]) -> Callable[[Stopped], Awaitable[None]]:
+    def drive(
+        self, name: str, body: dict[str, Any], memo: dict[str, Any]
+    ) -> Callable[[Stopped], Awaitable[None]]:
         def run(stopped: Stopped) -> Awaitable[None]:
             ix = self.index
             return repair_daemon.drive(  # type: ignore[no-any-return]
                 name=name,
                 body=body,
-                memo=self.memo,
+                memo=memo,
                 logger=LOG,
                 stopped=stopped,
                 pods_by_node=ix["pods"],
@@ -453,13 +467,15 @@ class Process:
 
         return run
 
-    def watch_pool(self, name: str, body: dict[str, Any]) -> Callable[[Stopped], Awaitable[None]]:
+    def watch_pool(
+        self, name: str, body: dict[str, Any], memo: dict[str, Any]
+    ) -> Callable[[Stopped], Awaitable[None]]:
         def run(stopped: Stopped) -> Awaitable[None]:
             ix = self.index
             return pool_daemon.watch_pool(  # type: ignore[no-any-return]
                 name=name,
                 body=body,
-                memo=self.memo,
+                memo=memo,
                 logger=LOG,
                 stopped=stopped,
                 nodes_by_name=ix["nodes"],
@@ -496,9 +512,8 @@ class Process:
                     spec=body["spec"],
                     status=dict(body.get("status") or {}),
                     body=body,
-                    memo=self.memo,
+                    memo=self.memo_of(body),
                     logger=LOG,
-                    pods_by_node=self.index["pods"],
                 )
                 await self.kube.request(
                     "PATCH", f"{REPAIRS}/{name}", {"metadata": {"finalizers": []}}, MERGE

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 from collections import deque
 from collections.abc import Iterator
@@ -119,13 +120,19 @@ class Result:
 
 @contextlib.contextmanager
 def quiet_events() -> Iterator[None]:
-    """kopf.event needs a running operator; the simulation records nothing of them."""
+    """kopf.event needs a running operator; the simulation records nothing of them,
+    nor the log line pitstop.logs makes of each (it would reach stderr through
+    logging's last-resort handler)."""
     saved = kopf.event
     kopf.event = lambda *a, **kw: None
+    log = logging.getLogger("pitstop")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
         kopf.event = saved
+        log.setLevel(level)
 
 
 class Simulation:

@@ -55,9 +55,11 @@ class ApiServer:
     def log(self, line: str) -> None:
         self.checks.sim.log(line)
 
-    def handle(self, method: str, path: str, body: Any) -> dict[str, Any]:
+    def handle(self, method: str, path: str, body: Any, params: Any = None) -> dict[str, Any]:
         self.requests += 1
         c = self.c
+        if path == "/api/v1/pods" and method == "GET":
+            return self.list_pods(dict(params or {}))
         if path.startswith("/api/v1/nodes/"):
             name = path.rsplit("/", 1)[1]
             if name not in c.nodes:
@@ -125,6 +127,18 @@ class ApiServer:
 
     # --- pods ---
 
+    def list_pods(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A list of pods, terminating ones too; of field selectors only
+        `spec.nodeName=X` is served."""
+        selector = params.get("fieldSelector")
+        node: str | None = None
+        if selector is not None:
+            field_, sep, node = str(selector).partition("=")
+            if field_ != "spec.nodeName" or not sep:
+                raise ApiError(400, f"the model serves no field selector {selector}")
+        items = [p.body() for p in self.c.pods.values() if selector is None or p.node == node]
+        return {"kind": "PodList", "items": items}
+
     def patch_pod(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         c = self.c
         pod = c.pods[name]
@@ -157,7 +171,12 @@ class ApiServer:
                 pod.gate_closed_at = None
             if pod.serving != cond["status"]:
                 self.log(f"pod {pod.key} on {pod.node}: serving gate {cond['status']}")
-            pod.serving, pod.serving_reason = cond["status"], cond.get("reason") or ""
+            # A strategic merge keys conditions by type: the fields sent replace those
+            # kept (lastTransitionTime too: the server does not stamp pod conditions).
+            pod.serving = cond["status"]
+            pod.serving_reason = cond.get("reason", pod.serving_reason) or ""
+            pod.serving_message = cond.get("message", pod.serving_message) or ""
+            pod.serving_since = cond.get("lastTransitionTime", pod.serving_since)
         c._refresh_ready(pod)
         c.touch_pod(pod)
         return pod.body()
@@ -303,7 +322,7 @@ class SimKube(Kube):
                 result = ApiError(500, "injected: internal error")
             else:
                 try:
-                    result = self.server.handle(method, path, sent)
+                    result = self.server.handle(method, path, sent, params)
                 except ApiError as e:
                     result = e
             loop.call_later(back, deliver, result)

@@ -1,7 +1,10 @@
 """Names for the breaks the simulation finds on the current code, so the fixed seeds
-of `make test` can expect them by name until their fixes are merged."""
+of `make test` can expect them by name until their fixes are merged. Holes 1 and 2
+of issue 18 are fixed; their names stay, to name a regression."""
 
 from __future__ import annotations
+
+import re
 
 from tests.sim.checks import Break
 
@@ -55,7 +58,23 @@ minAvailable is not checked; the lock patch then meets the fresh node, but the
 admission, once given, is not asked again: the pool drops below minAvailable (5)."""
 
 
+GATE_TIME_AT_SEND = "gate-deadline-counted-from-the-send-time-truncated"
+"""An instance's own deregistration wait counts from its serving condition's
+lastTransitionTime, which the client stamps when it sends the patch, truncated to the
+second: the gate closes up to a second and the request's latency later, so the wait
+can end that much early (seed 56: stamped 436 s, closed at 437.02 s, evicted at
+456.00 s with a 20 s timeout: 18.98 s; invariant 2 allows 1 s for the truncation)."""
+
+
+def _gate_closed_near_timeout(message: str) -> bool:
+    closed = re.search(r"gate closed (\d+)s ago", message)
+    timeout = re.search(r"deregistration timeout (\d+)s", message)
+    return bool(closed and timeout and int(closed[1]) >= int(timeout[1]) - 3)
+
+
 def classify(b: Break) -> str:
+    if b.invariant == "2" and _gate_closed_near_timeout(b.message):
+        return GATE_TIME_AT_SEND  # its own wait ran, a little short: not the repair-wide one
     if b.invariant in ("1", "2") and "DeregistrationTimeout" in b.message:
         return HOLE_DEREGISTRATION
     if b.invariant == "6" and "went from Aborted" in b.message:
