@@ -38,20 +38,19 @@ FIXED = {
     5: HOLE_DEREGISTRATION,
     23: HOLE_DEREGISTRATION,
     61: HOLE_DEREGISTRATION,
-}
-"""Seeds that found issue 18's holes before their fixes were merged; now they must hold
-every invariant (with CLEAN: 25 seeds, 50,000 steps). Seed 44 (hole 2, invariant 4,
-before) now breaks the pool slot of a deleted repair first: it is in KNOWN."""
-KNOWN = {
-    25: SLOT_OF_DELETED_REPAIR,
+    25: SLOT_OF_DELETED_REPAIR,  # was invariant 5: a deleted repair's slot freed too early
     44: SLOT_OF_DELETED_REPAIR,
     87: SLOT_OF_DELETED_REPAIR,
-    49: STALE_MARK,
+    49: STALE_MARK,  # was invariant 1: a mark a give-back took off trusted by the next repair
+}
+"""Seeds that found holes before their fixes were merged (issue 18's two, and three this
+tier found); now they must hold every invariant (with CLEAN: 29 seeds, 58,000 steps)."""
+KNOWN = {
     56: GATE_TIME_AT_SEND,
 }
-"""seed → the hole it finds (its first break) on the code of this branch. No fixed
-seed finds UNSEEN_MARK on this branch any more (seed 94 found it before the fixes
-of issue 18; it now holds every invariant); the long run still meets it."""
+"""seed → the hole it finds (its first break) on this code. No fixed seed finds
+UNSEEN_MARK any more (seed 94 found it before the fixes of issue 18); the long run
+still meets it."""
 
 REASONS = {
     SLOT_OF_DELETED_REPAIR: "admission frees the pool slot of a repair being deleted before its"
