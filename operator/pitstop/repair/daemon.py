@@ -356,13 +356,16 @@ async def abort(
     nothing more, and is waited for, with its pod marks, before anything is undone."""
     kube: Kube = memo["kube"]
     node_name = spec.get("nodeName")
-    phase = status.get("phase")
     guard = pass_guard(memo)
     guard.stopping = True
     async with guard.lock:
         await guard.settle()
+        # The deletion event's status may predate the pass just waited for (which may
+        # have finished the repair): judge by the status as that pass left it.
+        current = await _current_status(kube, name, status)
+        phase = current.get("phase")
         if phase != Phase.SUCCEEDED:
-            aborted = parse_status(status).model_copy(deep=True)
+            aborted = parse_status(current).model_copy(deep=True)
             aborted.phase = Phase.ABORTED
             aborted.message = f"Aborted: giving {node_name} back"
             aborted.completion_time = aborted.completion_time or datetime.now(UTC)
@@ -371,7 +374,7 @@ async def abort(
             except ApiError as e:
                 if e.status != 404:
                     raise
-        job = (status.get("repair") or {}).get("jobName")
+        job = (current.get("repair") or {}).get("jobName")
         if job and phase == Phase.REPAIRING:
             await hooks.delete_job(kube, job)  # a repair in progress stops with its repair
         if node_name and await give_back(kube, node_name, name, logger):
@@ -384,6 +387,18 @@ async def abort(
     record_phase(name, None)
     pool_daemon.ADMISSION.release(name)
     WAKERS.wake(node_name)
+
+
+async def _current_status(kube: Kube, name: str, seen: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The repair's status as the API server has it now; `seen` if it cannot tell."""
+    path = f"/apis/{C.GROUP}/{C.VERSION}/{C.NODEREPAIR_PLURAL}/{name}"
+    try:
+        current = await kube.request("GET", path)
+    except ApiError as e:
+        if e.status != 404:
+            raise
+        return seen
+    return current.get("status") or seen
 
 
 def bare_node(name: str) -> dict[str, Any]:
