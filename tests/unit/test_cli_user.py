@@ -167,9 +167,11 @@ def test_output_wide_adds_reason_strategy_and_policy() -> None:
     assert wide[2].split()[6:9] == ["KernelDeadlock", "Manual", "pool-a"]
 
 
-def test_watch_and_json_do_not_combine() -> None:
-    args = cli.build_parser().parse_args(["status", "-w", "-o", "json", "--kubeconfig", "/x"])
-    assert (args.watch, args.output) == (True, "json")
+def test_watch_and_json_do_not_combine(kubeconfig: Path) -> None:
+    """Refused as a usage error, before any request (the API server here is unreachable)."""
+    proc = run_cli("status", "-w", "-o", "json", "--kubeconfig", str(kubeconfig))
+    assert proc.returncode == 1 and proc.stdout == "", proc
+    assert proc.stderr == "pitstop: error: --watch prints rows: it does not combine with -o json\n"
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")

@@ -345,10 +345,10 @@ OUTPUTS = ("json", "yaml", "wide")
 def _cmd_status(args: argparse.Namespace) -> int:
     from pitstop.cli import commands
 
+    if args.watch and args.output in ("json", "yaml"):  # a usage error: before any request
+        raise CLIError(f"--watch prints rows: it does not combine with -o {args.output}")
     api = commands.api(args.kubeconfig, args.context)
     repairs, version = commands.list_repairs_at(api, args.names)
-    if args.watch and args.output in ("json", "yaml"):
-        raise CLIError(f"--watch prints rows: it does not combine with -o {args.output}")
     print(commands.render(repairs, args.output, one=len(args.names) == 1), flush=True)
     if args.watch:
         commands.watch_rows(api, version, args.names, wide=args.output == "wide")
