@@ -54,13 +54,9 @@ UNSEEN_MARK any more (seed 94 found it before the fixes of issue 18); the long r
 still meets it."""
 
 REASONS = {
-    SLOT_OF_DELETED_REPAIR: "admission frees the pool slot of a repair being deleted before its"
-    " node is given back (found by this tier; being fixed on branch slot)",
     GATE_TIME_AT_SEND: "an instance's own deregistration wait counts from its gate's"
     " lastTransitionTime, stamped at send and truncated to the second: up to 1 s plus the"
     " request's latency short (found by this tier; not fixed yet)",
-    STALE_MARK: "a repair taking a node just given back trusts the drain marks its lagging view"
-    " still shows (found by this tier; being fixed on branch marks)",
 }
 
 
