@@ -86,7 +86,9 @@ wheel="$(echo "$work"/wheel/*.whl)"
   cat "$repo/requirements.lock"
 } >"$work/requirements.txt"
 site="$root/usr/local/lib/python3.11/dist-packages"   # on Debian python3's sys.path
-python3 -m pip install -q --no-compile --no-warn-script-location --disable-pip-version-check \
+# --no-warn-conflicts: pip judges --target against the build host's own packages,
+# which are no part of the image (the lock and its hashes are what is checked).
+python3 -m pip install -q --no-compile --no-warn-script-location --no-warn-conflicts --disable-pip-version-check \
   --require-hashes --only-binary=:all: --python-version 3.11 --implementation cp \
   --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux_2_28_x86_64 --target "$site" -r "$work/requirements.txt" >&2
