@@ -27,6 +27,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from pitstop import __version__
+from pitstop.models import FINAL_PHASES, Phase
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 """Everything pitstop exports."""
@@ -99,6 +100,8 @@ REPAIRS = Gauge(
     ["phase"],
     registry=REGISTRY,
 )
+for _phase in Phase:
+    REPAIRS.labels(_phase.value).set(0)  # every phase from the start, 0 until a repair is in it
 PHASE_DURATION = Histogram(
     "pitstop_phase_duration_seconds",
     "Time NodeRepairs spent in each phase, observed when they leave it.",
@@ -163,8 +166,8 @@ COMPLETED = Counter(
     ["phase"],
     registry=REGISTRY,
 )
-for _phase in ("Succeeded", "Failed", "Aborted"):
-    COMPLETED.labels(_phase)  # from 0, so increase() sees the first one
+for _phase in FINAL_PHASES:
+    COMPLETED.labels(_phase.value)  # from 0, so increase() sees the first one
 
 # --- the pools (one series per RepairPolicy and gauge) ---
 
