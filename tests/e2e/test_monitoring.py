@@ -179,7 +179,8 @@ def status_writes_refused_once_repairing(cluster: Cluster, repair: str) -> Itera
     """A ValidatingAdmissionPolicy that refuses every status write of NodeRepair
     `repair` once it is Repairing (as a failing admission webhook would): its driver
     decides but can write nothing, so the repair stays in the phase past its
-    deadline. Active once a dry-run create of `<repair>-probe` is refused."""
+    deadline. Active once a dry-run create of `<repair>-probe` is refused; gone, on
+    the way out, once it is accepted again (so the repair's deletion is not refused)."""
     adm = client.AdmissionregistrationV1Api(cluster.api)
     name = f"e2e-stuck-{repair}"
     expression = (
@@ -187,6 +188,22 @@ def status_writes_refused_once_repairing(cluster: Cluster, repair: str) -> Itera
         f"object.metadata.name != '{repair}' || !has(oldObject.status)"
         " || !has(oldObject.status.phase) || oldObject.status.phase != 'Repairing')"
     )
+    probe = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "NodeRepair",
+        "metadata": {"name": f"{repair}-probe"},
+        "spec": {"nodeName": "nowhere", "reason": "probe"},
+    }
+
+    def refused() -> bool:
+        try:
+            cluster.custom.create_cluster_custom_object(
+                GROUP, VERSION, PLURAL, probe, dry_run="All"
+            )
+        except ApiException as e:
+            return e.status in (400, 403, 422)
+        return False
+
     adm.create_validating_admission_policy(
         {
             "apiVersion": "admissionregistration.k8s.io/v1",
@@ -223,22 +240,6 @@ def status_writes_refused_once_repairing(cluster: Cluster, repair: str) -> Itera
                 "spec": {"policyName": name, "validationActions": ["Deny"]},
             }
         )
-        probe = {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "NodeRepair",
-            "metadata": {"name": f"{repair}-probe"},
-            "spec": {"nodeName": "nowhere", "reason": "probe"},
-        }
-
-        def refused() -> bool:
-            try:
-                cluster.custom.create_cluster_custom_object(
-                    GROUP, VERSION, PLURAL, probe, dry_run="All"
-                )
-            except ApiException as e:
-                return e.status in (400, 403, 422)
-            return False
-
         wait_until("the API refusing the probe", refused, timeout=30, interval=0.5)
         yield
     finally:
@@ -251,6 +252,7 @@ def status_writes_refused_once_repairing(cluster: Cluster, repair: str) -> Itera
             except ApiException as e:
                 if e.status != 404:
                     raise
+        wait_until("the API accepting the probe", lambda: not refused(), timeout=30, interval=0.5)
 
 
 def test_a_stuck_repair_fires_its_alert_and_its_failure_another(
