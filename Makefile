@@ -10,7 +10,7 @@ PITSTOP_CACHE ?= $(HOME)/.cache/pitstop
 # The kubectl built with the control plane comes first: same release as the server.
 export PATH := $(CURDIR)/$(BIN):$(PITSTOP_CACHE)/bin/kube-$(KUBE_VERSION):$(PATH)
 
-.PHONY: help venv lock build deps image e2e-chaos e2e-incluster e2e-kind cluster-up cluster-down kubeconfig crds crds-check lint unit sim sim-long e2e test bench bench-drain bench-policy bench-scale bench-sources demo clean
+.PHONY: help venv lock build deps image monitoring e2e-chaos e2e-incluster e2e-kind cluster-up cluster-down kubeconfig crds crds-check lint unit sim sim-long e2e test bench bench-drain bench-policy bench-scale bench-sources demo clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -58,10 +58,18 @@ crds: venv ## regenerate crds/ from the pydantic models
 crds-check: venv ## fail when crds/ is stale
 	$(BIN)/python -m pitstop.crdgen --check crds/
 
-lint: venv ## ruff and mypy
+lint: venv ## ruff, mypy, and promtool on the alerting rules
 	$(BIN)/ruff check operator tests hack bench
 	$(BIN)/ruff format --check operator tests hack bench
 	$(BIN)/mypy
+	@command -v promtool >/dev/null || { echo "lint: promtool is missing:" \
+	  "apt-get install prometheus (Debian's package has prometheus and promtool)" >&2; exit 1; }
+	promtool check rules $(RULES)
+	promtool test rules tests/promtool/pitstop.rules.test.yaml
+
+RULES := charts/pitstop/files/pitstop.rules.yaml
+monitoring: venv ## regenerate manifests/monitoring/ (PrometheusRule, dashboard ConfigMap) from charts/pitstop/files/
+	$(BIN)/python hack/monitoring.py
 
 unit: venv ## unit tests (no cluster)
 	$(BIN)/pytest -q tests/unit

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import platform
 import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from wsgiref.simple_server import WSGIServer
@@ -22,8 +23,11 @@ from prometheus_client import (
     Histogram,
     start_http_server,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from pitstop import __version__
+from pitstop.models import FINAL_PHASES, Phase
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 """Everything pitstop exports."""
@@ -96,6 +100,8 @@ REPAIRS = Gauge(
     ["phase"],
     registry=REGISTRY,
 )
+for _phase in Phase:
+    REPAIRS.labels(_phase.value).set(0)  # every phase from the start, 0 until a repair is in it
 PHASE_DURATION = Histogram(
     "pitstop_phase_duration_seconds",
     "Time NodeRepairs spent in each phase, observed when they leave it.",
@@ -125,4 +131,107 @@ PASSES = Counter(
     "Passes of a NodeRepair's driver that decided its next step, by repair (while it exists).",
     ["repair"],
     registry=REGISTRY,
+)
+
+
+class Sampled(Collector):
+    """A gauge read when scraped, from `read` (set by the module that keeps the state):
+    for values derived from a clock or from a large set, which a gauge set on every
+    change would have to recompute each time."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]):
+        self.name, self.documentation, self.labelnames = name, documentation, list(labelnames)
+        self.read: Callable[[], Mapping[tuple[str, ...], float]] = dict
+        REGISTRY.register(self)
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labels, value in sorted(self.read().items()):
+            family.add_metric(list(labels), value)
+        yield family
+
+
+PAST_DEADLINE = Sampled(
+    "pitstop_repairs_past_deadline",
+    "NodeRepairs still in a phase whose deadline (its timeout) has passed, by phase:"
+    " the driver acts at the deadline, so a repair stays here only when it is stuck.",
+    ["phase"],
+)
+COMPLETED = Counter(
+    "pitstop_repairs_completed",
+    "NodeRepairs that reached a final phase (Succeeded, Failed, Aborted) in this process.",
+    ["phase"],
+    registry=REGISTRY,
+)
+for _phase in FINAL_PHASES:
+    COMPLETED.labels(_phase.value)  # from 0, so increase() sees the first one
+
+# --- the pools (one series per RepairPolicy and gauge) ---
+
+POOL_NODES = Gauge(
+    "pitstop_pool_nodes", "Nodes a RepairPolicy selects.", ["policy"], registry=REGISTRY
+)
+POOL_AVAILABLE = Gauge(
+    "pitstop_pool_available_nodes",
+    "Nodes of the pool that are Ready, schedulable and not under repair.",
+    ["policy"],
+    registry=REGISTRY,
+)
+POOL_MIN_AVAILABLE = Gauge(
+    "pitstop_pool_min_available_nodes",
+    "The policy's minAvailable, in nodes for the pool's present size.",
+    ["policy"],
+    registry=REGISTRY,
+)
+POOL_UNHEALTHY = Gauge(
+    "pitstop_pool_unhealthy_nodes",
+    "Nodes of the pool with a fault (a condition held long enough, or a firing alert).",
+    ["policy"],
+    registry=REGISTRY,
+)
+POOL_MAX_UNHEALTHY = Gauge(
+    "pitstop_pool_max_unhealthy_nodes",
+    "The policy's maxUnhealthy, in nodes: more unhealthy nodes engage the storm guard.",
+    ["policy"],
+    registry=REGISTRY,
+)
+POOL_ACTIVE_REPAIRS = Gauge(
+    "pitstop_pool_active_repairs",
+    "NodeRepairs of the pool's nodes that are under way.",
+    ["policy"],
+    registry=REGISTRY,
+)
+POOL_STORM = Gauge(
+    "pitstop_pool_storm_active",
+    "1 while the policy's storm guard holds back new automatic repairs, else 0.",
+    ["policy"],
+    registry=REGISTRY,
+)
+POOL_GAUGES = (
+    POOL_NODES,
+    POOL_AVAILABLE,
+    POOL_MIN_AVAILABLE,
+    POOL_UNHEALTHY,
+    POOL_MAX_UNHEALTHY,
+    POOL_ACTIVE_REPAIRS,
+    POOL_STORM,
+)
+
+# --- the instances ---
+
+GATED_PODS = Sampled(
+    "pitstop_gated_pods",
+    "Pods that declare the pitstop.dev/serving readiness gate, by state: open (True),"
+    " held (closed by a repair of their node), waiting (pitstop should open it and has"
+    " not yet: the pod cannot turn Ready).",
+    ["state"],
+)
+SOURCE_FAILING = Sampled(
+    "pitstop_task_source_failing_instances",
+    "Instances polled for their tasks whose last poll failed (unreachable, refused, a"
+    " bad answer), by InstanceProfile: counted busy until their task timeout.",
+    ["profile"],
 )

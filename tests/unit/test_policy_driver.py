@@ -19,6 +19,7 @@ from typing import Any
 import kopf
 import pytest
 
+from pitstop import metrics
 from pitstop.cluster.kube import ApiError
 from pitstop.pool import alerts, daemon
 
@@ -383,3 +384,35 @@ def test_storm_active_is_told_once_per_storm(events: list[tuple[str, str]]) -> N
     world.set_node("n2", "True", since="2026-01-02T00:00:00Z")  # the next storm
     world.step(driver, now + timedelta(seconds=3))
     assert reasons(events).count("StormActive") == 2, events
+
+
+# --- the pool's metrics ---
+
+
+def pool_sample(name: str) -> float | None:
+    return metrics.REGISTRY.get_sample_value(name, {"policy": POLICY})
+
+
+def test_pool_health_is_exported_per_policy_and_goes_with_its_daemon(
+    events: list[tuple[str, str]],
+) -> None:
+    world = World(maxUnhealthy=1, minAvailable="50%")
+    driver = world.driver()
+    world.set_node("n1", "True")
+    world.step(driver, datetime(2026, 1, 1, 0, 1, tzinfo=UTC))
+    assert pool_sample("pitstop_pool_nodes") == 3
+    assert pool_sample("pitstop_pool_min_available_nodes") == 2  # 50% of 3, rounded up
+    assert pool_sample("pitstop_pool_unhealthy_nodes") == 1
+    assert pool_sample("pitstop_pool_max_unhealthy_nodes") == 1
+    assert pool_sample("pitstop_pool_storm_active") == 0
+    assert pool_sample("pitstop_pool_active_repairs") == 0  # made, not yet running
+
+    world.set_node("n2", "True")  # two unhealthy, maxUnhealthy 1: the storm guard
+    world.step(driver, datetime(2026, 1, 1, 0, 2, tzinfo=UTC))
+    assert pool_sample("pitstop_pool_unhealthy_nodes") == 2
+    assert pool_sample("pitstop_pool_storm_active") == 1
+    assert pool_sample("pitstop_pool_available_nodes") == 3  # faulty, yet Ready and schedulable
+
+    daemon.forget_pool(POLICY)
+    assert pool_sample("pitstop_pool_nodes") is None
+    assert pool_sample("pitstop_pool_storm_active") is None

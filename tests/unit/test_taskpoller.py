@@ -5,6 +5,7 @@ sources, the concurrency bound and connection reuse."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -369,5 +370,35 @@ def test_unaddressable_target_reports_its_error() -> None:
             assert poller.requests == 0
         finally:
             await poller.close()
+
+    run(main)
+
+
+def test_failing_counts_instances_whose_last_poll_failed_by_profile() -> None:
+    """pitstop_task_source_failing_instances: a source that stops answering counts
+    once its poll fails, and no more once it answers again."""
+
+    async def main() -> None:
+        rt = Runtime()
+        runner, port = await serve(rt)
+        gone, dead_port = await serve(Runtime())
+        await gone.cleanup()  # nothing listens there any more
+        poller = TaskPoller()
+        try:
+            fn, other = profile("fn"), profile("other")
+            up, down = target(port, "ns/up", fn), target(dead_port, "ns/down", fn)
+            third = dataclasses.replace(target(port, "ns/third", other), node="n2")
+            poller.watch("n1", [up, down])
+            poller.watch("n2", [third])
+            await until(
+                "three readings",
+                lambda: all(poller.reading(t.key, t.profile) for t in (up, down, third)),
+            )
+            assert poller.failing() == {("fn",): 1, ("other",): 0}
+            poller.forget("n1")
+            assert poller.failing() == {("other",): 0}
+        finally:
+            await poller.close()
+            await runner.cleanup()
 
     run(main)

@@ -9,7 +9,7 @@ from typing import Any
 
 import kopf
 
-from pitstop import constants
+from pitstop import constants, metrics
 from pitstop.cluster import nodes
 from pitstop.cluster.indexes import UNDER_REPAIR, WAKERS, one
 from pitstop.cluster.kube import ApiError, Kube
@@ -30,6 +30,34 @@ def wants_serving(pod: dict[str, Any] | kopf.Body, node: dict[str, Any] | None) 
     return nodes.lock_holder(node) is None
 
 
+def gate_state(pod: dict[str, Any] | kopf.Body, node: dict[str, Any] | None) -> str | None:
+    """For pitstop_gated_pods: "open" (True), "held" (closed by a repair of its node),
+    "waiting" (pitstop should open it: the pod cannot turn Ready until it does); None
+    for a pod without the gate, or one not (or no longer) scheduled to run."""
+    if not contract.has_serving_gate(pod) or contract.is_terminating(pod):
+        return None
+    if not contract.is_instance(pod) or node is None:
+        return None
+    if contract.serving_status(pod) == "True":
+        return "open"
+    return "waiting" if wants_serving(pod, node) else "held"
+
+
+GATED: dict[str, str] = {}
+"""The gate state of every gated pod seen (namespace/name → state), kept from the pod
+events and counted when scraped: one dict entry per pod, not a recount per event."""
+
+
+def gated_counts() -> dict[tuple[str, ...], float]:
+    counts: dict[tuple[str, ...], float] = {("open",): 0, ("held",): 0, ("waiting",): 0}
+    for state in list(GATED.values()):
+        counts[(state,)] += 1
+    return counts
+
+
+metrics.GATED_PODS.read = gated_counts
+
+
 async def open_gate(kube: Kube, key: str, logger: kopf.Logger) -> None:
     try:
         await kube.set_pod_condition(
@@ -48,6 +76,7 @@ async def open_gate(kube: Kube, key: str, logger: kopf.Logger) -> None:
 @kopf.on.event("pods")  # type: ignore[arg-type]  # kopf's protocols omit index kwargs
 async def on_pod(
     body: kopf.Body,
+    type: str | None,
     memo: kopf.Memo,
     nodes_by_name: kopf.Index[str, Any],
     logger: kopf.Logger,
@@ -55,7 +84,13 @@ async def on_pod(
 ) -> None:
     node_name = body.get("spec", {}).get("nodeName")
     WAKERS.wake(node_name)  # a repair of this node re-evaluates it
-    if node_name and wants_serving(body, one(nodes_by_name.get(node_name))):
+    node = one(nodes_by_name.get(node_name)) if node_name else None
+    state = None if type == "DELETED" else gate_state(body, node)
+    if state is None:
+        GATED.pop(contract.key(body), None)
+    else:
+        GATED[contract.key(body)] = state
+    if node_name and wants_serving(body, node):
         await open_gate(memo["kube"], contract.key(body), logger)
 
 

@@ -10,6 +10,7 @@ can never push a pool past its limits."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -18,7 +19,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from pitstop import conditions, constants, logs
+from pitstop import conditions, constants, logs, metrics
 from pitstop.cluster.indexes import CAPACITY, POLICIES, nap, one
 from pitstop.cluster.kube import ApiError, Gone, Kube, merge_patch
 from pitstop.models import Phase, RepairPolicySpec, RepairPolicyStatus, Suppression
@@ -335,6 +336,7 @@ class PolicyDriver:
             repairs=self.repairs.records(),
             observed_generation=self.body.get("metadata", {}).get("generation"),
         )
+        self.export(status, arithmetic.min_available(spec, len(pool)), limit, storm)
         old = _status(self.body)
         status.conditions = old.conditions
         gen = status.observed_generation
@@ -366,6 +368,21 @@ class PolicyDriver:
         )
         await self.write_status(status)
         return due_next
+
+    def export(
+        self, status: RepairPolicyStatus, min_available: int, max_unhealthy: int, storm: bool
+    ) -> None:
+        """The pool's health as metrics, one series per policy and gauge."""
+        for gauge, value in (
+            (metrics.POOL_NODES, status.nodes),
+            (metrics.POOL_AVAILABLE, status.available_nodes),
+            (metrics.POOL_MIN_AVAILABLE, min_available),
+            (metrics.POOL_UNHEALTHY, status.unhealthy_nodes),
+            (metrics.POOL_MAX_UNHEALTHY, max_unhealthy),
+            (metrics.POOL_ACTIVE_REPAIRS, status.active_repairs),
+            (metrics.POOL_STORM, int(storm)),
+        ):
+            gauge.labels(self.name).set(value)
 
     def take_alerts(self, spec: RepairPolicySpec, pool: set[str], now: datetime) -> None:
         for seq, notice in ALERTS.since(self.seen_alerts):
@@ -456,3 +473,11 @@ async def watch_pool(
             await nap(waker, stopped, timeout)
     finally:
         POLICIES.unregister(waker)
+        forget_pool(name)
+
+
+def forget_pool(policy: str) -> None:
+    """Its series go with its daemon (the policy deleted, or leadership lost)."""
+    for gauge in metrics.POOL_GAUGES:
+        with contextlib.suppress(KeyError):  # never exported
+            gauge.remove(policy)

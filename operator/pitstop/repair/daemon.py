@@ -31,7 +31,7 @@ from pitstop.models import (
     Phase,
 )
 from pitstop.pool import daemon as pool_daemon
-from pitstop.repair import drain, hooks, orphans
+from pitstop.repair import drain, flow, hooks, orphans
 from pitstop.repair.act_hooks import RepairSteps
 from pitstop.repair.act_node import NodeSteps, give_back
 from pitstop.repair.act_pods import PodSteps
@@ -166,6 +166,11 @@ class Driver(NodeSteps, PodSteps, RepairSteps):
             where = ".".join(str(p) for p in first["loc"])
             await self.fail_invalid(now, f"spec.{where}: {first['msg']}")
             return False, None
+        if self.spec is None and self.status.phase is not None:
+            # Known from its first pass on, before any write of ours (which a stuck
+            # repair may never make): the past-deadline metric counts it after a restart.
+            record_phase(self.name, self.status.phase, flow.phase_deadline(spec, self.status))
+        self.spec = spec
         if await self.refuse_untrusted(now, spec):  # docs/security.md; nothing touched
             return False, None
         if self.name not in {r["name"] for r in repairs_by_node.get(self.node_name, ())}:
@@ -374,6 +379,9 @@ async def abort(
             except ApiError as e:
                 if e.status != 404:
                     raise
+            else:
+                if phase not in FINAL_PHASES:
+                    metrics.COMPLETED.labels(Phase.ABORTED.value).inc()
         job = (current.get("repair") or {}).get("jobName")
         if job and phase == Phase.REPAIRING:
             await hooks.delete_job(kube, job)  # a repair in progress stops with its repair

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pitstop import conditions, constants
@@ -146,6 +146,36 @@ def phase_start(d: Decision, obs: Observation) -> datetime:
     if d.status.phase_start_time is None:
         d.status.phase_start_time = obs.now
     return d.status.phase_start_time
+
+
+STEP_DEADLINE = timedelta(minutes=5)
+"""Cordoning and Uncordoning have no timeout of their own: each is one patch of the
+node, so a repair still there after this long is stuck (for the past-deadline metric)."""
+
+
+def phase_deadline(spec: NodeRepairSpec, status: NodeRepairStatus) -> datetime | None:
+    """When the repair's current phase times out: the moment the driver fails it or
+    moves it on, so a repair still in the phase after it is stuck (not waiting). None
+    for phases without a deadline (Pending waits for room in its pool) and final ones."""
+    start, phase = status.phase_start_time, status.phase
+    if start is None or phase is None:
+        return None
+    if phase in (Phase.DEREGISTERING, Phase.WAITING_FOR_TASKS):
+        return start + timedelta(seconds=spec.drain.task_timeout_seconds)
+    if phase == Phase.EVICTING:
+        return start + timedelta(seconds=spec.drain.eviction_timeout_seconds)
+    if phase == Phase.REPAIRING:
+        rs = status.repair
+        if rs is not None and rs.next_attempt_time is not None:
+            return rs.next_attempt_time  # between attempts: the next one is due then
+        if rs is not None and rs.attempt_start_time is not None:
+            start = rs.attempt_start_time
+        return start + timedelta(seconds=spec.repair.timeout_seconds)
+    if phase == Phase.VERIFYING:
+        return start + timedelta(seconds=spec.verify.timeout_seconds)
+    if phase in (Phase.CORDONING, Phase.UNCORDONING):
+        return start + STEP_DEADLINE
+    return None
 
 
 def set_cond(

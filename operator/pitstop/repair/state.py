@@ -19,6 +19,7 @@ from pitstop.cluster.kube import Kube
 from pitstop.instances import contract
 from pitstop.instances.sources.poller import Target, TaskPoller
 from pitstop.models import (
+    NodeRepairSpec,
     NodeRepairStatus,
 )
 from pitstop.repair import drain, flow
@@ -99,6 +100,8 @@ class DriverState:
         self.logger = logger
         self.node_name: str = body["spec"]["nodeName"]
         self.status = parse_status(body.get("status"))
+        self.spec: NodeRepairSpec | None = None
+        """The spec of the last pass that could read it (for the phase's deadline)."""
         self.written: dict[str, Any] | None = dict(body.get("status") or {}) or None
         self.written_at = datetime.min.replace(tzinfo=UTC)
         self.patched_node: tuple[str | None, dict[str, Any]] | None = None

@@ -19,7 +19,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from pitstop import constants
+from pitstop import constants, metrics
 from pitstop.cluster.indexes import UNDER_REPAIR, WAKERS, Waiters
 from pitstop.cluster.kube import ApiError, Kube, merge_patch
 from pitstop.instances import contract as instances
@@ -110,7 +110,8 @@ async def start_task_sources(
 ) -> None:
     """The poller every repair shares, and the status writer. kopf hands startup
     handlers its indexes empty; they are live views and fill as the watches list."""
-    memo[MEMO_POLLER] = TaskPoller(on_change=WAKERS.wake)
+    memo[MEMO_POLLER] = poller = TaskPoller(on_change=WAKERS.wake)
+    metrics.SOURCE_FAILING.read = poller.failing
     writer = StatusWriter(memo, logger)
     memo["profile_status_task"] = asyncio.create_task(
         writer.run(profiles_by_name, pods_by_node, namespace_labels), name="profile-status"
@@ -126,6 +127,7 @@ async def stop_task_sources(memo: kopf.Memo, **_: Any) -> None:
             await task
     poller = memo.get(MEMO_POLLER)
     if poller is not None:
+        metrics.SOURCE_FAILING.read = dict  # nothing polled any more
         await poller.close()
 
 

@@ -126,6 +126,19 @@ class TaskPoller:
     def nodes(self) -> list[str]:
         return sorted(self._targets)
 
+    def failing(self) -> dict[tuple[str, ...], float]:
+        """Instances polled now whose last poll failed, by profile (for
+        pitstop_task_source_failing_instances); each polled profile reported, 0 or more."""
+        counts: dict[tuple[str, ...], float] = {}
+        for targets in list(self._targets.values()):
+            for ident, t in list(targets.items()):
+                if t.poll is None and t.error is None:
+                    continue  # a drain signal only: nothing is polled
+                reading = self._readings.get(ident)
+                failed = reading is not None and reading.error is not None
+                counts[(t.profile.name,)] = counts.get((t.profile.name,), 0) + failed
+        return counts
+
     def reading(self, key: str, profile: Profile) -> Reading | None:
         """The last poll of this pod under this profile."""
         return self._readings.get((key, profile.fingerprint))
