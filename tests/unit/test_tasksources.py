@@ -361,9 +361,12 @@ def test_watchdog_grace() -> None:
         podSelector={},
         tasks={"prometheus": {"port": 8081, "metric": "http_requests_in_flight"}},
     )
-    # Defaults: write_timeout 10 s, healthcheck_interval = write_timeout: 20 s < 30 s.
-    assert ts.watchdog_grace(watchdog_pod(None), of) is None
-    assert ts.watchdog_grace(watchdog_pod(20), of) == (20.0, 20)
+    # Defaults (of-watchdog since 0.9.11): write_timeout 30 s, healthcheck_interval =
+    # write_timeout: 60 s on SIGTERM, so Kubernetes' default grace of 30 s is too short.
+    assert ts.watchdog_grace(watchdog_pod(None), of) == (60.0, 30)
+    assert ts.watchdog_grace(watchdog_pod(60), of) == (60.0, 60)
+    assert ts.watchdog_grace(watchdog_pod(61), of) is None
+    assert ts.watchdog_grace(watchdog_pod(20, write_timeout="10s"), of) == (20.0, 20)
     assert ts.watchdog_grace(watchdog_pod(60, write_timeout="30s"), of) == (60.0, 60)
     assert ts.watchdog_grace(watchdog_pod(61, write_timeout="30s"), of) is None
     assert (
@@ -372,6 +375,12 @@ def test_watchdog_grace() -> None:
     )
     assert ts.watchdog_grace(watchdog_pod(10, write_timeout="1m"), None) == (120.0, 10)
     assert ts.watchdog_grace(watchdog_pod(1), None) is None  # not a watchdog
+    # As the watchdog parses them: a bare number is seconds; healthcheck_interval "0"
+    # is no wait before the drain (not the default), an unparsable value the default.
+    assert ts.watchdog_grace(watchdog_pod(30, write_timeout="40"), of) == (80.0, 30)
+    pod = watchdog_pod(30, write_timeout="20s", healthcheck_interval="0")
+    assert ts.watchdog_grace(pod, of) is None  # 0 + 20 s < 30 s
+    assert ts.watchdog_grace(watchdog_pod(30, write_timeout="soon"), of) == (60.0, 30)
 
 
 # --- profile status ---

@@ -596,8 +596,9 @@ def go_duration(text: str) -> float | None:
     return sum(float(n) * _UNIT[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(h|ms|m|s|us|ns)", s))
 
 
-WATCHDOG_WRITE_TIMEOUT = 10.0
-"""of-watchdog's default write_timeout (seconds)."""
+WATCHDOG_WRITE_TIMEOUT = 30.0
+"""of-watchdog's default write_timeout (seconds): 30 s since 0.9.11 (January 2023,
+config/config.go `defaultTimeout`), 10 s before."""
 
 
 WATCHDOG_METRIC = "http_requests_in_flight"
@@ -626,8 +627,11 @@ def watchdog_grace(pod: Mapping[str, Any], profile: Profile | None) -> tuple[flo
         }
         if not by_profile and not WATCHDOG_ENV & set(env):
             continue
+        # As the watchdog reads them: unparsable is the default; a write_timeout of 0
+        # stops it from starting, a healthcheck_interval of 0 drains at once.
         write = go_duration(env.get("write_timeout", "")) or WATCHDOG_WRITE_TIMEOUT
-        health = go_duration(env.get("healthcheck_interval", "")) or write
+        health = go_duration(env.get("healthcheck_interval", ""))
+        health = write if health is None else health
         needed = health + write
         worst = needed if worst is None else max(worst, needed)
     if worst is None or configured > worst:
