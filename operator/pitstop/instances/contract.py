@@ -264,18 +264,33 @@ class Budget:
     spare: int = 0
     """Healthy pods above the desired (currentHealthy - desiredHealthy; 0 while its
     status lags its spec): how many of its Ready pods may stop being Ready."""
+    healthy: int = 0
+    """currentHealthy (0 while its status lags its spec)."""
+    expected: int = 0
+    """expectedPods (1 while its status lags its spec: not known to be all healthy)."""
+
+    @property
+    def stuck(self) -> bool:
+        """It allows no disruption although every pod it covers is healthy and none is
+        being disrupted: no pod of its own is on its way back, so its answer changes only
+        when someone changes the budget or its workload (minAvailable: 100%, say)."""
+        return self.allowed <= 0 and not self.disrupted and self.healthy >= self.expected
 
 
 def budget(pdb: Mapping[str, Any]) -> Budget:
     ns = pdb["metadata"]["namespace"]
     status = pdb.get("status") or {}
     disrupted = status.get("disruptedPods") or ()
-    spare = int(status.get("currentHealthy") or 0) - int(status.get("desiredHealthy") or 0)
+    healthy = int(status.get("currentHealthy") or 0)
+    spare = healthy - int(status.get("desiredHealthy") or 0)
+    current = _current(pdb)
     return Budget(
         pdb_key(pdb),
         allowed(pdb),
         frozenset(f"{ns}/{name}" for name in disrupted),
-        spare=max(0, spare) if _current(pdb) else 0,
+        spare=max(0, spare) if current else 0,
+        healthy=healthy if current else 0,
+        expected=int(status.get("expectedPods") or 0) if current else 1,
     )
 
 
