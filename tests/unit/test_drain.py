@@ -1445,3 +1445,13 @@ def test_a_budget_that_allows_nothing_with_every_pod_healthy_warns_at_once() -> 
     d = evicting([covered("a"), covered("b")], budgets=stuck)
     assert condition(d, C.COND_INSTANCES_OFFLINE).reason == C.REASON_EVICTION_BLOCKED
     assert [e.type for e in d.events if e.reason == C.REASON_EVICTION_BLOCKED] == ["Warning"]
+
+
+def test_unreachable_counts_sources_unreachable_now_and_ends_at_zero() -> None:
+    # A source that failed while its pod was on the node is no failure of a repair
+    # that finished: the count follows the instances, and is 0 once none is left.
+    st = status(Phase.EVICTING, since=5)
+    st.instances = InstanceCounts(total=1, sync=1, remaining=1, unreachable=1)
+    d = decide(observe(st, []))
+    assert d.status.phase == Phase.REPAIRING
+    assert d.status.instances is not None and d.status.instances.unreachable == 0

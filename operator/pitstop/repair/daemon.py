@@ -85,7 +85,10 @@ class Driver(NodeSteps, PodSteps, RepairSteps):
                 marked[key] = seen if seen is not None and seen[0] == mark else (mark, now)
             m = sources_daemon.match_pod(pod, usable, namespace_labels) if usable else None
             polled, unacked = None, None
-            if m is not None and m.profile is not None:
+            # One on its way out (terminating, or its eviction accepted) is not polled:
+            # it may close its port at any moment, and no count of it decides anything.
+            leaving = contract.is_terminating(pod) or ("evict", key) in self.sent
+            if m is not None and m.profile is not None and not leaving:
                 target = self.target(key, pod, m.profile, marked=key in marked)
                 if target is not None:
                     targets.append(target)

@@ -188,7 +188,9 @@ def _count(d: Decision, obs: Observation) -> None:
         invalid_task_counts=max(
             old.invalid_task_counts, sum(1 for i in live if i.tasks.invalid is not None)
         ),
-        unreachable=max(old.unreachable, sum(1 for i in live if i.tasks.error is not None)),
+        # Now, not a maximum: a source that failed as its pod left is no failure of
+        # the finished repair (its Event says what happened).
+        unreachable=sum(1 for i in live if i.tasks.error is not None),
     )
 
 
