@@ -32,6 +32,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -74,6 +75,17 @@ class Profile:
     """metadata.creationTimestamp (RFC 3339, so it sorts as text)."""
     spec: InstanceProfileSpec
     generation: int | None = None
+
+    @cached_property
+    def pod_selector(self) -> dict[str, Any]:
+        """spec.podSelector as the selector rule reads it (built once: it is matched
+        against every pod on every census and repair pass)."""
+        return self.spec.pod_selector.wire()
+
+    @cached_property
+    def namespace_selector(self) -> dict[str, Any] | None:
+        ns = self.spec.namespace_selector
+        return ns.wire() if ns is not None else None
 
     @property
     def precedence(self) -> tuple[str, str]:
@@ -132,14 +144,13 @@ def matches(
     profile: Profile, pod_labels: Mapping[str, str], namespace_labels: Mapping[str, str] | None
 ) -> bool | None:
     """True or False; None when the namespace's labels are needed but unknown."""
-    if not selectors.matches(profile.spec.pod_selector.wire(), pod_labels):
+    if not selectors.matches(profile.pod_selector, pod_labels):
         return False
-    ns_selector = profile.spec.namespace_selector
-    if ns_selector is None:
+    if profile.namespace_selector is None:
         return True
     if namespace_labels is None:
         return None
-    return selectors.matches(ns_selector.wire(), namespace_labels)
+    return selectors.matches(profile.namespace_selector, namespace_labels)
 
 
 def match(
