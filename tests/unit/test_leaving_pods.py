@@ -10,14 +10,9 @@ from typing import Any
 
 from pitstop import constants as C
 from pitstop.instances.sources.daemon import Indexed
-from pitstop.instances.sources.rules import (
-    UNREACHABLE,
-    Profile,
-    Reading,
-    SignalState,
-    SourceError,
-    parse_profile,
-)
+from pitstop.instances.sources.errors import UNREACHABLE, SourceError
+from pitstop.instances.sources.profiles import Profile, parse_profile
+from pitstop.instances.sources.trust import Reading, SignalState
 from pitstop.repair.daemon import Driver
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pitstop import constants, selectors
-from pitstop.instances.sources import rules as tasksources
+from pitstop.instances.sources import matching, profiles, trust
 
 FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
 
@@ -64,7 +64,7 @@ class TaskCount:
     invalid: str | None = None
     error: str | None = None
     pending: str | None = None
-    source: str = tasksources.ANNOTATION
+    source: str = profiles.ANNOTATION
     """annotation, prometheus or http."""
 
     @property
@@ -168,8 +168,8 @@ class Instance:
 def observe(
     pod: Mapping[str, Any],
     endpoint_ready: Iterable[bool] | None,
-    match: tasksources.Match | None = None,
-    polled: tasksources.Polled | None = None,
+    match: matching.Match | None = None,
+    polled: trust.Polled | None = None,
     signal_unacknowledged: str | None = None,
     pdbs: Iterable[Mapping[str, Any]] = (),
 ) -> Instance:
@@ -186,7 +186,7 @@ def observe(
             polled.count,
             error=polled.error.message if polled.error is not None else None,
             pending=polled.pending,
-            source=tasksources.task_source(profile),
+            source=profiles.task_source(profile),
         )
     elif match is not None and match.uncertain and profile is None:
         # A profile might describe it, once its namespace's labels are known.
@@ -195,7 +195,7 @@ def observe(
         tasks = inflight_tasks(pod)
     return Instance(
         key=k,
-        kind=tasksources.kind(profile, label, flags is not None),
+        kind=matching.kind(profile, label, flags is not None),
         gated=has_serving_gate(pod),
         serving=serving_status(pod),
         ready_endpoint=any(flags or ()),

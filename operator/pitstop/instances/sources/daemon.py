@@ -1,6 +1,7 @@
 """InstanceProfiles in the operator: the indexes (profiles by name, namespace labels),
 the shared task poller, and the writer of every profile's status (Ready, Conflict,
-the instances it describes). The rules themselves are pure, in pitstop.instances.sources.rules.
+the instances it describes). The rules themselves are pure, in the package's other
+modules (pitstop.instances.sources).
 
 Profiles get no daemon and no finalizer: a platform installs and removes them like
 any configuration, whether or not the operator runs. One background task writes
@@ -25,8 +26,9 @@ from pitstop import constants, selectors
 from pitstop.cluster.indexes import UNDER_REPAIR, WAKERS, Waiters
 from pitstop.cluster.kube import ApiError, Kube, merge_patch
 from pitstop.instances import contract as instances
-from pitstop.instances.sources import rules as tasksources
+from pitstop.instances.sources import census, matching
 from pitstop.instances.sources.poller import TaskPoller
+from pitstop.instances.sources.profiles import InvalidProfile, Profile, parse_profile
 from pitstop.models import InstanceProfileStatus
 
 C = constants
@@ -47,13 +49,13 @@ PROFILES = Waiters()
 class Indexed:
     """A profile as kept in the index: parsed, with the status it carries."""
 
-    item: tasksources.Profile | tasksources.InvalidProfile
+    item: Profile | InvalidProfile
     status: Mapping[str, Any] = field(default_factory=dict)
 
 
 @kopf.index(C.GROUP, C.VERSION, C.INSTANCEPROFILE_PLURAL)
 def profiles_by_name(body: kopf.Body, name: str, **_: Any) -> dict[str, Indexed]:
-    return {name: Indexed(tasksources.parse_profile(body), dict(body.get("status") or {}))}
+    return {name: Indexed(parse_profile(body), dict(body.get("status") or {}))}
 
 
 @kopf.index("namespaces")
@@ -81,12 +83,12 @@ def wake_on_pod(body: kopf.Body, profiles_by_name: kopf.Index[str, Any], **_: An
         PROFILES.wake()
 
 
-def usable(profiles: kopf.Index[str, Any] | None) -> list[tasksources.Profile]:
+def usable(profiles: kopf.Index[str, Any] | None) -> list[Profile]:
     """The valid profiles of the index."""
     found = []
     for store in profiles.values() if profiles is not None else ():
         for indexed in store:
-            if isinstance(indexed.item, tasksources.Profile):
+            if isinstance(indexed.item, Profile):
                 found.append(indexed.item)
     return found
 
@@ -101,11 +103,11 @@ def namespace_of(namespaces: kopf.Index[str, Any] | None, name: str) -> Mapping[
 
 def match_pod(
     pod: Mapping[str, Any],
-    profiles: list[tasksources.Profile],
+    profiles: list[Profile],
     namespaces: kopf.Index[str, Any] | None,
-) -> tasksources.Match:
+) -> matching.Match:
     meta = pod.get("metadata", {})
-    return tasksources.match(
+    return matching.match(
         profiles, meta.get("labels") or {}, namespace_of(namespaces, meta.get("namespace", ""))
     )
 
@@ -186,7 +188,7 @@ class StatusWriter:
         indexed: list[Indexed] = [i for store in profiles.values() for i in store]
         if not indexed:
             return
-        valid = [i.item for i in indexed if isinstance(i.item, tasksources.Profile)]
+        valid = [i.item for i in indexed if isinstance(i.item, Profile)]
         pods = [
             (instances.key(p), p["metadata"].get("labels") or {}, p["metadata"]["namespace"])
             for store in pods_by_node.values()
@@ -194,14 +196,14 @@ class StatusWriter:
             if instances.is_instance(p)
         ]
         labels = {name: labels for name, store in namespaces.items() for labels in store}
-        found = tasksources.census(valid, pods, labels)
-        win = tasksources.winners(valid)
+        found = census.census(valid, pods, labels)
+        win = matching.winners(valid)
         for i in indexed:
             try:
                 old = InstanceProfileStatus.model_validate(dict(i.status))
             except ValidationError:
                 old = InstanceProfileStatus()
-            new = tasksources.profile_status(i.item, found, win, old, now)
+            new = census.profile_status(i.item, found, win, old, now)
             wire, before = new.wire(), old.wire()
             if wire == before:
                 continue
