@@ -75,9 +75,10 @@ def wake_on_profile(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event("pods")  # type: ignore[arg-type]  # kopf's protocols omit index kwargs
-def wake_on_pod(body: kopf.Body, profiles_by_name: kopf.Index[str, Any], **_: Any) -> None:
+async def wake_on_pod(body: kopf.Body, profiles_by_name: kopf.Index[str, Any], **_: Any) -> None:
     """A pod a profile's podSelector matches came, changed or went: the profiles'
-    status (the instances each describes) follows it in the next pass."""
+    status (the instances each describes) follows it in the next pass. Async: kopf
+    would run a plain function in a thread, for every pod event."""
     labels = body.get("metadata", {}).get("labels") or {}
     if any(selectors.matches(p.pod_selector, labels) for p in usable(profiles_by_name)):
         PROFILES.wake()
