@@ -98,11 +98,20 @@ REASON_NO_SERVING_GATE: Final = "NoServingGate"
 """A sync instance without the serving gate cannot leave routing before eviction."""
 REASON_WAITING_FOR_TASKS: Final = "WaitingForTasks"
 REASON_TASKS_DRAINED: Final = "TasksDrained"
+"""No instance left on the node has tasks in flight."""
+REASON_DRAINING_IN_TURN: Final = "DrainingInTurn"
+"""TasksDrained=False while the repair evicts: the instances out of service are idle,
+those their PodDisruptionBudgets keep in service drain, and are waited for, in turn."""
 REASON_INVALID_TASK_COUNT: Final = "InvalidTaskCount"
 REASON_TASK_TIMEOUT: Final = "TaskTimeout"
 REASON_EVICTING: Final = "Evicting"
 REASON_EVICTION_BLOCKED: Final = "EvictionBlocked"
-"""A PodDisruptionBudget refused an eviction (429); it is retried with backoff."""
+"""Evictions wait for a PodDisruptionBudget that allows none with every pod it covers
+healthy, or that has paced them for half of evictionTimeoutSeconds (a Warning); also an
+eviction refused for another reason. Refused evictions are retried with backoff."""
+REASON_EVICTIONS_PACED: Final = "EvictionsPaced"
+"""Evictions wait for their PodDisruptionBudget to allow the next, as it was made to
+(a Normal Event): a pod of its own is on its way back."""
 REASON_EVICTION_TIMEOUT: Final = "EvictionTimeout"
 REASON_INSTANCES_OFFLINE: Final = "InstancesOffline"
 REASON_REPAIR_ALLOWED: Final = "RepairAllowed"

@@ -39,6 +39,7 @@ WATCH_HANDLERS = frozenset(
         "wake_on_repair",
         "wake_on_policy",
         "wake_on_profile",
+        "wake_on_pod",
     }
 )
 """Handlers run on every watch event; their success is not logged (pitstop.runner)."""

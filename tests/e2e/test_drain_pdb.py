@@ -138,7 +138,10 @@ def test_drain_under_a_pdb_evicts_at_most_what_it_allows(
         f"only {healthy.fewest} healthy instances at once: the budget keeps"
         f" {REPLICAS - MAX_UNAVAILABLE}"
     )
-    # The budget held evictions back: said once, not once per pod or per wave.
-    blocked = repair_events(cluster, name, "EvictionBlocked")
-    assert len(blocked) == 1, [e.message for e in blocked]
-    assert f"{namespace}/fn" in (blocked[0].message or "")
+    # The budget paced the evictions, as it was made to: said once, not once per pod
+    # or per wave, and as Normal, not a Warning (issue 22).
+    paced = wait_until("the pacing said", lambda: repair_events(cluster, name, "EvictionsPaced"))
+    assert len(paced) == 1, [e.message for e in paced]
+    assert paced[0].type == "Normal" and f"{namespace}/fn" in (paced[0].message or "")
+    warnings = [e for e in repair_events(cluster, name) if e.type == "Warning"]
+    assert warnings == [], [(e.reason, e.message) for e in warnings]

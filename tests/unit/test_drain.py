@@ -532,7 +532,8 @@ def test_blocked_condition_names_the_pdbs() -> None:
         },
     )
     offline = condition(decide(obs), C.COND_INSTANCES_OFFLINE)
-    assert (offline.status, offline.reason) == (ConditionStatus.FALSE, C.REASON_EVICTION_BLOCKED)
+    # Refused by budgets the index does not know yet: pacing, until half the timeout.
+    assert (offline.status, offline.reason) == (ConditionStatus.FALSE, C.REASON_EVICTIONS_PACED)
     assert "fn/pdb-1, fn/pdb-2" in (offline.message or "")
 
 
@@ -755,11 +756,11 @@ def test_a_pdb_that_allows_nothing_holds_every_eviction_and_says_so() -> None:
 
 def test_held_evictions_post_one_event_naming_the_budgets() -> None:
     d = evicting([covered(f"p{n}") for n in range(20)], budgets={"fn/pdb": Budget("fn/pdb", 1)})
-    (event,) = [e for e in d.events if e.reason == C.REASON_EVICTION_BLOCKED]
-    assert event.type == "Warning" and "fn/pdb" in event.message
+    (event,) = [e for e in d.events if e.reason == C.REASON_EVICTIONS_PACED]
+    assert event.type == "Normal" and "fn/pdb" in event.message
     # The same words on every pass and whatever the counts: the driver posts it once.
-    again = evicting([covered(f"p{n}") for n in range(3)], budgets={"fn/pdb": Budget("fn/pdb", 0)})
-    assert [e for e in again.events if e.reason == C.REASON_EVICTION_BLOCKED] == [event]
+    again = evicting([covered(f"p{n}") for n in range(3)], budgets=paced(3))
+    assert [e for e in again.events if e.reason == C.REASON_EVICTIONS_PACED] == [event]
 
 
 def test_held_evictions_wait_for_the_budget_not_a_timer() -> None:
@@ -1356,3 +1357,101 @@ def _at(stamp: str) -> datetime:
 
 
 CORDONED_NOW = (C.COND_CORDONED, True, C.REASON_CORDONED)
+
+
+# --- what the conditions and Events say while budgets pace the drain (issue 22) ---
+
+
+def test_tasks_drained_is_not_said_while_held_instances_still_serve() -> None:
+    # p0 is out of service and idle; p1..p3 are kept in service by their budget and
+    # still serve: their tasks are waited for later, under Evicting. Nothing may say
+    # that every task on the node finished.
+    p0 = dataclasses.replace(deregistered("p0"), pdbs=("fn/pdb",), pod_ready=False)
+    held = [in_service(f"p{n}", tasks=3) for n in (1, 2, 3)]
+    d = decide(observe(status(Phase.WAITING_FOR_TASKS), [p0, *held], budgets=spare(0)))
+    assert d.status.phase == Phase.EVICTING and d.evict == ["fn/p0"]
+    drained = condition(d, C.COND_TASKS_DRAINED)
+    assert (drained.status, drained.reason) == (ConditionStatus.FALSE, C.REASON_DRAINING_IN_TURN)
+    assert "3 kept in service until fn/pdb can spare them" in drained.message
+    assert [e for e in d.events if e.reason == C.REASON_TASKS_DRAINED] == []
+    # The forced eviction of invariant 1 is untouched: this is no task timeout.
+    assert d.status.phase == Phase.EVICTING and "fn/p1" not in d.evict
+
+
+def test_tasks_drained_once_no_instance_left_has_tasks() -> None:
+    in_turn = cond(C.COND_TASKS_DRAINED, False, C.REASON_DRAINING_IN_TURN)
+    st = status(Phase.EVICTING, since=30, conditions=[CORDONED, DEREGISTERED, in_turn])
+    # The budget spared p1: marked and out of routing, its 2 tasks still in flight.
+    busy = dataclasses.replace(deregistered("p1", tasks=2), pdbs=("fn/pdb",))
+    d = decide(observe(st, [busy], budgets=spare(1)))
+    drained = condition(d, C.COND_TASKS_DRAINED)
+    assert (drained.status, drained.reason) == (ConditionStatus.FALSE, C.REASON_DRAINING_IN_TURN)
+    assert "2 tasks in flight on 1 instance" in drained.message
+    assert d.evict == []
+    # Its tasks finished: now every task on the node has.
+    idle = dataclasses.replace(busy, tasks=TaskCount(0))
+    d = decide(observe(st, [idle], budgets=spare(1)))
+    drained = condition(d, C.COND_TASKS_DRAINED)
+    assert (drained.status, drained.reason) == (ConditionStatus.TRUE, C.REASON_TASKS_DRAINED)
+    (event,) = [e for e in d.events if e.reason == C.REASON_TASKS_DRAINED]
+    assert event.message == "All in-flight tasks finished"
+    assert d.evict == ["fn/p1"]
+
+
+def test_a_task_timeout_is_never_rewritten_as_drained() -> None:
+    # TaskTimeout is what lets an instance be forced out (invariant 1): kept as is.
+    st = status(Phase.EVICTING, since=30, conditions=[CORDONED, DEREGISTERED, TIMED_OUT])
+    d = decide(observe(st, [inst("a")]))
+    assert condition(d, C.COND_TASKS_DRAINED).reason == C.REASON_TASK_TIMEOUT
+
+
+def test_without_held_instances_tasks_drained_is_said_as_before() -> None:
+    d = decide(observe(status(Phase.WAITING_FOR_TASKS), [deregistered("a")]))
+    drained = condition(d, C.COND_TASKS_DRAINED)
+    assert (drained.status, drained.reason) == (ConditionStatus.TRUE, C.REASON_TASKS_DRAINED)
+
+
+def paced(n: int, allowed: int = 0) -> dict[str, Budget]:
+    """A maxUnavailable budget pacing the drain: a pod of its own still on its way back
+    (healthy below expected), so it allows more as soon as that one is Ready."""
+    return {"fn/pdb": Budget("fn/pdb", allowed, spare=0, healthy=n - 1, expected=n)}
+
+
+def test_a_budget_pacing_evictions_is_normal_not_a_warning() -> None:
+    d = evicting([covered("a"), covered("b")], budgets=paced(4))
+    assert d.evict == []
+    offline = condition(d, C.COND_INSTANCES_OFFLINE)
+    assert (offline.status, offline.reason) == (ConditionStatus.FALSE, C.REASON_EVICTIONS_PACED)
+    assert [e.type for e in d.events if e.reason == C.REASON_EVICTIONS_PACED] == ["Normal"]
+    assert [e for e in d.events if e.type == "Warning"] == []
+    # It wakes when pacing would turn into a long block: half the eviction timeout.
+    assert d.wake_at == ago(5) + timedelta(seconds=300)
+
+
+def test_a_budget_pacing_for_half_the_eviction_timeout_warns() -> None:
+    st = status(Phase.EVICTING, since=300)
+    d = decide(observe(st, [covered("a")], budgets=paced(4)))
+    offline = condition(d, C.COND_INSTANCES_OFFLINE)
+    assert offline.reason == C.REASON_EVICTION_BLOCKED
+    (warning,) = [e for e in d.events if e.reason == C.REASON_EVICTION_BLOCKED]
+    assert warning.type == "Warning" and "fn/pdb" in warning.message
+    assert "300s" in warning.message and "600s" in warning.message
+
+
+def test_a_budget_that_allows_nothing_with_every_pod_healthy_warns_at_once() -> None:
+    # minAvailable = replicas: no pod of its own is on its way back, so nothing will
+    # change its answer but someone changing the budget or the workload.
+    stuck = {"fn/pdb": Budget("fn/pdb", 0, healthy=2, expected=2)}
+    d = evicting([covered("a"), covered("b")], budgets=stuck)
+    assert condition(d, C.COND_INSTANCES_OFFLINE).reason == C.REASON_EVICTION_BLOCKED
+    assert [e.type for e in d.events if e.reason == C.REASON_EVICTION_BLOCKED] == ["Warning"]
+
+
+def test_unreachable_counts_sources_unreachable_now_and_ends_at_zero() -> None:
+    # A source that failed while its pod was on the node is no failure of a repair
+    # that finished: the count follows the instances, and is 0 once none is left.
+    st = status(Phase.EVICTING, since=5)
+    st.instances = InstanceCounts(total=1, sync=1, remaining=1, unreachable=1)
+    d = decide(observe(st, []))
+    assert d.status.phase == Phase.REPAIRING
+    assert d.status.instances is not None and d.status.instances.unreachable == 0

@@ -322,7 +322,7 @@ def test_slim_pdb_keeps_what_the_budget_arithmetic_reads() -> None:
     assert "managedFields" not in slim["metadata"]
     assert contract.budget(slim) == contract.budget(full_pdb())
     assert contract.budget(slim) == contract.Budget(
-        "fn/fn-pdb", 1, frozenset({"fn/web-1"}), spare=1
+        "fn/fn-pdb", 1, frozenset({"fn/web-1"}), spare=1, healthy=10, expected=10
     )
     for pod in PODS:
         assert selectors.pdb_covers(slim, pod) == contract.covers(full_pdb(), pod)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from pitstop import constants as C
 from pitstop.cluster import nodes
 from pitstop.instances import contract
-from pitstop.instances.sources import rules
+from pitstop.instances.sources import addressing, answers, errors, matching, profiles
 from pitstop.models import NodeRepairSpec, NodeRepairStatus, Phase
 from pitstop.repair import recovery
 from pitstop.repair.drain import Observation, decide
@@ -108,32 +108,34 @@ def test_a_drain_mark_without_a_zone_is_read_as_utc() -> None:
 def test_a_pod_whose_namespace_is_not_known_yet_counts_as_busy() -> None:
     """A profile's namespaceSelector may describe it once its namespace's labels are
     known; until then its count is not trusted, whatever its annotation says."""
-    i = contract.observe(pod({C.ANNOTATION_INFLIGHT: "0"}), None, rules.Match(None, uncertain=True))
+    i = contract.observe(
+        pod({C.ANNOTATION_INFLIGHT: "0"}), None, matching.Match(None, uncertain=True)
+    )
     assert i.tasks.busy and i.tasks.pending is not None
 
 
 # --- task sources: asking a profile for what it does not have ---
 
 
-def annotation_profile() -> rules.Profile:
+def annotation_profile() -> profiles.Profile:
     body = {"metadata": {"name": "plain", "creationTimestamp": "2026-01-01T00:00:00Z"}}
-    p = rules.parse_profile({**body, "spec": {"podSelector": {}}})
-    assert isinstance(p, rules.Profile)
+    p = profiles.parse_profile({**body, "spec": {"podSelector": {}}})
+    assert isinstance(p, profiles.Profile)
     return p
 
 
 def test_a_profile_without_http_post_has_no_signal_request() -> None:
     with pytest.raises(ValueError, match="no httpPost drain signal"):
-        rules.signal_request(annotation_profile(), pod())
+        addressing.signal_request(annotation_profile(), pod())
 
 
 def test_a_profile_that_reads_the_annotation_parses_no_answer() -> None:
     with pytest.raises(ValueError, match="reads the annotation"):
-        rules.parse_answer(annotation_profile(), "3")
+        answers.parse_answer(annotation_profile(), "3")
 
 
 def test_source_errors_are_equal_by_kind_and_message() -> None:
-    a, b = rules.SourceError("http", "refused"), rules.SourceError("http", "refused")
+    a, b = errors.SourceError("http", "refused"), errors.SourceError("http", "refused")
     assert a == b and hash(a) == hash(b) and len({a, b}) == 1
-    assert a != rules.SourceError("http", "timed out")
+    assert a != errors.SourceError("http", "timed out")
     assert repr(a) == "SourceError('http', 'refused')"

@@ -11,13 +11,13 @@ from typing import Any
 
 from aiohttp import web
 
-from pitstop.instances.sources import rules as ts
+from pitstop.instances.sources import addressing, errors, profiles, trust
 from pitstop.instances.sources.poller import Target, TaskPoller
 
 GAUGE = "# TYPE function_requests_in_flight gauge\nfunction_requests_in_flight {n}\n"
 
 
-def profile(name: str = "fn", interval: float = 0.1, **spec: Any) -> ts.Profile:
+def profile(name: str = "fn", interval: float = 0.1, **spec: Any) -> profiles.Profile:
     spec = {
         "podSelector": {},
         "tasks": {"prometheus": {"port": 9100, "metric": "function_requests_in_flight"}},
@@ -25,8 +25,8 @@ def profile(name: str = "fn", interval: float = 0.1, **spec: Any) -> ts.Profile:
         "timeoutSeconds": 0.5,
         **spec,
     }
-    p = ts.parse_profile({"metadata": {"name": name, "creationTimestamp": "x"}, "spec": spec})
-    assert isinstance(p, ts.Profile)
+    p = profiles.parse_profile({"metadata": {"name": name, "creationTimestamp": "x"}, "spec": spec})
+    assert isinstance(p, profiles.Profile)
     return p
 
 
@@ -82,7 +82,7 @@ async def serve(runtime: Runtime) -> tuple[web.AppRunner, int]:
 def target(
     port: int,
     key: str = "ns/p",
-    p: ts.Profile | None = None,
+    p: profiles.Profile | None = None,
     signal: bool = False,
     path: str = "/metrics",
 ) -> Target:
@@ -92,8 +92,10 @@ def target(
         key=key,
         node="n1",
         profile=p,
-        poll=ts.Request("GET", base + path, p.spec.timeout_seconds),
-        signal=ts.Request("POST", base + "/drain", p.spec.timeout_seconds) if signal else None,
+        poll=addressing.Request("GET", base + path, p.spec.timeout_seconds),
+        signal=addressing.Request("POST", base + "/drain", p.spec.timeout_seconds)
+        if signal
+        else None,
     )
 
 
@@ -172,7 +174,9 @@ def test_drain_signal_first_then_polls_after_its_acknowledgement() -> None:
             reading = poller.reading(t.key, p)
             assert state is not None and state.acked_at is not None and reading is not None
             assert reading.started > state.acked_at  # the trust rule can use it
-            trusted = ts.polled(reading, ts.signal_time("httpPost", marked_at=None, state=state))
+            trusted = trust.polled(
+                reading, trust.signal_time("httpPost", marked_at=None, state=state)
+            )
             assert not trusted.busy
             await asyncio.sleep(0.3)
             assert rt.requests.count("POST /drain") == 1  # acknowledged: never again
@@ -199,7 +203,9 @@ def test_unacknowledged_signal_is_retried_then_reported() -> None:
             assert state is not None and state.acked_at is None
             assert state.last_error is not None and state.last_error.startswith("HTTP 503")
             assert "GET /metrics" not in rt.requests  # no count is trusted yet: none read
-            assert ts.polled(None, ts.signal_time("httpPost", marked_at=None, state=state)).busy
+            assert trust.polled(
+                None, trust.signal_time("httpPost", marked_at=None, state=state)
+            ).busy
             rt.drain_status = 200  # the runtime comes round
             await until("the acknowledgement", lambda: state.acked_at is not None)
             await until("a reading", lambda: poller.reading(t.key, p) is not None)
@@ -224,7 +230,7 @@ def test_a_runtime_that_never_acknowledges_is_reported() -> None:
             poller.watch("n1", [t])
             state = await _state(poller, t)
             await until("the report", lambda: state.reported_at is not None, within=10)
-            assert state.attempts == ts.SIGNAL_REPORT_AFTER
+            assert state.attempts == trust.SIGNAL_REPORT_AFTER
             await until("a reading after the report", lambda: poller.reading(t.key, p) is not None)
             reading = poller.reading(t.key, p)
             assert reading is not None and reading.started > state.reported_at
@@ -235,7 +241,7 @@ def test_a_runtime_that_never_acknowledges_is_reported() -> None:
     run(main)
 
 
-async def _state(poller: TaskPoller, t: Target) -> ts.SignalState:
+async def _state(poller: TaskPoller, t: Target) -> trust.SignalState:
     await until("a signal state", lambda: poller.signal_state(t.key, t.profile) is not None)
     state = poller.signal_state(t.key, t.profile)
     assert state is not None
@@ -252,9 +258,9 @@ def test_unreachable_instance_is_an_error_not_zero() -> None:
             found = await poller.read_once([target(port)])
             reading = found["ns/p"]
             assert reading.count is None and reading.error is not None
-            assert reading.error.kind == ts.UNREACHABLE
+            assert reading.error.kind == errors.UNREACHABLE
             assert "connection refused" in reading.error.message
-            assert ts.polled(reading, reading.started.replace(year=2000)).busy
+            assert trust.polled(reading, reading.started.replace(year=2000)).busy
         finally:
             await poller.close()
 
@@ -287,7 +293,7 @@ def test_wrong_metric_name() -> None:
         poller = TaskPoller()
         try:
             error = (await poller.read_once([target(port)]))["ns/p"].error
-            assert error is not None and error.kind == ts.INVALID
+            assert error is not None and error.kind == errors.INVALID
             assert error.message == (
                 "metric function_requests_in_flight not found"
                 " (the instance exposes: function_inflight)"
@@ -362,7 +368,9 @@ def test_unaddressable_target_reports_its_error() -> None:
     async def main() -> None:
         poller = TaskPoller()
         try:
-            error = ts.SourceError(ts.INVALID, "the pod has no container port named 'admin'")
+            error = errors.SourceError(
+                errors.INVALID, "the pod has no container port named 'admin'"
+            )
             t = Target(key="ns/p", node="n1", profile=profile(), error=error)
             poller.watch("n1", [t])
             await until("a reading", lambda: poller.reading(t.key, t.profile) is not None)

@@ -9,17 +9,27 @@ from typing import Any
 
 import pytest
 
-from pitstop.instances.sources import rules as ts
-from pitstop.instances.sources.rules import SourceError
+from pitstop.instances.sources import (
+    addressing,
+    answers,
+    census,
+    durations,
+    errors,
+    matching,
+    profiles,
+    trust,
+    watchdog,
+)
+from pitstop.instances.sources.errors import SourceError
 from pitstop.models import InstanceProfileSpec, InstanceProfileStatus, PrometheusTasks
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
-def profile(name: str, created: str = "2026-01-01T00:00:00Z", **spec: Any) -> ts.Profile:
+def profile(name: str, created: str = "2026-01-01T00:00:00Z", **spec: Any) -> profiles.Profile:
     body = {"metadata": {"name": name, "creationTimestamp": created}, "spec": spec}
-    p = ts.parse_profile(body)
-    assert isinstance(p, ts.Profile), p
+    p = profiles.parse_profile(body)
+    assert isinstance(p, profiles.Profile), p
     return p
 
 
@@ -45,32 +55,36 @@ def pod(ip: str | None = "10.244.0.7", **spec: Any) -> dict[str, Any]:
 
 
 def test_no_profile_matches() -> None:
-    m = ts.match([profile("a", podSelector={"matchLabels": {"app": "g"}})], {"app": "f"}, {})
+    m = matching.match([profile("a", podSelector={"matchLabels": {"app": "g"}})], {"app": "f"}, {})
     assert m.profile is None and not m.conflict and not m.uncertain
-    assert ts.task_source(None) == "annotation" and ts.drain_signal(None) == "annotation"
+    assert (
+        profiles.task_source(None) == "annotation" and profiles.drain_signal(None) == "annotation"
+    )
 
 
 def test_the_oldest_profile_wins_and_the_others_are_named() -> None:
     old = profile("zeta", "2026-01-01T00:00:00Z", podSelector={})
     new = profile("alpha", "2026-01-05T00:00:00Z", podSelector={"matchLabels": {"app": "f"}})
     same_age = profile("beta", "2026-01-01T00:00:00Z", podSelector={})
-    m = ts.match([new, old, same_age], {"app": "f"}, None)
+    m = matching.match([new, old, same_age], {"app": "f"}, None)
     assert m.profile is same_age  # same age as zeta: the name decides
     assert m.others == ("zeta", "alpha") and m.conflict
-    assert ts.match([new, old], {"app": "f"}, None).profile is old
+    assert matching.match([new, old], {"app": "f"}, None).profile is old
 
 
 def test_namespace_selector() -> None:
     p = profile("a", podSelector={}, namespaceSelector={"matchLabels": {"team": "x"}})
-    assert ts.match([p], {}, {"team": "x"}).profile is p
-    assert ts.match([p], {}, {"team": "y"}).profile is None
-    unknown = ts.match([p], {}, None)
+    assert matching.match([p], {}, {"team": "x"}).profile is p
+    assert matching.match([p], {}, {"team": "y"}).profile is None
+    unknown = matching.match([p], {}, None)
     assert unknown.profile is None and unknown.uncertain
 
 
 def test_invalid_stored_profile() -> None:
-    bad = ts.parse_profile({"metadata": {"name": "x"}, "spec": {"podSelector": {}, "tasks": {}}})
-    assert isinstance(bad, ts.InvalidProfile)
+    bad = profiles.parse_profile(
+        {"metadata": {"name": "x"}, "spec": {"podSelector": {}, "tasks": {}}}
+    )
+    assert isinstance(bad, profiles.InvalidProfile)
     assert "exactly one of annotation, prometheus or http" in bad.message
 
 
@@ -98,23 +112,23 @@ def test_fingerprint_changes_with_the_source_not_the_selector() -> None:
 )
 def test_kind(profile_kind: str | None, label: str | None, backs: bool, expected: str) -> None:
     p = profile("p", podSelector={}, kind=profile_kind) if profile_kind else None
-    assert ts.kind(p, label, backs) == expected
+    assert matching.kind(p, label, backs) == expected
 
 
 # --- where to ask ---
 
 
 def test_ports_and_urls() -> None:
-    assert ts.resolve_port(pod(), 8081) == 8081
-    assert ts.resolve_port(pod(), "metrics") == 9100
+    assert addressing.resolve_port(pod(), 8081) == 8081
+    assert addressing.resolve_port(pod(), "metrics") == 9100
     with pytest.raises(SourceError, match="no container port named 'admin'") as e:
-        ts.resolve_port(pod(), "admin")
-    assert e.value.kind == ts.INVALID
-    assert ts.url(pod(), "http", "/inflight") == "http://10.244.0.7:8080/inflight"
-    assert ts.url(pod("fd00::7"), 1, "/m") == "http://[fd00::7]:1/m"
+        addressing.resolve_port(pod(), "admin")
+    assert e.value.kind == errors.INVALID
+    assert addressing.url(pod(), "http", "/inflight") == "http://10.244.0.7:8080/inflight"
+    assert addressing.url(pod("fd00::7"), 1, "/m") == "http://[fd00::7]:1/m"
     with pytest.raises(SourceError, match="no IP address") as e:
-        ts.url(pod(None), 1, "/m")
-    assert e.value.kind == ts.UNREACHABLE
+        addressing.url(pod(None), 1, "/m")
+    assert e.value.kind == errors.UNREACHABLE
 
 
 def test_requests() -> None:
@@ -125,10 +139,14 @@ def test_requests() -> None:
         drainSignal={"httpPost": {"port": "metrics", "path": "/drain"}},
         timeoutSeconds=0.5,
     )
-    assert ts.poll_request(p, pod()) == ts.Request("GET", "http://10.244.0.7:9100/metrics", 0.5)
-    assert ts.signal_request(p, pod()) == ts.Request("POST", "http://10.244.0.7:9100/drain", 0.5)
+    assert addressing.poll_request(p, pod()) == addressing.Request(
+        "GET", "http://10.244.0.7:9100/metrics", 0.5
+    )
+    assert addressing.signal_request(p, pod()) == addressing.Request(
+        "POST", "http://10.244.0.7:9100/drain", 0.5
+    )
     with pytest.raises(ValueError, match="reads the annotation"):
-        ts.poll_request(profile("q", podSelector={}), pod())
+        addressing.poll_request(profile("q", podSelector={}), pod())
 
 
 def test_descriptions() -> None:
@@ -145,14 +163,20 @@ def test_descriptions() -> None:
             "drainSignal": {"httpPost": {"port": "admin", "path": "/drain"}},
         }
     )
-    assert ts.describe_tasks(spec) == "prometheus :8081/metrics http_requests_in_flight{code='200'}"
-    assert ts.describe_signal(spec) == "httpPost :admin/drain"
+    assert (
+        profiles.describe_tasks(spec)
+        == "prometheus :8081/metrics http_requests_in_flight{code='200'}"
+    )
+    assert profiles.describe_signal(spec) == "httpPost :admin/drain"
     plain = InstanceProfileSpec.model_validate({"podSelector": {}})
-    assert (ts.describe_tasks(plain), ts.describe_signal(plain)) == ("annotation", "annotation")
+    assert (profiles.describe_tasks(plain), profiles.describe_signal(plain)) == (
+        "annotation",
+        "annotation",
+    )
     http = InstanceProfileSpec.model_validate(
         {"podSelector": {}, "tasks": {"http": {"port": 1, "path": "/s", "field": "a.b"}}}
     )
-    assert ts.describe_tasks(http) == "http :1/s .a.b"
+    assert profiles.describe_tasks(http) == "http :1/s .a.b"
 
 
 # --- answers ---
@@ -173,49 +197,49 @@ function_requests_served_total 1234
 
 
 def test_prometheus_gauge() -> None:
-    assert ts.parse_prometheus(EXPOSITION, prom()) == 3
+    assert answers.parse_prometheus(EXPOSITION, prom()) == 3
 
 
 def test_prometheus_sums_matching_series() -> None:
-    assert ts.parse_prometheus(EXPOSITION, prom("http_requests_in_flight")) == 4  # 3.5 → 4
+    assert answers.parse_prometheus(EXPOSITION, prom("http_requests_in_flight")) == 4  # 3.5 → 4
     only_root = prom("http_requests_in_flight", labels=[{"name": "path", "value": "/"}])
-    assert ts.parse_prometheus(EXPOSITION, only_root) == 2
+    assert answers.parse_prometheus(EXPOSITION, only_root) == 2
     not_health = prom(
         "http_requests_in_flight", labels=[{"name": "path", "operator": "!=", "value": "/healthz"}]
     )
-    assert ts.parse_prometheus(EXPOSITION, not_health) == 3
+    assert answers.parse_prometheus(EXPOSITION, not_health) == 3
     regex = prom(
         "http_requests_in_flight", labels=[{"name": "path", "operator": "=~", "value": "/fn/.*"}]
     )
-    assert ts.parse_prometheus(EXPOSITION, regex) == 1
+    assert answers.parse_prometheus(EXPOSITION, regex) == 1
     anchored = prom(
         "http_requests_in_flight", labels=[{"name": "path", "operator": "=~", "value": "fn"}]
     )
     with pytest.raises(SourceError, match="no series"):
-        ts.parse_prometheus(EXPOSITION, anchored)
+        answers.parse_prometheus(EXPOSITION, anchored)
     absent_label = prom(
         "http_requests_in_flight", labels=[{"name": "code", "operator": "!~", "value": "x"}]
     )
-    assert ts.parse_prometheus(EXPOSITION, absent_label) == 3  # absent label = "" (PromQL)
+    assert answers.parse_prometheus(EXPOSITION, absent_label) == 3  # absent label = "" (PromQL)
 
 
 def test_prometheus_counter_by_its_sample_name() -> None:
-    assert ts.parse_prometheus(EXPOSITION, prom("function_requests_served_total")) == 1234
+    assert answers.parse_prometheus(EXPOSITION, prom("function_requests_served_total")) == 1234
 
 
 def test_prometheus_zero_is_zero() -> None:
     text = "# TYPE function_requests_in_flight gauge\nfunction_requests_in_flight 0\n"
-    assert ts.parse_prometheus(text, prom()) == 0
+    assert answers.parse_prometheus(text, prom()) == 0
 
 
 def test_wrong_metric_name_is_a_clear_error_not_zero() -> None:
     with pytest.raises(SourceError) as e:
-        ts.parse_prometheus(EXPOSITION, prom("function_requests_inflight"))
-    assert e.value.kind == ts.INVALID
+        answers.parse_prometheus(EXPOSITION, prom("function_requests_inflight"))
+    assert e.value.kind == errors.INVALID
     assert e.value.message.startswith("metric function_requests_inflight not found")
     assert "function_requests_in_flight" in e.value.message  # names what is there
     with pytest.raises(SourceError, match="no metrics at all"):
-        ts.parse_prometheus("", prom())
+        answers.parse_prometheus("", prom())
 
 
 @pytest.mark.parametrize(
@@ -230,22 +254,22 @@ def test_wrong_metric_name_is_a_clear_error_not_zero() -> None:
 )
 def test_prometheus_bad_answers(text: str, message: str) -> None:
     with pytest.raises(SourceError, match=message) as e:
-        ts.parse_prometheus(text, prom())
-    assert e.value.kind == ts.INVALID
+        answers.parse_prometheus(text, prom())
+    assert e.value.kind == errors.INVALID
 
 
 def test_plain_integer() -> None:
-    assert ts.parse_plain("7\n") == 7
-    assert ts.parse_plain(" 0 ") == 0
+    assert answers.parse_plain("7\n") == 7
+    assert answers.parse_plain(" 0 ") == 0
     for bad in ("", "-1", "1.5", "seven", "٣"):
         with pytest.raises(SourceError, match="not a non-negative integer"):
-            ts.parse_plain(bad)
+            answers.parse_plain(bad)
 
 
 def test_json_field() -> None:
     body = '{"pod": "p", "inflight": 2, "stats": {"inFlight": 5.0, "f": 1.5}, "b": true}'
-    assert ts.parse_json_field(body, "inflight") == 2
-    assert ts.parse_json_field(body, "stats.inFlight") == 5
+    assert answers.parse_json_field(body, "inflight") == 2
+    assert answers.parse_json_field(body, "stats.inFlight") == 5
     for path, message in [
         ("missing", "has no field missing"),
         ("inflight.x", "has no field inflight.x"),
@@ -254,30 +278,30 @@ def test_json_field() -> None:
         ("stats.f", "not an integer"),
     ]:
         with pytest.raises(SourceError, match=message):
-            ts.parse_json_field(body, path)
+            answers.parse_json_field(body, path)
     with pytest.raises(SourceError, match="not JSON"):
-        ts.parse_json_field("3 tasks", "x")
+        answers.parse_json_field("3 tasks", "x")
     with pytest.raises(SourceError, match="not a non-negative"):
-        ts.parse_json_field('{"n": -2}', "n")
+        answers.parse_json_field('{"n": -2}', "n")
 
 
 def test_parse_answer_by_source() -> None:
     p = profile("p", podSelector={}, tasks={"prometheus": {"port": 1, "metric": "m"}})
-    assert ts.parse_answer(p, "m 2\n") == 2
+    assert answers.parse_answer(p, "m 2\n") == 2
     h = profile("h", podSelector={}, tasks={"http": {"port": 1, "path": "/n"}})
-    assert ts.parse_answer(h, "4\n") == 4
+    assert answers.parse_answer(h, "4\n") == 4
     j = profile("j", podSelector={}, tasks={"http": {"port": 1, "path": "/s", "field": "n"}})
-    assert ts.parse_answer(j, '{"n": 1}') == 1
+    assert answers.parse_answer(j, '{"n": 1}') == 1
 
 
 def test_http_status() -> None:
-    ts.check_status(200, "")
-    ts.check_status(204, "")
+    answers.check_status(200, "")
+    answers.check_status(204, "")
     with pytest.raises(SourceError, match="HTTP 503: draining") as e:
-        ts.check_status(503, "draining\n")
-    assert e.value.kind == ts.UNREACHABLE
+        answers.check_status(503, "draining\n")
+    assert e.value.kind == errors.UNREACHABLE
     with pytest.raises(SourceError, match=r"^HTTP 404$"):
-        ts.check_status(404, "")
+        answers.check_status(404, "")
 
 
 # --- trust ---
@@ -288,63 +312,63 @@ def at(seconds: float) -> datetime:
 
 
 def test_no_count_is_trusted_before_the_signal() -> None:
-    assert ts.polled(ts.Reading(at(5), count=0), None).pending
-    assert ts.polled(None, at(0)).pending == "not read yet"
+    assert trust.polled(trust.Reading(at(5), count=0), None).pending
+    assert trust.polled(None, at(0)).pending == "not read yet"
 
 
 def test_a_poll_that_started_before_the_signal_is_not_trusted() -> None:
     # The poll began before the acknowledgement and answered 0 after it: a task the
     # runtime took in between may not be in that 0.
-    stale = ts.polled(ts.Reading(at(0.9), count=0), at(1))
+    stale = trust.polled(trust.Reading(at(0.9), count=0), at(1))
     assert stale.busy and stale.pending == "last read predates the drain signal"
-    same_instant = ts.polled(ts.Reading(at(1), count=0), at(1))
+    same_instant = trust.polled(trust.Reading(at(1), count=0), at(1))
     assert same_instant.busy
 
 
 def test_a_poll_that_started_after_the_signal_is_trusted() -> None:
-    idle = ts.polled(ts.Reading(at(1.1), count=0), at(1))
+    idle = trust.polled(trust.Reading(at(1.1), count=0), at(1))
     assert not idle.busy and idle.count == 0
-    busy = ts.polled(ts.Reading(at(1.1), count=2), at(1))
+    busy = trust.polled(trust.Reading(at(1.1), count=2), at(1))
     assert busy.busy and busy.count == 2 and busy.pending is None
 
 
 def test_an_error_counts_as_busy() -> None:
-    error = SourceError(ts.UNREACHABLE, "connection refused")
-    p = ts.polled(ts.Reading(at(2), error=error), at(1))
+    error = SourceError(errors.UNREACHABLE, "connection refused")
+    p = trust.polled(trust.Reading(at(2), error=error), at(1))
     assert p.busy and p.error == error and p.count == 0
 
 
 def test_signal_time_per_signal() -> None:
-    assert ts.signal_time("annotation", marked_at=at(1), state=None) == at(1)
-    assert ts.signal_time("none", marked_at=at(1), state=None) == at(1)
-    assert ts.signal_time("annotation", marked_at=None, state=None) is None
-    assert ts.signal_time("httpPost", marked_at=at(1), state=None) is None
-    state = ts.SignalState()
-    assert ts.signal_time("httpPost", marked_at=at(1), state=state) is None
+    assert trust.signal_time("annotation", marked_at=at(1), state=None) == at(1)
+    assert trust.signal_time("none", marked_at=at(1), state=None) == at(1)
+    assert trust.signal_time("annotation", marked_at=None, state=None) is None
+    assert trust.signal_time("httpPost", marked_at=at(1), state=None) is None
+    state = trust.SignalState()
+    assert trust.signal_time("httpPost", marked_at=at(1), state=state) is None
     state.acked_at = at(3)
-    assert ts.signal_time("httpPost", marked_at=at(1), state=state) == at(3)
+    assert trust.signal_time("httpPost", marked_at=at(1), state=state) == at(3)
 
 
 def test_an_unacknowledged_signal_is_reported_then_retried() -> None:
-    state = ts.SignalState()
-    reported = [ts.signal_failed(state, at(i), "connection refused") for i in range(7)]
+    state = trust.SignalState()
+    reported = [trust.signal_failed(state, at(i), "connection refused") for i in range(7)]
     assert reported == [False, False, False, False, True, False, False]
     assert state.reported_at == at(4) and state.attempts == 7
     assert state.next_at == at(6) + timedelta(seconds=5)  # backoff capped at 5 s
     # From the report on, the count is used as with drainSignal: none.
-    assert ts.signal_time("httpPost", marked_at=at(0), state=state) == at(4)
-    assert [ts.signal_backoff(n).total_seconds() for n in (1, 2, 3, 6)] == [0.25, 0.5, 1.0, 5.0]
+    assert trust.signal_time("httpPost", marked_at=at(0), state=state) == at(4)
+    assert [trust.signal_backoff(n).total_seconds() for n in (1, 2, 3, 6)] == [0.25, 0.5, 1.0, 5.0]
 
 
 # --- of-watchdog's grace period ---
 
 
 def test_go_durations() -> None:
-    assert ts.go_duration("10s") == 10
-    assert ts.go_duration("1m30s") == 90
-    assert ts.go_duration("1500ms") == 1.5
-    assert ts.go_duration("45") == 45
-    assert ts.go_duration("soon") is None
+    assert durations.go_duration("10s") == 10
+    assert durations.go_duration("1m30s") == 90
+    assert durations.go_duration("1500ms") == 1.5
+    assert durations.go_duration("45") == 45
+    assert durations.go_duration("soon") is None
 
 
 def watchdog_pod(grace: int | None, **env: str) -> dict[str, Any]:
@@ -361,17 +385,28 @@ def test_watchdog_grace() -> None:
         podSelector={},
         tasks={"prometheus": {"port": 8081, "metric": "http_requests_in_flight"}},
     )
-    # Defaults: write_timeout 10 s, healthcheck_interval = write_timeout: 20 s < 30 s.
-    assert ts.watchdog_grace(watchdog_pod(None), of) is None
-    assert ts.watchdog_grace(watchdog_pod(20), of) == (20.0, 20)
-    assert ts.watchdog_grace(watchdog_pod(60, write_timeout="30s"), of) == (60.0, 60)
-    assert ts.watchdog_grace(watchdog_pod(61, write_timeout="30s"), of) is None
+    # Defaults (of-watchdog since 0.9.11): write_timeout 30 s, healthcheck_interval =
+    # write_timeout: 60 s on SIGTERM, so Kubernetes' default grace of 30 s is too short.
+    assert watchdog.watchdog_grace(watchdog_pod(None), of) == (60.0, 30)
+    assert watchdog.watchdog_grace(watchdog_pod(60), of) == (60.0, 60)
+    assert watchdog.watchdog_grace(watchdog_pod(61), of) is None
+    assert watchdog.watchdog_grace(watchdog_pod(20, write_timeout="10s"), of) == (20.0, 20)
+    assert watchdog.watchdog_grace(watchdog_pod(60, write_timeout="30s"), of) == (60.0, 60)
+    assert watchdog.watchdog_grace(watchdog_pod(61, write_timeout="30s"), of) is None
     assert (
-        ts.watchdog_grace(watchdog_pod(30, write_timeout="20s", healthcheck_interval="5s"), None)
+        watchdog.watchdog_grace(
+            watchdog_pod(30, write_timeout="20s", healthcheck_interval="5s"), None
+        )
         is None
     )
-    assert ts.watchdog_grace(watchdog_pod(10, write_timeout="1m"), None) == (120.0, 10)
-    assert ts.watchdog_grace(watchdog_pod(1), None) is None  # not a watchdog
+    assert watchdog.watchdog_grace(watchdog_pod(10, write_timeout="1m"), None) == (120.0, 10)
+    assert watchdog.watchdog_grace(watchdog_pod(1), None) is None  # not a watchdog
+    # As the watchdog parses them: a bare number is seconds; healthcheck_interval "0"
+    # is no wait before the drain (not the default), an unparsable value the default.
+    assert watchdog.watchdog_grace(watchdog_pod(30, write_timeout="40"), of) == (80.0, 30)
+    pod = watchdog_pod(30, write_timeout="20s", healthcheck_interval="0")
+    assert watchdog.watchdog_grace(pod, of) is None  # 0 + 20 s < 30 s
+    assert watchdog.watchdog_grace(watchdog_pod(30, write_timeout="soon"), of) == (60.0, 30)
 
 
 # --- profile status ---
@@ -387,14 +422,14 @@ def test_census_and_conflict_conditions() -> None:
         ("ns/f3", {"tier": "fn"}, "ns"),
         ("ns/x", {"app": "x"}, "ns"),
     ]
-    found = ts.census([a, b, c], pods, {"ns": {}})
+    found = census.census([a, b, c], pods, {"ns": {}})
     assert found.pods == {"a": 2, "b": 1, "c": 0}
     assert found.overlaps == {"a": {"b": (1, "ns/f2")}, "b": {"a": (1, "ns/f2")}, "c": {}}
-    win = ts.winners([c, b, a])
+    win = matching.winners([c, b, a])
     assert win == {("a", "b"): "a", ("a", "c"): "a", ("b", "c"): "b"}
 
     empty = InstanceProfileStatus()
-    sa = ts.profile_status(a, found, win, empty, T0)
+    sa = census.profile_status(a, found, win, empty, T0)
     assert sa.pods == 2 and sa.conflicts == ["b"]
     assert sa.tasks == "annotation" and sa.drain_signal == "annotation"
     ready = next(x for x in sa.conditions if x.type == "Ready")
@@ -402,23 +437,23 @@ def test_census_and_conflict_conditions() -> None:
     conflict = next(x for x in sa.conditions if x.type == "Conflict")
     assert (conflict.status, conflict.reason) == ("True", "OverlappingProfiles")
     assert conflict.message == "1 instances (e.g. ns/f2) also match b; a, the older, describes them"
-    sb = ts.profile_status(b, found, win, empty, T0)
+    sb = census.profile_status(b, found, win, empty, T0)
     assert "also match a; a, the older, describes them" in (sb.conditions[1].message or "")
-    sc = ts.profile_status(c, found, win, empty, T0)
+    sc = census.profile_status(c, found, win, empty, T0)
     assert [(x.type, x.status) for x in sc.conditions] == [("Ready", "True"), ("Conflict", "False")]
     assert sa.last_update_time == T0
 
     later = T0 + timedelta(seconds=30)
-    again = ts.profile_status(a, found, win, sa, later)
+    again = census.profile_status(a, found, win, sa, later)
     assert again == sa  # nothing changed: not even lastUpdateTime (no write)
 
 
 def test_status_of_an_invalid_profile() -> None:
-    bad = ts.parse_profile(
+    bad = profiles.parse_profile(
         {"metadata": {"name": "bad", "creationTimestamp": "x"}, "spec": {"tasks": {}}}
     )
-    assert isinstance(bad, ts.InvalidProfile)
-    status = ts.profile_status(bad, ts.Census(), {}, InstanceProfileStatus(), T0)
+    assert isinstance(bad, profiles.InvalidProfile)
+    status = census.profile_status(bad, census.Census(), {}, InstanceProfileStatus(), T0)
     (ready,) = status.conditions
     assert (ready.type, ready.status, ready.reason) == ("Ready", "False", "InvalidSpec")
     assert "podSelector" in (ready.message or "") and status.pods == 0
@@ -436,10 +471,10 @@ def test_plan_text_names_profiles_sources_and_warnings() -> None:
         podSelector={},
         tasks={"prometheus": {"port": 8081, "metric": "http_requests_in_flight"}},
     )
-    error = SourceError(ts.UNREACHABLE, "GET http://10.0.0.1:8081/metrics: connection refused")
+    error = SourceError(errors.UNREACHABLE, "GET http://10.0.0.1:8081/metrics: connection refused")
     found = [
-        contract.observe(pod(), None, ts.Match(p), ts.Polled(error=error)),
-        contract.observe(pod(), None, ts.Match(p), ts.Polled(count=2)),
+        contract.observe(pod(), None, matching.Match(p), trust.Polled(error=error)),
+        contract.observe(pod(), None, matching.Match(p), trust.Polled(count=2)),
     ]
     plan = {"sync": [], "async": ["faas/f-1", "faas/f-1"], "inflightTasks": 2}
     plan["warnings"] = ["GracePeriodTooShort: faas/f-1 has terminationGracePeriodSeconds 10"]

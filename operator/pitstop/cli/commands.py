@@ -22,8 +22,10 @@ from pitstop import constants
 from pitstop.cli.errors import CLIError
 from pitstop.cluster.kubeconfig import load_configuration, resolve_source
 from pitstop.instances import contract
-from pitstop.instances.sources import rules
+from pitstop.instances.sources import addressing, matching, trust, watchdog
+from pitstop.instances.sources.errors import SourceError
 from pitstop.instances.sources.poller import Target, TaskPoller
+from pitstop.instances.sources.profiles import ANNOTATION, Profile, parse_profile
 from pitstop.models import FINAL_PHASES, Phase
 from pitstop.repair import drain
 
@@ -354,7 +356,7 @@ def plan(api_client: client.ApiClient, node: str) -> tuple[dict[str, Any], list[
     profiles = _profiles(api_client)
     ns_labels = {ns: _namespace_labels(core, ns) for ns in namespaces} if profiles else {}
     matches = {
-        contract.key(p): rules.match(
+        contract.key(p): matching.match(
             profiles, p["metadata"].get("labels") or {}, ns_labels.get(p["metadata"]["namespace"])
         )
         for p in pods
@@ -368,7 +370,7 @@ def plan(api_client: client.ApiClient, node: str) -> tuple[dict[str, Any], list[
         polled = None
         if k in readings:
             r = readings[k]
-            polled = rules.Polled(count=r.count or 0, error=r.error)
+            polled = trust.Polled(count=r.count or 0, error=r.error)
         found.append(contract.observe(p, ready.get(k), m, polled))
         if m.others and m.profile is not None:
             winner = m.profile.name
@@ -376,7 +378,7 @@ def plan(api_client: client.ApiClient, node: str) -> tuple[dict[str, Any], list[
                 f"{C.REASON_CONFLICTING_PROFILES}: {k} is matched by {winner} and"
                 f" {', '.join(m.others)}; the oldest, {winner}, describes it"
             )
-        grace = rules.watchdog_grace(p, m.profile)
+        grace = watchdog.watchdog_grace(p, m.profile)
         if grace is not None:
             needed, configured = grace
             warnings.append(
@@ -390,7 +392,7 @@ def plan(api_client: client.ApiClient, node: str) -> tuple[dict[str, Any], list[
     return result, found
 
 
-def _profiles(api_client: client.ApiClient) -> list[rules.Profile]:
+def _profiles(api_client: client.ApiClient) -> list[Profile]:
     """The usable InstanceProfiles (none when the CRD is not installed)."""
     try:
         listed = client.CustomObjectsApi(api_client).list_cluster_custom_object(
@@ -400,8 +402,8 @@ def _profiles(api_client: client.ApiClient) -> list[rules.Profile]:
         if e.status == 404:
             return []
         raise _explain(e, "cannot list InstanceProfiles") from e
-    found = [rules.parse_profile(item) for item in listed.get("items") or []]
-    return [p for p in found if isinstance(p, rules.Profile)]
+    found = [parse_profile(item) for item in listed.get("items") or []]
+    return [p for p in found if isinstance(p, Profile)]
 
 
 def _namespace_labels(core: client.CoreV1Api, name: str) -> dict[str, str] | None:
@@ -412,24 +414,24 @@ def _namespace_labels(core: client.CoreV1Api, name: str) -> dict[str, str] | Non
 
 
 def _read_sources(
-    pods: list[dict[str, Any]], matches: Mapping[str, rules.Match]
-) -> dict[str, rules.Reading]:
+    pods: list[dict[str, Any]], matches: Mapping[str, matching.Match]
+) -> dict[str, trust.Reading]:
     """One read of each polled source (the pods' own addresses: run where they are
     reachable, as the operator does); nothing is signalled."""
     targets = []
     for p in pods:
         m = matches[contract.key(p)]
-        if m.profile is None or m.profile.spec.tasks.type == rules.ANNOTATION:
+        if m.profile is None or m.profile.spec.tasks.type == ANNOTATION:
             continue
         try:
-            request = rules.poll_request(m.profile, p)
+            request = addressing.poll_request(m.profile, p)
             targets.append(Target(contract.key(p), "", m.profile, poll=request))
-        except rules.SourceError as e:
+        except SourceError as e:
             targets.append(Target(contract.key(p), "", m.profile, error=e))
     if not targets:
         return {}
 
-    async def read() -> dict[str, rules.Reading]:
+    async def read() -> dict[str, trust.Reading]:
         poller = TaskPoller()
         try:
             return await poller.read_once(targets)

@@ -164,6 +164,7 @@ def slim_pdb(body: Mapping[str, Any]) -> dict[str, Any]:
             "disruptionsAllowed": status.get("disruptionsAllowed", 0),
             "currentHealthy": status.get("currentHealthy", 0),
             "desiredHealthy": status.get("desiredHealthy", 0),
+            "expectedPods": status.get("expectedPods", 0),
             "disruptedPods": sorted(status.get("disruptedPods") or {}),
         },
     }

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pitstop import constants, selectors
-from pitstop.instances.sources import rules as tasksources
+from pitstop.instances.sources import matching, profiles, trust
 
 FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
 
@@ -64,7 +64,7 @@ class TaskCount:
     invalid: str | None = None
     error: str | None = None
     pending: str | None = None
-    source: str = tasksources.ANNOTATION
+    source: str = profiles.ANNOTATION
     """annotation, prometheus or http."""
 
     @property
@@ -168,8 +168,8 @@ class Instance:
 def observe(
     pod: Mapping[str, Any],
     endpoint_ready: Iterable[bool] | None,
-    match: tasksources.Match | None = None,
-    polled: tasksources.Polled | None = None,
+    match: matching.Match | None = None,
+    polled: trust.Polled | None = None,
     signal_unacknowledged: str | None = None,
     pdbs: Iterable[Mapping[str, Any]] = (),
 ) -> Instance:
@@ -186,7 +186,7 @@ def observe(
             polled.count,
             error=polled.error.message if polled.error is not None else None,
             pending=polled.pending,
-            source=tasksources.task_source(profile),
+            source=profiles.task_source(profile),
         )
     elif match is not None and match.uncertain and profile is None:
         # A profile might describe it, once its namespace's labels are known.
@@ -195,7 +195,7 @@ def observe(
         tasks = inflight_tasks(pod)
     return Instance(
         key=k,
-        kind=tasksources.kind(profile, label, flags is not None),
+        kind=matching.kind(profile, label, flags is not None),
         gated=has_serving_gate(pod),
         serving=serving_status(pod),
         ready_endpoint=any(flags or ()),
@@ -264,18 +264,33 @@ class Budget:
     spare: int = 0
     """Healthy pods above the desired (currentHealthy - desiredHealthy; 0 while its
     status lags its spec): how many of its Ready pods may stop being Ready."""
+    healthy: int = 0
+    """currentHealthy (0 while its status lags its spec)."""
+    expected: int = 0
+    """expectedPods (1 while its status lags its spec: not known to be all healthy)."""
+
+    @property
+    def stuck(self) -> bool:
+        """It allows no disruption although every pod it covers is healthy and none is
+        being disrupted: no pod of its own is on its way back, so its answer changes only
+        when someone changes the budget or its workload (minAvailable: 100%, say)."""
+        return self.allowed <= 0 and not self.disrupted and self.healthy >= self.expected
 
 
 def budget(pdb: Mapping[str, Any]) -> Budget:
     ns = pdb["metadata"]["namespace"]
     status = pdb.get("status") or {}
     disrupted = status.get("disruptedPods") or ()
-    spare = int(status.get("currentHealthy") or 0) - int(status.get("desiredHealthy") or 0)
+    healthy = int(status.get("currentHealthy") or 0)
+    spare = healthy - int(status.get("desiredHealthy") or 0)
+    current = _current(pdb)
     return Budget(
         pdb_key(pdb),
         allowed(pdb),
         frozenset(f"{ns}/{name}" for name in disrupted),
-        spare=max(0, spare) if _current(pdb) else 0,
+        spare=max(0, spare) if current else 0,
+        healthy=healthy if current else 0,
+        expected=int(status.get("expectedPods") or 0) if current else 1,
     )
 
 

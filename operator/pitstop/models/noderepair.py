@@ -364,8 +364,9 @@ class InstanceCounts(CamelModel):
     invalid_task_counts: int = Field(0, ge=0)
     """Instances whose pitstop.dev/inflight-tasks annotation is not a non-negative integer."""
     unreachable: int = Field(0, ge=0)
-    """Instances whose task source (an InstanceProfile's prometheus or http) gave no
-    count: no answer, or no count in it (Event TaskSourceUnreachable); counted busy."""
+    """Instances on the node now whose task source (an InstanceProfile's prometheus or
+    http) gave no count: no answer, or no count in it (Event TaskSourceUnreachable);
+    counted busy. 0 once none is left; pods on their way out are not polled."""
 
 
 class DryRunPlan(CamelModel):

@@ -21,10 +21,11 @@ from pitstop.cluster import nodes
 from pitstop.cluster.indexes import CAPACITY, UNDER_REPAIR, WAKERS, nap, slim_node
 from pitstop.cluster.kube import ApiError, Gone, Kube
 from pitstop.instances import contract
+from pitstop.instances.sources import addressing, profiles, trust
 from pitstop.instances.sources import daemon as sources_daemon
-from pitstop.instances.sources import rules as tasksources
+from pitstop.instances.sources.errors import SourceError
 from pitstop.instances.sources.poller import Target
-from pitstop.instances.sources.rules import Profile
+from pitstop.instances.sources.profiles import Profile
 from pitstop.models import (
     FINAL_PHASES,
     NodeRepairSpec,
@@ -85,7 +86,10 @@ class Driver(NodeSteps, PodSteps, RepairSteps):
                 marked[key] = seen if seen is not None and seen[0] == mark else (mark, now)
             m = sources_daemon.match_pod(pod, usable, namespace_labels) if usable else None
             polled, unacked = None, None
-            if m is not None and m.profile is not None:
+            # One on its way out (terminating, or its eviction accepted) is not polled:
+            # it may close its port at any moment, and no count of it decides anything.
+            leaving = contract.is_terminating(pod) or ("evict", key) in self.sent
+            if m is not None and m.profile is not None and not leaving:
                 target = self.target(key, pod, m.profile, marked=key in marked)
                 if target is not None:
                     targets.append(target)
@@ -102,23 +106,23 @@ class Driver(NodeSteps, PodSteps, RepairSteps):
         Its httpPost drain signal only once the drain marked it (`marked`): one its
         budget keeps in service must not be told to drain (it would fail its
         readiness and spend the budget)."""
-        polled = profile.spec.tasks.type != tasksources.ANNOTATION
-        signals = profile.spec.drain_signal.type == tasksources.HTTP_POST and marked
+        polled = profile.spec.tasks.type != profiles.ANNOTATION
+        signals = profile.spec.drain_signal.type == profiles.HTTP_POST and marked
         if not polled and not signals:
             return None
         # The uid in the key: a pod re-created under the same name starts from nothing.
         ident = f"{key}@{pod['metadata'].get('uid', '')}"
         poll = signal = error = None
         try:
-            poll = tasksources.poll_request(profile, pod) if polled else None
-            signal = tasksources.signal_request(profile, pod) if signals else None
-        except tasksources.SourceError as e:
+            poll = addressing.poll_request(profile, pod) if polled else None
+            signal = addressing.signal_request(profile, pod) if signals else None
+        except SourceError as e:
             error = e
         return Target(ident, self.node_name, profile, poll, signal, error)
 
     def polled(
         self, t: Target, marked_at: datetime | None
-    ) -> tuple[tasksources.Polled | None, str | None]:
+    ) -> tuple[trust.Polled | None, str | None]:
         """What the instance's polled source says under the trust rule, and its drain
         signal's last error once reported as unacknowledged."""
         state = self.poller.signal_state(t.key, t.profile) if self.poller else None
@@ -128,11 +132,11 @@ class Driver(NodeSteps, PodSteps, RepairSteps):
         if t.poll is None and t.error is None:
             return None, unacked  # counted by the annotation
         if t.error is not None and t.signal is None:
-            return tasksources.Polled(error=t.error), unacked
+            return trust.Polled(error=t.error), unacked
         reading = self.poller.reading(t.key, t.profile) if self.poller else None
-        signal = tasksources.drain_signal(t.profile)
-        at = tasksources.signal_time(signal, marked_at=marked_at, state=state)
-        return tasksources.polled(reading, at), unacked
+        signal = profiles.drain_signal(t.profile)
+        at = trust.signal_time(signal, marked_at=marked_at, state=state)
+        return trust.polled(reading, at), unacked
 
     def poll(self, phase: Phase | None) -> None:
         """Polling only where it matters: while the node waits for tasks or evicts."""

@@ -188,7 +188,9 @@ def _count(d: Decision, obs: Observation) -> None:
         invalid_task_counts=max(
             old.invalid_task_counts, sum(1 for i in live if i.tasks.invalid is not None)
         ),
-        unreachable=max(old.unreachable, sum(1 for i in live if i.tasks.error is not None)),
+        # Now, not a maximum: a source that failed as its pod left is no failure of
+        # the finished repair (its Event says what happened).
+        unreachable=sum(1 for i in live if i.tasks.error is not None),
     )
 
 
@@ -342,9 +344,16 @@ def _waiting_for_tasks(d: Decision, obs: Observation) -> None:
         d.status.message = f"Waiting for the drain signal to reach {len(unsignalled)} instances"
         return
     if not busy:
-        message = "no tasks in flight"
-        set_cond(d, obs, C.COND_TASKS_DRAINED, True, C.REASON_TASKS_DRAINED, message)
-        d.events.append(Event("Normal", C.REASON_TASKS_DRAINED, "All in-flight tasks finished"))
+        if d.held:
+            # The instances kept in service still serve: their tasks are waited for
+            # under Evicting, each before its eviction (invariant 1), and said there.
+            message = (
+                f"no tasks in flight on the {_n(len(active), 'instance')} out of service;"
+                f" {_held_note(d)}, and drain in turn"
+            )
+            set_cond(d, obs, C.COND_TASKS_DRAINED, False, C.REASON_DRAINING_IN_TURN, message)
+        else:
+            _tasks_drained(d, obs)
         enter(d, obs, Phase.EVICTING)
         return
     deadline = phase_start(d, obs) + timedelta(seconds=obs.spec.drain.task_timeout_seconds)
@@ -373,8 +382,37 @@ def _waiting_for_tasks(d: Decision, obs: Observation) -> None:
     d.wake_by(deadline)
 
 
+def _tasks_drained(d: Decision, obs: Observation) -> None:
+    set_cond(d, obs, C.COND_TASKS_DRAINED, True, C.REASON_TASKS_DRAINED, "no tasks in flight")
+    d.events.append(Event("Normal", C.REASON_TASKS_DRAINED, "All in-flight tasks finished"))
+
+
+def _draining_in_turn(d: Decision, obs: Observation) -> None:
+    """Under Evicting, after WaitingForTasks saw the instances out of service idle while
+    budgets kept others in service: TasksDrained turns True once no instance left on
+    the node (but those going) has tasks in flight or an untrusted count. A TaskTimeout
+    stays as it is: it is what lets an instance be forced out (invariant 1)."""
+    cond = conditions.find(d.status.conditions, C.COND_TASKS_DRAINED)
+    if cond is None or cond.reason != C.REASON_DRAINING_IN_TURN:
+        return
+    left = [i for i in obs.instances if not i.terminating and i.key not in obs.evicted]
+    busy = [i for i in left if i.key not in d.held and (i.tasks.busy or not i.draining)]
+    if not busy and not d.held:
+        _tasks_drained(d, obs)
+        return
+    parts = []
+    if busy:
+        tasks = sum(i.tasks.count for i in busy)
+        parts.append(f"{_n(tasks, 'task')} in flight on {_n(len(busy), 'instance')}")
+    if d.held:
+        parts.append(_held_note(d))
+    message = "; ".join(parts) + ": each instance drains before its eviction"
+    set_cond(d, obs, C.COND_TASKS_DRAINED, False, C.REASON_DRAINING_IN_TURN, message)
+
+
 def _evicting(d: Decision, obs: Observation) -> None:
     remaining = obs.instances
+    _draining_in_turn(d, obs)
     if not remaining:
         set_cond(
             d, obs, C.COND_INSTANCES_OFFLINE, True, C.REASON_INSTANCES_OFFLINE, "no instances left"
@@ -436,21 +474,48 @@ def _evicting(d: Decision, obs: Observation) -> None:
     pdbs = sorted(held | set(pdbs) | {p for full in d.held.values() for p in full})
     waiting += len(d.held)
     if pdbs:
-        reason = C.REASON_EVICTION_BLOCKED
         message = f"{len(remaining)} instances left; {waiting} wait for {', '.join(pdbs)}"
-        # One Event per set of budgets, not one per refusal or pass.
-        d.events.append(
-            Event(
-                "Warning",
-                C.REASON_EVICTION_BLOCKED,
-                f"Evictions wait for {', '.join(pdbs)}: no more disruptions allowed now",
-            )
-        )
+        reason = _budget_wait(d, obs, pdbs)
     else:
         reason, message = C.REASON_EVICTING, f"{len(remaining)} instances left"
     set_cond(d, obs, C.COND_INSTANCES_OFFLINE, False, reason, message)
     d.status.message = f"Evicting: {message}"
     d.wake_by(deadline)
+
+
+BLOCKED_AFTER = 0.5
+"""Of evictionTimeoutSeconds: budgets that still pace the evictions this far into
+Evicting put the repair at risk of its eviction timeout (a Warning)."""
+
+
+def _budget_wait(d: Decision, obs: Observation, pdbs: list[str]) -> str:
+    """The reason evictions wait for `pdbs`, and its Event (one per set of budgets and
+    kind of wait, not one per refusal or pass). A budget pacing the drain as it was
+    made to (a pod of its own on its way back) is Normal; one that allows nothing with
+    every pod it covers healthy, or paces for half the eviction timeout, a Warning."""
+    timeout = obs.spec.drain.eviction_timeout_seconds
+    names = ", ".join(pdbs)
+    stuck = [p for p in pdbs if (b := obs.budgets.get(p)) is not None and b.stuck]
+    warn_at = phase_start(d, obs) + timedelta(seconds=timeout * BLOCKED_AFTER)
+    if stuck:
+        message = (
+            f"Evictions wait for {', '.join(stuck)}: no disruption allowed with every pod"
+            f" it covers healthy; the repair fails after evictionTimeoutSeconds ({timeout}s)"
+            " unless the budget or its workload changes"
+        )
+    elif obs.now >= warn_at:
+        message = (
+            f"Evictions still wait for {names} after {timeout * BLOCKED_AFTER:g}s, half of"
+            f" evictionTimeoutSeconds ({timeout}s): the repair fails if they do not all"
+            " leave in time"
+        )
+    else:
+        d.wake_by(warn_at)
+        message = f"Evictions paced by {names}: each waits until the budget allows it"
+        d.events.append(Event("Normal", C.REASON_EVICTIONS_PACED, message))
+        return C.REASON_EVICTIONS_PACED
+    d.events.append(Event("Warning", C.REASON_EVICTION_BLOCKED, message))
+    return C.REASON_EVICTION_BLOCKED
 
 
 def _full(obs: Observation, pdb: str) -> bool:

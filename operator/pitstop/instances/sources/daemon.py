@@ -1,11 +1,14 @@
 """InstanceProfiles in the operator: the indexes (profiles by name, namespace labels),
 the shared task poller, and the writer of every profile's status (Ready, Conflict,
-the instances it describes). The rules themselves are pure, in pitstop.instances.sources.rules.
+the instances it describes). The rules themselves are pure, in the package's other
+modules (pitstop.instances.sources).
 
 Profiles get no daemon and no finalizer: a platform installs and removes them like
 any configuration, whether or not the operator runs. One background task writes
-all their statuses, after a profile changes and every STATUS_PERIOD otherwise
-(pods come and go without waking it)."""
+all their statuses: after a profile changes, after a pod that a profile's
+podSelector matches comes, changes or goes (passes at least STATUS_MIN_INTERVAL
+apart: each one matches every pod), and every STATUS_PERIOD otherwise (a pod whose
+labels stop matching, a namespace's labels)."""
 
 from __future__ import annotations
 
@@ -19,12 +22,13 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from pitstop import constants, metrics
+from pitstop import constants, metrics, selectors
 from pitstop.cluster.indexes import UNDER_REPAIR, WAKERS, Waiters
 from pitstop.cluster.kube import ApiError, Kube, merge_patch
 from pitstop.instances import contract as instances
-from pitstop.instances.sources import rules as tasksources
+from pitstop.instances.sources import census, matching
 from pitstop.instances.sources.poller import TaskPoller
+from pitstop.instances.sources.profiles import InvalidProfile, Profile, parse_profile
 from pitstop.models import InstanceProfileStatus
 
 C = constants
@@ -32,6 +36,9 @@ STATUS_PERIOD = 15.0
 """Seconds between two status passes when no profile changed."""
 STATUS_DEBOUNCE = 0.5
 """A burst of profile events makes one pass."""
+STATUS_MIN_INTERVAL = 2.0
+"""Seconds between the starts of two passes at least: pods churn, and a pass matches
+every pod of the cluster against every profile (some 0.1 s at 20,000 pods)."""
 MEMO_POLLER = "taskpoller"
 
 PROFILES = Waiters()
@@ -42,13 +49,13 @@ PROFILES = Waiters()
 class Indexed:
     """A profile as kept in the index: parsed, with the status it carries."""
 
-    item: tasksources.Profile | tasksources.InvalidProfile
+    item: Profile | InvalidProfile
     status: Mapping[str, Any] = field(default_factory=dict)
 
 
 @kopf.index(C.GROUP, C.VERSION, C.INSTANCEPROFILE_PLURAL)
 def profiles_by_name(body: kopf.Body, name: str, **_: Any) -> dict[str, Indexed]:
-    return {name: Indexed(tasksources.parse_profile(body), dict(body.get("status") or {}))}
+    return {name: Indexed(parse_profile(body), dict(body.get("status") or {}))}
 
 
 @kopf.index("namespaces")
@@ -67,12 +74,22 @@ def wake_on_profile(memo: kopf.Memo, **_: Any) -> None:
         WAKERS.wake(node)
 
 
-def usable(profiles: kopf.Index[str, Any] | None) -> list[tasksources.Profile]:
+@kopf.on.event("pods")  # type: ignore[arg-type]  # kopf's protocols omit index kwargs
+async def wake_on_pod(body: kopf.Body, profiles_by_name: kopf.Index[str, Any], **_: Any) -> None:
+    """A pod a profile's podSelector matches came, changed or went: the profiles'
+    status (the instances each describes) follows it in the next pass. Async: kopf
+    would run a plain function in a thread, for every pod event."""
+    labels = body.get("metadata", {}).get("labels") or {}
+    if any(selectors.matches(p.pod_selector, labels) for p in usable(profiles_by_name)):
+        PROFILES.wake()
+
+
+def usable(profiles: kopf.Index[str, Any] | None) -> list[Profile]:
     """The valid profiles of the index."""
     found = []
     for store in profiles.values() if profiles is not None else ():
         for indexed in store:
-            if isinstance(indexed.item, tasksources.Profile):
+            if isinstance(indexed.item, Profile):
                 found.append(indexed.item)
     return found
 
@@ -87,11 +104,11 @@ def namespace_of(namespaces: kopf.Index[str, Any] | None, name: str) -> Mapping[
 
 def match_pod(
     pod: Mapping[str, Any],
-    profiles: list[tasksources.Profile],
+    profiles: list[Profile],
     namespaces: kopf.Index[str, Any] | None,
-) -> tasksources.Match:
+) -> matching.Match:
     meta = pod.get("metadata", {})
-    return tasksources.match(
+    return matching.match(
         profiles, meta.get("labels") or {}, namespace_of(namespaces, meta.get("namespace", ""))
     )
 
@@ -148,16 +165,19 @@ class StatusWriter:
         namespaces: kopf.Index[str, Any],
     ) -> None:
         waker = PROFILES.register()
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 waker.clear()
+                started = loop.time()
                 try:
                     await self.step(profiles, pods_by_node, namespaces, datetime.now(UTC))
                 except (ApiError, OSError, TimeoutError) as e:
                     self.logger.warning(f"InstanceProfile status not written: {e}")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(waker.wait(), timeout=STATUS_PERIOD)
-                await asyncio.sleep(STATUS_DEBOUNCE)
+                spent = loop.time() - started
+                await asyncio.sleep(max(STATUS_DEBOUNCE, STATUS_MIN_INTERVAL - spent))
         finally:
             PROFILES.unregister(waker)
 
@@ -171,7 +191,7 @@ class StatusWriter:
         indexed: list[Indexed] = [i for store in profiles.values() for i in store]
         if not indexed:
             return
-        valid = [i.item for i in indexed if isinstance(i.item, tasksources.Profile)]
+        valid = [i.item for i in indexed if isinstance(i.item, Profile)]
         pods = [
             (instances.key(p), p["metadata"].get("labels") or {}, p["metadata"]["namespace"])
             for store in pods_by_node.values()
@@ -179,14 +199,14 @@ class StatusWriter:
             if instances.is_instance(p)
         ]
         labels = {name: labels for name, store in namespaces.items() for labels in store}
-        found = tasksources.census(valid, pods, labels)
-        win = tasksources.winners(valid)
+        found = census.census(valid, pods, labels)
+        win = matching.winners(valid)
         for i in indexed:
             try:
                 old = InstanceProfileStatus.model_validate(dict(i.status))
             except ValidationError:
                 old = InstanceProfileStatus()
-            new = tasksources.profile_status(i.item, found, win, old, now)
+            new = census.profile_status(i.item, found, win, old, now)
             wire, before = new.wire(), old.wire()
             if wire == before:
                 continue

@@ -1,6 +1,6 @@
 """Polls the task sources of the instances of nodes being drained, and sends their
 httpPost drain signals: the only I/O of the task sources (their rules are pure,
-in pitstop.instances.sources.rules).
+in the other modules of pitstop.instances.sources).
 
 Polling happens only where it matters: a repair daemon hands over the instances
 of its node while the node waits for tasks (and evicts), and takes them back
@@ -9,7 +9,7 @@ when it leaves that step. Every request goes through one shared aiohttp session
 flight bounded across all nodes), each with the profile's timeout.
 
 Each poll is recorded with the time it *started*, so the trust rule of
-pitstop.instances.sources.rules can tell a count read after the drain signal took effect
+pitstop.instances.sources.trust can tell a count read after the drain signal took effect
 from one that may predate it. Readings are kept per pod and profile fingerprint:
 a profile changed mid-drain starts from nothing (signal sent again, count read
 again). Nothing is persisted: an operator restarted while polling sends the
@@ -27,17 +27,11 @@ from datetime import UTC, datetime, timedelta
 
 import aiohttp
 
-from pitstop.instances.sources.rules import (
-    UNREACHABLE,
-    Profile,
-    Reading,
-    Request,
-    SignalState,
-    SourceError,
-    check_status,
-    parse_answer,
-    signal_failed,
-)
+from pitstop.instances.sources.addressing import Request
+from pitstop.instances.sources.answers import check_status, parse_answer
+from pitstop.instances.sources.errors import UNREACHABLE, SourceError
+from pitstop.instances.sources.profiles import Profile
+from pitstop.instances.sources.trust import Reading, SignalState, signal_failed
 
 MAX_ANSWER = 4 * 1024 * 1024
 """Bytes read of one answer at most (a metrics page of a busy runtime is far smaller)."""
