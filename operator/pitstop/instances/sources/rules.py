@@ -37,7 +37,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
-from pitstop import constants, selectors
+from pitstop import constants, kstatus, selectors
 from pitstop.conditions import set_condition
 from pitstop.models import (
     InstanceKind,
@@ -506,12 +506,9 @@ def profile_status(
     generation = item.generation if isinstance(item, Profile) else None
     if isinstance(item, InvalidProfile):
         status.tasks, status.drain_signal, status.pods, status.conflicts = None, None, 0, []
-        status.conditions = set_condition(
+        status.conditions = kstatus.apply(
             status.conditions,
-            C.COND_PROFILE_READY,
-            False,
-            C.REASON_PROFILE_INVALID,
-            f"{item.message}: the profile describes no pod",
+            kstatus.of_profile(False, f"{item.message}: the profile describes no pod"),
             now,
             generation,
         )
@@ -522,12 +519,9 @@ def profile_status(
         status.pods = found.pods.get(item.name, 0)
         overlaps = found.overlaps.get(item.name, {})
         status.conflicts = sorted(overlaps)[:64]
-        status.conditions = set_condition(
+        status.conditions = kstatus.apply(
             status.conditions,
-            C.COND_PROFILE_READY,
-            True,
-            C.REASON_PROFILE_VALID,
-            f"describes {status.pods} instances",
+            kstatus.of_profile(True, f"describes {status.pods} instances"),
             now,
             generation,
         )
