@@ -90,6 +90,9 @@ def of_profile(valid: bool, message: str) -> Summary:
     return Summary(False, False, True, C.REASON_PROFILE_INVALID, message)
 
 
+SUMMARY_TYPES = frozenset({C.COND_READY, C.COND_RECONCILING, C.COND_STALLED})
+
+
 def apply(
     conditions: list[Condition], summary: Summary, now: datetime, generation: int | None
 ) -> list[Condition]:
@@ -106,10 +109,18 @@ def apply(
     return conditions
 
 
-def repair_conditions(status: NodeRepairStatus, dry_run: bool, now: datetime) -> list[Condition]:
+def repair_conditions(
+    status: NodeRepairStatus,
+    dry_run: bool,
+    now: datetime,
+    previous: list[Condition] = (),  # type: ignore[assignment]
+) -> list[Condition]:
     """A NodeRepair's conditions with its summary (of_repair) set, for the status
-    about to be written."""
+    about to be written; `previous` (the conditions last written) keeps the summary's
+    lastTransitionTime where `status` was built without them."""
     summary = of_repair(status.phase, status.message, dry_run)
     if summary is None:
         return status.conditions
-    return apply(status.conditions, summary, now, status.observed_generation)
+    have = {c.type for c in status.conditions}
+    kept = [c for c in previous if c.type in SUMMARY_TYPES and c.type not in have]
+    return apply([*status.conditions, *kept], summary, now, status.observed_generation)

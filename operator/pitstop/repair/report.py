@@ -46,7 +46,7 @@ class Report(DriverState):
     ) -> datetime | None:
         metrics.PASSES.labels(self.name).inc()  # every decided pass reports here, once
         dry_run = bool((self.body.get("spec") or {}).get("dryRun"))
-        status.conditions = kstatus.repair_conditions(status, dry_run, now)
+        status.conditions = kstatus.repair_conditions(status, dry_run, now, self.status.conditions)
         wire = status.wire()
         if wire == self.written:
             return wake_at
