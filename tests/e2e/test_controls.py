@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -294,11 +295,12 @@ def test_maintenance_windows_gate_automatic_repairs(
     assert summary(policy) == ("True", "False", "False")  # waiting as told
     assert judge(kstatus, policy) == "Current"
 
-    # A window open now: the repair starts.
+    # A window open now (in Berlin's wall-clock time): the repair starts.
+    berlin = datetime.now(ZoneInfo("Europe/Berlin"))
     open_now = [
         {
-            "start": hhmm(now - timedelta(hours=1)),
-            "end": hhmm(now + timedelta(hours=1)),
+            "start": hhmm(berlin - timedelta(hours=1)),
+            "end": hhmm(berlin + timedelta(hours=1)),
             "timeZone": "Europe/Berlin",
         }
     ]
