@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from tests.e2e.kube import Cluster, wait_until
+from tests.e2e.operator import Operator
 from tests.e2e.policies_helpers import (
     Policies,
     heal,
@@ -344,3 +345,48 @@ def test_bad_windows_and_templates_are_refused_at_admission(
         with pytest.raises(Exception) as refused:
             policies.create(p, policy_spec(p, **spec))
         assert said in str(refused.value), (spec, str(refused.value)[:500])
+
+
+def test_instance_profiles_judged_by_kstatus(
+    cluster: Cluster, running_operator: Operator, kstatus: Path
+) -> None:
+    """A valid profile is Current; one the CRD admits but the operator cannot use (a
+    regular expression that does not compile) is Stalled, kstatus Failed."""
+    ip = "instanceprofiles"
+    made = []
+    try:
+        for spec in (
+            {"podSelector": {"matchLabels": {"fleet": uuid.uuid4().hex[:8]}}, "kind": "sync"},
+            {
+                "podSelector": {"matchLabels": {"fleet": uuid.uuid4().hex[:8]}},
+                "tasks": {
+                    "prometheus": {
+                        "port": 1,
+                        "metric": "m",
+                        "labels": [{"name": "a", "operator": "=~", "value": "("}],
+                    }
+                },
+            },
+        ):
+            name = f"ip-{uuid.uuid4().hex[:8]}"
+            body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "InstanceProfile"}
+            body |= {"metadata": {"name": name}, "spec": spec}
+            cluster.custom.create_cluster_custom_object(GROUP, VERSION, ip, body)
+            made.append(name)
+
+        def profile(name: str) -> dict[str, Any]:
+            obj: dict[str, Any] = cluster.custom.get_cluster_custom_object(GROUP, VERSION, ip, name)
+            return obj
+
+        good, bad = (
+            wait_until(f"{n} judged", lambda n=n: "Stalled" in conds(profile(n)) and profile(n))
+            for n in made
+        )
+        assert summary(good) == ("True", "False", "False"), conds(good)
+        assert judge(kstatus, good) == "Current"
+        assert summary(bad) == ("False", "False", "True"), conds(bad)
+        assert "not a regular expression" in conds(bad)["Stalled"]["message"]
+        assert judge(kstatus, bad) == "Failed"
+    finally:
+        for name in made:
+            cluster.custom.delete_cluster_custom_object(GROUP, VERSION, ip, name)
