@@ -188,3 +188,20 @@ def test_admission_holds_a_policys_own_repair_outside_its_window() -> None:
         {"start": (now - timedelta(hours=1)).strftime("%H:%M"), "end": later}
     ]
     assert check("auto", "n1") is None
+
+
+def test_each_suppressed_node_is_told_its_own_reason(events: list[tuple[str, str]]) -> None:
+    """Two nodes held back for different reasons: each Event says its own (the
+    message of the last node looked at was told for every node)."""
+    world = World(**window("22:00", "02:00"))
+    driver = world.driver()
+    world.set_node("n1", "True")  # held back by the window
+    world.set_node("n2", "True")  # excluded by its owner
+    world.nodes["n2"]["metadata"]["labels"]["pitstop.dev/exclude-from-repair"] = "true"
+    world.step(driver, MON_NOON)
+    assert world.created == []
+    (n1,) = [m for r, m in events if r == "NodeRepairSuppressed"]
+    assert n1.startswith("n1: the next maintenance window opens at"), n1
+    (n2,) = [m for r, m in events if r == "NodeExcluded"]
+    assert "n2 is labelled" in n2
+    assert world.body["status"]["suppressed"]["nodes"] == ["n1", "n2"]

@@ -317,7 +317,7 @@ class PolicyDriver:
         suppressed: list[str] = []
         reason = message = None
         why: dict[str, tuple[str, str]] = {}
-        """Suppressed node → (Event reason, message)."""
+        """Suppressed node → (reason, message): each node's Events say its own."""
         excluded = {n.name for n in pool if n.excluded}
         window = windows.state(spec.maintenance_windows, now)
         bad_zones = windows.invalid_zones(spec.maintenance_windows)
@@ -343,7 +343,6 @@ class PolicyDriver:
                     f"{node_name} is labelled {C.LABEL_EXCLUDE_FROM_REPAIR}=true:"
                     " no automatic repair (a NodeRepair made by hand still runs)"
                 )
-                why[node_name] = (C.REASON_NODE_EXCLUDED, message)
             elif spec.paused:
                 suppressed.append(node_name)
                 reason, message = "Paused", "the policy is paused"
@@ -360,16 +359,18 @@ class PolicyDriver:
                 message = closed.split(": ", 1)[1]
             else:
                 await self.create(spec, node_name, repair, fault, now)
+                continue
+            why[node_name] = (reason, message)
         # A fault that got its repair is told by NodeRepairCreated (which names the
         # cause); one that did not is a Warning that nobody repairs it yet.
         for node_name in suppressed:
             cause = faults[node_name].cause
-            if node_name in why:  # excluded by its owner: told, but no warning
-                told, text = why[node_name]
+            told, text = why[node_name]
+            if told == C.REASON_NODE_EXCLUDED:  # the node owner's choice: told, no warning
                 self.post("Normal", told, f"{cause}; {text}", node_name)
                 continue
             self.post("Warning", "UnhealthyNodeDetected", f"{node_name}: {cause}", node_name)
-            self.post("Warning", "NodeRepairSuppressed", f"{node_name}: {message}", node_name)
+            self.post("Warning", "NodeRepairSuppressed", f"{node_name}: {text}", node_name)
         for node_name in [n for n in self.posted if n not in faults]:
             del self.posted[node_name]  # its fault ended: its next one is told again
         alert_due = ledger.next_alert_change(self.alerted.values())
