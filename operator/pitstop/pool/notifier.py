@@ -40,6 +40,7 @@ class Notifier:
             self.task = asyncio.create_task(self._run(), name=f"notify-{self.policy}")
         if self.queue.full():
             dropped = self.queue.get_nowait()[1]
+            self.queue.task_done()
             self._failed(dropped, "too many notifications waiting; this one was dropped")
         self.queue.put_nowait((spec, notice))
 
@@ -64,6 +65,7 @@ class Notifier:
                         f"RepairPolicy {self.policy}: notified {notice.event.value} of"
                         f" {notice.repair.name} (Secret {spec.webhook.secret_ref.name})"
                     )
+                self.queue.task_done()  # queue.join() waits for every notice sent
 
     async def _post(
         self, session: aiohttp.ClientSession, spec: Notifications, notice: notices.Notice
