@@ -390,3 +390,64 @@ def test_instance_profiles_judged_by_kstatus(
     finally:
         for name in made:
             cluster.custom.delete_cluster_custom_object(GROUP, VERSION, ip, name)
+
+
+def test_a_policys_pending_repair_waits_for_the_next_window(
+    cluster: Cluster, pool: Any, policies: Policies
+) -> None:
+    """Made inside a window but held Pending by maxConcurrentRepairs, a repair does
+    not start once the window has closed: it waits, saying until when, and starts
+    when a window opens. The repair already under way finishes meanwhile."""
+    berlin = datetime.now(ZoneInfo("Europe/Berlin"))
+    open_now = [
+        {
+            "start": hhmm(berlin - timedelta(hours=1)),
+            "end": hhmm(berlin + timedelta(hours=1)),
+            "timeZone": "Europe/Berlin",
+        }
+    ]
+    p = pool(3)
+    first_node, second_node = p.names[0], p.names[1]
+    rp = policies.create(p, policy_spec(p, maintenanceWindows=open_now, maxConcurrentRepairs=1))
+    policies.wait_observed(rp)
+    inject(cluster, first_node)
+    first = wait_until("the first repair", lambda: repairs_for(cluster, [first_node]))[0]
+    first_name = first["metadata"]["name"]
+    wait_repair_phase(cluster, first_name, "Repairing", timeout=60)
+    inject(cluster, second_node)
+    second = wait_until("the second repair", lambda: repairs_for(cluster, [second_node]))[0]
+    second_name = second["metadata"]["name"]
+    wait_until(
+        "the second waits for capacity",
+        lambda: (
+            "MaxConcurrentRepairs"
+            in ((get_repair(cluster, second_name).get("status") or {}).get("message") or "")
+        ),
+        timeout=30,
+    )
+
+    # The window closes (moved two hours ahead); the first repair finishes anyway.
+    later = datetime.now(ZoneInfo("Europe/Berlin")) + timedelta(hours=2)
+    closed = [
+        {"start": hhmm(later), "end": hhmm(later + timedelta(hours=1)), "timeZone": "Europe/Berlin"}
+    ]
+    policies.patch_spec(rp, {"maintenanceWindows": closed})
+    policies.wait_observed(rp)
+    heal(cluster, first_node)
+    mark_repaired(cluster, first_name)
+    wait_repair_phase(cluster, first_name, "Succeeded", timeout=60)
+    waiting = wait_until(
+        "the second held by the window",
+        lambda: (
+            (m := (get_repair(cluster, second_name).get("status") or {}).get("message"))
+            and "OutsideMaintenanceWindow" in m
+            and m
+        ),
+        timeout=30,
+    )
+    assert f"(policy {rp})" in waiting and "opens at" in waiting
+    time.sleep(2)
+    assert (get_repair(cluster, second_name).get("status") or {}).get("phase") == "Pending"
+
+    policies.patch_spec(rp, {"maintenanceWindows": open_now})
+    wait_repair_phase(cluster, second_name, "Repairing", timeout=60)
