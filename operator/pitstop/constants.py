@@ -182,3 +182,36 @@ REASON_REPAIR_JOB_NOT_ALLOWED: Final = "RepairJobNotAllowed"
 REASON_WEBHOOK_NOT_ALLOWED: Final = "WebhookNotAllowed"
 """The webhook names a Secret not marked for webhooks (or a URL its marks exclude):
 nothing is sent."""
+
+# --- summary conditions (kstatus; pitstop.kstatus) ---
+COND_READY: Final = "Ready"
+"""Summary condition: the object is done (a repair that succeeded) or working as meant."""
+COND_RECONCILING: Final = "Reconciling"
+"""Summary condition (kstatus, abnormal-true): the operator is still moving the object."""
+COND_STALLED: Final = "Stalled"
+"""Summary condition (kstatus, abnormal-true): it cannot progress without a person."""
+REASON_POOL_CONFLICT: Final = "PoolConflict"
+"""Nodes selected by several RepairPolicies: neither repairs them automatically."""
+REASON_MAX_UNHEALTHY: Final = "MaxUnhealthyExceeded"
+"""The storm guard holds: more unhealthy nodes than maxUnhealthy."""
+REASON_WATCHING: Final = "Watching"
+"""Summary reason of a RepairPolicy that can repair its pool."""
+
+# --- controls users ask for (docs/policies.md) ---
+LABEL_EXCLUDE_FROM_REPAIR: Final = f"{GROUP}/exclude-from-repair"
+"""Node label ("true"): policies make no automatic repair for the node (manual ones run)."""
+REASON_NODE_EXCLUDED: Final = "NodeExcluded"
+"""A faulty node carries LABEL_EXCLUDE_FROM_REPAIR: no automatic repair (status, Event)."""
+REASON_OUTSIDE_WINDOW: Final = "OutsideMaintenanceWindow"
+"""Automatic repairs wait for the policy's next maintenance window (status, Event,
+and the Pending message of a policy's repair not yet admitted)."""
+REASON_INVALID_WINDOW: Final = "InvalidMaintenanceWindow"
+"""A maintenance window names a time zone the zone database does not know: the
+policy starts no automatic repair (it cannot tell when it may)."""
+LABEL_NOTIFICATION_SECRET: Final = f"{GROUP}/notification-secret"
+"""Secret label ("true") in the operator's namespace: a policy's notifications may
+post to the URL it holds."""
+ANNOTATION_NOTIFICATION_URLS: Final = f"{GROUP}/notification-url-prefixes"
+"""Secret annotation: the URL prefixes (comma-separated) its URL must start with."""
+REASON_NOTIFICATION_FAILED: Final = "NotificationFailed"
+"""Warning Event on a policy: a notification was not delivered (or not allowed)."""

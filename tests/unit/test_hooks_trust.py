@@ -278,13 +278,17 @@ def test_a_repair_not_allowed_fails_while_pending(monkeypatch: pytest.MonkeyPatc
     assert asyncio.run(steps.refuse_untrusted(NOW, job_spec({"hostNetwork": True})))
     (status,) = kube.statuses
     assert status["phase"] == "Failed" and status["message"].startswith("RepairJobNotAllowed: ")
-    (cond,) = status["conditions"]
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert sorted(conds) == ["Ready", "Reconciling", "Repaired", "Stalled"]
+    cond = conds["Repaired"]
     assert (cond["type"], cond["status"], cond["reason"]) == (
         "Repaired",
         "False",
         "RepairJobNotAllowed",
     )
     assert "hostNetwork" in cond["message"] and cond["observedGeneration"] == 1
+    stalled = conds["Stalled"]  # kstatus: Failed, saying why
+    assert stalled["status"] == "True" and stalled["message"] == status["message"]
     (event,) = steps.events
     assert (event.type, event.reason) == ("Warning", "RepairJobNotAllowed")
     assert posted(kube) == [], "nothing created"

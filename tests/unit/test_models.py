@@ -68,6 +68,7 @@ def test_repair_policy_defaults() -> None:
     spec = RepairPolicySpec.model_validate({"nodeSelector": {}})
     assert spec.wire() == {
         "nodeSelector": {},
+        "maintenanceWindows": [],
         "unhealthyConditions": [
             {"type": "Ready", "status": "False", "duration": "5m"},
             {"type": "Ready", "status": "Unknown", "duration": "5m"},

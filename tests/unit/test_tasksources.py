@@ -438,9 +438,15 @@ def test_census_and_conflict_conditions() -> None:
     assert (conflict.status, conflict.reason) == ("True", "OverlappingProfiles")
     assert conflict.message == "1 instances (e.g. ns/f2) also match b; a, the older, describes them"
     sb = census.profile_status(b, found, win, empty, T0)
-    assert "also match a; a, the older, describes them" in (sb.conditions[1].message or "")
+    b_conflict = next(x for x in sb.conditions if x.type == "Conflict")
+    assert "also match a; a, the older, describes them" in (b_conflict.message or "")
     sc = census.profile_status(c, found, win, empty, T0)
-    assert [(x.type, x.status) for x in sc.conditions] == [("Ready", "True"), ("Conflict", "False")]
+    assert [(x.type, x.status) for x in sc.conditions] == [
+        ("Ready", "True"),
+        ("Reconciling", "False"),
+        ("Stalled", "False"),
+        ("Conflict", "False"),
+    ]
     assert sa.last_update_time == T0
 
     later = T0 + timedelta(seconds=30)
@@ -454,9 +460,11 @@ def test_status_of_an_invalid_profile() -> None:
     )
     assert isinstance(bad, profiles.InvalidProfile)
     status = census.profile_status(bad, census.Census(), {}, InstanceProfileStatus(), T0)
-    (ready,) = status.conditions
+    ready, reconciling, stalled = status.conditions
     assert (ready.type, ready.status, ready.reason) == ("Ready", "False", "InvalidSpec")
     assert "podSelector" in (ready.message or "") and status.pods == 0
+    assert (reconciling.type, reconciling.status) == ("Reconciling", "False")
+    assert (stalled.type, stalled.status, stalled.reason) == ("Stalled", "True", "InvalidSpec")
 
 
 # --- pitstop plan's text ---

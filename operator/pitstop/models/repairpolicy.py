@@ -2,9 +2,10 @@
 alerts into NodeRepairs for one node pool, within the pool's limits."""
 
 from datetime import datetime
-from typing import Annotated
+from enum import StrEnum
+from typing import Annotated, Self
 
-from pydantic import Field
+from pydantic import ConfigDict, Field, model_validator
 
 from pitstop.models.common import (
     CONDITIONS_LIST,
@@ -15,6 +16,9 @@ from pitstop.models.common import (
     Duration,
     IntOrPercent,
     LabelSelector,
+    SecretKeyRef,
+    cel,
+    validations,
 )
 from pitstop.models.noderepair import NodeRepairTemplateSpec
 
@@ -60,6 +64,117 @@ class RepairTemplate(CamelModel):
     """A NodeRepair spec without nodeName; an empty reason is filled with the cause."""
 
 
+class Weekday(StrEnum):
+    """A day of the week, as kured's --reboot-days names them."""
+
+    MON = "Mon"
+    TUE = "Tue"
+    WED = "Wed"
+    THU = "Thu"
+    FRI = "Fri"
+    SAT = "Sat"
+    SUN = "Sun"
+
+
+CLOCK_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+"""A wall-clock time of day, HH:MM (24-hour)."""
+TIME_ZONE_PATTERN = r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$"
+"""The shape of an IANA time zone name (Europe/Berlin, UTC, Etc/GMT+5); whether the
+zone exists is checked by the operator (policy condition Stalled, reason
+InvalidMaintenanceWindow): the API server knows no zone database."""
+
+
+class MaintenanceWindow(CamelModel):
+    """When automatic repairs may start: on `days`, from `start` to `end` in `timeZone`.
+    An `end` at or before `start` closes on the next day (22:00-04:00 spans midnight)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel("self.start != self.end", "start and end must differ", field_path=".end")
+        )
+    )
+
+    days: list[Weekday] = Field(
+        default_factory=lambda: list(Weekday),
+        min_length=1,
+        max_length=7,
+        json_schema_extra={
+            "default": [d.value for d in Weekday],
+            "x-kubernetes-list-type": "set",
+        },
+    )
+    """Days the window opens on (a window over midnight closes the day after)."""
+    start: str = Field(pattern=CLOCK_PATTERN, max_length=5)
+    """Opening time, HH:MM in timeZone."""
+    end: str = Field(pattern=CLOCK_PATTERN, max_length=5)
+    """Closing time, HH:MM in timeZone; at or before start: on the next day."""
+    time_zone: str = Field("UTC", min_length=1, max_length=64, pattern=TIME_ZONE_PATTERN)
+    """IANA time zone name, e.g. Europe/Berlin; daylight saving time follows it."""
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Self:
+        if self.start == self.end:
+            raise ValueError("start and end must differ")
+        return self
+
+
+class NotificationEvent(StrEnum):
+    """What a notification reports about a repair."""
+
+    STARTED = "Started"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+TEMPLATE_FIELDS = ("event", "repair", "node", "policy", "reason", "phase", "message")
+"""The placeholders a notification template may use, each as {name}."""
+
+
+class NotificationWebhook(CamelModel):
+    """Where notifications are posted: the URL is the value of a Secret key, since
+    chat webhooks (Slack's incoming webhooks) carry their credential in the URL."""
+
+    secret_ref: SecretKeyRef
+    """A Secret in pitstop-system labelled pitstop.dev/notification-secret=true by the
+    platform admin (docs/security.md); its key holds the URL."""
+    timeout_seconds: int = Field(10, ge=1, le=60)
+    """Timeout of one POST."""
+
+
+class Notifications(CamelModel):
+    """A webhook told when the pool's repairs start, succeed and fail."""
+
+    webhook: NotificationWebhook
+    """The receiver; the body is {"text": <template rendered>, "pitstop": {fields}},
+    which Slack, Mattermost and most chat webhooks read as a message."""
+    events: list[NotificationEvent] = Field(
+        default_factory=lambda: list(NotificationEvent),
+        min_length=1,
+        max_length=3,
+        json_schema_extra={
+            "default": [e.value for e in NotificationEvent],
+            "x-kubernetes-list-type": "set",
+        },
+    )
+    """Which events are posted."""
+    template: str = Field(
+        "pitstop: repair {repair} of {node} {event}: {message}",
+        min_length=1,
+        max_length=1024,
+        json_schema_extra=validations(
+            cel(
+                "self.findAll('[{][^{}]*[}]').all(p, p in ["
+                + ", ".join(f"'{{{f}}}'" for f in TEMPLATE_FIELDS)
+                + "])",
+                "unknown placeholder: the template may use "
+                + ", ".join(f"{{{f}}}" for f in TEMPLATE_FIELDS),
+            )
+        ),
+    )
+    """The message text; placeholders {event}, {repair}, {node}, {policy}, {reason},
+    {phase} and {message} are replaced, nothing else is."""
+
+
 class RepairPolicySpec(CamelModel):
     """A node pool and when and how its nodes are repaired."""
 
@@ -89,6 +204,13 @@ class RepairPolicySpec(CamelModel):
     """Available (Ready and schedulable) nodes the pool keeps; percentages round up."""
     paused: bool = False
     """Start no new automatic repairs; running ones continue."""
+    maintenance_windows: list[MaintenanceWindow] = Field(
+        default_factory=list, max_length=32, json_schema_extra={"default": []}
+    )
+    """When automatic repairs may start (any window); [] is any time. A repair that
+    has started finishes outside its window."""
+    notifications: Notifications | None = None
+    """A webhook told when repairs of the pool start, succeed and fail."""
     repair_template: RepairTemplate = Field(
         default_factory=RepairTemplate, json_schema_extra={"default": {}}
     )
@@ -137,6 +259,17 @@ class PolicyRepair(CamelModel):
     transition or alert episode) before this time."""
 
 
+class WindowStatus(CamelModel):
+    """Where the policy stands against its maintenance windows."""
+
+    open: bool
+    """Automatic repairs may start now."""
+    closes_at: datetime | None = None
+    """While open: when the window (or windows that overlap it) closes."""
+    next_open_time: datetime | None = None
+    """While closed: when the next window opens."""
+
+
 class RepairPolicyStatus(CamelModel):
     """Observed state of a RepairPolicy, written by the operator."""
 
@@ -159,5 +292,7 @@ class RepairPolicyStatus(CamelModel):
     repairs: list[PolicyRepair] = Field(default_factory=list)
     """The NodeRepairs the policy made for faults that still hold, and which of those
     were deleted (declined faults)."""
+    maintenance_window: WindowStatus | None = None
+    """Set when spec.maintenanceWindows is: open now, or when the next one opens."""
     observed_generation: int | None = Field(None, ge=0)
     """metadata.generation the status was computed from."""

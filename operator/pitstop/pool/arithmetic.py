@@ -33,6 +33,11 @@ class NodeView:
         return self.conditions.get("Ready", ("Unknown", None))[0] == "True"
 
     @property
+    def excluded(self) -> bool:
+        """Labelled pitstop.dev/exclude-from-repair=true: no automatic repair."""
+        return self.labels.get(C.LABEL_EXCLUDE_FROM_REPAIR) == "true"
+
+    @property
     def available(self) -> bool:
         """Ready and schedulable: it can take new instances."""
         return self.ready and not self.unschedulable

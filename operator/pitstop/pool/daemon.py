@@ -19,12 +19,13 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from pitstop import conditions, constants, logs, metrics
+from pitstop import conditions, constants, kstatus, logs, metrics
 from pitstop.cluster.indexes import CAPACITY, POLICIES, nap, one
 from pitstop.cluster.kube import ApiError, Gone, Kube, merge_patch
 from pitstop.models import Phase, RepairPolicySpec, RepairPolicyStatus, Suppression
-from pitstop.models.repairpolicy import AlertFault
-from pitstop.pool import arithmetic, ledger
+from pitstop.models.repairpolicy import AlertFault, WindowStatus
+from pitstop.pool import arithmetic, ledger, notices, windows
+from pitstop.pool.notifier import Notifier
 
 C = constants
 RESYNC = 300.0
@@ -156,7 +157,12 @@ class Admission:
             all_nodes = NODE_VIEWS.all(nodes_index)
             views = repair_views(repairs_index, self.admitted | lock_holders(all_nodes))
             candidate = arithmetic.RepairView(repair, node_name, Phase.PENDING, created)
+            made_by = _made_by(repairs_index, node_name, repair)
             for name, spec in pools:
+                if name == made_by:
+                    closed = window_refusal(spec, datetime.now(UTC))
+                    if closed:
+                        return f"{closed} (policy {name})"
                 pool = arithmetic.pool_of(spec, all_nodes)
                 refusal = arithmetic.admit(candidate, spec, pool, views)
                 if refusal:
@@ -170,6 +176,27 @@ class Admission:
 
 
 ADMISSION = Admission()
+
+
+def _made_by(repairs_index: kopf.Index[str, Any], node: str, repair: str) -> str | None:
+    """The policy that made `repair` (its label pitstop.dev/policy), if any."""
+    for r in repairs_index.get(node, ()):
+        if r["name"] == repair:
+            return r.get("policy")  # type: ignore[no-any-return]
+    return None
+
+
+def window_refusal(spec: RepairPolicySpec, now: datetime) -> str | None:
+    """Why an automatic repair of this policy may not start now: outside its
+    maintenance windows (or none can open: an unknown time zone); None inside."""
+    bad = windows.invalid_zones(spec.maintenance_windows)
+    if bad:
+        return f"{C.REASON_INVALID_WINDOW}: unknown time zone {', '.join(bad)}"
+    found = windows.state(spec.maintenance_windows, now)
+    if found.open:
+        return None
+    when = _rfc3339(found.next_open) if found.next_open else "never"
+    return f"{C.REASON_OUTSIDE_WINDOW}: the next maintenance window opens at {when}"
 
 
 # --- alerts received by pitstop.pool.alerts, consumed by the policy daemons ---
@@ -235,6 +262,11 @@ class PolicyDriver:
         self.storm_told = conditions.is_true(old.conditions, "StormActive")
         """StormActive is told once per storm (the body may lag behind our own writes)."""
         self.seen_alerts = 0  # every alert still in the inbox: taking one twice changes nothing
+        self.notifier = Notifier(name, body, kube)
+        self.phases: dict[str, str | None] | None = None
+        """Phase of each repair of the pool at the last pass, for notifications (None
+        before the first pass, which only takes note: a restart tells nothing twice)."""
+        self.window_open: bool | None = None
 
     async def step(
         self,
@@ -285,6 +317,12 @@ class PolicyDriver:
         storm = len(faults) > limit
         suppressed: list[str] = []
         reason = message = None
+        why: dict[str, tuple[str, str]] = {}
+        """Suppressed node → (reason, message): each node's Events say its own."""
+        excluded = {n.name for n in pool if n.excluded}
+        window = windows.state(spec.maintenance_windows, now)
+        bad_zones = windows.invalid_zones(spec.maintenance_windows)
+        closed = window_refusal(spec, now)
         for node_name, fault in sorted(faults.items()):
             repair = arithmetic.repair_name(node_name, fault.key)
             mine = [r for r in views if r.node == node_name]
@@ -299,6 +337,13 @@ class PolicyDriver:
             if node_name in conflicts:
                 suppressed.append(node_name)
                 reason, message = "PoolConflict", f"{node_name} is in several pools"
+            elif node_name in excluded:
+                suppressed.append(node_name)
+                reason = C.REASON_NODE_EXCLUDED
+                message = (
+                    f"{node_name} is labelled {C.LABEL_EXCLUDE_FROM_REPAIR}=true:"
+                    " no automatic repair (a NodeRepair made by hand still runs)"
+                )
             elif spec.paused:
                 suppressed.append(node_name)
                 reason, message = "Paused", "the policy is paused"
@@ -309,19 +354,36 @@ class PolicyDriver:
                     f"{len(faults)} of {len(pool)} nodes unhealthy, more than maxUnhealthy"
                     f" {spec.max_unhealthy} ({limit}): no new automatic repairs"
                 )
+            elif closed:
+                suppressed.append(node_name)
+                reason = C.REASON_INVALID_WINDOW if bad_zones else C.REASON_OUTSIDE_WINDOW
+                message = closed.split(": ", 1)[1]
             else:
                 await self.create(spec, node_name, repair, fault, now)
+                continue
+            why[node_name] = (reason, message)
         # A fault that got its repair is told by NodeRepairCreated (which names the
         # cause); one that did not is a Warning that nobody repairs it yet.
         for node_name in suppressed:
             cause = faults[node_name].cause
+            told, text = why[node_name]
+            if told == C.REASON_NODE_EXCLUDED:  # the node owner's choice: told, no warning
+                self.post("Normal", told, f"{cause}; {text}", node_name)
+                continue
             self.post("Warning", "UnhealthyNodeDetected", f"{node_name}: {cause}", node_name)
-            self.post("Warning", "NodeRepairSuppressed", f"{node_name}: {message}", node_name)
+            self.post("Warning", "NodeRepairSuppressed", f"{node_name}: {text}", node_name)
         for node_name in [n for n in self.posted if n not in faults]:
             del self.posted[node_name]  # its fault ended: its next one is told again
         alert_due = ledger.next_alert_change(self.alerted.values())
         if alert_due is not None:
             due_next = alert_due if due_next is None else min(due_next, alert_due)
+        window_due = windows.next_change(window) if spec.maintenance_windows else None
+        if window_due is not None:
+            due_next = window_due if due_next is None else min(due_next, window_due)
+        if window.open and self.window_open is False:
+            CAPACITY.wake()  # a window opened: the policy's Pending repairs may start
+        self.window_open = window.open
+        self.notify(spec, names, repairs_index)
 
         status = RepairPolicyStatus(
             nodes=len(pool),
@@ -334,6 +396,13 @@ class PolicyDriver:
             last_repair_time=self.last_repair,
             alerts=sorted(self.alerted.values(), key=lambda a: (a.node, a.alertname)),
             repairs=self.repairs.records(),
+            maintenance_window=WindowStatus(
+                open=window.open and not bad_zones,
+                closes_at=window.closes_at,
+                next_open_time=window.next_open,
+            )
+            if spec.maintenance_windows
+            else None,
             observed_generation=self.body.get("metadata", {}).get("generation"),
         )
         self.export(status, arithmetic.min_available(spec, len(pool)), limit, storm)
@@ -366,6 +435,25 @@ class PolicyDriver:
             now,
             gen,
         )
+        ready = f"{len(pool)} nodes, {len(faults)} unhealthy, {len(active)} repairs active"
+        if spec.paused:
+            ready += "; paused"
+        if spec.maintenance_windows and not bad_zones:
+            ready += "; maintenance window " + (
+                f"open until {_rfc3339(window.closes_at)}"
+                if window.closes_at
+                else "open"
+                if window.open
+                else f"opens at {_rfc3339(window.next_open)}"
+                if window.next_open
+                else "never opens"
+            )
+        status.conditions = kstatus.apply(
+            status.conditions,
+            kstatus.of_policy(conflicts, storm, storm_message, bad_zones, ready),
+            now,
+            gen,
+        )
         await self.write_status(status)
         return due_next
 
@@ -383,6 +471,31 @@ class PolicyDriver:
             (metrics.POOL_STORM, int(storm)),
         ):
             gauge.labels(self.name).set(value)
+
+    def notify(
+        self, spec: RepairPolicySpec, pool: set[str], repairs_index: kopf.Index[str, Any]
+    ) -> None:
+        """Tells the policy's webhook which repairs of its pool started, succeeded or
+        failed since the last pass (pool/notices.py)."""
+        seen = [
+            notices.Seen(
+                name=r["name"],
+                node=node,
+                phase=r["phase"],
+                reason=r.get("reason"),
+                message=r.get("message"),
+                policy=r.get("policy"),
+            )
+            for node, store in list(repairs_index.items())
+            if node in pool
+            for r in store
+            if not r.get("dryRun")
+        ]
+        before, self.phases = self.phases, {s.name: s.phase for s in seen}
+        if before is None or spec.notifications is None:
+            return
+        for notice in notices.transitions(before, seen):
+            self.notifier.send(spec.notifications, notice)
 
     def take_alerts(self, spec: RepairPolicySpec, pool: set[str], now: datetime) -> None:
         for seq, notice in ALERTS.since(self.seen_alerts):
@@ -474,6 +587,7 @@ async def watch_pool(
     finally:
         POLICIES.unregister(waker)
         forget_pool(name)
+        await driver.notifier.close()
 
 
 def forget_pool(policy: str) -> None:

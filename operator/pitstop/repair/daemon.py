@@ -16,7 +16,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from pitstop import constants, metrics
+from pitstop import constants, kstatus, metrics
 from pitstop.cluster import nodes
 from pitstop.cluster.indexes import CAPACITY, UNDER_REPAIR, WAKERS, nap, slim_node
 from pitstop.cluster.kube import ApiError, Gone, Kube
@@ -378,6 +378,7 @@ async def abort(
             aborted.phase = Phase.ABORTED
             aborted.message = f"Aborted: giving {node_name} back"
             aborted.completion_time = aborted.completion_time or datetime.now(UTC)
+            aborted.conditions = kstatus.repair_conditions(aborted, False, datetime.now(UTC))
             try:
                 await kube.patch_status(C.NODEREPAIR_PLURAL, name, aborted.wire())
             except ApiError as e:

@@ -159,11 +159,19 @@ def attempt_failed(d: Decision, obs: Observation, message: str) -> None:
     d.wake_by(rs.next_attempt_time)
 
 
+def _unmet(type_: str, seen: str | None, want: str) -> str:
+    """One unmet verify condition; one the node does not report is said so (a
+    detector may have stopped reporting it), never as `None`."""
+    if seen is None:
+        return f"{type_} not reported by the node (want {want})"
+    return f"{type_}={seen} (want {want})"
+
+
 def verifying(d: Decision, obs: Observation) -> None:
     assert obs.node is not None
     want = obs.spec.verify.conditions
     wrong = [
-        f"{c.type}={nodes.condition_status(obs.node, c.type)} (want {c.status.value})"
+        _unmet(c.type, nodes.condition_status(obs.node, c.type), c.status.value)
         for c in want
         if nodes.condition_status(obs.node, c.type) != c.status.value
     ]

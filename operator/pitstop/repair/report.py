@@ -11,7 +11,7 @@ from typing import Any, cast
 
 import kopf
 
-from pitstop import constants, logs, metrics
+from pitstop import constants, kstatus, logs, metrics
 from pitstop.cluster.kube import ApiError, Gone, merge_patch
 from pitstop.models import (
     FINAL_PHASES,
@@ -46,6 +46,8 @@ class Report(DriverState):
         passed: Sequence[Phase] = (),
     ) -> datetime | None:
         metrics.PASSES.labels(self.name).inc()  # every decided pass reports here, once
+        dry_run = bool((self.body.get("spec") or {}).get("dryRun"))
+        status.conditions = kstatus.repair_conditions(status, dry_run, now, self.status.conditions)
         wire = status.wire()
         if wire == self.written:
             return wake_at

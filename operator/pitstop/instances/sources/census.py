@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from pitstop import constants
+from pitstop import constants, kstatus
 from pitstop.conditions import set_condition
 from pitstop.instances.sources.matching import match, pair
 from pitstop.instances.sources.profiles import (
@@ -67,12 +67,9 @@ def profile_status(
     generation = item.generation if isinstance(item, Profile) else None
     if isinstance(item, InvalidProfile):
         status.tasks, status.drain_signal, status.pods, status.conflicts = None, None, 0, []
-        status.conditions = set_condition(
+        status.conditions = kstatus.apply(
             status.conditions,
-            C.COND_PROFILE_READY,
-            False,
-            C.REASON_PROFILE_INVALID,
-            f"{item.message}: the profile describes no pod",
+            kstatus.of_profile(False, f"{item.message}: the profile describes no pod"),
             now,
             generation,
         )
@@ -83,12 +80,9 @@ def profile_status(
         status.pods = found.pods.get(item.name, 0)
         overlaps = found.overlaps.get(item.name, {})
         status.conflicts = sorted(overlaps)[:64]
-        status.conditions = set_condition(
+        status.conditions = kstatus.apply(
             status.conditions,
-            C.COND_PROFILE_READY,
-            True,
-            C.REASON_PROFILE_VALID,
-            f"describes {status.pods} instances",
+            kstatus.of_profile(True, f"describes {status.pods} instances"),
             now,
             generation,
         )
