@@ -22,6 +22,7 @@ from tests.sim.triage import (
     GATE_TIME_AT_SEND,
     HOLE_DELETION_RACE,
     HOLE_DEREGISTRATION,
+    LOST_STATUS_ANSWER,
     SLOT_OF_DELETED_REPAIR,
     STALE_MARK,
     classify,
@@ -41,22 +42,20 @@ FIXED = {
     44: SLOT_OF_DELETED_REPAIR,  # was invariant 5: a deleted repair's slot freed too early
     87: SLOT_OF_DELETED_REPAIR,
     49: STALE_MARK,  # was invariant 1: a mark a give-back took off trusted by the next repair
-}
-"""Seeds that found holes before their fixes were merged (issue 18's two, and three this
-tier found); now they must hold every invariant (with CLEAN: 28 seeds, 56,000 steps).
-Seed 25 (the pool slot, fixed) now meets the gate's send time first: it is in KNOWN."""
-KNOWN = {
-    25: GATE_TIME_AT_SEND,
+    25: GATE_TIME_AT_SEND,  # was invariant 2: a gate's wait counted from its truncated stamp
     56: GATE_TIME_AT_SEND,
 }
-"""seed → the hole it finds (its first break) on this code. No fixed seed finds
-UNSEEN_MARK any more (seed 94 found it before the fixes of issue 18); the long run
-still meets it."""
+"""Seeds that found holes before their fixes were merged (issue 18's two, and four this
+tier found); now they must hold every invariant (with CLEAN: 30 seeds, 60,000 steps).
+Seed 25 (the pool slot) met the gate's send time next; both are fixed."""
+KNOWN = {
+    20071: LOST_STATUS_ANSWER,
+}
+"""seed → the hole it finds (its first break) on this code (20071 breaks at step 184)."""
 
 REASONS = {
-    GATE_TIME_AT_SEND: "an instance's own deregistration wait counts from its gate's"
-    " lastTransitionTime, stamped at send and truncated to the second: up to 1 s plus the"
-    " request's latency short (found by this tier; not fixed yet)",
+    LOST_STATUS_ANSWER: "a status write whose answer was lost leaves the driver deciding"
+    " from its older status: Uncordoning written back to Verifying (long run; not fixed yet)",
 }
 
 

@@ -9,6 +9,7 @@ from the cluster again and every action is idempotent (invariant 6)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -64,7 +65,7 @@ class Driver(NodeSteps, PodSteps, RepairSteps):
         task source says and the budgets that cover it; also keeps `self.targets`,
         what the poller would ask, and `self.budgets`, the budgets of their namespaces."""
         usable = sources_daemon.usable(profiles_by_name)
-        found, targets, marked = [], [], {}
+        found, targets, marked, closed = [], [], {}, {}
         budgets: dict[str, contract.Budget] = {}
         by_ns: dict[str, list[Any]] = {}
         for pod in list(pods_by_node.get(self.node_name, ())):
@@ -90,10 +91,29 @@ class Driver(NodeSteps, PodSteps, RepairSteps):
                 if target is not None:
                     targets.append(target)
                     polled, unacked = self.polled(target, marked[key][1] if key in marked else None)
-            found.append(contract.observe(pod, endpoints_by_pod.get(key), m, polled, unacked, pdbs))
-        self.marked_at, self.targets, self.budgets = marked, targets, budgets
+            i = contract.observe(pod, endpoints_by_pod.get(key), m, polled, unacked, pdbs)
+            if i.gate_closed_since is not None:
+                i, closed[key] = self.gate_seen_closed(i, now)
+            found.append(i)
+        self.marked_at, self.gate_closed_at = marked, closed
+        self.targets, self.budgets = targets, budgets
         self.pdbs_of = {i.key: i.pdbs for i in found}
         return found
+
+    def gate_seen_closed(
+        self, i: contract.Instance, now: datetime
+    ) -> tuple[contract.Instance, tuple[datetime, datetime]]:
+        """The instance with its gate's closing time as the deregistration wait may
+        count from it (invariant 2): never before this process first saw it closed.
+        The condition's lastTransitionTime is stamped when the patch is sent, to the
+        second, so the gate closed up to a second and the request's latency later;
+        the view shows it only once it has. After a restart the wait counts from the
+        new process's first sight: longer, never short."""
+        stamp = i.gate_closed_since
+        assert stamp is not None
+        seen = self.gate_closed_at.get(i.key)
+        entry = seen if seen is not None and seen[0] == stamp else (stamp, now)
+        return dataclasses.replace(i, gate_closed_since=max(entry)), entry
 
     def target(
         self, key: str, pod: Mapping[str, Any], profile: Profile, marked: bool = True

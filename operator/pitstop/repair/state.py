@@ -92,6 +92,9 @@ class DriverState:
         self.marked_at: dict[str, tuple[str, datetime]] = {}
         """Each pod's pitstop.dev/draining value and when this process first saw it
         (trust rule)."""
+        self.gate_closed_at: dict[str, tuple[datetime, datetime]] = {}
+        """Each pod's closed serving gate: its lastTransitionTime and when this process
+        first saw it closed (an instance's deregistration wait counts from the later)."""
         self.targets: list[Target] = []
         """What the poller would ask the node's instances, from the last observation."""
         self.body = body
