@@ -44,19 +44,16 @@ FIXED = {
     49: STALE_MARK,  # was invariant 1: a mark a give-back took off trusted by the next repair
     25: GATE_TIME_AT_SEND,  # was invariant 2: a gate's wait counted from its truncated stamp
     56: GATE_TIME_AT_SEND,
+    20071: LOST_STATUS_ANSWER,  # was invariant 6 at step 184: Uncordoning back to Verifying
 }
 """Seeds that found holes before their fixes were merged (issue 18's two, and four this
-tier found); now they must hold every invariant (with CLEAN: 30 seeds, 60,000 steps).
+tier found); now they must hold every invariant (with CLEAN: 31 seeds, 62,000 steps).
 Seed 25 (the pool slot) met the gate's send time next; both are fixed."""
-KNOWN = {
-    20071: LOST_STATUS_ANSWER,
-}
-"""seed → the hole it finds (its first break) on this code (20071 breaks at step 184)."""
+KNOWN: dict[int, str] = {}
+"""seed → the hole it finds (its first break) on this code: none open now."""
 
-REASONS = {
-    LOST_STATUS_ANSWER: "a status write whose answer was lost leaves the driver deciding"
-    " from its older status: Uncordoning written back to Verifying (long run; not fixed yet)",
-}
+REASONS: dict[str, str] = {}
+"""hole → why its seeds are expected to fail (the reason of their strict xfail)."""
 
 
 class KnownHole(Exception):

@@ -179,6 +179,8 @@ class Driver(NodeSteps, PodSteps, RepairSteps):
     ) -> tuple[bool, datetime | None]:
         """Moves the repair as far as it can now. Returns (again, wake_at): `again`
         asks for an immediate next pass (our own node write is already known)."""
+        if self.unconfirmed:
+            await self.read_back()
         try:
             spec = NodeRepairSpec.model_validate(self.body.get("spec") or {})
         except ValidationError as e:

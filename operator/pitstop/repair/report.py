@@ -18,7 +18,7 @@ from pitstop.models import (
     Phase,
 )
 from pitstop.repair import drain
-from pitstop.repair.state import DriverState
+from pitstop.repair.state import DriverState, parse_status
 
 C = constants
 
@@ -60,6 +60,10 @@ class Report(DriverState):
         except ApiError as e:
             if e.status == 404:
                 raise Gone(f"NodeRepair {self.name} is gone") from e
+            self.unconfirmed = e.status >= 500  # the server may have written it all the same
+            raise
+        except BaseException:
+            self.unconfirmed = True  # no answer (lost, timed out, cancelled): it may have landed
             raise
         old_phase = self.status.phase
         if old_phase != status.phase and old_phase is not None and self.status.phase_start_time:
@@ -72,6 +76,22 @@ class Report(DriverState):
         self.status, self.written, self.written_at = status, wire, now
         record_phase(self.name, status.phase)
         return wake_at
+
+    async def read_back(self) -> None:
+        """After a status write whose answer never came, the status the API server
+        has: deciding again from the one held before would take back a phase that
+        write already recorded (invariant 6: e.g. Uncordoning written back to
+        Verifying)."""
+        path = f"/apis/{C.GROUP}/{C.VERSION}/{C.NODEREPAIR_PLURAL}/{self.name}"
+        try:
+            current = await self.kube.request("GET", path)
+        except ApiError as e:
+            if e.status == 404:
+                raise Gone(f"NodeRepair {self.name} is gone") from e
+            raise
+        raw = current.get("status")
+        self.status, self.written = parse_status(raw), dict(raw or {}) or None
+        self.unconfirmed = False
 
     def post(self, events: list[drain.Event], node: Mapping[str, Any] | None) -> None:
         for e in events:

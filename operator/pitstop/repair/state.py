@@ -104,6 +104,9 @@ class DriverState:
         self.status = parse_status(body.get("status"))
         self.written: dict[str, Any] | None = dict(body.get("status") or {}) or None
         self.written_at = datetime.min.replace(tzinfo=UTC)
+        self.unconfirmed = False
+        """A status write got no answer (it may have landed): read the status back
+        before deciding again."""
         self.patched_node: tuple[str | None, dict[str, Any]] | None = None
         self.sent: set[tuple[str, str]] = set()
         """(action, pod) already done in this process: the indexes lag behind our writes."""
