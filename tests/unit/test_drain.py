@@ -19,6 +19,7 @@ import pytest
 
 from pitstop import constants as C
 from pitstop.conditions import find
+from pitstop.instances import contract
 from pitstop.instances.contract import Budget, TaskCount
 from pitstop.models import (
     Condition,
@@ -1356,3 +1357,24 @@ def _at(stamp: str) -> datetime:
 
 
 CORDONED_NOW = (C.COND_CORDONED, True, C.REASON_CORDONED)
+
+
+# --- an unlabelled gated pod whose endpoint the view lacks (long-run seed 20130) ---
+
+
+def test_an_unlabelled_gated_pod_the_slices_do_not_show_yet_is_deregistered_not_evicted() -> None:
+    # Ready a moment ago, already routed, its endpoint not in the operator's view: every
+    # task drained. It must get its gate closed, not be evicted as async at once.
+    pod = {
+        "metadata": {"namespace": "fn", "name": "fresh"},
+        "spec": {"nodeName": "n1", "readinessGates": [{"conditionType": C.CONDITION_SERVING}]},
+        "status": {
+            "phase": "Running",
+            "conditions": [{"type": C.CONDITION_SERVING, "status": "True"}],
+        },
+    }
+    fresh = dataclasses.replace(contract.observe(pod, None), draining=True, draining_since=ago(60))
+    st = status(Phase.EVICTING, since=30, conditions=[CORDONED, DEREGISTERED, DRAINED])
+    d = decide(observe(st, [fresh]))
+    assert d.evict == [], "evicted as async while routed"
+    assert d.deregister == ["fn/fresh"]
