@@ -1,4 +1,5 @@
-"""The drain state machine, pitstop.repair.drain.decide (no cluster).
+"""The drain half of the state machine, through its entry pitstop.repair.machine.decide
+(no cluster).
 
 Observations are built from small factories; each test checks one behaviour. The
 property tests at the end check the DESIGN invariants over many random observations:
@@ -32,7 +33,8 @@ from pitstop.models import (
     OnTaskTimeout,
     Phase,
 )
-from pitstop.repair.drain import Blocked, Decision, Instance, Observation, decide, mark_time
+from pitstop.repair.drain import Blocked, Decision, Instance, Observation, mark_time
+from pitstop.repair.machine import decide
 
 NAME = "r1"
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

@@ -26,7 +26,7 @@ def pod(serving: str | None, stamp: str = "2024-05-01T12:00:00Z") -> dict[str, A
 
 
 def closed_since(driver: Driver, p: dict[str, Any], now: datetime) -> datetime | None:
-    (i,) = driver.observe_instances(now, {"n1": [p]}, {})  # type: ignore[arg-type]
+    (i,) = driver.observe.instances(now, {"n1": [p]}, {})  # type: ignore[arg-type]
     return i.gate_closed_since
 
 
