@@ -151,3 +151,55 @@ def test_every_decided_pass_is_counted_also_one_that_writes_nothing() -> None:
     assert passes("r-passes") == 3
     record_phase("r-passes", None)
     assert passes("r-passes") is None, "a repair gone takes its series along"
+
+
+class LostAnswers(FakeKube):
+    """A server that applies every status patch (merge) but whose answers are lost
+    while `lose` is set; a GET returns the repair as stored."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stored: dict[str, Any] = {}
+        self.lose = False
+
+    async def patch_status(self, plural: str, name: str, status: dict[str, Any]) -> None:
+        await super().patch_status(plural, name, status)
+        self.stored.update({k: v for k, v in status.items() if v is not None})
+        if self.lose:
+            raise TimeoutError("the answer was lost")
+
+    async def request(self, method: str, path: str, *a: Any, **kw: Any) -> dict[str, Any]:
+        assert method == "GET" and path.endswith("/r1")
+        return {"status": dict(self.stored)}
+
+
+def test_a_status_write_whose_answer_was_lost_is_read_back() -> None:
+    """Long-run seed 20071: the write of Uncordoning landed, its answer was lost, and
+    the driver decided again from Verifying, writing the repair back to Verifying
+    (invariant 6). A write with no answer is unconfirmed; the next pass reads it."""
+    kube = LostAnswers()
+    state = RepairState("r1", {"spec": {"nodeName": "n1"}}, kube, logging.getLogger())  # type: ignore[arg-type]
+    report = Report(state)
+    asyncio.run(report.write_status(NodeRepairStatus(phase=Phase.VERIFYING), NOW, None))
+    kube.lose = True
+    with pytest.raises(TimeoutError):
+        asyncio.run(report.write_status(NodeRepairStatus(phase=Phase.UNCORDONING), NOW, None))
+    assert state.unconfirmed and state.status.phase == Phase.VERIFYING
+    kube.lose = False
+    asyncio.run(report.read_back())
+    assert state.status.phase == Phase.UNCORDONING, "decides from what the server has"
+    assert (state.written or {})["phase"] == "Uncordoning" and not state.unconfirmed
+
+
+def test_a_refused_status_write_is_not_read_back() -> None:
+    """A 4xx changed nothing: the status held is still the server's."""
+    from pitstop.cluster.kube import ApiError
+
+    class Refusing(FakeKube):
+        async def patch_status(self, plural: str, name: str, status: dict[str, Any]) -> None:
+            raise ApiError(422, "invalid")
+
+    state = RepairState("r1", {"spec": {"nodeName": "n1"}}, Refusing(), logging.getLogger())  # type: ignore[arg-type]
+    with pytest.raises(ApiError):
+        asyncio.run(Report(state).write_status(NodeRepairStatus(phase=Phase.PENDING), NOW, None))
+    assert not state.unconfirmed
