@@ -14,6 +14,8 @@ from pitstop.models import NodeRepairSpec, NodeRepairStatus
 from pitstop.repair import act_pods
 from pitstop.repair.act_pods import PodSteps
 from pitstop.repair.flow import Decision
+from pitstop.repair.report import Report
+from pitstop.repair.state import RepairState
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -43,10 +45,11 @@ class FakeKube:
 
 
 def steps(kube: FakeKube, pdbs_of: dict[str, tuple[str, ...]]) -> PodSteps:
-    s = PodSteps("r1", {"spec": {"nodeName": "n1"}}, kube, logging.getLogger())  # type: ignore[arg-type]
-    s.pdbs_of = pdbs_of
-    s.post = lambda events, node: None  # type: ignore[method-assign]
-    return s
+    state = RepairState("r1", {"spec": {"nodeName": "n1"}}, kube, logging.getLogger())  # type: ignore[arg-type]
+    state.pdbs_of = pdbs_of
+    report = Report(state)
+    report.post = lambda events, node: None  # type: ignore[method-assign]
+    return PodSteps(state, report)
 
 
 def test_evictions_under_one_budget_go_in_turn_and_the_rest_in_parallel() -> None:
@@ -58,7 +61,7 @@ def test_evictions_under_one_budget_go_in_turn_and_the_rest_in_parallel() -> Non
     assert sorted(kube.sent) == sorted(d.evict)
     assert kube.most["fn/a"] == kube.most["fn/b"] == 1, "one request per budget at a time"
     assert kube.sent[:4] == ["fn/a1", "fn/b1", "fn/free-1", "fn/free-2"], "groups in parallel"
-    assert {k for _, k in s.sent} == set(d.evict)
+    assert {k for _, k in s.state.sent} == set(d.evict)
 
 
 def test_a_refusal_ends_its_budgets_turn_until_the_next_pass() -> None:
@@ -73,8 +76,8 @@ def test_a_refusal_ends_its_budgets_turn_until_the_next_pass() -> None:
         )
     )
     assert kube.sent == ["fn/a1", "fn/a2"], "a3 would be refused too: not sent"
-    assert ("evict", "fn/a1") in s.sent and ("evict", "fn/a3") not in s.sent
-    assert set(s.blocked) == {"fn/a2"} and s.blocked["fn/a2"].pdbs == ("fn/a",)
+    assert ("evict", "fn/a1") in s.state.sent and ("evict", "fn/a3") not in s.state.sent
+    assert set(s.state.blocked) == {"fn/a2"} and s.state.blocked["fn/a2"].pdbs == ("fn/a",)
 
 
 def test_a_slow_eviction_gets_the_next_one_sent_beside_it(monkeypatch: Any) -> None:
@@ -99,7 +102,7 @@ def test_a_slow_eviction_gets_the_next_one_sent_beside_it(monkeypatch: Any) -> N
     )
     assert kube.sent == keys, "in order"
     assert kube.most["fn/a"] == act_pods.EVICTIONS_IN_FLIGHT == 3, "hedged, up to the limit"
-    assert {k for _, k in s.sent} == set(keys)
+    assert {k for _, k in s.state.sent} == set(keys)
 
 
 def test_a_refusal_beside_a_slow_eviction_stops_the_turn(monkeypatch: Any) -> None:
@@ -113,7 +116,7 @@ def test_a_refusal_beside_a_slow_eviction_stops_the_turn(monkeypatch: Any) -> No
     )
     # a0 is asleep, a1 beside it is refused: nothing more is sent, a0's answer still counts
     assert kube.sent == ["fn/a0", "fn/a1"]
-    assert ("evict", "fn/a0") in s.sent and set(s.blocked) == {"fn/a1"}
+    assert ("evict", "fn/a0") in s.state.sent and set(s.state.blocked) == {"fn/a1"}
 
 
 def test_a_repair_being_deleted_sends_no_more_marks_or_evictions() -> None:
@@ -125,7 +128,7 @@ def test_a_repair_being_deleted_sends_no_more_marks_or_evictions() -> None:
     first = kube.evict
 
     async def evict_then_delete(key: str, grace: int | None) -> Eviction:
-        s.guard.stopping = True  # the repair is deleted while its first eviction flies
+        s.state.guard.stopping = True  # the repair is deleted while its first eviction flies
         return await first(key, grace)
 
     kube.evict = evict_then_delete  # type: ignore[method-assign]
@@ -134,7 +137,7 @@ def test_a_repair_being_deleted_sends_no_more_marks_or_evictions() -> None:
     assert kube.sent == ["fn/a0"], "none sent after the deletion began"
     marks = Decision(status=NodeRepairStatus(), mark_draining=["fn/b"], evict=["fn/a1"])
     asyncio.run(s.act(marks, NOW, NodeRepairSpec(node_name="n1")))
-    assert kube.sent == ["fn/a0"] and ("drain", "fn/b") not in s.sent
+    assert kube.sent == ["fn/a0"] and ("drain", "fn/b") not in s.state.sent
 
 
 def test_a_refusal_names_the_budgets_of_the_pdb_index_not_of_the_message() -> None:
@@ -142,12 +145,12 @@ def test_a_refusal_names_the_budgets_of_the_pdb_index_not_of_the_message() -> No
     holds the pod under the budgets the index says cover it, with no extra Event."""
     posted: list[Any] = []
     s = steps(FakeKube({}, refuse=set()), {"fn/a1": ("fn/a",)})
-    s.post = lambda events, node: posted.extend(events)  # type: ignore[method-assign]
+    s.report.post = lambda events, node: posted.extend(events)  # type: ignore[method-assign]
     s.record(Eviction("fn/a1", "blocked", "Cannot evict pod (reworded)", ()), NOW)
-    assert s.blocked["fn/a1"].pdbs == ("fn/a",)
+    assert s.state.blocked["fn/a1"].pdbs == ("fn/a",)
     assert posted == []
     # A pod the index knows no budget of keeps what the answer named, or none.
     s.record(Eviction("fn/b1", "blocked", "The disruption budget b needs 1", ("fn/b",)), NOW)
-    assert s.blocked["fn/b1"].pdbs == ("fn/b",)
+    assert s.state.blocked["fn/b1"].pdbs == ("fn/b",)
     s.record(Eviction("fn/a1", "error", "500 Internal Server Error"), NOW)
-    assert s.blocked["fn/a1"].pdbs == () and len(posted) == 1
+    assert s.state.blocked["fn/a1"].pdbs == () and len(posted) == 1

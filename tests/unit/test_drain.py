@@ -1,4 +1,5 @@
-"""The drain state machine, pitstop.repair.drain.decide (no cluster).
+"""The drain half of the state machine, through its entry pitstop.repair.machine.decide
+(no cluster).
 
 Observations are built from small factories; each test checks one behaviour. The
 property tests at the end check the DESIGN invariants over many random observations:
@@ -19,6 +20,7 @@ import pytest
 
 from pitstop import constants as C
 from pitstop.conditions import find
+from pitstop.instances import contract
 from pitstop.instances.contract import Budget, TaskCount
 from pitstop.models import (
     Condition,
@@ -31,7 +33,8 @@ from pitstop.models import (
     OnTaskTimeout,
     Phase,
 )
-from pitstop.repair.drain import Blocked, Decision, Instance, Observation, decide, mark_time
+from pitstop.repair.drain import Blocked, Decision, Instance, Observation, mark_time
+from pitstop.repair.machine import decide
 
 NAME = "r1"
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -1455,3 +1458,24 @@ def test_unreachable_counts_sources_unreachable_now_and_ends_at_zero() -> None:
     d = decide(observe(st, []))
     assert d.status.phase == Phase.REPAIRING
     assert d.status.instances is not None and d.status.instances.unreachable == 0
+
+
+# --- an unlabelled gated pod whose endpoint the view lacks (long-run seed 20130) ---
+
+
+def test_an_unlabelled_gated_pod_the_slices_do_not_show_yet_is_deregistered_not_evicted() -> None:
+    # Ready a moment ago, already routed, its endpoint not in the operator's view: every
+    # task drained. It must get its gate closed, not be evicted as async at once.
+    pod = {
+        "metadata": {"namespace": "fn", "name": "fresh"},
+        "spec": {"nodeName": "n1", "readinessGates": [{"conditionType": C.CONDITION_SERVING}]},
+        "status": {
+            "phase": "Running",
+            "conditions": [{"type": C.CONDITION_SERVING, "status": "True"}],
+        },
+    }
+    fresh = dataclasses.replace(contract.observe(pod, None), draining=True, draining_since=ago(60))
+    st = status(Phase.EVICTING, since=30, conditions=[CORDONED, DEREGISTERED, DRAINED])
+    d = decide(observe(st, [fresh]))
+    assert d.evict == [], "evicted as async while routed"
+    assert d.deregister == ["fn/fresh"]

@@ -26,6 +26,8 @@ from pitstop.models import NodeRepairSpec
 from pitstop.repair import hooks
 from pitstop.repair.act_hooks import RepairSteps
 from pitstop.repair.flow import Event
+from pitstop.repair.report import Report
+from pitstop.repair.state import RepairState
 
 NS = C.OPERATOR_NAMESPACE
 REPAIR = {"metadata": {"name": "r1", "uid": "u1"}}
@@ -255,20 +257,25 @@ class StatusKube(FakeKube):
         self.statuses.append(status)
 
 
-class Steps(RepairSteps):
-    """RepairSteps that keep the Events they would post."""
+class Events(Report):
+    """A Report that keeps the Events it would post."""
 
-    events: list[Event]
+    def __init__(self, state: RepairState) -> None:
+        super().__init__(state)
+        self.events: list[Event] = []
 
     def post(self, events: list[Event], node: Any) -> None:
         self.events.extend(events)
 
 
+class Steps(RepairSteps):
+    report: Events
+
+
 def pending_repair(kube: StatusKube, spec: NodeRepairSpec, generation: int = 1) -> Steps:
     body = {"metadata": {"name": "r1", "generation": generation}, "spec": spec.wire()}
-    steps = Steps("r1", body, kube, logging.getLogger())  # type: ignore[arg-type]
-    steps.events = []
-    return steps
+    state = RepairState("r1", body, kube, logging.getLogger())  # type: ignore[arg-type]
+    return Steps(state, Events(state))
 
 
 def test_a_repair_not_allowed_fails_while_pending(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -289,7 +296,7 @@ def test_a_repair_not_allowed_fails_while_pending(monkeypatch: pytest.MonkeyPatc
     assert "hostNetwork" in cond["message"] and cond["observedGeneration"] == 1
     stalled = conds["Stalled"]  # kstatus: Failed, saying why
     assert stalled["status"] == "True" and stalled["message"] == status["message"]
-    (event,) = steps.events
+    (event,) = steps.report.events
     assert (event.type, event.reason) == ("Warning", "RepairJobNotAllowed")
     assert posted(kube) == [], "nothing created"
 

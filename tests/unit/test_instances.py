@@ -111,6 +111,19 @@ def test_unlabelled_pod_without_endpoint_is_async() -> None:
     assert contract.kind(pod(), {"fn/other", "other/p1"}) == C.INSTANCE_ASYNC
 
 
+def test_unlabelled_pod_declaring_the_serving_gate_is_sync_before_its_endpoint_is_seen() -> None:
+    # Long-run seed 20130: a pod made Ready a moment ago is routed before the
+    # operator's view of the EndpointSlices lists it. Taken for async, it was evicted
+    # without deregistration, still routed (invariant 2). Its gate says it is routed
+    # by readiness: sync, so its gate is closed and the slices must confirm it.
+    p = pod(
+        gates=[C.CONDITION_SERVING], conditions=[{"type": C.CONDITION_SERVING, "status": "True"}]
+    )
+    assert contract.kind(p, set()) == C.INSTANCE_SYNC
+    i = contract.observe(p, None)
+    assert i.sync and i.gated and not i.deregistered
+
+
 @pytest.mark.parametrize("label", ["Sync", "ASYNC", "", "both", "http"])
 def test_invalid_instance_type_label_falls_back_to_endpoints(label: str) -> None:
     p = pod(labels={C.LABEL_INSTANCE_TYPE: label})

@@ -17,6 +17,7 @@ PACKAGE = ROOT / "pitstop"
 FORBIDDEN = ("kopf", "kubernetes", "kubernetes_asyncio", "aiohttp")
 PURE = (
     "pitstop.repair.flow",
+    "pitstop.repair.machine",
     "pitstop.repair.drain",
     "pitstop.repair.recovery",
     "pitstop.pool.arithmetic",
@@ -246,3 +247,35 @@ def test_the_table_check_can_fail() -> None:
         "pitstop.cluster.indexes imports pitstop.instances.contract: not in its row's 'may import'",
         "pitstop.newthing: not placed in the table",
     ]
+
+
+def _defines(name: str) -> set[str]:
+    tree = ast.parse(MODULES[name].read_text())
+    return {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+
+
+def test_the_state_machine_has_one_named_entry() -> None:
+    """`decide` lives in repair/machine.py, which the daemon drives; the drain is one
+    of its halves, not the entry (issue 18, item 5)."""
+    assert "decide" in _defines("pitstop.repair.machine")
+    assert "decide" not in _defines("pitstop.repair.drain")
+    assert {"pitstop.repair.drain", "pitstop.repair.recovery"} <= GRAPH["pitstop.repair.machine"]
+    assert "pitstop.repair.machine" in GRAPH["pitstop.repair.daemon"]
+
+
+def test_the_repair_steps_share_one_state_by_composition() -> None:
+    """The daemon's steps are composed over one RepairState, not mixed into one class
+    by inheritance: no step class derives from another, and each takes the state."""
+    steps = {
+        "pitstop.repair.report": "Report",
+        "pitstop.repair.observe": "Observe",
+        "pitstop.repair.act_node": "NodeSteps",
+        "pitstop.repair.act_pods": "PodSteps",
+        "pitstop.repair.act_hooks": "RepairSteps",
+        "pitstop.repair.daemon": "Driver",
+    }
+    for module, cls in steps.items():
+        tree = ast.parse(MODULES[module].read_text())
+        (node,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls]
+        assert node.bases == [], f"{module}.{cls} inherits {ast.unparse(node.bases[0])}"
+    assert "RepairState" in _defines("pitstop.repair.state")

@@ -65,13 +65,13 @@ def pod(terminating: bool = False) -> dict[str, Any]:
 def driver() -> Driver:
     d = Driver("r1", {"spec": {"nodeName": "n1"}}, None, logging.getLogger("t"), ClosedPort())  # type: ignore[arg-type]
     profiles = {"of": [Indexed(watchdog())]}
-    d.observe_instances(T0, {"n1": [pod()]}, {}, profiles)  # type: ignore[arg-type]
+    d.observe.instances(T0, {"n1": [pod()]}, {}, profiles)  # type: ignore[arg-type]
     return d
 
 
 def observe(d: Driver, p: dict[str, Any]) -> Any:
     profiles = {"of": [Indexed(watchdog())]}
-    (found,) = d.observe_instances(T0 + timedelta(seconds=5), {"n1": [p]}, {}, profiles)  # type: ignore[arg-type]
+    (found,) = d.observe.instances(T0 + timedelta(seconds=5), {"n1": [p]}, {}, profiles)  # type: ignore[arg-type]
     return found
 
 
@@ -80,19 +80,19 @@ def test_a_live_instance_whose_port_is_closed_is_unreachable() -> None:
     d = driver()
     found = observe(d, pod())
     assert found.tasks.error is not None and found.tasks.busy
-    assert len(d.targets) == 1
+    assert len(d.state.targets) == 1
 
 
 def test_a_terminating_instance_is_not_polled() -> None:
     d = driver()
     found = observe(d, pod(terminating=True))
-    assert d.targets == [], "the poller is told to leave it alone"
+    assert d.state.targets == [], "the poller is told to leave it alone"
     assert found.tasks.error is None and found.terminating
 
 
 def test_an_evicted_instance_is_not_polled_before_its_deletion_shows() -> None:
     d = driver()
-    d.sent.add(("evict", "fn/a"))  # accepted; the index does not show it terminating yet
+    d.state.sent.add(("evict", "fn/a"))  # accepted; the index does not show it terminating yet
     found = observe(d, pod())
-    assert d.targets == []
+    assert d.state.targets == []
     assert found.tasks.error is None

@@ -22,8 +22,8 @@ def pod(mark: str | None) -> dict[str, Any]:
 
 
 def seen(driver: Driver, mark: str | None, now: datetime) -> datetime | None:
-    driver.observe_instances(now, {"n1": [pod(mark)]}, {})  # type: ignore[arg-type]
-    entry = driver.marked_at.get("fn/a")
+    driver.observe.instances(now, {"n1": [pod(mark)]}, {})  # type: ignore[arg-type]
+    entry = driver.state.marked_at.get("fn/a")
     return entry[1] if entry is not None else None
 
 

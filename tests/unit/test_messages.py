@@ -6,7 +6,8 @@ from __future__ import annotations
 from pitstop import constants as C
 from pitstop.conditions import find
 from pitstop.models import ExpectedCondition, NodeRepairSpec, Phase
-from pitstop.repair.drain import Observation, decide
+from pitstop.repair.flow import Observation
+from pitstop.repair.machine import decide
 from tests.unit.test_recovery_props import NAME, T0, allowed, done, locked_node
 
 

@@ -25,6 +25,7 @@ from pitstop.instances import serving
 from pitstop.models import NodeRepairSpec, NodeRepairStatus, Phase, RepairStatus
 from pitstop.repair import flow, report
 from pitstop.repair.report import Report
+from pitstop.repair.state import RepairState
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "charts" / "pitstop" / "files" / "pitstop.rules.yaml"
@@ -290,8 +291,8 @@ def completed(phase: str) -> float:
 
 
 def test_a_written_status_records_its_deadline_and_a_completion_once(clean_records: None) -> None:
-    r = Report("r1", {"spec": {"nodeName": "n1"}}, FakeKube(), logging.getLogger())  # type: ignore[arg-type]
-    r.spec = spec()
+    r = Report(RepairState("r1", {"spec": {"nodeName": "n1"}}, FakeKube(), logging.getLogger()))  # type: ignore[arg-type]
+    r.state.spec = spec()
 
     def write(phase: Phase, start: datetime) -> None:
         status = NodeRepairStatus(phase=phase, phase_start_time=start)

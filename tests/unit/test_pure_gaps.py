@@ -18,12 +18,13 @@ from pitstop.instances import contract
 from pitstop.instances.sources import addressing, answers, errors, matching, profiles
 from pitstop.models import NodeRepairSpec, NodeRepairStatus, Phase
 from pitstop.repair import recovery
-from pitstop.repair.drain import Observation, decide
+from pitstop.repair.flow import Observation
+from pitstop.repair.machine import decide
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
-# --- a repair the pool holds back (drain.decide in Pending) ---
+# --- a repair the pool holds back (machine.decide in Pending) ---
 
 
 def test_a_repair_the_pool_holds_back_touches_nothing_and_says_why_once() -> None:

@@ -2,7 +2,7 @@
 Verifying → Uncordoning → Succeeded, or Failed) as hypothesis properties.
 
 A run starts where the drain leaves a repair (RepairAllowed=True, the node locked
-and cordoned) and goes through passes of `drain.decide`, the state machine's one
+and cordoned) and goes through passes of `machine.decide`, the state machine's one
 entry, as the driver makes them: time moves on, the node's Ready condition comes
 and goes, the repair hook answers (a human's annotation, a Job's state, a webhook's
 answer, each also stale or not read yet), and what a decision releases the harness
@@ -44,8 +44,8 @@ from pitstop.models import (
     RepairStrategy,
 )
 from pitstop.repair import recovery
-from pitstop.repair.drain import Decision, Observation, decide
-from pitstop.repair.flow import JobState, WebhookAnswer
+from pitstop.repair.flow import Decision, JobState, Observation, WebhookAnswer
+from pitstop.repair.machine import decide
 
 NAME = "r1"
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

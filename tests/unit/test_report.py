@@ -17,6 +17,7 @@ from pitstop.conditions import set_condition
 from pitstop.models import InstanceCounts, NodeRepairStatus, Phase
 from pitstop.repair.flow import Event
 from pitstop.repair.report import STATUS_COALESCE, WAITING_COALESCE, Report, record_phase
+from pitstop.repair.state import RepairState
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -41,7 +42,7 @@ def evicting(remaining: int, reason: str = C.REASON_EVICTING) -> NodeRepairStatu
 
 def test_counter_and_message_changes_are_coalesced_phase_changes_are_not() -> None:
     kube = FakeKube()
-    report = Report("r1", {"spec": {"nodeName": "n1"}}, kube, logging.getLogger())  # type: ignore[arg-type]
+    report = Report(RepairState("r1", {"spec": {"nodeName": "n1"}}, kube, logging.getLogger()))  # type: ignore[arg-type]
 
     def write(status: NodeRepairStatus, at: datetime) -> datetime | None:
         return asyncio.run(report.write_status(status, at, None))
@@ -67,7 +68,7 @@ def test_counter_and_message_changes_are_coalesced_phase_changes_are_not() -> No
 def test_a_waiting_repairs_changing_detail_is_written_at_most_every_five_seconds() -> None:
     """A burst queue: the older repair that starts first changes with every admission."""
     kube = FakeKube()
-    report = Report("r1", {"spec": {"nodeName": "n1"}}, kube, logging.getLogger())  # type: ignore[arg-type]
+    report = Report(RepairState("r1", {"spec": {"nodeName": "n1"}}, kube, logging.getLogger()))  # type: ignore[arg-type]
 
     def waiting(older: str) -> NodeRepairStatus:
         return NodeRepairStatus(
@@ -98,7 +99,7 @@ def test_a_wait_is_one_event_whatever_its_message_and_only_the_story_goes_on_the
         lambda body, type, reason, message: posted.append((body["kind"], reason, message)),
     )
     body = {"kind": "NodeRepair", "spec": {"nodeName": "n1"}}
-    report = Report("r1", body, FakeKube(), logging.getLogger())  # type: ignore[arg-type]
+    report = Report(RepairState("r1", body, FakeKube(), logging.getLogger()))  # type: ignore[arg-type]
     node = {"kind": "Node", "metadata": {"name": "n1"}}
     report.post([Event("Normal", "WaitingForCapacity", "3 active", once=True)], node)
     report.post([Event("Normal", "WaitingForCapacity", "2 active", once=True)], node)
@@ -120,7 +121,7 @@ def test_every_posted_event_is_a_log_line_too(
     """`kubectl logs` said nothing at INFO of a repair cordoning or waiting."""
     monkeypatch.setattr("pitstop.repair.report.kopf.event", lambda *a, **kw: None)
     body = {"kind": "NodeRepair", "spec": {"nodeName": "n1"}}
-    report = Report("r1", body, FakeKube(), logging.getLogger())  # type: ignore[arg-type]
+    report = Report(RepairState("r1", body, FakeKube(), logging.getLogger()))  # type: ignore[arg-type]
     with caplog.at_level(logging.INFO, logger="pitstop"):
         report.post([Event("Normal", "Cordoned", "Node cordoned and tainted")], None)
         report.post([Event("Warning", "TaskTimeout", "2 tasks in flight")], None)
@@ -139,7 +140,9 @@ def test_every_decided_pass_is_counted_also_one_that_writes_nothing() -> None:
     """The barrier of tests that assert that nothing happened: a pass counted after a
     change decided with the change in view."""
     kube = FakeKube()
-    report = Report("r-passes", {"spec": {"nodeName": "n1"}}, kube, logging.getLogger())  # type: ignore[arg-type]
+    report = Report(
+        RepairState("r-passes", {"spec": {"nodeName": "n1"}}, kube, logging.getLogger())
+    )  # type: ignore[arg-type]
     for i in range(3):
         asyncio.run(report.write_status(evicting(20), NOW + STATUS_COALESCE * i, None))
     assert len(kube.patches) == 1, "one write"
@@ -148,3 +151,55 @@ def test_every_decided_pass_is_counted_also_one_that_writes_nothing() -> None:
     assert passes("r-passes") == 3
     record_phase("r-passes", None)
     assert passes("r-passes") is None, "a repair gone takes its series along"
+
+
+class LostAnswers(FakeKube):
+    """A server that applies every status patch (merge) but whose answers are lost
+    while `lose` is set; a GET returns the repair as stored."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stored: dict[str, Any] = {}
+        self.lose = False
+
+    async def patch_status(self, plural: str, name: str, status: dict[str, Any]) -> None:
+        await super().patch_status(plural, name, status)
+        self.stored.update({k: v for k, v in status.items() if v is not None})
+        if self.lose:
+            raise TimeoutError("the answer was lost")
+
+    async def request(self, method: str, path: str, *a: Any, **kw: Any) -> dict[str, Any]:
+        assert method == "GET" and path.endswith("/r1")
+        return {"status": dict(self.stored)}
+
+
+def test_a_status_write_whose_answer_was_lost_is_read_back() -> None:
+    """Long-run seed 20071: the write of Uncordoning landed, its answer was lost, and
+    the driver decided again from Verifying, writing the repair back to Verifying
+    (invariant 6). A write with no answer is unconfirmed; the next pass reads it."""
+    kube = LostAnswers()
+    state = RepairState("r1", {"spec": {"nodeName": "n1"}}, kube, logging.getLogger())  # type: ignore[arg-type]
+    report = Report(state)
+    asyncio.run(report.write_status(NodeRepairStatus(phase=Phase.VERIFYING), NOW, None))
+    kube.lose = True
+    with pytest.raises(TimeoutError):
+        asyncio.run(report.write_status(NodeRepairStatus(phase=Phase.UNCORDONING), NOW, None))
+    assert state.unconfirmed and state.status.phase == Phase.VERIFYING
+    kube.lose = False
+    asyncio.run(report.read_back())
+    assert state.status.phase == Phase.UNCORDONING, "decides from what the server has"
+    assert (state.written or {})["phase"] == "Uncordoning" and not state.unconfirmed
+
+
+def test_a_refused_status_write_is_not_read_back() -> None:
+    """A 4xx changed nothing: the status held is still the server's."""
+    from pitstop.cluster.kube import ApiError
+
+    class Refusing(FakeKube):
+        async def patch_status(self, plural: str, name: str, status: dict[str, Any]) -> None:
+            raise ApiError(422, "invalid")
+
+    state = RepairState("r1", {"spec": {"nodeName": "n1"}}, Refusing(), logging.getLogger())  # type: ignore[arg-type]
+    with pytest.raises(ApiError):
+        asyncio.run(Report(state).write_status(NodeRepairStatus(phase=Phase.PENDING), NOW, None))
+    assert not state.unconfirmed

@@ -115,6 +115,22 @@ def test_kind(profile_kind: str | None, label: str | None, backs: bool, expected
     assert matching.kind(p, label, backs) == expected
 
 
+@pytest.mark.parametrize(
+    ("profile_kind", "label", "expected"),
+    [
+        (None, None, "sync"),  # the gate alone: routed by readiness (seed 20130)
+        ("auto", None, "sync"),
+        ("async", None, "async"),  # an explicit kind still wins
+        (None, "async", "async"),
+    ],
+)
+def test_kind_of_a_pod_declaring_the_serving_gate(
+    profile_kind: str | None, label: str | None, expected: str
+) -> None:
+    p = profile("p", podSelector={}, kind=profile_kind) if profile_kind else None
+    assert matching.kind(p, label, False, gated=True) == expected
+
+
 # --- where to ask ---
 
 

@@ -46,12 +46,11 @@ def serving_status(pod: Mapping[str, Any]) -> str | None:
 
 
 def kind(pod: Mapping[str, Any], endpoint_pods: Set[str]) -> str:
-    """`sync` or `async`: the platform's label wins; otherwise a pod that backs an
-    EndpointSlice endpoint (ready or not) serves requests."""
+    """`sync` or `async`: the platform's label wins; otherwise a pod that declares the
+    serving gate, or backs an EndpointSlice endpoint (ready or not), serves requests
+    (the rule of `matching.kind`, without a profile)."""
     label = (pod.get("metadata", {}).get("labels") or {}).get(constants.LABEL_INSTANCE_TYPE)
-    if label in (constants.INSTANCE_SYNC, constants.INSTANCE_ASYNC):
-        return str(label)
-    return constants.INSTANCE_SYNC if key(pod) in endpoint_pods else constants.INSTANCE_ASYNC
+    return matching.kind(None, label, key(pod) in endpoint_pods, has_serving_gate(pod))
 
 
 @dataclass(frozen=True)
@@ -195,7 +194,7 @@ def observe(
         tasks = inflight_tasks(pod)
     return Instance(
         key=k,
-        kind=matching.kind(profile, label, flags is not None),
+        kind=matching.kind(profile, label, flags is not None, has_serving_gate(pod)),
         gated=has_serving_gate(pod),
         serving=serving_status(pod),
         ready_endpoint=any(flags or ()),

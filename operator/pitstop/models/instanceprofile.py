@@ -86,7 +86,8 @@ class InstanceKind(StrEnum):
     SYNC = "sync"
     ASYNC = "async"
     AUTO = "auto"
-    """Today's rule: a pod that backs an EndpointSlice endpoint is sync, any other async."""
+    """Today's rule: a pod that declares the pitstop.dev/serving readiness gate or
+    backs an EndpointSlice endpoint is sync, any other async."""
 
 
 class AnnotationTasks(CamelModel):

@@ -23,20 +23,26 @@ from pitstop.models import (
     Phase,
 )
 from pitstop.repair.report import Report
+from pitstop.repair.state import RepairState
 
 C = constants
 
 
-class NodeSteps(Report):
-    """Writes to the repair's node, remembering our own patch until the index shows it."""
+class NodeSteps:
+    """Writes to the repair's node, remembering our own patch until the index shows
+    it (RepairState.patched_node)."""
+
+    def __init__(self, state: RepairState, report: Report) -> None:
+        self.state, self.report = state, report
 
     def holder_active(
         self, node: Mapping[str, Any] | None, repairs_by_node: kopf.Index[str, Any]
     ) -> bool:
+        st = self.state
         holder = nodes.lock_holder(node or {})
-        if holder is None or holder == self.name:
+        if holder is None or holder == st.name:
             return False
-        for repair in repairs_by_node.get(self.node_name, ()):
+        for repair in repairs_by_node.get(st.node_name, ()):
             if repair["name"] == holder:
                 # One being deleted still holds the node until its handler released it.
                 return repair["phase"] not in FINAL_PHASES or repair["deleting"]
@@ -49,30 +55,33 @@ class NodeSteps(Report):
     ) -> bool:
         """Writes `build(node)`; False if the node's markers changed since `node` was
         read (the fresh node is remembered, and the next pass decides on it)."""
+        st = self.state
         ops = build(node)
         try:
-            answer = await self.kube.patch_node(self.node_name, ops)
+            answer = await st.kube.patch_node(st.node_name, ops)
         except NodeChanged:
-            fresh = await self.kube.get_node(self.node_name)
+            fresh = await st.kube.get_node(st.node_name)
             if fresh is not None and build(slim_node(fresh)) == ops:
                 raise  # refused although nothing it tests changed: not a race, an error
             before = node["metadata"]["resourceVersion"]
-            self.patched_node = (before, slim_node(fresh)) if fresh else None
+            st.patched_node = (before, slim_node(fresh)) if fresh else None
             return False
-        self.patched_node = (node["metadata"]["resourceVersion"], slim_node(answer))
+        st.patched_node = (node["metadata"]["resourceVersion"], slim_node(answer))
         return True
 
     async def finish_failure(self, now: datetime) -> None:
         """A Failed repair with onFailure: Uncordon that still holds its node (the
         operator died between the two writes, or the release failed): release it.
         Safe to repeat: give_back does nothing unless the lock is ours."""
-        spec = self.body.get("spec") or {}
-        if self.status.phase == Phase.FAILED and spec.get("onFailure") == OnFailure.UNCORDON:
+        st = self.state
+        spec = st.body.get("spec") or {}
+        if st.status.phase == Phase.FAILED and spec.get("onFailure") == OnFailure.UNCORDON:
             await self.give_back_after_failure(now)
 
     async def give_back_after_failure(self, now: datetime) -> None:
-        if await give_back(self.kube, self.node_name, self.name, self.logger):
-            status = self.status.model_copy(deep=True)
+        st = self.state
+        if await give_back(st.kube, st.node_name, st.name, st.logger):
+            status = st.status.model_copy(deep=True)
             status.conditions = set_condition(
                 status.conditions,
                 C.COND_UNCORDONED,
@@ -82,7 +91,7 @@ class NodeSteps(Report):
                 now,
                 status.observed_generation,
             )
-            await self.write_status(status, now, None)
+            await self.report.write_status(status, now, None)
 
 
 async def give_back(

@@ -18,7 +18,9 @@ from pitstop.models import (
     NodeRepairSpec,
 )
 from pitstop.repair import drain
+from pitstop.repair.flow import Blocked, Decision, Event
 from pitstop.repair.report import Report
+from pitstop.repair.state import RepairState
 
 C = constants
 
@@ -36,33 +38,38 @@ def backoff(attempt: int) -> timedelta:
     return timedelta(seconds=min(0.5 * 2 ** (attempt - 1), 5.0))
 
 
-class PodSteps(Report):
-    """Pod actions, and what this process already sent."""
+class PodSteps:
+    """Pod actions, and what this process already sent (RepairState: sent, blocked,
+    refusals, counted, marked_draining, marked_closed)."""
 
-    async def act(self, d: drain.Decision, now: datetime, spec: NodeRepairSpec) -> None:
+    def __init__(self, state: RepairState, report: Report) -> None:
+        self.state, self.report = state, report
+
+    async def act(self, d: Decision, now: datetime, spec: NodeRepairSpec) -> None:
         """Pod actions, concurrently: drain signal, deregistration, evictions. What
         succeeded is remembered (the indexes lag behind our writes); what failed is
         tried again on the next pass. Nothing is sent once the repair is being
         deleted (invariant 9): its give-back undoes only what it can see."""
-        if self.stopping():
+        st = self.state
+        if st.stopping():
             return
         stamp = drain.mark_time(d.status, now)
         writes: list[tuple[tuple[str, str], Any]] = []
         for key in d.mark_draining:
-            if ("drain", key) not in self.sent:
+            if ("drain", key) not in st.sent:
                 patch = {"metadata": {"annotations": {C.ANNOTATION_DRAINING: stamp}}}
-                writes.append((("drain", key), self.guard.track(self.kube.patch_pod(key, patch))))
+                writes.append((("drain", key), st.guard.track(st.kube.patch_pod(key, patch))))
         for key in d.deregister:
-            if ("deregister", key) not in self.sent:
-                call = self.kube.set_pod_condition(
+            if ("deregister", key) not in st.sent:
+                call = st.kube.set_pod_condition(
                     key,
                     C.CONDITION_SERVING,
                     "False",
                     "NodeRepair",
-                    f"out of routing: NodeRepair {self.name} drains its node",
+                    f"out of routing: NodeRepair {st.name} drains its node",
                 )
-                writes.append((("deregister", key), self.guard.track(call)))
-        evictions = [k for k in d.evict if ("evict", k) not in self.sent]
+                writes.append((("deregister", key), st.guard.track(call)))
+        evictions = [k for k in d.evict if ("evict", k) not in st.sent]
         grace = spec.drain.grace_period_seconds
         results = await asyncio.gather(
             # shielded: a cancelled pass leaves them to the deletion's settle()
@@ -75,7 +82,7 @@ class PodSteps(Report):
             if isinstance(result, BaseException):
                 failure = failure or result
             else:
-                self.sent.add(done)
+                st.sent.add(done)
         for outcomes in results[len(writes) :]:
             if isinstance(outcomes, BaseException):
                 failure = failure or outcomes
@@ -91,7 +98,7 @@ class PodSteps(Report):
         group of its own."""
         groups: dict[str, list[str]] = {}
         for k in keys:
-            pdbs = self.pdbs_of.get(k) or (k,)
+            pdbs = self.state.pdbs_of.get(k) or (k,)
             groups.setdefault(pdbs[0], []).append(k)
         return list(groups.values())
 
@@ -104,15 +111,16 @@ class PodSteps(Report):
         one before answers or has taken EVICTION_HEDGE (it is likely asleep), at most
         EVICTIONS_IN_FLIGHT at once. After a refusal the rest would be refused too:
         they wait for the next pass; once the repair is being deleted, none is sent."""
+        st = self.state
         done: list[Eviction] = []
         queue = list(reversed(keys))
         flying: set[asyncio.Future[Eviction]] = set()
         refused = False
         try:
             while queue or flying:
-                more = bool(queue) and not refused and not self.stopping()
+                more = bool(queue) and not refused and not st.stopping()
                 if more and len(flying) < EVICTIONS_IN_FLIGHT:
-                    flying.add(asyncio.ensure_future(self.kube.evict(queue.pop(), grace)))
+                    flying.add(asyncio.ensure_future(st.kube.evict(queue.pop(), grace)))
                 if not flying:
                     break
                 may_add = more and bool(queue) and len(flying) < EVICTIONS_IN_FLIGHT
@@ -133,39 +141,41 @@ class PodSteps(Report):
     def forget_sent(self, found: list[contract.Instance]) -> None:
         """A mark someone removed mid-repair (the drain signal, a closed gate) must be
         set again: forget having sent it once the index shows it missing."""
+        st = self.state
         for i in found:
-            if not i.draining and ("drain", i.key) in self.sent and self._seen_marked(i.key):
-                self.sent.discard(("drain", i.key))
-            if i.gated and i.serving != "False" and ("deregister", i.key) in self.marked_closed:
-                self.sent.discard(("deregister", i.key))
-        self.marked_closed = {("deregister", i.key) for i in found if i.serving == "False"}
-        self.marked_draining = {i.key for i in found if i.draining}
+            if not i.draining and ("drain", i.key) in st.sent and self._seen_marked(i.key):
+                st.sent.discard(("drain", i.key))
+            if i.gated and i.serving != "False" and ("deregister", i.key) in st.marked_closed:
+                st.sent.discard(("deregister", i.key))
+        st.marked_closed = {("deregister", i.key) for i in found if i.serving == "False"}
+        st.marked_draining = {i.key for i in found if i.draining}
 
     def _seen_marked(self, key: str) -> bool:
-        return key in self.marked_draining
+        return key in self.state.marked_draining
 
     def record(self, outcome: Eviction, now: datetime) -> None:
+        st = self.state
         metrics.EVICTIONS.labels(outcome.result).inc()
         if outcome.result in ("evicted", "gone"):
-            self.sent.add(("evict", outcome.pod))
-            self.blocked.pop(outcome.pod, None)
+            st.sent.add(("evict", outcome.pod))
+            st.blocked.pop(outcome.pod, None)
             return
-        attempt = self.refusals.get(outcome.pod, 0) + 1
-        self.refusals[outcome.pod] = attempt
+        attempt = st.refusals.get(outcome.pod, 0) + 1
+        st.refusals[outcome.pod] = attempt
         # The budgets that hold the pod are the PDB index's (those covering it); the
         # API server's English message names them only for one the index lacks yet.
-        pdbs = self.pdbs_of.get(outcome.pod) or outcome.blocking_pdbs
+        pdbs = st.pdbs_of.get(outcome.pod) or outcome.blocking_pdbs
         if outcome.result != "blocked":
             pdbs = ()  # an error, not a budget's refusal
-        self.blocked[outcome.pod] = drain.Blocked(
+        st.blocked[outcome.pod] = Blocked(
             retry_at=now + backoff(attempt), pdbs=pdbs, message=outcome.message
         )
         if not pdbs:
             # A refusal that names no budget: one Event per answer, not per pod (decide()
             # posts the one for the budgets it names).
             message = f"Eviction refused: {outcome.message}"
-            self.post([drain.Event("Warning", C.REASON_EVICTION_BLOCKED, message)], None)
-        WAKERS.wake(self.node_name)  # come back for the retry time computed by decide()
+            self.report.post([Event("Warning", C.REASON_EVICTION_BLOCKED, message)], None)
+        WAKERS.wake(st.node_name)  # come back for the retry time computed by decide()
 
     async def _ignore_gone(self, call: Any) -> None:
         try:
@@ -182,21 +192,22 @@ class PodSteps(Report):
         pod in its disruptedPods it counts it from then on: the disruption controller
         drops it from there only once it sees the pod terminating, which it then
         counts as unhealthy (or after its 2-minute timeout, the pod still there)."""
-        evicted = frozenset(k for action, k in self.sent if action == "evict")
+        st = self.state
+        evicted = frozenset(k for action, k in st.sent if action == "evict")
         for i in found:
             if i.key in evicted and any(
-                i.key in b.disrupted for p in i.pdbs if (b := self.budgets.get(p)) is not None
+                i.key in b.disrupted for p in i.pdbs if (b := st.budgets.get(p)) is not None
             ):
-                self.counted.add(i.key)
+                st.counted.add(i.key)
         present = {i.key for i in found}
-        self.counted &= present
-        return evicted, frozenset(k for k in evicted - self.counted if k in present)
+        st.counted &= present
+        return evicted, frozenset(k for k in evicted - st.counted if k in present)
 
     def blocking_pdbs(
         self, pods_by_node: kopf.Index[str, Any], pdbs_by_namespace: kopf.Index[str, Any] | None
     ) -> tuple[str, ...]:
         """Dry run only: PDBs of the node's instances that allow no disruption now."""
-        pods = [p for p in pods_by_node.get(self.node_name, ()) if contract.is_instance(p)]
+        pods = [p for p in pods_by_node.get(self.state.node_name, ()) if contract.is_instance(p)]
         namespaces = {p["metadata"]["namespace"] for p in pods}
         pdbs = [b for ns in namespaces for b in (pdbs_by_namespace or {}).get(ns, ())]
         return tuple(contract.blocking_pdbs(pdbs, pods))

@@ -1,6 +1,7 @@
 """Drives each NodeRepair: a kopf daemon per repair observes (indexes), decides
-(pitstop.repair.drain) and acts (pitstop.cluster.kube), then sleeps until a watch event about its
-node or the next deadline. Deleting a repair gives the node back (finalizer).
+(pitstop.repair.machine) and acts (pitstop.cluster.kube), then sleeps until a watch
+event about its node or the next deadline. Deleting a repair gives the node back
+(finalizer).
 
 The driver never sleeps inside a step and never lists: it reacts to the events
 the indexes already receive. What it remembers between passes (evictions sent,
@@ -20,134 +21,50 @@ from pitstop import constants, kstatus, metrics
 from pitstop.cluster import nodes
 from pitstop.cluster.indexes import CAPACITY, UNDER_REPAIR, WAKERS, nap, slim_node
 from pitstop.cluster.kube import ApiError, Gone, Kube
-from pitstop.instances import contract
-from pitstop.instances.sources import addressing, profiles, trust
 from pitstop.instances.sources import daemon as sources_daemon
-from pitstop.instances.sources.errors import SourceError
-from pitstop.instances.sources.poller import Target
-from pitstop.instances.sources.profiles import Profile
+from pitstop.instances.sources.poller import TaskPoller
 from pitstop.models import (
     FINAL_PHASES,
     NodeRepairSpec,
     Phase,
 )
 from pitstop.pool import daemon as pool_daemon
-from pitstop.repair import drain, flow, hooks, orphans
+from pitstop.repair import drain, flow, hooks, machine, orphans
 from pitstop.repair.act_hooks import RepairSteps
 from pitstop.repair.act_node import NodeSteps, give_back
 from pitstop.repair.act_pods import PodSteps
-from pitstop.repair.report import forget_gauge, record_phase
-from pitstop.repair.state import parse_status, pass_guard
+from pitstop.repair.flow import Observation
+from pitstop.repair.observe import Observe
+from pitstop.repair.report import Report, forget_gauge, record_phase
+from pitstop.repair.state import RepairState, parse_status, pass_guard
 
 C = constants
 
 
 RESYNC = 60.0
 """Re-check even without events: a safety net for a silent watch."""
-POLL_PHASES = (Phase.WAITING_FOR_TASKS, Phase.EVICTING)
-"""Phases in which the instances' task sources are polled."""
 
 
-class Driver(NodeSteps, PodSteps, RepairSteps):
-    """One repair's daemon: observe (the indexes), decide (pitstop.repair.drain), act
-    (one step module each: act_node, act_pods, act_hooks), report (report)."""
+class Driver:
+    """One repair's daemon: one state (state.RepairState), and the steps of a pass
+    that read and write it: observe (observe.Observe, from the indexes), decide
+    (machine.decide, pure), act (act_node.NodeSteps, act_pods.PodSteps,
+    act_hooks.RepairSteps) and report (report.Report)."""
 
-    def observe_instances(
+    def __init__(
         self,
-        now: datetime,
-        pods_by_node: kopf.Index[str, Any],
-        endpoints_by_pod: kopf.Index[str, Any],
-        profiles_by_name: kopf.Index[str, Any] | None = None,
-        namespace_labels: kopf.Index[str, Any] | None = None,
-        pdbs_by_namespace: kopf.Index[str, Any] | None = None,
-    ) -> list[contract.Instance]:
-        """The node's instances, each with the profile that describes it, what its
-        task source says and the budgets that cover it; also keeps `self.targets`,
-        what the poller would ask, and `self.budgets`, the budgets of their namespaces."""
-        usable = sources_daemon.usable(profiles_by_name)
-        found, targets, marked = [], [], {}
-        budgets: dict[str, contract.Budget] = {}
-        by_ns: dict[str, list[Any]] = {}
-        for pod in list(pods_by_node.get(self.node_name, ())):
-            if not contract.is_instance(pod):
-                continue
-            key = contract.key(pod)
-            ns = pod["metadata"].get("namespace")
-            if ns not in by_ns:
-                by_ns[ns] = list(pdbs_by_namespace.get(ns, ())) if pdbs_by_namespace else []
-                for pdb in by_ns[ns]:
-                    budgets[contract.pdb_key(pdb)] = contract.budget(pdb)
-            pdbs = by_ns[ns]
-            mark = (pod["metadata"].get("annotations") or {}).get(C.ANNOTATION_DRAINING)
-            if mark is not None:
-                # A new mark (a repair's after another's, taken off between) is seen
-                # anew: a poll of the old one's time may predate it (trust rule).
-                seen = self.marked_at.get(key)
-                marked[key] = seen if seen is not None and seen[0] == mark else (mark, now)
-            m = sources_daemon.match_pod(pod, usable, namespace_labels) if usable else None
-            polled, unacked = None, None
-            # One on its way out (terminating, or its eviction accepted) is not polled:
-            # it may close its port at any moment, and no count of it decides anything.
-            leaving = contract.is_terminating(pod) or ("evict", key) in self.sent
-            if m is not None and m.profile is not None and not leaving:
-                target = self.target(key, pod, m.profile, marked=key in marked)
-                if target is not None:
-                    targets.append(target)
-                    polled, unacked = self.polled(target, marked[key][1] if key in marked else None)
-            found.append(contract.observe(pod, endpoints_by_pod.get(key), m, polled, unacked, pdbs))
-        self.marked_at, self.targets, self.budgets = marked, targets, budgets
-        self.pdbs_of = {i.key: i.pdbs for i in found}
-        return found
-
-    def target(
-        self, key: str, pod: Mapping[str, Any], profile: Profile, marked: bool = True
-    ) -> Target | None:
-        """What the poller asks this instance (None: nothing, the annotation contract).
-        Its httpPost drain signal only once the drain marked it (`marked`): one its
-        budget keeps in service must not be told to drain (it would fail its
-        readiness and spend the budget)."""
-        polled = profile.spec.tasks.type != profiles.ANNOTATION
-        signals = profile.spec.drain_signal.type == profiles.HTTP_POST and marked
-        if not polled and not signals:
-            return None
-        # The uid in the key: a pod re-created under the same name starts from nothing.
-        ident = f"{key}@{pod['metadata'].get('uid', '')}"
-        poll = signal = error = None
-        try:
-            poll = addressing.poll_request(profile, pod) if polled else None
-            signal = addressing.signal_request(profile, pod) if signals else None
-        except SourceError as e:
-            error = e
-        return Target(ident, self.node_name, profile, poll, signal, error)
-
-    def polled(
-        self, t: Target, marked_at: datetime | None
-    ) -> tuple[trust.Polled | None, str | None]:
-        """What the instance's polled source says under the trust rule, and its drain
-        signal's last error once reported as unacknowledged."""
-        state = self.poller.signal_state(t.key, t.profile) if self.poller else None
-        unacked = None
-        if state is not None and state.acked_at is None and state.reported_at is not None:
-            unacked = state.last_error
-        if t.poll is None and t.error is None:
-            return None, unacked  # counted by the annotation
-        if t.error is not None and t.signal is None:
-            return trust.Polled(error=t.error), unacked
-        reading = self.poller.reading(t.key, t.profile) if self.poller else None
-        signal = profiles.drain_signal(t.profile)
-        at = trust.signal_time(signal, marked_at=marked_at, state=state)
-        return trust.polled(reading, at), unacked
-
-    def poll(self, phase: Phase | None) -> None:
-        """Polling only where it matters: while the node waits for tasks or evicts."""
-        if self.poller is None:
-            return
-        if phase in POLL_PHASES and self.targets:
-            self.poller.watch(self.node_name, self.targets)
-        else:
-            self.poller.forget(self.node_name)
-
-    # --- one pass ---
+        name: str,
+        body: kopf.Body,
+        kube: Kube,
+        logger: kopf.Logger,
+        poller: TaskPoller | None = None,
+    ) -> None:
+        self.state = st = RepairState(name, body, kube, logger, poller)
+        self.report = Report(st)
+        self.observe = Observe(st)
+        self.node_steps = NodeSteps(st, self.report)
+        self.pod_steps = PodSteps(st, self.report)
+        self.hook_steps = RepairSteps(st, self.report)
 
     async def step(
         self,
@@ -163,29 +80,32 @@ class Driver(NodeSteps, PodSteps, RepairSteps):
     ) -> tuple[bool, datetime | None]:
         """Moves the repair as far as it can now. Returns (again, wake_at): `again`
         asks for an immediate next pass (our own node write is already known)."""
+        st, report, pods = self.state, self.report, self.pod_steps
+        if st.unconfirmed:
+            await report.read_back()
         try:
-            spec = NodeRepairSpec.model_validate(self.body.get("spec") or {})
+            spec = NodeRepairSpec.model_validate(st.body.get("spec") or {})
         except ValidationError as e:
             first = e.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
-            await self.fail_invalid(now, f"spec.{where}: {first['msg']}")
+            await report.fail_invalid(now, f"spec.{where}: {first['msg']}")
             return False, None
-        if self.spec is None and self.status.phase is not None:
+        if st.spec is None and st.status.phase is not None:
             # Known from its first pass on, before any write of ours (which a stuck
             # repair may never make): the past-deadline metric counts it after a restart.
-            record_phase(self.name, self.status.phase, flow.phase_deadline(spec, self.status))
-        self.spec = spec
-        if await self.refuse_untrusted(now, spec):  # docs/security.md; nothing touched
+            record_phase(st.name, st.status.phase, flow.phase_deadline(spec, st.status))
+        st.spec = spec
+        if await self.hook_steps.refuse_untrusted(now, spec):  # docs/security.md; nothing touched
             return False, None
-        if self.name not in {r["name"] for r in repairs_by_node.get(self.node_name, ())}:
-            raise Gone(f"NodeRepair {self.name} is gone")
-        finalizers = self.body.get("metadata", {}).get("finalizers") or []
-        if self.status.phase in (None, Phase.PENDING) and C.FINALIZER not in finalizers:
+        if st.name not in {r["name"] for r in repairs_by_node.get(st.node_name, ())}:
+            raise Gone(f"NodeRepair {st.name} is gone")
+        finalizers = st.body.get("metadata", {}).get("finalizers") or []
+        if st.status.phase in (None, Phase.PENDING) and C.FINALIZER not in finalizers:
             # Nothing is touched before the finalizer is on: a repair deleted in that
             # window would vanish without its deletion handler giving the node back.
             return False, now + timedelta(seconds=1)
-        node = self.node(nodes_by_name)
-        found = self.observe_instances(
+        node = st.node(nodes_by_name)
+        found = self.observe.instances(
             now,
             pods_by_node,
             endpoints_by_pod,
@@ -193,75 +113,79 @@ class Driver(NodeSteps, PodSteps, RepairSteps):
             namespace_labels,
             pdbs_by_namespace,
         )
-        self.forget_sent(found)
-        evicted, uncounted = self.evictions_in_flight(found)
+        pods.forget_sent(found)
+        evicted, uncounted = pods.evictions_in_flight(found)
         waiting_for = None
-        if self.status.phase in (None, Phase.PENDING) and not spec.dry_run:
-            created = self.body.get("metadata", {}).get("creationTimestamp") or ""
+        if st.status.phase in (None, Phase.PENDING) and not spec.dry_run:
+            created = st.body.get("metadata", {}).get("creationTimestamp") or ""
             waiting_for = await pool_daemon.ADMISSION.check(
-                self.name, self.node_name, created, nodes_by_name, repairs_by_node, policies_by_name
+                st.name, st.node_name, created, nodes_by_name, repairs_by_node, policies_by_name
             )
-        obs = drain.Observation(
+        obs = Observation(
             now=now,
-            name=self.name,
-            generation=self.body.get("metadata", {}).get("generation"),
+            name=st.name,
+            generation=st.body.get("metadata", {}).get("generation"),
             spec=spec,
-            status=self.status,
+            status=st.status,
             node=node,
-            holder_active=self.holder_active(node, repairs_by_node),
+            holder_active=self.node_steps.holder_active(node, repairs_by_node),
             instances=found,
-            blocked=self.blocked,
-            budgets=self.budgets,
+            blocked=st.blocked,
+            budgets=st.budgets,
             evicted=evicted,
             uncounted=uncounted,
-            taken_out=frozenset(k for a, k in self.sent if a in ("drain", "deregister")),
+            taken_out=frozenset(k for a, k in st.sent if a in ("drain", "deregister")),
             waiting_for=waiting_for,
-            blocking_pdbs=self.blocking_pdbs(pods_by_node, pdbs_by_namespace)
+            blocking_pdbs=pods.blocking_pdbs(pods_by_node, pdbs_by_namespace)
             if spec.dry_run
             else (),
-            repaired_mark=(self.body.get("metadata", {}).get("annotations") or {}).get(
+            repaired_mark=(st.body.get("metadata", {}).get("annotations") or {}).get(
                 C.ANNOTATION_REPAIRED
             ),
-            job=await self.current_job(spec),
-            webhook=self.webhook_answer,
+            job=await self.hook_steps.current_job(spec),
+            webhook=st.webhook_answer,
         )
-        d = drain.decide(obs)
-        if self.stopping():
+        d = machine.decide(obs)
+        if st.stopping():
             return False, None  # being deleted: the deletion handler undoes, nothing more
-        self.poll(d.status.phase)
+        self.observe.poll(d.status.phase)
         again = False
 
         if d.take_lock and node is not None:
-            UNDER_REPAIR.add(self.node_name)
-            known = self.status.node.was_unschedulable if self.status.node else None
-            again = await self.patch_node(
-                node, lambda n: nodes.lock_and_cordon(n, self.name, known)
+            UNDER_REPAIR.add(st.node_name)
+            known = st.status.node.was_unschedulable if st.status.node else None
+            again = await self.node_steps.patch_node(
+                node, lambda n: nodes.lock_and_cordon(n, st.name, known)
             )
             if not again:
                 return True, None  # the markers changed: decide again on the fresh node
-        elif d.recordon and node is not None and not await self.patch_node(node, nodes.cordon):
+        elif (
+            d.recordon
+            and node is not None
+            and not await self.node_steps.patch_node(node, nodes.cordon)
+        ):
             return True, None
-        if d.status.phase not in FINAL_PHASES and nodes.lock_holder(node or {}) == self.name:
-            UNDER_REPAIR.add(self.node_name)
+        if d.status.phase not in FINAL_PHASES and nodes.lock_holder(node or {}) == st.name:
+            UNDER_REPAIR.add(st.node_name)
 
-        wake_at = await self.write_status(d.status, now, d.wake_at, d.passed)
-        self.post(d.events, node)
-        await self.act(d, now, spec)
-        if self.stopping():
+        wake_at = await report.write_status(d.status, now, d.wake_at, d.passed)
+        report.post(d.events, node)
+        await pods.act(d, now, spec)
+        if st.stopping():
             return False, None
-        again = await self.run_hooks(d, spec) or again
+        again = await self.hook_steps.run_hooks(d, spec) or again
         if d.release and d.status.phase == Phase.FAILED:
-            await self.give_back_after_failure(now)
+            await self.node_steps.give_back_after_failure(now)
         elif d.release:  # verified: give the node back; the next pass records it
-            released = await give_back(self.kube, self.node_name, self.name, self.logger, node)
+            released = await give_back(st.kube, st.node_name, st.name, st.logger, node)
             # The next pass sees the release at once, not the index's older view.
             before = (node or {}).get("metadata", {}).get("resourceVersion")
-            self.patched_node = (before, slim_node(released)) if released else None
+            st.patched_node = (before, slim_node(released)) if released else None
             again = True
         if d.status.phase in drain.DRAIN_PHASES:
-            metrics.INFLIGHT_TASKS.labels(self.node_name).set(sum(i.tasks.count for i in found))
+            metrics.INFLIGHT_TASKS.labels(st.node_name).set(sum(i.tasks.count for i in found))
         else:
-            forget_gauge(self.node_name)
+            forget_gauge(st.node_name)
         return again, wake_at
 
 
@@ -288,23 +212,24 @@ async def drive(
     **_: Any,
 ) -> None:
     driver = Driver(name, body, memo["kube"], logger, memo.get(sources_daemon.MEMO_POLLER))
+    st = driver.state
     # Each pass holds the repair's guard: its deletion handler waits for the pass in
     # flight to end before it gives the node back (invariant 9).
-    guard = driver.guard = pass_guard(memo)
-    driver.stopped = stopped
-    if driver.status.phase in FINAL_PHASES:
-        record_phase(name, driver.status.phase)
+    guard = st.guard = pass_guard(memo)
+    st.stopped = stopped
+    if st.status.phase in FINAL_PHASES:
+        record_phase(name, st.status.phase)
         async with guard.lock:
-            await driver.finish_failure(datetime.now(UTC))
+            await driver.node_steps.finish_failure(datetime.now(UTC))
         return
-    waker = WAKERS.register(driver.node_name)
+    waker = WAKERS.register(st.node_name)
     CAPACITY.register(waker)  # room freed anywhere in the pool wakes it too
     try:
         while not stopped and not body.get("metadata", {}).get("deletionTimestamp"):
             waker.clear()
             now = datetime.now(UTC)
             async with guard.lock:
-                if driver.stopping():
+                if st.stopping():
                     return
                 try:
                     again, wake_at = await driver.step(
@@ -323,18 +248,18 @@ async def drive(
                     # deleted), so kopf will neither stop this daemon nor run the deletion
                     # handler: give the node back here, reported as the orphan sweep would
                     # (which may win).
-                    node = driver.node(nodes_by_name)
-                    if await give_back(memo["kube"], driver.node_name, name, logger):
-                        orphans.report(node or bare_node(driver.node_name), name, logger)
+                    node = st.node(nodes_by_name)
+                    if await give_back(memo["kube"], st.node_name, name, logger):
+                        orphans.report(node or bare_node(st.node_name), name, logger)
                     record_phase(name, None)
                     return
                 except (ApiError, OSError, TimeoutError) as e:
                     logger.warning(f"Pass failed, retrying in 1s: {e}")
                     again, wake_at = False, now + timedelta(seconds=1)
-                if driver.status.phase in FINAL_PHASES:
-                    await driver.finish_failure(datetime.now(UTC))
+                if st.status.phase in FINAL_PHASES:
+                    await driver.node_steps.finish_failure(datetime.now(UTC))
                     return
-            if driver.status.phase not in (None, Phase.PENDING):  # admitted: no more waiting
+            if st.status.phase not in (None, Phase.PENDING):  # admitted: no more waiting
                 CAPACITY.unregister(waker)
             if again:
                 continue
@@ -343,10 +268,10 @@ async def drive(
                 timeout = min(RESYNC, max(0.0, (wake_at - datetime.now(UTC)).total_seconds()))
             await nap(waker, stopped, timeout)
     finally:
-        driver.poll(None)
-        WAKERS.unregister(driver.node_name, waker)
+        driver.observe.poll(None)
+        WAKERS.unregister(st.node_name, waker)
         CAPACITY.unregister(waker)
-        if driver.status.phase in FINAL_PHASES:
+        if st.status.phase in FINAL_PHASES:
             pool_daemon.ADMISSION.release(name)
 
 

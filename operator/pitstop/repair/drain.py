@@ -1,11 +1,8 @@
-"""The repair state machine's entry, and its first half, the drain: Pending →
-Cordoning → Deregistering → WaitingForTasks → Evicting → Repairing
-(RepairAllowed=True); pitstop.repair.recovery takes it from there.
+"""The first half of the repair state machine (pitstop.repair.machine), the drain:
+Pending → Cordoning → Deregistering → WaitingForTasks → Evicting → Repairing
+(RepairAllowed=True); pitstop.repair.recovery takes it from there. Pure, like
+the machine: what it decides depends only on the observation.
 
-`decide()` is pure and level-triggered: given what is observed now (the node, its
-instances, the repair's own status) it returns the next status and the actions
-that move the repair forward. It never relies on having seen an earlier event,
-so a restarted operator resumes from the cluster as it finds it (invariant 6).
 The per-instance guards here are the invariants themselves:
 
 1. an instance with tasks in flight is never evicted, unless the task timeout
@@ -32,12 +29,10 @@ from pitstop.models import (
     FINAL_PHASES,
     DryRunPlan,
     InstanceCounts,
-    NodeRecord,
     NodeRepairStatus,
     OnTaskTimeout,
     Phase,
 )
-from pitstop.repair import recovery
 from pitstop.repair.flow import (
     Blocked,
     Decision,
@@ -49,7 +44,7 @@ from pitstop.repair.flow import (
     set_cond,
 )
 
-__all__ = ["Blocked", "Decision", "Event", "Instance", "Observation", "decide"]
+__all__ = ["Blocked", "Decision", "Event", "Instance", "Observation"]
 
 C = constants
 
@@ -57,59 +52,16 @@ DRAIN_PHASES = (Phase.CORDONING, Phase.DEREGISTERING, Phase.WAITING_FOR_TASKS, P
 """Phases in which the node holds instances of ours to take offline."""
 
 
-def decide(obs: Observation) -> Decision:
-    status = obs.status.model_copy(deep=True)
-    d = Decision(status=status)
-    if status.phase in FINAL_PHASES:
-        return d
-    if status.start_time is None:
-        status.start_time = obs.now
-    if status.phase is None:
-        enter(d, obs, Phase.PENDING)
-
-    if obs.spec.dry_run:
-        return _dry_run(d, obs)
-    if obs.node is None:
-        return fail(d, obs, C.REASON_NODE_NOT_FOUND, f"node {obs.spec.node_name} does not exist")
-
-    if status.phase == Phase.UNCORDONING:
-        recovery.uncordoning(d, obs)
-        return d
-    if obs.waiting_for and status.phase == Phase.PENDING:
-        d.events.append(Event("Normal", C.REASON_WAITING_FOR_CAPACITY, obs.waiting_for, once=True))
-        status.message = f"{C.REASON_WAITING_FOR_CAPACITY}: {obs.waiting_for}"
-        return d
-    holder = nodes.lock_holder(obs.node)
-    if holder != obs.name:
-        if status.phase not in (Phase.PENDING, Phase.CORDONING) and holder is not None:
-            return fail(d, obs, C.REASON_LOCK_LOST, f"node lock taken by {holder}")
-        if holder is not None and obs.holder_active:
-            message = f"node is being repaired by {holder}"
-            d.events.append(Event("Normal", C.REASON_NODE_BUSY, f"Waiting: {message}", once=True))
-            status.message = f"{C.REASON_NODE_BUSY}: {message}"
-            return d
-        # Free, held by a vanished repair, or ours lost mid-drain and still free: take it.
-        d.take_lock = True
-        if status.phase == Phase.PENDING:
-            enter(d, obs, Phase.CORDONING)
-        status.message = f"Cordoning {obs.spec.node_name}"
-        return d
-
-    # We hold the lock: keep the node cordoned for as long as instances are ours.
-    if not nodes.is_cordoned(obs.node):
-        d.recordon = True
-    status.node = NodeRecord(was_unschedulable=nodes.was_unschedulable(obs.node))
-    if not conditions.is_true(status.conditions, C.COND_CORDONED):
-        d.events.append(
-            Event("Normal", C.REASON_CORDONED, "Node cordoned and tainted", on_node=True)
-        )
-    set_cond(d, obs, C.COND_CORDONED, True, C.REASON_CORDONED, "unschedulable, tainted, locked")
-    obs = _own_marks(obs, taken_at(d.status))
-
+def drain(d: Decision, obs: Observation) -> None:
+    """The drain phases of a repair that holds its node, cordoned: counts, drain
+    signals and closed gates (until RepairAllowed: after it nothing on the node is
+    ours to touch), then the phases cascade through steps that are already done,
+    Pending → Cordoning → Deregistering → WaitingForTasks → Evicting → Repairing."""
+    status = d.status
     if status.phase in DRAIN_PHASES or status.phase == Phase.PENDING:
         _count(d, obs)
-        _mark_and_deregister(d, obs)  # nothing on the node is ours to touch after RepairAllowed
-    for _ in range(len(DRAIN_PHASES) + 1):  # cascade through steps that are already done
+        _mark_and_deregister(d, obs)
+    for _ in range(len(DRAIN_PHASES) + 1):
         before = status.phase
         if status.phase in (Phase.PENDING, Phase.CORDONING):
             enter(d, obs, Phase.DEREGISTERING)
@@ -121,11 +73,6 @@ def decide(obs: Observation) -> Decision:
             _evicting(d, obs)
         if status.phase == before or status.phase in FINAL_PHASES:
             break
-    if status.phase == Phase.REPAIRING:
-        recovery.repairing(d, obs)
-    elif status.phase == Phase.VERIFYING:
-        recovery.verifying(d, obs)
-    return d
 
 
 def taken_at(status: NodeRepairStatus) -> datetime | None:
@@ -145,7 +92,7 @@ def mark_time(status: NodeRepairStatus, now: datetime) -> str:
     return at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _own_marks(obs: Observation, since: datetime | None) -> Observation:
+def own_marks(obs: Observation, since: datetime | None) -> Observation:
     """A drain mark counts only if this repair made it: its time is not before the
     repair took the node. An older one is a mark a give-back already took off that a
     lagging view still shows (or one that is no time): the runtime may have taken
@@ -562,7 +509,7 @@ def make_plan(instances: Sequence[Instance], blocking_pdbs: Sequence[str]) -> Dr
     )
 
 
-def _dry_run(d: Decision, obs: Observation) -> Decision:
+def dry_run(d: Decision, obs: Observation) -> Decision:
     """The plan, refreshed on every pass; the node and its instances are not touched."""
     if obs.node is None:
         d.status.plan = None

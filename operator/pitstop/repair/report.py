@@ -18,8 +18,9 @@ from pitstop.models import (
     NodeRepairStatus,
     Phase,
 )
-from pitstop.repair import drain, flow
-from pitstop.repair.state import DriverState
+from pitstop.repair import flow
+from pitstop.repair.flow import Event
+from pitstop.repair.state import RepairState, parse_status
 
 C = constants
 
@@ -35,8 +36,12 @@ first, how many are active) changes with every repair of the pool that moves, an
 a burst of N waiting repairs would rewrite N statuses each time."""
 
 
-class Report(DriverState):
-    """Status, Events and the invalid-spec failure."""
+class Report:
+    """Status, Events and the invalid-spec failure of one repair; its fields in the
+    RepairState: status, written, written_at, unconfirmed, posted."""
+
+    def __init__(self, state: RepairState) -> None:
+        self.state = state
 
     async def write_status(
         self,
@@ -45,62 +50,83 @@ class Report(DriverState):
         wake_at: datetime | None,
         passed: Sequence[Phase] = (),
     ) -> datetime | None:
-        metrics.PASSES.labels(self.name).inc()  # every decided pass reports here, once
-        dry_run = bool((self.body.get("spec") or {}).get("dryRun"))
-        status.conditions = kstatus.repair_conditions(status, dry_run, now, self.status.conditions)
+        st = self.state
+        metrics.PASSES.labels(st.name).inc()  # every decided pass reports here, once
+        dry_run = bool((st.body.get("spec") or {}).get("dryRun"))
+        status.conditions = kstatus.repair_conditions(status, dry_run, now, st.status.conditions)
         wire = status.wire()
-        if wire == self.written:
+        if wire == st.written:
             return wake_at
-        significant = _shape(wire) != _shape(self.written or {})
+        significant = _shape(wire) != _shape(st.written or {})
         window = WAITING_COALESCE if status.phase == Phase.PENDING else STATUS_COALESCE
-        if not significant and now - self.written_at < window:
-            due = self.written_at + window  # counters or detail only: write a bit later
+        if not significant and now - st.written_at < window:
+            due = st.written_at + window  # counters or detail only: write a bit later
             return due if wake_at is None else min(wake_at, due)
         try:
-            await self.kube.patch_status(
-                C.NODEREPAIR_PLURAL, self.name, merge_patch(self.written, wire)
-            )
+            await st.kube.patch_status(C.NODEREPAIR_PLURAL, st.name, merge_patch(st.written, wire))
         except ApiError as e:
             if e.status == 404:
-                raise Gone(f"NodeRepair {self.name} is gone") from e
+                raise Gone(f"NodeRepair {st.name} is gone") from e
+            st.unconfirmed = e.status >= 500  # the server may have written it all the same
             raise
-        old_phase = self.status.phase
-        if old_phase != status.phase and old_phase is not None and self.status.phase_start_time:
-            spent = (now - self.status.phase_start_time).total_seconds()
+        except BaseException:
+            st.unconfirmed = True  # no answer (lost, timed out, cancelled): it may have landed
+            raise
+        old_phase = st.status.phase
+        if old_phase != status.phase and old_phase is not None and st.status.phase_start_time:
+            spent = (now - st.status.phase_start_time).total_seconds()
             metrics.PHASE_DURATION.labels(old_phase.value).observe(spent)
             # Phases gone through within this one pass took no time of their own.
             for phase in passed[:-1]:
                 if phase != old_phase:
                     metrics.PHASE_DURATION.labels(phase.value).observe(0.0)
-        self.status, self.written, self.written_at = status, wire, now
+        st.status, st.written, st.written_at = status, wire, now
         if old_phase != status.phase and status.phase in FINAL_PHASES:
             metrics.COMPLETED.labels(status.phase.value).inc()
-        deadline = flow.phase_deadline(self.spec, status) if self.spec else None
-        record_phase(self.name, status.phase, deadline)
+        deadline = flow.phase_deadline(st.spec, status) if st.spec else None
+        record_phase(st.name, status.phase, deadline)
         return wake_at
 
-    def post(self, events: list[drain.Event], node: Mapping[str, Any] | None) -> None:
+    async def read_back(self) -> None:
+        """After a status write whose answer never came, the status the API server
+        has: deciding again from the one held before would take back a phase that
+        write already recorded (invariant 6: e.g. Uncordoning written back to
+        Verifying)."""
+        st = self.state
+        path = f"/apis/{C.GROUP}/{C.VERSION}/{C.NODEREPAIR_PLURAL}/{st.name}"
+        try:
+            current = await st.kube.request("GET", path)
+        except ApiError as e:
+            if e.status == 404:
+                raise Gone(f"NodeRepair {st.name} is gone") from e
+            raise
+        raw = current.get("status")
+        st.status, st.written = parse_status(raw), dict(raw or {}) or None
+        st.unconfirmed = False
+
+    def post(self, events: list[Event], node: Mapping[str, Any] | None) -> None:
+        st = self.state
         for e in events:
             key = (e.reason, "" if e.once else e.message)
-            if key in self.posted:
+            if key in st.posted:
                 continue
-            self.posted.add(key)
-            kopf.event(self.body, type=e.type, reason=e.reason, message=e.message)
-            logs.event("NodeRepair", self.name, e.type, e.reason, e.message)
+            st.posted.add(key)
+            kopf.event(st.body, type=e.type, reason=e.reason, message=e.message)
+            logs.event("NodeRepair", st.name, e.type, e.reason, e.message)
             if e.on_node and node is not None:
                 kopf.event(
                     cast(kopf.Body, node),
                     type=e.type,
                     reason=e.reason,
-                    message=f"{self.name}: {e.message}",
+                    message=f"{st.name}: {e.message}",
                 )
 
     async def fail_invalid(self, now: datetime, message: str) -> None:
-        status = self.status.model_copy(deep=True)
+        status = self.state.status.model_copy(deep=True)
         status.phase, status.completion_time = Phase.FAILED, now
         status.message = f"InvalidSpec: {message}"
         await self.write_status(status, now, None)
-        self.post([drain.Event("Warning", "InvalidSpec", message)], None)
+        self.post([Event("Warning", "InvalidSpec", message)], None)
 
 
 def forget_gauge(node: str) -> None:

@@ -1,6 +1,7 @@
-"""What the daemon of one NodeRepair remembers between passes, and the node as it
-last saw it. Only an optimisation: after a restart everything is read again
-from the cluster (invariant 6)."""
+"""What the daemon of one NodeRepair remembers between passes (RepairState, every
+field documented there), and the guard its passes share with its deletion
+(PassGuard). Only an optimisation: after a restart everything is read again from
+the cluster (invariant 6)."""
 
 from __future__ import annotations
 
@@ -18,11 +19,8 @@ from pitstop.cluster.indexes import one
 from pitstop.cluster.kube import Kube
 from pitstop.instances import contract
 from pitstop.instances.sources.poller import Target, TaskPoller
-from pitstop.models import (
-    NodeRepairSpec,
-    NodeRepairStatus,
-)
-from pitstop.repair import drain, flow
+from pitstop.models import NodeRepairSpec, NodeRepairStatus
+from pitstop.repair.flow import Blocked, JobState, WebhookAnswer
 
 C = constants
 
@@ -75,55 +73,122 @@ def pass_guard(memo: Any) -> PassGuard:
     return guard  # type: ignore[no-any-return]
 
 
-class DriverState:
-    """The state of one repair's daemon between passes; the step modules
-    (report, act_node, act_pods, act_hooks) add what each step does with it."""
+@dataclass(eq=False)
+class RepairState:
+    """Everything one repair's daemon holds between passes, in one place. The step
+    objects (observe.Observe, report.Report, act_node.NodeSteps, act_pods.PodSteps,
+    act_hooks.RepairSteps) each get this object and read or write the fields named
+    below; none keeps state of its own.
 
-    def __init__(
-        self,
-        name: str,
-        body: kopf.Body,
-        kube: Kube,
-        logger: kopf.Logger,
-        poller: TaskPoller | None = None,
-    ):
-        self.name = name
-        self.poller = poller
-        """The operator's shared task-source poller (None: no profile is ever polled)."""
-        self.marked_at: dict[str, tuple[str, datetime]] = {}
-        """Each pod's pitstop.dev/draining value and when this process first saw it
-        (trust rule)."""
-        self.targets: list[Target] = []
-        """What the poller would ask the node's instances, from the last observation."""
-        self.body = body
-        self.kube = kube
-        self.logger = logger
-        self.node_name: str = body["spec"]["nodeName"]
-        self.status = parse_status(body.get("status"))
-        self.spec: NodeRepairSpec | None = None
-        """The spec of the last pass that could read it (for the phase's deadline)."""
-        self.written: dict[str, Any] | None = dict(body.get("status") or {}) or None
+    Nothing here survives a restart, and nothing needs to (invariant 6): a new
+    process starts from the NodeRepair's status, the node and the pods as the
+    indexes show them, and every action is idempotent. What is here only saves
+    requests or spares a lagging view, and is never less safe than starting over:
+    each field below says how a fresh process does without it."""
+
+    # --- who this repair is (set once) ---
+    name: str
+    """The NodeRepair's name."""
+    body: kopf.Body
+    """kopf's body of the NodeRepair (kopf keeps it current): its spec, metadata
+    (finalizers, generation, annotations) and, at the start, its status."""
+    kube: Kube
+    """The API client; all effects go through it."""
+    logger: kopf.Logger
+    poller: TaskPoller | None = None
+    """The operator's shared task-source poller (None: no profile is ever polled)."""
+    node_name: str = field(init=False)
+    """spec.nodeName (immutable)."""
+
+    # --- the status (Report) ---
+    status: NodeRepairStatus = field(init=False)
+    """The status as last written (or read back): what decide() starts from. Written
+    by Report.write_status and Report.read_back; at a start, the body's status."""
+    written: dict[str, Any] | None = field(init=False)
+    """That status's wire form, to write merge patches against it and skip a write
+    that changes nothing (Report)."""
+    written_at: datetime = field(init=False)
+    """When it was written (Report: counter-only changes are coalesced). A fresh
+    process writes its first change at once."""
+    unconfirmed: bool = False
+    """A status write got no answer (lost, timed out, a 5xx): it may have landed.
+    Set by Report.write_status; the next pass reads the status back first
+    (Report.read_back) rather than decide from the one held before."""
+    spec: NodeRepairSpec | None = None
+    """The spec of the last pass that could read it, for the phase's deadline (the
+    past-deadline metric). Written by Driver.step; a new process reads it again on
+    its first pass."""
+    posted: set[tuple[str, str]] = field(default_factory=set)
+    """Events posted, as (reason, message or "" for a once-Event) (Report.post). A
+    new process may post an Event again, once."""
+
+    # --- the node (NodeSteps) ---
+    patched_node: tuple[str | None, dict[str, Any]] | None = None
+    """Our last patch of the node: (the resourceVersion it was made on, the node it
+    returned). Until the index shows a newer node, that answer is the node
+    (`node()`). Written by NodeSteps.patch_node and the daemon's release."""
+
+    # --- the instances, from the last observation (Observe) ---
+    marked_at: dict[str, tuple[str, datetime]] = field(default_factory=dict)
+    """Each pod's pitstop.dev/draining value and when this process first saw it
+    (the trust rule of polled counts). A fresh process sees each mark anew: later."""
+    gate_closed_at: dict[str, tuple[datetime, datetime]] = field(default_factory=dict)
+    """Each pod's closed serving gate: its lastTransitionTime and when this process
+    first saw it closed; an instance's deregistration wait counts from the later
+    (Observe.gate_seen_closed). A fresh process sees each anew: longer, never short."""
+    targets: list[Target] = field(default_factory=list)
+    """What the poller would ask the node's instances (Observe; the poller is told
+    in the polling phases, Observe.poll)."""
+    budgets: dict[str, contract.Budget] = field(default_factory=dict)
+    """The PodDisruptionBudgets of the instances' namespaces, by namespace/name (Observe)."""
+    pdbs_of: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """The budgets that cover each instance (Observe; PodSteps groups evictions by them)."""
+
+    # --- pod writes this process sent (PodSteps): the indexes lag behind them ---
+    sent: set[tuple[str, str]] = field(default_factory=set)
+    """(action, pod) done: ("drain" | "deregister" | "evict", namespace/name). Not
+    sent twice; forgotten when the view shows a mark removed (PodSteps.forget_sent).
+    A fresh process finds the marks on the pods, and an eviction sent again is
+    answered as done (the pod is going or gone)."""
+    marked_draining: set[str] = field(default_factory=set)
+    """Pods the last observation showed with the drain signal (PodSteps.forget_sent:
+    a mark seen and then missing was removed by someone, and is sent again)."""
+    marked_closed: set[tuple[str, str]] = field(default_factory=set)
+    """("deregister", pod) for pods the last observation showed with the gate closed
+    (the same, for the gate)."""
+    blocked: dict[str, Blocked] = field(default_factory=dict)
+    """Evictions refused (a budget's 429, or an error) and when to try again
+    (PodSteps.record; decide() reads it as Observation.blocked)."""
+    refusals: dict[str, int] = field(default_factory=dict)
+    """Refusals per pod, for the backoff (PodSteps.record). A fresh process starts
+    at the shortest backoff."""
+    counted: set[str] = field(default_factory=set)
+    """Evicted pods a budget has been seen to count (listed in its disruptedPods):
+    from then on the budget's own numbers include them (PodSteps.evictions_in_flight)."""
+
+    # --- the repair hooks (RepairSteps) ---
+    checked_generation: int | None = None
+    """The spec generation whose Job or webhook was found allowed (checked once per
+    generation while Pending, RepairSteps.refuse_untrusted)."""
+    webhook_answer: WebhookAnswer | None = None
+    """The webhook's last answer (RepairSteps.run_hooks). A fresh process asks
+    again with poll=true."""
+    job_refused: JobState | None = None
+    """The Job the API server refused to create (RepairSteps.run_hooks), decided on as
+    a failed attempt; a fresh process tries to create it again."""
+
+    # --- stopping (the daemon and the deletion) ---
+    guard: PassGuard = field(default_factory=PassGuard)
+    """The repair's passes and its deletion, one at a time: the daemon sets the one
+    in the repair's kopf memo (pass_guard), shared with the deletion handler."""
+    stopped: kopf.DaemonStopped | None = None
+    """The daemon's stop flag (set on deletion and on the operator's shutdown)."""
+
+    def __post_init__(self) -> None:
+        self.node_name = self.body["spec"]["nodeName"]
+        self.status = parse_status(self.body.get("status"))
+        self.written = dict(self.body.get("status") or {}) or None
         self.written_at = datetime.min.replace(tzinfo=UTC)
-        self.patched_node: tuple[str | None, dict[str, Any]] | None = None
-        self.sent: set[tuple[str, str]] = set()
-        """(action, pod) already done in this process: the indexes lag behind our writes."""
-        self.blocked: dict[str, drain.Blocked] = {}
-        self.refusals: dict[str, int] = {}
-        self.posted: set[tuple[str, str]] = set()
-        self.budgets: dict[str, contract.Budget] = {}
-        """The PodDisruptionBudgets of the node's instances, from the last observation."""
-        self.pdbs_of: dict[str, tuple[str, ...]] = {}
-        """The budgets of each instance, from the last observation."""
-        self.counted: set[str] = set()
-        """Evicted instances a budget has been seen to count (in its disruptedPods)."""
-        self.webhook_answer: flow.WebhookAnswer | None = None
-        self.job_refused: flow.JobState | None = None
-        self.marked_draining: set[str] = set()
-        self.marked_closed: set[tuple[str, str]] = set()
-        self.guard = PassGuard()
-        """Shared with the deletion handler (the daemon sets the repair's own)."""
-        self.stopped: kopf.DaemonStopped | None = None
-        """The daemon's stop flag (set on deletion and on the operator's shutdown)."""
 
     def stopping(self) -> bool:
         """The repair is being deleted or the daemon stopped: send nothing more."""

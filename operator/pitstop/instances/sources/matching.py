@@ -69,13 +69,20 @@ def match(
     return Match(found[0], tuple(p.name for p in found[1:]), uncertain=uncertain)
 
 
-def kind(profile: Profile | None, label: str | None, backs_endpoint: bool) -> str:
-    """sync or async: the pod's label, then the profile's kind, then the endpoint rule."""
+def kind(
+    profile: Profile | None, label: str | None, backs_endpoint: bool, gated: bool = False
+) -> str:
+    """sync or async: the pod's label, then the profile's kind, then the pod itself:
+    one that declares the serving gate, or backs an EndpointSlice endpoint, is sync.
+    The gate counts on its own because the EndpointSlices are seen late: a pod just
+    made Ready may be routed before the operator's view lists it, and taken for
+    async it would be evicted still routed (invariant 2). Its declaration says
+    routing follows its readiness; closing it costs a pod no Service routes nothing."""
     if label in (C.INSTANCE_SYNC, C.INSTANCE_ASYNC):
         return label
     if profile is not None and profile.spec.kind is not InstanceKind.AUTO:
         return str(profile.spec.kind.value)
-    return C.INSTANCE_SYNC if backs_endpoint else C.INSTANCE_ASYNC
+    return C.INSTANCE_SYNC if backs_endpoint or gated else C.INSTANCE_ASYNC
 
 
 def winners(profiles: Iterable[Profile]) -> dict[tuple[str, str], str]:
