@@ -329,8 +329,8 @@ def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> i
         for problem in problems:
             out(problem)
         if problems:
-            chart = "--chart " if args.chart else ""
-            out(f"CRDs are stale: run `python -m pitstop.crdgen {chart}{args.directory}` and commit.")
+            command = f"python -m pitstop.crdgen {'--chart ' if args.chart else ''}{args.directory}"
+            out(f"CRDs are stale: run `{command}` and commit.")
             return 1
         return 0
     for path in write(args.directory, kustomization):
