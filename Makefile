@@ -7,10 +7,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 include hack/versions.env
 PITSTOP_CACHE ?= $(HOME)/.cache/pitstop
-# The kubectl built with the control plane comes first: same release as the server.
-export PATH := $(CURDIR)/$(BIN):$(PITSTOP_CACHE)/bin/kube-$(KUBE_VERSION):$(PATH)
+# The kubectl built with the control plane comes first: same release as the server;
+# then the helm built beside it (hack/build-control-plane.sh helm).
+export PATH := $(CURDIR)/$(BIN):$(PITSTOP_CACHE)/bin/kube-$(KUBE_VERSION):$(PITSTOP_CACHE)/bin/helm-$(HELM_VERSION):$(PATH)
+CHART := charts/pitstop
 
-.PHONY: help venv lock build deps image monitoring e2e-chaos e2e-incluster e2e-kind cluster-up cluster-down kubeconfig crds crds-check lint unit sim sim-long e2e test bench bench-drain bench-policy bench-scale bench-sources demo clean
+.PHONY: help venv lock build helm deps image monitoring e2e-chaos e2e-incluster e2e-kind cluster-up cluster-down kubeconfig crds crds-check lint unit sim sim-long e2e test bench bench-drain bench-policy bench-scale bench-sources demo clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -34,8 +36,11 @@ lock: ## regenerate requirements.lock and requirements-dev.lock (hashes) from py
 	build/lock-venv/bin/uv pip compile pyproject.toml --extra dev -c requirements.lock \
 	  $(LOCK_FLAGS) -o requirements-dev.lock
 
-build: ## build (or reuse from the cache) etcd, Kubernetes (with the kubelet) and kwok
+build: ## build (or reuse from the cache) etcd, Kubernetes (with the kubelet), kwok and helm
 	hack/build-control-plane.sh >/dev/null
+
+helm: ## build (or reuse from the cache) helm, for the chart in charts/pitstop
+	hack/build-control-plane.sh helm >/dev/null
 
 deps: ## install the Debian packages of the real nodes and the image build (root)
 	hack/install-deps.sh
@@ -52,13 +57,19 @@ cluster-down: ## stop the local control plane and delete its state
 kubeconfig: ## print the admin kubeconfig path of the running cluster
 	@hack/cluster.sh kubeconfig
 
-crds: venv ## regenerate crds/ from the pydantic models
+crds: venv ## regenerate crds/ and the chart's copy from the pydantic models
 	$(BIN)/python -m pitstop.crdgen crds/
+	$(BIN)/python -m pitstop.crdgen --chart $(CHART)/crds/
 
-crds-check: venv ## fail when crds/ is stale
+crds-check: venv ## fail when crds/ or the chart's copy is stale
 	$(BIN)/python -m pitstop.crdgen --check crds/
+	$(BIN)/python -m pitstop.crdgen --check --chart $(CHART)/crds/
 
-lint: venv ## ruff, mypy, and promtool on the alerting rules
+# The chart rendered with its defaults and with every optional object on.
+CHART_FLAGS := serviceMonitor.enabled=true,prometheusRule.enabled=true,dashboard.enabled=true
+RULES := $(CHART)/files/pitstop.rules.yaml
+
+lint: venv helm ## ruff, mypy, promtool on the alerting rules, helm lint / helm template of the chart
 	$(BIN)/ruff check operator tests hack bench
 	$(BIN)/ruff format --check operator tests hack bench
 	$(BIN)/mypy
@@ -66,12 +77,15 @@ lint: venv ## ruff, mypy, and promtool on the alerting rules
 	  "apt-get install prometheus (Debian's package has prometheus and promtool)" >&2; exit 1; }
 	promtool check rules $(RULES)
 	promtool test rules tests/promtool/pitstop.rules.test.yaml
+	helm lint --strict $(CHART)
+	helm lint --strict $(CHART) --set $(CHART_FLAGS)
+	helm template pitstop $(CHART) -n pitstop-system --include-crds >/dev/null
+	helm template pitstop $(CHART) -n pitstop-system --set $(CHART_FLAGS) >/dev/null
 
-RULES := charts/pitstop/files/pitstop.rules.yaml
 monitoring: venv ## regenerate manifests/monitoring/ (PrometheusRule, dashboard ConfigMap) from charts/pitstop/files/
 	$(BIN)/python hack/monitoring.py
 
-unit: venv ## unit tests (no cluster)
+unit: venv helm ## unit tests (no cluster; the chart test needs helm and kubectl)
 	$(BIN)/pytest -q tests/unit
 	cd function && go test -count=1 ./...
 
@@ -88,10 +102,10 @@ e2e: venv build ## e2e tests on a fresh local control plane (PITSTOP_KEEP_CLUSTE
 e2e-chaos: venv build ## chaos soak: 20 repairs / 50 nodes under load, 10 operator SIGKILLs, apiserver+etcd restarts (~5 min; CHAOS_* for the long run)
 	$(BIN)/pytest -q tests/chaos
 
-e2e-incluster: venv build ## pitstop from manifests/ as two Pods on real nodes, a function repaired under load
+e2e-incluster: venv build ## pitstop installed with helm (and kubectl apply -k) as two Pods on real nodes, a function repaired under load
 	$(BIN)/pytest -q tests/incluster
 
-e2e-kind: venv ## the in-cluster tier on a kind cluster (needs Docker and kind; not on this machine)
+e2e-kind: venv helm ## the in-cluster tier on a kind cluster (needs Docker and kind; not on this machine)
 	hack/e2e-kind.sh
 
 test: lint unit sim e2e e2e-incluster e2e-chaos ## everything CI runs

@@ -4,7 +4,8 @@
 # No container registry and no binary download is needed: only the Go module proxy.
 #
 # Also builds a kubectl of the same release, so no kubectl needs to be installed,
-# and the kubelet for the real nodes (hack/real-node.sh).
+# the kubelet for the real nodes (hack/real-node.sh), and helm for the chart
+# (charts/pitstop: `make lint`, the in-cluster tier).
 # Prints the bin directory. Idempotent: a component whose binaries exist is skipped.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -14,6 +15,9 @@ cache="${PITSTOP_CACHE:-$HOME/.cache/pitstop}"
 bin="$cache/bin"
 mkdir -p "$bin" "$cache/build"
 log() { echo "[build] $*" >&2; }
+# helm alone (`make lint`, `make unit`) and already built: no need to wait for the lock
+# a control plane build may hold for tens of minutes.
+if [[ ${1:-} == helm && -x $bin/helm-$HELM_VERSION/helm ]]; then echo "$bin"; exit 0; fi
 # One build at a time per cache: `make test` and `make demo` (or two clones) started
 # together would otherwise build into the same .tmp folders; the second waits, then
 # finds the binaries and skips.
@@ -106,11 +110,23 @@ build_kwok() {
   rm -rf "$out" && mv "$out.tmp" "$out"
 }
 
+build_helm() {
+  local out="$bin/helm-$HELM_VERSION"
+  if [[ -x $out/helm ]]; then return; fi
+  log "building helm $HELM_VERSION"
+  rm -rf "$out.tmp" && mkdir -p "$out.tmp"
+  # helm reads its version from these (`helm version`); -trimpath drops the VCS data.
+  local ldflags="-s -w -X helm.sh/helm/v4/internal/version.version=$HELM_VERSION"
+  GOBIN="$out.tmp" GOFLAGS=-trimpath go install -ldflags "$ldflags" "helm.sh/helm/v4/cmd/helm@$HELM_VERSION" >&2
+  rm -rf "$out" && mv "$out.tmp" "$out"
+}
+
 case "${1:-all}" in
   etcd) build_etcd ;;
   kwok) build_kwok ;;
   kube) build_kube ;;
-  all) build_etcd; build_kwok; build_kube ;;
-  *) echo "usage: $0 [all|etcd|kwok|kube]" >&2; exit 2 ;;
+  helm) build_helm ;;
+  all) build_etcd; build_kwok; build_kube; build_helm ;;
+  *) echo "usage: $0 [all|etcd|kwok|kube|helm]" >&2; exit 2 ;;
 esac
 echo "$bin"

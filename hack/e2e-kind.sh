@@ -2,8 +2,9 @@
 # The in-cluster tier against a kind cluster, for anyone with Docker: builds both
 # images with Docker, creates a kind cluster (two workers: the function moves from
 # the node under repair to the other), loads the images, and runs tests/incluster
-# with E2E_KUBECONFIG. The tests deploy manifests/ themselves (only the image
-# overridden). Tests that need this machine to see the nodes' processes or reach
+# with E2E_KUBECONFIG. The tests install pitstop themselves (the chart with helm,
+# and manifests/ with kubectl apply -k; only the image overridden; helm is the one
+# `make helm` builds). Tests that need this machine to see the nodes' processes or reach
 # pod addresses (the SIGKILL of the leader's container, the function under load)
 # skip themselves there and say so.
 #

@@ -3,6 +3,10 @@ models are the one source, the YAML is never edited by hand.
 
     python -m pitstop.crdgen crds/            # (re)write the CRDs and their kustomization
     python -m pitstop.crdgen --check crds/    # exit 1 if they are stale
+    python -m pitstop.crdgen --chart charts/pitstop/crds/   # the Helm chart's copy
+
+A chart's crds/ directory gets the CRDs only: Helm creates every file there, so a
+kustomization.yaml (or any other file) there would be sent as a resource.
 
 pydantic emits JSON Schema; Kubernetes wants a *structural* OpenAPI v3 schema. The
 rewrite is small: inline every $ref, turn `anyOf [X, null]` into X with
@@ -254,22 +258,33 @@ def _yaml(document: Any) -> str:
     return yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=100)
 
 
-def render() -> dict[str, str]:
-    """Every generated file by name: the CRDs and a kustomization listing them."""
+def render(kustomization: bool = True) -> dict[str, str]:
+    """Every generated file by name: the CRDs and (unless for a Helm chart) a
+    kustomization listing them."""
     files = {name: HEADER + _yaml(doc) for name, doc in crds().items()}
-    kustomization = {
+    if not kustomization:
+        return files
+    listing = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
         "resources": sorted(files),
     }
-    files["kustomization.yaml"] = HEADER + _yaml(kustomization)
+    files["kustomization.yaml"] = HEADER + _yaml(listing)
     return files
 
 
-def stale(directory: Path) -> list[str]:
-    """Generated files under `directory` that are missing or differ, each with a diff."""
+def stale(directory: Path, kustomization: bool = True) -> list[str]:
+    """Generated files under `directory` that are missing or differ, each with a diff;
+    in a chart's crds/ (no kustomization) also any file the generator did not write."""
     problems = []
-    for name, text in render().items():
+    files = render(kustomization)
+    if not kustomization and directory.is_dir():
+        problems += [
+            f"{path} is not generated: Helm would create it as a resource"
+            for path in sorted(directory.iterdir())
+            if path.name not in files
+        ]
+    for name, text in files.items():
         path = directory / name
         current = path.read_text() if path.exists() else ""
         if current != text:
@@ -284,11 +299,11 @@ def stale(directory: Path) -> list[str]:
     return problems
 
 
-def write(directory: Path) -> list[Path]:
+def write(directory: Path, kustomization: bool = True) -> list[Path]:
     """(Re)write the generated files; returns those that changed."""
     directory.mkdir(parents=True, exist_ok=True)
     changed = []
-    for name, text in render().items():
+    for name, text in render(kustomization).items():
         path = directory / name
         if not path.exists() or path.read_text() != text:
             path.write_text(text)
@@ -302,16 +317,23 @@ def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> i
     parser.add_argument(
         "--check", action="store_true", help="exit 1 if the files differ from the models"
     )
+    parser.add_argument(
+        "--chart",
+        action="store_true",
+        help="a Helm chart's crds/ directory: the CRDs only, no kustomization.yaml",
+    )
     args = parser.parse_args(argv)
+    kustomization = not args.chart
     if args.check:
-        problems = stale(args.directory)
+        problems = stale(args.directory, kustomization)
         for problem in problems:
             out(problem)
         if problems:
-            out(f"CRDs are stale: run `python -m pitstop.crdgen {args.directory}` and commit.")
+            command = f"python -m pitstop.crdgen {'--chart ' if args.chart else ''}{args.directory}"
+            out(f"CRDs are stale: run `{command}` and commit.")
             return 1
         return 0
-    for path in write(args.directory):
+    for path in write(args.directory, kustomization):
         out(f"wrote {path}")
     return 0
 

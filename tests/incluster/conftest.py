@@ -1,14 +1,20 @@
-"""The in-cluster tier: pitstop installed from manifests/ as a user would
-(`kubectl apply -k`, only the image overridden), running as two Pods with the
-mounted ServiceAccount token, on real nodes (kubelet + containerd), with the
-project's function serving real requests.
+"""The in-cluster tier: pitstop installed as a user would, only the image
+overridden, running as two Pods with the mounted ServiceAccount token, on real
+nodes (kubelet + containerd), with the project's function serving real requests.
+
+Two install methods, one cluster: the whole tier runs on the chart (`helm install
+pitstop charts/pitstop -n pitstop-system --create-namespace`); first, a shorter
+check (test_other_install.py: install, one leader, a repair, no permission error,
+uninstall) runs on `kubectl apply -k manifests/`. PITSTOP_INSTALL=kustomize swaps
+them.
 
 E2E_KUBECONFIG=path  run against that cluster (kind, or any other) instead of
                      starting a local control plane; its nodes must already have
                      the images ($PITSTOP_IMAGE, localhost/pitstop-function:dev)
                      loaded.
 PITSTOP_IMAGE        the operator image (default: the one `make image` builds here)
-PITSTOP_KEEP_CLUSTER=1  leave the started cluster running
+PITSTOP_INSTALL      helm (default) or kustomize: how the whole tier installs pitstop
+PITSTOP_KEEP_CLUSTER=1  leave the started cluster (and the whole tier's install) running
 
 The local control plane is started with PITSTOP_REAL_NODES=2 (the function moves
 from the node under repair to the other) and no kwok node: tests add tainted
@@ -20,18 +26,33 @@ import os
 import subprocess
 import tempfile
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from kubernetes import client
 
+from tests import chart
 from tests.e2e.kube import REPO, Cluster, ClusterFailed, local_cluster, wait_until
 
 pytestmark = pytest.mark.incluster
 
 NAMESPACE = "pitstop-system"
 OPERATOR_LABELS = "app.kubernetes.io/name=pitstop,app.kubernetes.io/component=operator"
+CRDS = ("noderepairs", "repairpolicies", "instanceprofiles")
+METHODS = ("helm", "kustomize")
+INSTALL = os.environ.get("PITSTOP_INSTALL", "helm")
+if INSTALL not in METHODS:
+    raise ValueError(f"PITSTOP_INSTALL={INSTALL!r}: one of {METHODS}")
+OTHER = next(m for m in METHODS if m != INSTALL)
+OTHER_MODULE = "test_other_install.py"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The other method's check first: it uninstalls completely before the whole
+    tier's install, which stays until the session ends."""
+    items.sort(key=lambda item: item.path.name != OTHER_MODULE)
 
 
 @pytest.fixture(scope="session")
@@ -77,11 +98,17 @@ def local(cluster: Cluster) -> bool:
     return not os.environ.get("E2E_KUBECONFIG")
 
 
-@pytest.fixture(scope="session")
-def installed(cluster: Cluster) -> Iterator[list[client.V1Pod]]:
-    """manifests/ applied with only the image overridden; yields the operator Pods
-    once the Deployment is available (both replicas Ready)."""
+def image() -> tuple[str, str]:
     name, _, tag = os.environ.get("PITSTOP_IMAGE", "localhost/pitstop:dev").rpartition(":")
+    return name, tag
+
+
+Uninstall = Callable[[bool], None]
+
+
+def _kustomize(cluster: Cluster) -> Uninstall:
+    """manifests/ with only the image overridden, applied as the README says."""
+    name, tag = image()
     # Inside the repository: kustomize refuses a base given by an absolute path.
     (REPO / "build").mkdir(exist_ok=True)
     overlay = Path(tempfile.mkdtemp(prefix="overlay-", dir=REPO / "build"))
@@ -99,20 +126,71 @@ def installed(cluster: Cluster) -> Iterator[list[client.V1Pod]]:
     )
     # CRDs are large: server-side apply, as the README says.
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(overlay))
-    cluster.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/noderepairs.pitstop.dev",
-        "crd/repairpolicies.pitstop.dev",
-        "crd/instanceprofiles.pitstop.dev",
-    )
-    cluster.kubectl("-n", NAMESPACE, "rollout", "status", "deployment/pitstop", "--timeout=300s")
-    yield operator_pods(cluster)
-    if not os.environ.get("PITSTOP_KEEP_CLUSTER"):
+
+    def uninstall(wait: bool) -> None:
         cluster.kubectl(
-            "delete", "-k", str(overlay), "--ignore-not-found", "--wait=false", check=False
+            "delete", "-k", str(overlay), "--ignore-not-found", f"--wait={str(wait).lower()}",
+            "--timeout=100s", check=wait,
+        )  # fmt: skip
+
+    return uninstall
+
+
+def helm(cluster: Cluster, *args: str) -> str:
+    done = chart.run("helm", "--kubeconfig", cluster.kubeconfig, *args)
+    assert done.returncode == 0, f"helm {' '.join(args)} failed: {done.stderr.strip()}"
+    return done.stdout
+
+
+def _helm(cluster: Cluster) -> Uninstall:
+    """The chart with its defaults, as the README says, only the image overridden."""
+    name, tag = image()
+    helm(
+        cluster, "install", chart.RELEASE, str(chart.CHART), "-n", NAMESPACE, "--create-namespace",
+        "--set", f"image.repository={name}", "--set-string", f"image.tag={tag}",
+    )  # fmt: skip
+
+    def uninstall(wait: bool) -> None:
+        # Helm leaves what it did not template: the CRDs (crds/) and the namespace.
+        flag = f"--wait={str(wait).lower()}"
+        helm(cluster, "uninstall", chart.RELEASE, "-n", NAMESPACE, *(["--wait"] if wait else []))
+        for args in (["-f", str(chart.CHART / "crds")], ["namespace", NAMESPACE]):
+            cluster.kubectl(
+                "delete", *args, "--ignore-not-found", flag, "--timeout=100s", check=wait
+            )
+
+    return uninstall
+
+
+@contextmanager
+def installation(
+    cluster: Cluster, method: str, *, keep: bool, wait: bool
+) -> Iterator[list[client.V1Pod]]:
+    """pitstop installed with `method`; yields the operator Pods once the Deployment
+    is available (both replicas Ready). Afterwards uninstalled unless `keep`; with
+    `wait`, until nothing of it is left (the next install starts clean)."""
+    uninstall = {"helm": _helm, "kustomize": _kustomize}[method](cluster)
+    try:
+        cluster.kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s",
+            *(f"crd/{plural}.pitstop.dev" for plural in CRDS),
+        )  # fmt: skip
+        cluster.kubectl(
+            "-n", NAMESPACE, "rollout", "status", "deployment/pitstop", "--timeout=300s"
         )
+        yield operator_pods(cluster)
+    finally:
+        if not keep:
+            uninstall(wait)
+
+
+@pytest.fixture(scope="session")
+def installed(cluster: Cluster) -> Iterator[list[client.V1Pod]]:
+    """The whole tier's install (PITSTOP_INSTALL, default helm), removed at the end
+    of the session (kept with PITSTOP_KEEP_CLUSTER)."""
+    keep = bool(os.environ.get("PITSTOP_KEEP_CLUSTER"))
+    with installation(cluster, INSTALL, keep=keep, wait=False) as pods:
+        yield pods
 
 
 def operator_pods(cluster: Cluster) -> list[client.V1Pod]:

@@ -1,7 +1,8 @@
-"""pitstop as its users run it: installed from manifests/, two replicas on real
-nodes with the mounted ServiceAccount token, one leader on the Lease, probes
-passing, /metrics on the pod address, a repair completed, no permission error;
-and the leader's container SIGKILLed: the standby takes over."""
+"""pitstop as its users run it: installed with the whole tier's method (helm, or
+PITSTOP_INSTALL=kustomize), two replicas on real nodes with the mounted
+ServiceAccount token, one leader on the Lease, probes passing, /metrics on the pod
+address, a repair completed, no permission error; and the leader's container
+SIGKILLed: the standby takes over."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import signal
 import time
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,12 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.e2e.kube import Cluster, wait_until
+from tests.incluster.checks import (
+    assert_no_permission_errors,
+    get,
+    one_leader_one_standby,
+    repair_a_node,
+)
 from tests.incluster.conftest import (
     NAMESPACE,
     lease_holder,
@@ -31,24 +37,10 @@ from tests.incluster.conftest import (
 
 pytestmark = pytest.mark.incluster
 
-LEASE_DURATION = 15  # manifests/: the default of `pitstop run`
+LEASE_DURATION = 15  # manifests/ and the chart: the default of `pitstop run`
 ALERTS_SERVICE = "pitstop-alerts"
 LEADER_LABEL = "pitstop.dev/leader"
 TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
-
-
-def get(cluster: Cluster, pod: client.V1Pod, port: int, path: str) -> str:
-    """GET on the pod's own address: directly where this machine routes to pod
-    addresses (the local control plane's bridge), else through the API server's
-    pod proxy (which dials the same address)."""
-    if local(cluster):
-        url = f"http://{pod.status.pod_ip}:{port}{path}"
-        with urllib.request.urlopen(url, timeout=5) as answer:
-            return str(answer.read().decode())
-    proxied = client.CoreV1Api(cluster.api).connect_get_namespaced_pod_proxy_with_path(
-        f"{pod.metadata.name}:{port}", NAMESPACE, path.lstrip("/")
-    )
-    return str(proxied)
 
 
 def test_runs_as_two_pods_on_real_nodes_with_the_mounted_token(
@@ -74,13 +66,7 @@ def test_one_leader_one_standby_and_metrics_on_the_pod_address(
     cluster: Cluster, installed: list[client.V1Pod]
 ) -> None:
     pods = {p.metadata.name: p for p in operator_pods(cluster)}
-    holder = wait_holder(cluster, set(pods))
-    roles = {
-        name: json.loads(get(cluster, pod, 8080, "/healthz")).get("role")
-        for name, pod in pods.items()
-    }
-    assert roles[holder] == "leader", roles
-    assert sorted(roles.values()) == ["leader", "standby"], roles
+    holder = one_leader_one_standby(cluster)
     for name, pod in pods.items():
         text = get(cluster, pod, 9090, "/metrics")
         expected = "1.0" if name == holder else "0.0"
@@ -89,78 +75,11 @@ def test_one_leader_one_standby_and_metrics_on_the_pod_address(
 
 
 def test_a_repair_of_a_kwok_node_completes(cluster: Cluster, installed: list[client.V1Pod]) -> None:
-    if local(cluster):
-        node = f"kwok-{uuid.uuid4().hex[:6]}"
-        cluster.create_node(node, {"pool": node})
-        # kwok's convention: fake nodes repel real workloads (the operator's own Pods).
-        taint = {"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}
-        cluster.core.patch_node(node, {"spec": {"taints": [taint]}})
-        wait_until(f"{node} Ready", lambda: cluster.node_ready(node), timeout=60)
-    else:  # another cluster (kind): a worker that runs no operator replica
-        busy = {p.spec.node_name for p in operator_pods(cluster)}
-        workers = [
-            n.metadata.name
-            for n in cluster.core.list_node().items
-            if "node-role.kubernetes.io/control-plane" not in (n.metadata.labels or {})
-            and n.metadata.name not in busy
-        ]
-        if not workers:
-            pytest.skip("every worker runs an operator replica")
-        node = workers[0]
-    name = f"{node}-repair"
-    body = {
-        "apiVersion": "pitstop.dev/v1alpha1",
-        "kind": "NodeRepair",
-        "metadata": {"name": name},
-        "spec": {
-            "nodeName": node,
-            "reason": "InClusterTest",
-            "repair": {"strategy": "Manual"},
-            "verify": {"stableSeconds": 1, "timeoutSeconds": 60},
-        },
-    }
-    custom = cluster.custom
-    custom.create_cluster_custom_object("pitstop.dev", "v1alpha1", "noderepairs", body)
-
-    def phase() -> str | None:
-        got = custom.get_cluster_custom_object("pitstop.dev", "v1alpha1", "noderepairs", name)
-        return (got.get("status") or {}).get("phase")
-
-    wait_until("Repairing", lambda: phase() == "Repairing", timeout=120)
-    assert cluster.core.read_node(node).spec.unschedulable
-    custom.patch_cluster_custom_object(
-        "pitstop.dev",
-        "v1alpha1",
-        "noderepairs",
-        name,
-        {"metadata": {"annotations": {"pitstop.dev/repaired": "true"}}},
-    )
-    wait_until("Succeeded", lambda: phase() == "Succeeded", timeout=120)
-    assert not cluster.core.read_node(node).spec.unschedulable
-    custom.delete_cluster_custom_object("pitstop.dev", "v1alpha1", "noderepairs", name)
-    wait_until(
-        "the repair's finalizer ran",
-        lambda: (
-            name
-            not in [
-                r["metadata"]["name"]
-                for r in custom.list_cluster_custom_object(
-                    "pitstop.dev", "v1alpha1", "noderepairs"
-                )["items"]
-            ]
-        ),
-        timeout=60,
-    )
-    if local(cluster):
-        cluster.core.delete_node(node)
+    repair_a_node(cluster)
 
 
 def test_the_rbac_is_enough(cluster: Cluster, installed: list[client.V1Pod]) -> None:
-    time.sleep(2)  # let the watches of a fresh leader answer
-    for pod in operator_pods(cluster):
-        log = cluster.core.read_namespaced_pod_log(pod.metadata.name, NAMESPACE)
-        for sign in ("Forbidden", "403", "Traceback", "Not enough permissions"):
-            assert sign not in log, f"{sign!r} in {pod.metadata.name}'s log:\n{log[-3000:]}"
+    assert_no_permission_errors(cluster)
 
 
 def alert_endpoints(cluster: Cluster) -> dict[str, str]:

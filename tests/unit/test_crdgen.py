@@ -15,6 +15,7 @@ from pitstop.models import InstanceProfileSpec, NodeRepairSpec, RepairPolicySpec
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS = REPO / "crds"
+CHART_CRDS = REPO / "charts" / "pitstop" / "crds"
 NR_FILE, RP_FILE = "pitstop.dev_noderepairs.yaml", "pitstop.dev_repairpolicies.yaml"
 IP_FILE = "pitstop.dev_instanceprofiles.yaml"
 FILES = (NR_FILE, RP_FILE, IP_FILE)
@@ -59,6 +60,28 @@ def nodes() -> Iterator[tuple[str, dict[str, Any]]]:
 def test_committed_crds_are_current() -> None:
     problems = crdgen.stale(CRDS)
     assert not problems, "\n".join(problems) + "\nrun: python -m pitstop.crdgen crds/"
+
+
+def test_the_charts_copy_is_current() -> None:
+    problems = crdgen.stale(CHART_CRDS, kustomization=False)
+    assert not problems, "\n".join(problems) + "\nrun: make crds"
+
+
+def test_chart_mode_writes_the_crds_only(tmp_path: Path) -> None:
+    """Helm creates every file of a chart's crds/: a kustomization.yaml there would be
+    sent to the API server, and --check says so."""
+    lines: list[str] = []
+    assert crdgen.main(["--chart", str(tmp_path)], out=lines.append) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(FILES)
+    assert crdgen.main(["--check", "--chart", str(tmp_path)], out=lines.append) == 0
+    for name in FILES:
+        assert (tmp_path / name).read_text() == (CRDS / name).read_text()
+
+    (tmp_path / "kustomization.yaml").write_text("kind: Kustomization\n")
+    lines.clear()
+    assert crdgen.main(["--check", "--chart", str(tmp_path)], out=lines.append) == 1
+    assert "kustomization.yaml is not generated" in lines[0]
+    assert "--chart" in lines[-1]
 
 
 def test_generation_is_deterministic() -> None:
