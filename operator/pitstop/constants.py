@@ -173,3 +173,44 @@ REASON_REPAIR_JOB_NOT_ALLOWED: Final = "RepairJobNotAllowed"
 REASON_WEBHOOK_NOT_ALLOWED: Final = "WebhookNotAllowed"
 """The webhook names a Secret not marked for webhooks (or a URL its marks exclude):
 nothing is sent."""
+
+# --- the repair ladder (repair.steps) and its Replace and External steps ---
+REASON_STEP_STARTED: Final = "RepairStepStarted"
+"""Event: a step of the repair ladder begins (its first attempt)."""
+REASON_STEP_FAILED: Final = "RepairStepFailed"
+"""Event: a step used up its attempts (failed or timed out); the ladder moves on."""
+REASON_STEP_SKIPPED: Final = "RepairStepSkipped"
+"""Event: a step cannot run on this node (a Replace without a Machine, an External
+step whose kind is not installed): the ladder moves on without retrying it."""
+REASON_NODE_REPLACED: Final = "NodeReplaced"
+"""Replace: the node's Machine was deleted and the pool has a new Ready node."""
+REASON_REPLACE_NOT_ALLOWED: Final = "ReplaceNotAllowed"
+"""Replace: the Machine lacks the admin's grant (label pitstop.dev/replace-allowed)
+or pitstop holds no right on it (the aggregated ClusterRole is not bound there)."""
+REASON_EXTERNAL_NOT_ALLOWED: Final = "ExternalRemediationNotAllowed"
+"""External: pitstop holds no right to create the remediator's CR there (the admin
+aggregates that right into pitstop-remediators and binds it)."""
+LABEL_REPLACE_ALLOWED: Final = f"{GROUP}/replace-allowed"
+"""Machine label ("true"), set by the admin (in a MachineDeployment's template): a
+repair's Replace step may delete it."""
+ANNOTATION_ATTEMPT: Final = f"{GROUP}/attempt"
+"""On an External step's CR: the ladder step and attempt that created it ("2/1")."""
+CAPI_GROUP: Final = "cluster.x-k8s.io"
+CAPI_VERSION: Final = "v1beta1"
+"""The Cluster API version pitstop reads Machines in (served by CAPI v1.x)."""
+ANNOTATION_CAPI_MACHINE: Final = "cluster.x-k8s.io/machine"
+"""Node annotation set by Cluster API: the name of the node's Machine."""
+ANNOTATION_CAPI_NAMESPACE: Final = "cluster.x-k8s.io/cluster-namespace"
+"""Node annotation set by Cluster API: the namespace of its Machine and Cluster."""
+LABEL_CAPI_SET: Final = "cluster.x-k8s.io/set-name"
+"""Machine label: its MachineSet (the pool a replacement Machine joins)."""
+LABEL_CAPI_CLUSTER: Final = "cluster.x-k8s.io/cluster-name"
+"""Machine label: its Cluster (the pool where a Machine has no MachineSet)."""
+ANNOTATION_REMEDIATION_NODE: Final = "remediation.medik8s.io/node-name"
+"""On an External step's CR: the node it remediates (medik8s convention; the CR's
+name is the node's too)."""
+ENV_NODE_NAME: Final = "PITSTOP_NODE_NAME"
+"""Env of every container of a repair Job: the node under repair (also NODE_NAME)."""
+LABEL_REMEDIATOR_ALLOWED: Final = f"{GROUP}/remediator-allowed"
+"""Remediation template label ("true"), set by the admin: a repair's External step may
+create remediation CRs from it."""
