@@ -19,6 +19,8 @@ PURE = (
     "pitstop.repair.flow",
     "pitstop.repair.drain",
     "pitstop.repair.recovery",
+    "pitstop.repair.ladder",
+    "pitstop.repair.remediators",
     "pitstop.pool.arithmetic",
     "pitstop.pool.ledger",
     "pitstop.instances.contract",
