@@ -355,3 +355,39 @@ def test_three_steps_walk_to_manual() -> None:
         last.repair.moved_on == "step 2 of 3: reboot (Webhook) failed: attempt 1 timed out after 5s"
     )
     assert "step 3 of 3: Manual" in (last.message or "")
+
+
+def test_a_failed_external_attempt_deletes_its_cr_and_the_next_makes_its_own() -> None:
+    """Without forgetting the CR, the retry would take the old CR's deletion (its
+    own doing) for the remediator's success."""
+    from pitstop.models import RemediationRef
+
+    spec = NodeRepairSpec.model_validate(
+        {"nodeName": "n1", "repair": {"steps": [step_of(RepairStrategy.EXTERNAL, 2, 60)]}}
+    )
+    ref = RemediationRef(
+        api_version="remediation.example.com/v1alpha1",
+        kind="Reboot",
+        resource="reboots",
+        namespace="remediators",
+        name="n1",
+    )
+    status = allowed()
+    status.repair = RepairStatus(
+        step=1, steps=1, step_name="External", attempts=1, attempt_start_time=T0, external=ref
+    )
+    obs = Observation(
+        now=T0 + timedelta(seconds=5),
+        name=NAME,
+        generation=1,
+        spec=spec,
+        status=status,
+        node=locked_node("True"),
+        holder_active=False,
+        instances=[],
+        remedy=StepState(1, 1, "Failed", "Reboot n1 failed"),
+    )
+    d = decide(obs)
+    assert d.delete_external == ref
+    assert d.status.repair is not None and d.status.repair.external is None
+    assert d.status.repair.next_attempt_time is not None

@@ -139,7 +139,7 @@ class RepairSteps(Report):
 
     async def _replace(self, now: datetime, ready: Callable[[], set[str]]) -> flow.StepState:
         rs = self.status.repair
-        assert rs is not None and rs.attempt_start_time is not None
+        assert rs is not None
         if rs.replace is None:
             state, message, machine = await remediator_calls.find_machine(self.kube, self.node_name)
             if machine is None:
@@ -160,7 +160,11 @@ class RepairSteps(Report):
         assert rs is not None and rs.replace is not None
         await remediator_calls.delete_machine(self.kube, rs.replace)
         new = await remediator_calls.find_replacement(
-            self.kube, rs.replace, rs.attempt_start_time or now, ready() - {self.node_name}
+            # Since the step began: a retried attempt still counts the Machine it made.
+            self.kube,
+            rs.replace,
+            rs.step_start_time or now,
+            ready() - {self.node_name},
         )
         if new is None:
             return flow.StepState(
@@ -206,6 +210,8 @@ class RepairSteps(Report):
                 key,
                 hooks.label_value(self.name),
             )
+            if why == "":
+                return flow.StepState(0, 0, "Running", f"{kind} {target.name} exists already")
             if why is not None:
                 reason = C.REASON_EXTERNAL_NOT_ALLOWED if "NotAllowed" in why else ""
                 return flow.StepState(0, 0, "Skipped", why, reason)

@@ -232,6 +232,7 @@ def attempt_failed(d: Decision, obs: Observation, message: str, final: bool = Fa
         repairing(d, obs)  # the next step starts in this pass
         return
     rs.next_attempt_time = nxt.at
+    rs.external = None  # deleted with its attempt: the next attempt makes its own CR
     set_cond(d, obs, C.COND_REPAIRED, False, C.REASON_REPAIR_ATTEMPT_FAILED, message)
     d.events.append(Event("Warning", C.REASON_REPAIR_ATTEMPT_FAILED, message + where))
     d.status.message = f"Attempt {rs.attempts} failed: {message}; retrying{where}"

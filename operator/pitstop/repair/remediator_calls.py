@@ -112,8 +112,9 @@ async def create_remediation(
     key: str,
     repair_label: str,
 ) -> str | None:
-    """Creates the remediation CR from its template; the reason it may not
-    ("Skipped" material) or None once created (or found created: 409)."""
+    """Creates the remediation CR from its template; None once created, "" when one
+    of its name exists already (whose it is, the next read tells), else the reason
+    it may not be ("Skipped" material)."""
     plural = await template_resource(kube, ref)
     if plural is None:
         return f"{ref.kind} is not installed ({ref.api_version})"
@@ -133,7 +134,7 @@ async def create_remediation(
         )
     except ApiError as e:
         if e.status == 409:
-            return None
+            return ""
         if e.status in (400, 422):
             return f"cannot create {target.kind} {target.namespace}/{target.name}: {e.message}"
         raise
