@@ -25,6 +25,7 @@ from kubernetes.client.exceptions import ApiException
 
 from tests.e2e.helpers import cond, make_pool, repair_events, wait_event
 from tests.e2e.kube import Cluster, wait_until
+from tests.e2e.operator import Operator
 from tests.e2e.repairs import Repairs
 from tests.e2e.test_cli import pitstop
 from tests.e2e.test_repair import (
@@ -275,6 +276,47 @@ def test_the_last_step_failing_fails_the_repair(
         f"pitstop-{name}-s2-2",
     ]
     wait_event(cluster, name, "RepairFailed")
+
+
+def test_operator_killed_mid_ladder_resumes_at_the_same_step(
+    cluster: Cluster, pool: Any, repairs: Repairs, running_operator: Operator
+) -> None:
+    """Invariant 6: killed while step 2 (a Webhook) runs, the operator resumes at
+    step 2, attempt 1: the step's call is only polled, never sent anew, and step 1's
+    Job is never run again; then the ladder goes on."""
+    node = make_pool(cluster, pool).names[0]
+    inject(cluster, node)
+    with WebhookServer(lambda req, i: Reply(body={"status": "Running"})) as server:
+        hook = {"url": server.url, "timeoutSeconds": 2, "allowInsecureHTTP": True}
+        name = repairs.create(
+            node,
+            repair={
+                "steps": [
+                    job_step(node, exit_code=1, timeout=30),
+                    step("Webhook", webhook=hook, timeoutSeconds=25),
+                    step("Manual", timeoutSeconds=120),
+                ]
+            },
+            verify=VERIFY,
+        )
+        server.wait_requests(1, timeout=60)
+        running_operator.kill()
+        before = len(server.requests)
+        status = repairs.status(name)
+        assert (status["repair"]["step"], status["repair"]["attempts"]) == (2, 1), status
+        time.sleep(0.5)
+        running_operator.start()
+        moved: dict[str, Any] = wait_until(
+            f"{name} at step 3",
+            lambda: (s := repairs.status(name)).get("repair", {}).get("step") == 3 and s,
+            timeout=60,
+        )
+        calls = [r.body for r in server.requests]
+    assert len(calls) > before, "the restarted operator polled the running step"
+    assert [(c["step"], c["attempt"], c["poll"]) for c in calls][:1] == [(2, 1, False)]
+    assert all((c["step"], c["attempt"], c["poll"]) == (2, 1, True) for c in calls[1:]), calls
+    assert "attempt 1 timed out after 25s" in moved["repair"]["movedOn"], moved
+    assert [j.metadata.name for j in jobs_of(cluster, name)] == [f"pitstop-{name}-1"]
 
 
 # --- runOnNode ---
