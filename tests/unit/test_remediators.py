@@ -3,12 +3,14 @@ grants (pitstop.repair.permits) and the runOnNode Job (pitstop.repair.hooks.job_
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
 from pitstop import constants as C
-from pitstop.models import NodeRepairSpec, RemediationTemplateRef
-from pitstop.repair import hooks, permits, remediators
+from pitstop.cluster.kube import ApiError
+from pitstop.models import NodeRepairSpec, RemediationTemplateRef, ReplaceStatus
+from pitstop.repair import hooks, permits, remediator_calls, remediators
 
 T0 = datetime(2026, 12, 7, 1, 0, 0, 500000, tzinfo=UTC)
 REF = RemediationTemplateRef(
@@ -155,3 +157,84 @@ def test_a_run_on_node_job_is_pinned_to_the_node_and_told_its_name() -> None:
     )
     body = hooks.job_body({"metadata": {"name": "r1", "uid": "u"}}, plain, "pitstop-r1-1")  # type: ignore[arg-type]
     assert "matchFields" not in str(body), "only runOnNode pins the Job"
+
+
+# --- the calls, against a fake API that answers GETs by path ---
+
+
+class FakeKube:
+    def __init__(self, objects: dict[str, dict[str, Any]]) -> None:
+        self.objects = objects
+        self.sent: list[tuple[str, str, Any]] = []
+
+    async def request(
+        self, method: str, path: str, body: Any = None, params: Any = None
+    ) -> dict[str, Any]:
+        self.sent.append((method, path, body))
+        if method == "GET":
+            if path not in self.objects:
+                raise ApiError(404, "not found")
+            return self.objects[path]
+        return {}
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+NODE_PATH = "/api/v1/nodes/n1"
+CAPI_NODE = {
+    "metadata": {
+        "name": "n1",
+        "annotations": {C.ANNOTATION_CAPI_MACHINE: "m1", C.ANNOTATION_CAPI_NAMESPACE: "ns"},
+    }
+}
+
+
+def test_find_machine_says_why_a_node_cannot_be_replaced() -> None:
+    plain = FakeKube({NODE_PATH: {"metadata": {"name": "n1"}}})
+    state, why, _ = run(remediator_calls.find_machine(plain, "n1"))  # type: ignore[arg-type]
+    assert state == "Skipped" and "no cluster.x-k8s.io/machine annotation" in why
+    no_crd = FakeKube({NODE_PATH: CAPI_NODE})
+    state, why, _ = run(remediator_calls.find_machine(no_crd, "n1"))  # type: ignore[arg-type]
+    assert state == "Skipped" and "not installed" in why
+    m = machine("m1", "u1", "")
+    objects = {NODE_PATH: CAPI_NODE, remediator_calls.MACHINES: {}}
+    objects[remediator_calls.machine_path("ns", "m1")] = m
+    state, why, _ = run(remediator_calls.find_machine(FakeKube(objects), "n1"))  # type: ignore[arg-type]
+    assert state == "Skipped" and why.startswith(f"{C.REASON_REPLACE_NOT_ALLOWED}: ")
+    m["metadata"]["labels"][C.LABEL_REPLACE_ALLOWED] = "true"
+    state, why, found = run(remediator_calls.find_machine(FakeKube(objects), "n1"))  # type: ignore[arg-type]
+    assert (state, found) == ("Running", m)
+
+
+def test_a_machine_is_deleted_only_while_it_is_the_recorded_one() -> None:
+    record = ReplaceStatus(machine="ns/m1", machine_uid="u1", pool="set=a")
+    path = remediator_calls.machine_path("ns", "m1")
+    kube = FakeKube({path: machine("m1", "u1", "")})
+    run(remediator_calls.delete_machine(kube, record))  # type: ignore[arg-type]
+    deletes = [(p, b) for m, p, b in kube.sent if m == "DELETE"]
+    assert deletes == [(path, {"preconditions": {"uid": "u1"}, "propagationPolicy": "Background"})]
+    other = FakeKube({path: machine("m1", "u-new", "")})  # a new Machine of the same name
+    run(remediator_calls.delete_machine(other, record))  # type: ignore[arg-type]
+    assert [m for m, _, _ in other.sent if m == "DELETE"] == []
+
+
+def test_every_step_of_a_ladder_is_checked_before_the_node_is_touched() -> None:
+    template = {"spec": {"template": {"spec": {"containers": [{"name": "c"}], "hostPID": True}}}}
+    spec = NodeRepairSpec.model_validate(
+        {
+            "nodeName": "n1",
+            "repair": {
+                "steps": [
+                    {"strategy": "Manual"},
+                    {"strategy": "Job", "job": {"template": template}},
+                ]
+            },
+        }
+    )
+    sa = f"/api/v1/namespaces/{C.OPERATOR_NAMESPACE}/serviceaccounts/{C.REPAIR_SERVICE_ACCOUNT}"
+    kube = FakeKube({sa: {"metadata": {"name": C.REPAIR_SERVICE_ACCOUNT}}})
+    found = run(hooks.refusal(kube, spec))  # type: ignore[arg-type]
+    assert found is not None and found[0] == C.REASON_REPAIR_JOB_NOT_ALLOWED
+    assert found[1].startswith("step 2 of 2: Job: ") and "hostPID" in found[1]
