@@ -272,8 +272,8 @@ def test_the_last_step_failing_fails_the_repair(
     assert rs["movedOn"] == "step 1 of 2: Manual failed: attempt 1 timed out after 2s"
     assert "(attempt 2 of 2, step 2 of 2: Job)" in status["message"], status
     assert sorted(j.metadata.name for j in jobs_of(cluster, name)) == [
-        f"pitstop-{name}-s2-1",
-        f"pitstop-{name}-s2-2",
+        f"pitstop-{name}-s2a1",
+        f"pitstop-{name}-s2a2",
     ]
     wait_event(cluster, name, "RepairFailed")
 

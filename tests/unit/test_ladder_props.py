@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pitstop import constants as C
@@ -391,3 +391,22 @@ def test_a_failed_external_attempt_deletes_its_cr_and_the_next_makes_its_own() -
     assert d.delete_external == ref
     assert d.status.repair is not None and d.status.repair.external is None
     assert d.status.repair.next_attempt_time is not None
+
+
+@given(
+    st.from_regex(r"[a-z0-9]([-a-z0-9]{0,60}[a-z0-9])?", fullmatch=True),
+    st.from_regex(r"[a-z0-9]([-a-z0-9]{0,60}[a-z0-9])?", fullmatch=True),
+    st.integers(1, 16),
+    st.integers(1, 16),
+    st.integers(1, 20),
+    st.integers(1, 20),
+)
+@example("r-s2", "r", 1, 2, 1, 1)
+def test_job_names_of_two_repairs_never_meet(
+    a: str, b: str, step_a: int, step_b: int, attempt_a: int, attempt_b: int
+) -> None:
+    """A Job of that name that exists is taken for this attempt's (409): another
+    repair's, or another step's, must never have it."""
+    if (a, step_a, attempt_a) != (b, step_b, attempt_b):
+        assert recovery.job_name(a, attempt_a, step_a) != recovery.job_name(b, attempt_b, step_b)
+    assert len(recovery.job_name(a, attempt_a, step_a)) <= 63

@@ -40,8 +40,10 @@ retry_backoff = ladder.retry_backoff
 def job_name(repair: str, attempt: int, step: int = 1) -> str:
     """Deterministic per step and attempt (a restarted operator finds, never
     duplicates, it); at most 63 characters (Job names become pod labels). The first
-    step's Jobs keep the names they had before the ladder."""
-    tail = f"{attempt}" if step == 1 else f"s{step}-{attempt}"
+    step's Jobs keep the names they had before the ladder; later steps' end in
+    `s<step>a<attempt>`, never a number alone, so no two repairs' Jobs share a name
+    (repair `r-s2` and step 2 of repair `r` would, with `s2-1`)."""
+    tail = f"{attempt}" if step == 1 else f"s{step}a{attempt}"
     name = f"pitstop-{repair}-{tail}"
     if len(name) <= 63:
         return name
