@@ -216,6 +216,45 @@ INVALID: list[tuple[str, dict[str, Any], list[str], tuple[str, ...]]] = [
         (),
     ),
     (
+        "strategy and steps together",
+        node_repair(
+            {"nodeName": "n", "repair": {"strategy": "Manual", "steps": [{"strategy": "Manual"}]}}
+        ),
+        ["spec.repair.steps", "steps and strategy (with job, webhook, external) are exclusive"],
+        (),
+    ),
+    (
+        "External step without external",
+        node_repair({"nodeName": "n", "repair": {"steps": [{"strategy": "External"}]}}),
+        ["spec.repair.steps[0].external", "external is required when strategy is External"],
+        (),
+    ),
+    (
+        "External template of no custom kind",
+        node_repair(
+            {
+                "nodeName": "n",
+                "repair": {
+                    "steps": [
+                        {
+                            "strategy": "External",
+                            "external": {
+                                "templateRef": {
+                                    "apiVersion": "v1",
+                                    "kind": "PodTemplate",
+                                    "namespace": "x",
+                                    "name": "y",
+                                }
+                            },
+                        }
+                    ]
+                },
+            }
+        ),
+        ["spec.repair.steps[0].external.templateRef.apiVersion"],
+        (),
+    ),
+    (
         "webhook URL not http(s)",
         node_repair(
             {"nodeName": "n", "repair": {"strategy": "Webhook", "webhook": {"url": "ftp://r"}}}

@@ -420,7 +420,7 @@ def test_job_repair_succeeds(
     assert pod.restart_policy == "Never"
     assert pod.service_account_name == "pitstop-repair", "never the operator's own"
     env = {e.name: e.value for e in pod.containers[0].env}
-    assert env == {"NODE_NAME": node, "NODEREPAIR_NAME": name}
+    assert env == {"NODE_NAME": node, "PITSTOP_NODE_NAME": node, "NODEREPAIR_NAME": name}
     tolerations = {(t.key, t.operator, t.effect) for t in pod.tolerations}
     assert {
         ("pitstop.dev/maintenance", "Exists", "NoSchedule"),

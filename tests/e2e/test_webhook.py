@@ -103,6 +103,7 @@ def test_webhook_repair_succeeds(
         "reason": "KernelDeadlock on boot",
         "attempt": 1,
         "poll": False,
+        "step": 1,
     }
 
 

@@ -167,6 +167,24 @@ def test_output_wide_adds_reason_strategy_and_policy() -> None:
     assert wide[2].split()[6:9] == ["KernelDeadlock", "Manual", "pool-a"]
 
 
+def test_output_wide_shows_the_ladder_and_its_running_step() -> None:
+    now = datetime(2026, 12, 6, 11, tzinfo=UTC)
+    steps = [{"strategy": "Job"}, {"strategy": "Webhook"}, {"strategy": "Manual"}]
+    repair = {
+        "metadata": {"name": "l", "creationTimestamp": "2026-12-06T10:00:00Z"},
+        "spec": {"nodeName": "n", "repair": {"steps": steps}},
+        "status": {"phase": "Repairing", "repair": {"step": 2, "attempts": 1}},
+    }
+    row = commands.status_table([repair], now, wide=True).splitlines()[1].split()
+    assert row[4:6] == ["Job>Webhook>Manual", "2/3:Webhook#1"], row
+    one = {**repair, "spec": {"nodeName": "n", "repair": {"strategy": "Job"}}}
+    one["status"] = {"phase": "Repairing", "repair": {"attempts": 2}}
+    assert commands.status_table([one], now, wide=True).splitlines()[1].split()[4:6] == [
+        "Job",
+        "#2",
+    ]
+
+
 def test_watch_and_json_do_not_combine(kubeconfig: Path) -> None:
     """Refused as a usage error, before any request (the API server here is unreachable)."""
     proc = run_cli("status", "-w", "-o", "json", "--kubeconfig", str(kubeconfig))

@@ -164,12 +164,13 @@ def test_only_the_job_template_keeps_unknown_fields() -> None:
     kept = sorted(
         path for path, node in nodes() if node.get("x-kubernetes-preserve-unknown-fields")
     )
-    job = ".repair.job.template"
     # The Job's spec, its pod template and pod spec name only the fields pitstop's
-    # rules read (the ServiceAccount); the rest of them is kept as given.
+    # rules read (the ServiceAccount); the rest of them is kept as given. So is a
+    # ladder step's Job.
     assert kept == sorted(
         f"{file}:{prefix}{job}{part}"
         for file, prefix in ((NR_FILE, ".spec"), (RP_FILE, ".spec.repairTemplate.spec"))
+        for job in (".repair.job.template", ".repair.steps[].job.template")
         for part in (".metadata", ".spec", ".spec.template", ".spec.template.spec")
     )
 
@@ -210,10 +211,19 @@ def test_node_repair_rules() -> None:
     assert rules(node_name) == ["self == oldSelf"]
     assert node_name["maxLength"] == 253 and node_name["pattern"].startswith("^[a-z0-9]")
     repair = at(spec, "repair")
-    assert {v["fieldPath"]: v["rule"] for v in repair["x-kubernetes-validations"]} == {
+    config = {
         ".job": "!has(self.strategy) || self.strategy != 'Job' || has(self.job)",
         ".webhook": "!has(self.strategy) || self.strategy != 'Webhook' || has(self.webhook)",
+        ".external": "!has(self.strategy) || self.strategy != 'External' || has(self.external)",
     }
+    assert {v["fieldPath"]: v["rule"] for v in repair["x-kubernetes-validations"]} == {
+        **config,
+        ".steps": "!has(self.steps) || (!has(self.strategy) && !has(self.job)"
+        " && !has(self.webhook) && !has(self.external))",
+    }
+    step = at(repair, "steps")["items"]
+    assert {v["fieldPath"]: v["rule"] for v in step["x-kubernetes-validations"]} == config
+    assert at(repair, "steps")["maxItems"] == 16
     assert "url(self).getScheme() in ['http', 'https']" in rules(at(repair, "webhook.url"))[0]
     assert at(repair, "webhook.secretRef")["required"] == ["name", "key"]
     assert at(repair, "job.template")["required"] == ["spec"]
@@ -263,7 +273,6 @@ def test_instance_profile_rules() -> None:
         (NR_FILE, "spec.drain.taskTimeoutSeconds", 1800),
         (NR_FILE, "spec.drain.onTaskTimeout", "Evict"),
         (NR_FILE, "spec.drain.evictionTimeoutSeconds", 600),
-        (NR_FILE, "spec.repair.strategy", "Manual"),
         (NR_FILE, "spec.repair.timeoutSeconds", 3600),
         (NR_FILE, "spec.repair.maxAttempts", 3),
         (NR_FILE, "spec.repair.webhook.timeoutSeconds", 30),

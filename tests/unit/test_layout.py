@@ -20,6 +20,8 @@ PURE = (
     "pitstop.repair.machine",
     "pitstop.repair.drain",
     "pitstop.repair.recovery",
+    "pitstop.repair.ladder",
+    "pitstop.repair.remediators",
     "pitstop.pool.arithmetic",
     "pitstop.pool.ledger",
     "pitstop.pool.windows",

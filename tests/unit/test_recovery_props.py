@@ -43,7 +43,7 @@ from pitstop.models import (
     Phase,
     RepairStrategy,
 )
-from pitstop.repair import recovery
+from pitstop.repair import ladder, recovery
 from pitstop.repair.flow import Decision, JobState, Observation, WebhookAnswer
 from pitstop.repair.machine import decide
 
@@ -81,7 +81,11 @@ passes = st.builds(
 
 @st.composite
 def specs(draw: st.DrawFn) -> NodeRepairSpec:
-    strategy = draw(st.sampled_from(list(RepairStrategy)))
+    # The ladder's own properties (several steps; Replace, External) are in
+    # test_ladder_props.py: here, one step of the strategies that need no cluster.
+    strategy = draw(
+        st.sampled_from([RepairStrategy.MANUAL, RepairStrategy.JOB, RepairStrategy.WEBHOOK])
+    )
     repair: dict[str, Any] = {
         "strategy": strategy.value,
         "timeoutSeconds": draw(st.integers(1, 300)),
@@ -177,7 +181,7 @@ class Run:
     def observe(self, p: Pass) -> Observation:
         rs = self.status.repair
         attempt = rs.attempts if rs else 0
-        strategy = self.spec.repair.strategy
+        strategy = ladder.current(self.spec, rs).strategy
         mark: str | None = None
         job: JobState | None = None
         hook: WebhookAnswer | None = None
@@ -309,7 +313,7 @@ def test_succeeded_only_once_the_node_no_longer_carries_the_lock(
 def test_attempts_never_exceed_max_attempts_and_each_waits_for_its_backoff(
     spec: NodeRepairSpec, script: list[Pass]
 ) -> None:
-    most = 1 if spec.repair.strategy == RepairStrategy.MANUAL else spec.repair.max_attempts
+    most = ladder.max_attempts(ladder.current(spec, None))
     for s in steps(spec, script):
         before, after = attempts(s.before), attempts(s.after)
         assert after <= most
@@ -334,12 +338,12 @@ def test_hook_actions_are_for_the_current_attempt(spec: NodeRepairSpec, script: 
     for s in steps(spec, script):
         n = attempts(s.after)
         if s.d.create_job is not None:
-            assert spec.repair.strategy == RepairStrategy.JOB
+            assert ladder.current(spec, None).strategy == RepairStrategy.JOB
             assert s.d.create_job == recovery.job_name(NAME, n)
         if s.d.delete_job is not None:
             assert s.d.delete_job == recovery.job_name(NAME, n)
         if s.d.call_webhook is not None:
-            assert spec.repair.strategy == RepairStrategy.WEBHOOK
+            assert ladder.current(spec, None).strategy == RepairStrategy.WEBHOOK
             assert s.d.call_webhook[0] == n
 
 
@@ -477,7 +481,7 @@ def test_driven_by_its_wake_ups_a_repair_always_ends_and_a_good_one_succeeds(
             break
         r.step(woken(r))
     assert r.status.phase in FINAL_PHASES, r.status
-    last = 1 if spec.repair.strategy == RepairStrategy.MANUAL else spec.repair.max_attempts
+    last = ladder.max_attempts(ladder.current(spec, None))
     late = first_good.phase == Phase.VERIFYING and attempts(first_good) == last
     short = spec.verify.stable_seconds >= spec.verify.timeout_seconds
     if first_good.phase != Phase.FAILED and not late and not short:

@@ -186,7 +186,27 @@ def progress_line(status: Mapping[str, Any]) -> str:
 
 
 HEADER = ("NAME", "NODE", "PHASE", "INSTANCES", "TASKS", "AGE")
-WIDE = ("REASON", "STRATEGY", "POLICY")
+WIDE = ("REASON", "STRATEGY", "POLICY", "STEP")
+
+
+def ladder_of(spec: Mapping[str, Any]) -> list[str]:
+    """The strategies of a repair's ladder, in order (a strategy is a ladder of one)."""
+    repair = spec.get("repair") or {}
+    steps = repair.get("steps") or [{"strategy": repair.get("strategy") or "Manual"}]
+    return [str(s.get("strategy") or "Manual") for s in steps]
+
+
+def step_cell(r: Mapping[str, Any]) -> str:
+    """The ladder step that runs, with its attempt: "2/3:Webhook#1" (empty before
+    Repairing; a one-step ladder shows its attempt alone: "#2")."""
+    rs = (r.get("status") or {}).get("repair") or {}
+    if not rs.get("attempts"):
+        return ""
+    strategies = ladder_of(r.get("spec") or {})
+    if len(strategies) == 1:
+        return f"#{rs['attempts']}"
+    n = min(int(rs.get("step") or 1), len(strategies))
+    return f"{n}/{len(strategies)}:{strategies[n - 1]}#{rs['attempts']}"
 
 
 def status_row(r: Mapping[str, Any], now: datetime, wide: bool = False) -> tuple[str, ...]:
@@ -204,8 +224,9 @@ def status_row(r: Mapping[str, Any], now: datetime, wide: bool = False) -> tuple
     if wide:
         row += (
             spec.get("reason") or "",
-            (spec.get("repair") or {}).get("strategy") or "Manual",
+            ">".join(ladder_of(spec)),
             (r["metadata"].get("labels") or {}).get(C.LABEL_POLICY, ""),
+            step_cell(r),
         )
     return (*row, st.get("message") or "")
 
@@ -528,10 +549,16 @@ def mark_done(api_client: client.ApiClient, name: str, failed: bool) -> str:
             raise CLIError(f"NodeRepair {name} does not exist") from e
         raise _explain(e, f"cannot read NodeRepair {name}") from e
     phase = (obj.get("status") or {}).get("phase")
-    strategy = ((obj.get("spec") or {}).get("repair") or {}).get("strategy", "Manual")
-    if strategy != "Manual":
+    strategies = ladder_of(obj.get("spec") or {})
+    step = int(((obj.get("status") or {}).get("repair") or {}).get("step") or 1)
+    strategy = strategies[min(step, len(strategies)) - 1]
+    if "Manual" not in strategies:
         raise CLIError(
             f"NodeRepair {name} uses strategy {strategy}; only Manual repairs wait for done"
+        )
+    if strategy != "Manual" and phase == Phase.REPAIRING:
+        raise CLIError(
+            f"NodeRepair {name} runs step {step} ({strategy}); the mark counts in a Manual step"
         )
     if phase in FINAL_PHASES:
         raise CLIError(f"NodeRepair {name} is already {phase}")

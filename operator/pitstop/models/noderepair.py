@@ -35,6 +35,11 @@ class RepairStrategy(StrEnum):
     MANUAL = "Manual"
     JOB = "Job"
     WEBHOOK = "Webhook"
+    REPLACE = "Replace"
+    """Delete the node's Cluster API Machine; done when its pool has a new Ready node."""
+    EXTERNAL = "External"
+    """Create a remediator's CR from its template (NodeHealthCheck's contract); done
+    when the CR reports Succeeded or is deleted."""
 
 
 class OnFailure(StrEnum):
@@ -163,6 +168,11 @@ class JobRepair(CamelModel):
 
     template: JobTemplate
     """The Job to run; it succeeds when the node is repaired."""
+    run_on_node: bool = False
+    """Pin the Job's pod to the node under repair (a required node affinity on its
+    name; tolerations for the cordon, pitstop's maintenance taint and a not-ready
+    node): for a repair that runs on the node itself. Host access still needs the
+    admin's grant on the Job's ServiceAccount (docs/security.md)."""
 
 
 class WebhookRepair(CamelModel):
@@ -234,43 +244,149 @@ class WebhookRepair(CamelModel):
         return self
 
 
-class RepairSpec(CamelModel):
-    """How the node is repaired."""
+class RemediationTemplateRef(CamelModel):
+    """A remediator's template object (NodeHealthCheck's contract: kind XTemplate,
+    its spec.template.spec is the spec of the X it yields)."""
 
-    model_config = ConfigDict(
-        json_schema_extra=validations(
-            cel(
-                "!has(self.strategy) || self.strategy != 'Job' || has(self.job)",
-                "job is required when strategy is Job",
-                field_path=".job",
-                reason="FieldValueRequired",
-            ),
-            cel(
-                "!has(self.strategy) || self.strategy != 'Webhook' || has(self.webhook)",
-                "webhook is required when strategy is Webhook",
-                field_path=".webhook",
-                reason="FieldValueRequired",
-            ),
-        )
+    api_version: str = Field(
+        min_length=3,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?\.[a-z]+/v[a-z0-9]+$",
+    )
+    """group/version of the template, e.g. self-node-remediation.medik8s.io/v1alpha1
+    (a custom resource: the group has a dot)."""
+    kind: str = Field(
+        min_length=9,
+        max_length=63,
+        pattern=r"^[A-Z][A-Za-z0-9]*Template$",
+    )
+    """The template's kind, e.g. SelfNodeRemediationTemplate; pitstop creates the kind
+    without the suffix (SelfNodeRemediation)."""
+    namespace: str = Field(min_length=1, max_length=63, pattern=DNS_SUBDOMAIN_PATTERN)
+    """The template's namespace; the remediation CR is created there."""
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
+    """The template's name. The platform admin labels the templates repairs may use
+    pitstop.dev/remediator-allowed=true (docs/security.md)."""
+
+
+class ExternalRepair(CamelModel):
+    """Repair by an installed remediator (SelfNodeRemediation, FenceAgentsRemediation, ...):
+    pitstop creates the remediation CR, named after the node, from the template, and
+    waits for its Succeeded condition (or its deletion)."""
+
+    template_ref: RemediationTemplateRef
+    """The remediator's template."""
+
+
+def _needs_config(strategy: str, field: str) -> dict[str, str]:
+    return cel(
+        f"!has(self.strategy) || self.strategy != '{strategy}' || has(self.{field})",
+        f"{field} is required when strategy is {strategy}",
+        field_path=f".{field}",
+        reason="FieldValueRequired",
     )
 
-    strategy: RepairStrategy = RepairStrategy.MANUAL
-    """Manual (a human annotates pitstop.dev/repaired), Job or Webhook."""
+
+_CONFIG_RULES = (
+    _needs_config("Job", "job"),
+    _needs_config("Webhook", "webhook"),
+    _needs_config("External", "external"),
+)
+
+
+def _check_config(
+    strategy: RepairStrategy | None,
+    job: JobRepair | None,
+    webhook: WebhookRepair | None,
+    external: ExternalRepair | None,
+) -> None:
+    given: dict[RepairStrategy, object] = {
+        RepairStrategy.JOB: job,
+        RepairStrategy.WEBHOOK: webhook,
+        RepairStrategy.EXTERNAL: external,
+    }
+    if strategy in given and given[strategy] is None:
+        field = strategy.value.lower() if strategy else ""
+        raise ValueError(f"{field} is required when strategy is {strategy}")
+
+
+class RepairStep(CamelModel):
+    """One rung of the repair ladder: a strategy with its own timeout and attempts.
+    When its attempts are used up (each failed or timed out, or the node did not
+    verify after it), the next step starts."""
+
+    model_config = ConfigDict(json_schema_extra=validations(*_CONFIG_RULES))
+
+    name: str | None = Field(None, max_length=63, pattern=DNS_SUBDOMAIN_PATTERN)
+    """A name for the step, shown in status and Events (default: its strategy)."""
+    strategy: RepairStrategy
+    """Manual, Job, Webhook, Replace or External."""
     job: JobRepair | None = None
     """The repair Job; required for strategy Job."""
     webhook: WebhookRepair | None = None
     """The repair service; required for strategy Webhook."""
+    external: ExternalRepair | None = None
+    """The remediator; required for strategy External."""
     timeout_seconds: int = Field(3600, ge=1)
-    """How long one repair attempt may take."""
-    max_attempts: int = Field(3, ge=1)
-    """Attempts (repair, then verify) before the repair fails."""
+    """How long one attempt of this step may take."""
+    max_attempts: int = Field(1, ge=1)
+    """Attempts of this step (repair, then verify) before the next step starts
+    (Manual: always one)."""
 
     @model_validator(mode="after")
     def _strategy_is_configured(self) -> Self:
-        if self.strategy is RepairStrategy.JOB and self.job is None:
-            raise ValueError("job is required when strategy is Job")
-        if self.strategy is RepairStrategy.WEBHOOK and self.webhook is None:
-            raise ValueError("webhook is required when strategy is Webhook")
+        _check_config(self.strategy, self.job, self.webhook, self.external)
+        return self
+
+
+class RepairSpec(CamelModel):
+    """How the node is repaired: one strategy (with job, webhook or external), or an
+    ordered ladder of `steps`, never both."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            *_CONFIG_RULES,
+            cel(
+                "!has(self.steps) || (!has(self.strategy) && !has(self.job)"
+                " && !has(self.webhook) && !has(self.external))",
+                "steps and strategy (with job, webhook, external) are exclusive:"
+                " put each strategy into a step",
+                field_path=".steps",
+            ),
+        )
+    )
+
+    strategy: RepairStrategy | None = None
+    """Manual (a human annotates pitstop.dev/repaired), Job, Webhook, Replace or
+    External: a one-step ladder; unset and without steps: Manual."""
+    job: JobRepair | None = None
+    """The repair Job; required for strategy Job."""
+    webhook: WebhookRepair | None = None
+    """The repair service; required for strategy Webhook."""
+    external: ExternalRepair | None = None
+    """The remediator; required for strategy External."""
+    steps: list[RepairStep] | None = Field(None, min_length=1, max_length=16)
+    """The repair ladder: tried in order, each with its own timeoutSeconds and
+    maxAttempts; the next starts when one fails or times out."""
+    timeout_seconds: int = Field(3600, ge=1)
+    """How long one repair attempt may take (strategy; each step has its own)."""
+    max_attempts: int = Field(3, ge=1)
+    """Attempts (repair, then verify) before the repair fails (strategy; each step
+    has its own)."""
+
+    @model_validator(mode="after")
+    def _strategy_is_configured(self) -> Self:
+        if self.steps is not None and (
+            self.strategy is not None
+            or self.job is not None
+            or self.webhook is not None
+            or self.external is not None
+        ):
+            raise ValueError(
+                "steps and strategy (with job, webhook, external) are exclusive:"
+                " put each strategy into a step"
+            )
+        _check_config(self.strategy, self.job, self.webhook, self.external)
         return self
 
 
@@ -384,11 +500,47 @@ class DryRunPlan(CamelModel):
     """PodDisruptionBudgets (namespace/name) that allow no disruption now."""
 
 
+class ReplaceStatus(CamelModel):
+    """What a Replace step deleted, recorded before it is deleted (a restarted
+    operator waits for its replacement instead of looking for it again)."""
+
+    machine: str
+    """namespace/name of the node's Machine."""
+    machine_uid: str
+    """Its uid: the only Machine a retried delete may remove."""
+    pool: str
+    """The label (key=value) of the Machines that replace it: its MachineSet, else
+    its Cluster."""
+    replacement: str | None = None
+    """The new Ready node."""
+
+
+class RemediationRef(CamelModel):
+    """A remediation CR an External step created."""
+
+    api_version: str
+    kind: str
+    resource: str
+    """Its resource (plural), as the API server's discovery names it."""
+    namespace: str
+    name: str
+
+
 class RepairStatus(CamelModel):
     """Progress of the repair step."""
 
+    step: int | None = Field(None, ge=1)
+    """The ladder step that runs (1-based; unset: 1)."""
+    steps: int | None = Field(None, ge=1)
+    """How many steps the ladder has."""
+    step_name: str | None = None
+    """The running step's name and strategy, e.g. "reboot (Job)"."""
+    step_start_time: datetime | None = None
+    """When the running step began."""
+    moved_on: str | None = None
+    """Why the ladder left the previous step (its last error)."""
     attempts: int = Field(0, ge=0)
-    """Repair attempts started."""
+    """Attempts of the running step started."""
     job_name: str | None = None
     """The current attempt's Job (strategy Job), in the operator's namespace."""
     last_error: str | None = None
@@ -399,6 +551,10 @@ class RepairStatus(CamelModel):
     """Set after a failed attempt: when the next one starts (backoff)."""
     webhook_started: int | None = Field(None, ge=1)
     """The attempt whose webhook call was sent: after a restart it is polled, not re-sent."""
+    replace: ReplaceStatus | None = None
+    """The Machine a Replace step deleted."""
+    external: RemediationRef | None = None
+    """The remediation CR of the running External step, once created."""
 
 
 class VerifyStatus(CamelModel):

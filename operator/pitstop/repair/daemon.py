@@ -121,6 +121,9 @@ class Driver:
             waiting_for = await pool_daemon.ADMISSION.check(
                 st.name, st.node_name, created, nodes_by_name, repairs_by_node, policies_by_name
             )
+        # A Replace or External attempt is read (and started) before the decision; it
+        # may record what it does in status first.
+        remedy = await self.hook_steps.current_remedy(now, spec, lambda: ready_nodes(nodes_by_name))
         obs = Observation(
             now=now,
             name=st.name,
@@ -144,6 +147,7 @@ class Driver:
             ),
             job=await self.hook_steps.current_job(spec),
             webhook=st.webhook_answer,
+            remedy=remedy,
         )
         d = machine.decide(obs)
         if st.stopping():
@@ -337,6 +341,15 @@ async def _current_status(kube: Kube, name: str, seen: Mapping[str, Any]) -> Map
             raise
         return seen
     return current.get("status") or seen
+
+
+def ready_nodes(nodes_by_name: kopf.Index[str, Any]) -> set[str]:
+    """The nodes (as the index holds them) whose Ready condition is True."""
+    return {
+        name
+        for name, found in nodes_by_name.items()
+        if any(nodes.condition_status(n, "Ready") == "True" for n in found)
+    }
 
 
 def bare_node(name: str) -> dict[str, Any]:

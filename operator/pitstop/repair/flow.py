@@ -13,7 +13,7 @@ from typing import Any
 from pitstop import conditions, constants
 from pitstop.cluster import nodes
 from pitstop.instances.contract import Budget, Instance
-from pitstop.models import NodeRepairSpec, NodeRepairStatus, OnFailure, Phase
+from pitstop.models import NodeRepairSpec, NodeRepairStatus, OnFailure, Phase, RemediationRef
 
 C = constants
 
@@ -34,6 +34,22 @@ class WebhookAnswer:
     message: str = ""
     at: datetime | None = None
     """When it was received (a Running answer is polled again after a pause)."""
+    step: int = 1
+    """The ladder step (1-based) whose attempt it answers."""
+
+
+@dataclass(frozen=True)
+class StepState:
+    """What the driver found of the running attempt of a Replace or External step."""
+
+    step: int
+    """The ladder step (1-based) and attempt it is about."""
+    attempt: int
+    state: str
+    """Running | Succeeded | Failed | Skipped (the step cannot run here: not retried)"""
+    message: str = ""
+    reason: str = ""
+    """Why it failed or was skipped, CamelCase (a refusal's reason)."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +93,8 @@ class Observation:
     """The current attempt's Job, as last read (Job strategy)."""
     webhook: WebhookAnswer | None = None
     """The webhook's last answer (Webhook strategy)."""
+    remedy: StepState | None = None
+    """The running Replace or External attempt, as the driver found it."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +130,8 @@ class Decision:
     delete_job: str | None = None
     call_webhook: tuple[int, bool] | None = None
     """(attempt, poll): call the repair webhook; poll=True asks about a call already made."""
+    delete_external: RemediationRef | None = None
+    """An External step's CR whose attempt ended: delete it."""
     events: list[Event] = field(default_factory=list)
     """Posted once per (reason, message) by the driver."""
     wake_at: datetime | None = None

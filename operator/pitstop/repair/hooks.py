@@ -17,8 +17,8 @@ import kopf
 
 from pitstop import constants
 from pitstop.cluster.kube import ApiError, Kube, namespace
-from pitstop.models import NodeRepairSpec, RepairStrategy, WebhookRepair
-from pitstop.repair import permits
+from pitstop.models import JobRepair, NodeRepairSpec, RepairStatus, RepairStrategy, WebhookRepair
+from pitstop.repair import ladder, permits
 from pitstop.repair.flow import JobState, WebhookAnswer
 
 C = constants
@@ -29,16 +29,33 @@ TOLERATIONS = [
     {"key": C.TAINT_MAINTENANCE, "operator": "Exists", "effect": "NoSchedule"},
     {"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"},
 ]
+ON_NODE_TOLERATIONS = [
+    {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoSchedule"},
+    {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoSchedule"},
+]
+"""A runOnNode Job also schedules onto a node whose kubelet reports it not ready
+(what a repair on the node is for); it is never kept on one whose kubelet is gone
+(no NoExecute toleration)."""
 
 
-def job_body(repair: kopf.Body, spec: NodeRepairSpec, name: str) -> dict[str, Any]:
+def step_job(spec: NodeRepairSpec, status: RepairStatus | None = None) -> JobRepair:
+    """The Job of the running ladder step (the strategy's, for a one-step ladder)."""
+    job = ladder.current(spec, status).job or spec.repair.job
+    assert job is not None
+    return job
+
+
+def job_body(
+    repair: kopf.Body, spec: NodeRepairSpec, name: str, job: JobRepair | None = None
+) -> dict[str, Any]:
     """The Job of one attempt: the user's template, plus what pitstop guarantees:
-    NODE_NAME and NODEREPAIR_NAME in every container, tolerations for the cordon,
-    one try per attempt (pitstop retries), the ServiceAccount pitstop-repair unless
-    the template names one, and owned by the NodeRepair, so the garbage collector
-    removes it with the repair. (Whether the template is allowed is job_refusal's.)"""
-    assert spec.repair.job is not None
-    template = spec.repair.job.template
+    NODE_NAME, PITSTOP_NODE_NAME and NODEREPAIR_NAME in every container, tolerations
+    for the cordon, one try per attempt (pitstop retries), the ServiceAccount
+    pitstop-repair unless the template names one, owned by the NodeRepair, so the
+    garbage collector removes it with the repair; and with runOnNode, a required
+    affinity to the node. (Whether the template is allowed is job_refusal's.)"""
+    job = job or step_job(spec)
+    template = job.template
     meta = copy.deepcopy(template.metadata or {})
     job_spec = template.spec.wire()
     job_spec.setdefault("backoffLimit", 0)
@@ -46,8 +63,12 @@ def job_body(repair: kopf.Body, spec: NodeRepairSpec, name: str) -> dict[str, An
     pod.setdefault("restartPolicy", "Never")
     pod["serviceAccountName"] = permits.service_account_of(pod)
     pod["tolerations"] = [*(pod.get("tolerations") or []), *TOLERATIONS]
+    if job.run_on_node:
+        pod["tolerations"].extend(ON_NODE_TOLERATIONS)
+        pin_to_node(pod, spec.node_name)
     env = [
         {"name": "NODE_NAME", "value": spec.node_name},
+        {"name": C.ENV_NODE_NAME, "value": spec.node_name},
         {"name": "NODEREPAIR_NAME", "value": repair["metadata"]["name"]},
     ]
     for container in pod.get("containers") or []:
@@ -86,6 +107,19 @@ def job_body(repair: kopf.Body, spec: NodeRepairSpec, name: str) -> dict[str, An
     }
 
 
+def pin_to_node(pod: dict[str, Any], node: str) -> None:
+    """A required node affinity on the node's name (metadata.name, which the scheduler
+    matches by field), added to every term the template has (terms are ORed: each
+    must name the node), or as the only term."""
+    match = {"key": "metadata.name", "operator": "In", "values": [node]}
+    affinity = pod.setdefault("affinity", {}).setdefault("nodeAffinity", {})
+    required = affinity.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
+    terms = required.get("nodeSelectorTerms") or [{}]
+    for term in terms:
+        term["matchFields"] = [*(term.get("matchFields") or []), match]
+    required["nodeSelectorTerms"] = terms
+
+
 def label_value(repair: str) -> str:
     """A NodeRepair name as a label value (at most 63 characters); the full name is
     in the annotation of the same key."""
@@ -105,11 +139,10 @@ async def read_optional(kube: Kube, path: str) -> dict[str, Any] | None:
     return found
 
 
-async def job_refusal(kube: Kube, spec: NodeRepairSpec) -> str | None:
+async def job_refusal(kube: Kube, spec: NodeRepairSpec, job: JobRepair | None = None) -> str | None:
     """Why the repair's Job may not run (permits.job_refusal), reading the
     ServiceAccount it would run as; None when it may."""
-    assert spec.repair.job is not None
-    template = spec.repair.job.template
+    template = (job or step_job(spec)).template
     wire = {"metadata": template.metadata or {}, "spec": template.spec.wire()}
     pod = wire["spec"].get("template", {}).get("spec", {})
     sa = permits.service_account_of(pod)
@@ -125,37 +158,41 @@ async def refusal(kube: Kube, spec: NodeRepairSpec) -> tuple[str, str] | None:
     """(reason, message) when the repair asks for what the platform admin has not
     allowed: a Job it may not run, or a webhook token it may not send. A Secret that
     does not exist yet is no refusal: the call reports it when it is due."""
-    try:
-        if spec.repair.strategy == RepairStrategy.JOB and spec.repair.job is not None:
-            why = await job_refusal(kube, spec)
-            return None if why is None else (C.REASON_REPAIR_JOB_NOT_ALLOWED, why)
-        hook = spec.repair.webhook
-        if spec.repair.strategy == RepairStrategy.WEBHOOK and hook and hook.secret_ref:
-            path = f"/api/v1/namespaces/{namespace()}/secrets/{hook.secret_ref.name}"
-            secret = await read_optional(kube, path)
-            why = None if secret is None else permits.webhook_refusal(secret, hook.url, namespace())
-            return None if why is None else (C.REASON_WEBHOOK_NOT_ALLOWED, why)
-    except ApiError as e:
-        if e.status == 403:  # the operator may not read it: nothing is allowed
-            return _forbidden_reason(spec), f"cannot check what the repair may use: {e.message}"
-        raise
+    steps = ladder.steps(spec)
+    for i, step in enumerate(steps):
+        where = f"{ladder.describe(steps, i)}: " if len(steps) > 1 else ""
+        reason = (
+            C.REASON_REPAIR_JOB_NOT_ALLOWED
+            if step.strategy == RepairStrategy.JOB
+            else C.REASON_WEBHOOK_NOT_ALLOWED
+        )
+        try:
+            why = None
+            if step.strategy == RepairStrategy.JOB and step.job is not None:
+                why = await job_refusal(kube, spec, step.job)
+            hook = step.webhook
+            if step.strategy == RepairStrategy.WEBHOOK and hook and hook.secret_ref:
+                path = f"/api/v1/namespaces/{namespace()}/secrets/{hook.secret_ref.name}"
+                secret = await read_optional(kube, path)
+                if secret is not None:
+                    why = permits.webhook_refusal(secret, hook.url, namespace())
+        except ApiError as e:
+            if e.status == 403:  # the operator may not read it: nothing is allowed
+                return reason, f"{where}cannot check what the repair may use: {e.message}"
+            raise
+        if why is not None:
+            return reason, where + why
     return None
 
 
-def _forbidden_reason(spec: NodeRepairSpec) -> str:
-    if spec.repair.strategy == RepairStrategy.JOB:
-        return C.REASON_REPAIR_JOB_NOT_ALLOWED
-    return C.REASON_WEBHOOK_NOT_ALLOWED
-
-
 async def create_job(
-    kube: Kube, repair: kopf.Body, spec: NodeRepairSpec, name: str
+    kube: Kube, repair: kopf.Body, spec: NodeRepairSpec, name: str, job: JobRepair | None = None
 ) -> JobState | None:
     """Idempotent: the name is per attempt, so an existing Job is this attempt's.
     A Job the platform admin has not allowed is never created, and one the API
     server refuses (a bad template) is a failed attempt, not a retry."""
     try:
-        why = await job_refusal(kube, spec)
+        why = await job_refusal(kube, spec, job)
     except ApiError as e:
         if e.status != 403:
             raise
@@ -166,7 +203,9 @@ async def create_job(
         )
     try:
         await kube.request(
-            "POST", f"/apis/batch/v1/namespaces/{namespace()}/jobs", job_body(repair, spec, name)
+            "POST",
+            f"/apis/batch/v1/namespaces/{namespace()}/jobs",
+            job_body(repair, spec, name, job),
         )
     except ApiError as e:
         if e.status == 409:
@@ -205,12 +244,19 @@ async def delete_job(kube: Kube, name: str) -> None:
 
 
 async def call_webhook(
-    kube: Kube, repair: kopf.Body, spec: NodeRepairSpec, attempt: int, poll: bool
+    kube: Kube,
+    repair: kopf.Body,
+    spec: NodeRepairSpec,
+    attempt: int,
+    poll: bool,
+    hook: WebhookRepair | None = None,
+    step: int = 1,
 ) -> WebhookAnswer:
-    """POSTs {node, repair, reason, attempt, poll}; the answer must be 2xx JSON with
-    status Succeeded | Failed | Running. `poll` marks a call about an attempt that
-    was already started (after a Running answer, or after an operator restart)."""
-    hook = spec.repair.webhook
+    """POSTs {node, repair, reason, attempt, poll, step}; the answer must be 2xx JSON
+    with status Succeeded | Failed | Running. `poll` marks a call about an attempt
+    that was already started (after a Running answer, or after an operator restart);
+    `step` is the ladder step (1-based) whose webhook `hook` is."""
+    hook = hook or spec.repair.webhook
     assert hook is not None
     headers = {"Content-Type": "application/json"}
     token = None
@@ -227,6 +273,7 @@ async def call_webhook(
         "reason": spec.reason or "",
         "attempt": attempt,
         "poll": poll,
+        "step": step,
     }
     timeout = aiohttp.ClientTimeout(total=hook.timeout_seconds)
     try:
@@ -237,13 +284,15 @@ async def call_webhook(
             raw = await read_limited(response.content, MAX_ANSWER + 1)
             status = response.status
     except TimeoutError:
-        return WebhookAnswer(attempt, "Error", f"webhook timed out after {hook.timeout_seconds}s")
+        return WebhookAnswer(
+            attempt, "Error", f"webhook timed out after {hook.timeout_seconds}s", step=step
+        )
     except (aiohttp.ClientSSLError, ssl.SSLError) as e:
         return WebhookAnswer(attempt, "Error", f"webhook TLS error: {e}")
     except aiohttp.ClientError as e:
         return WebhookAnswer(attempt, "Error", f"webhook unreachable: {type(e).__name__}: {e}")
     answer = parse_answer(attempt, status, raw)
-    return dataclasses.replace(answer, message=permits.redact(answer.message, token))
+    return dataclasses.replace(answer, message=permits.redact(answer.message, token), step=step)
 
 
 async def webhook_token(kube: Kube, hook: WebhookRepair) -> str:

@@ -35,6 +35,9 @@ def decide(obs: Observation) -> Decision:
     if obs.spec.dry_run:
         return drain.dry_run(d, obs)
     if obs.node is None:
+        if recovery.replacing(status):  # a Replace step deleted its Machine: it goes
+            recovery.repairing(d, obs)
+            return d
         return fail(d, obs, C.REASON_NODE_NOT_FOUND, f"node {obs.spec.node_name} does not exist")
 
     if status.phase == Phase.UNCORDONING:

@@ -182,3 +182,29 @@ def redact(text: str, secret: str | None) -> str:
     if not secret:
         return text
     return text.replace(secret, "[redacted]")
+
+
+def machine_refusal(machine: Mapping[str, Any]) -> str | None:
+    """Why a Replace step may not delete `machine` (a Cluster API Machine), or None:
+    the platform admin opts a pool in with the label pitstop.dev/replace-allowed=true
+    on its Machines (in the MachineDeployment's template)."""
+    meta = machine.get("metadata") or {}
+    if not _marked(machine, C.LABEL_REPLACE_ALLOWED):
+        return (
+            f"Machine {meta.get('namespace')}/{meta.get('name')} is not allowed to be replaced"
+            f" (the platform admin labels its pool's Machines {C.LABEL_REPLACE_ALLOWED}=true)"
+        )
+    return None
+
+
+def template_refusal(template: Mapping[str, Any]) -> str | None:
+    """Why an External step may not create a remediation from `template`, or None:
+    the platform admin labels the templates repairs may use
+    pitstop.dev/remediator-allowed=true."""
+    meta = template.get("metadata") or {}
+    if not _marked(template, C.LABEL_REMEDIATOR_ALLOWED):
+        return (
+            f"{template.get('kind')} {meta.get('namespace')}/{meta.get('name')} is not allowed"
+            f" for repairs (the platform admin labels it {C.LABEL_REMEDIATOR_ALLOWED}=true)"
+        )
+    return None

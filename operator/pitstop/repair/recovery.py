@@ -4,9 +4,11 @@ Pure, like pitstop.repair.drain: it reads the repair's status, the node, and wha
 driver learnt of the current attempt (the Job's state, the webhook's answer, the
 human's annotation), and returns the next status and the actions to take.
 
-Attempts: `repair.maxAttempts` covers repair-then-verify; a failed attempt (the
-hook failed or timed out, or the node did not verify) starts the next one after
-a backoff. Manual repairs have one attempt: the human's word is final."""
+Attempts: each step of the ladder (pitstop.repair.ladder; `repair.strategy` is a
+ladder of one) has `maxAttempts` of repair-then-verify; a failed attempt (the hook
+failed or timed out, or the node did not verify) starts the next one after a
+backoff, and a step out of attempts hands over to the next step at once. Manual
+steps have one attempt: the human's word is final."""
 
 from __future__ import annotations
 
@@ -16,12 +18,13 @@ from datetime import timedelta
 from pitstop import constants
 from pitstop.cluster import nodes
 from pitstop.models import (
-    NodeRepairSpec,
+    NodeRepairStatus,
     Phase,
     RepairStatus,
     RepairStrategy,
     VerifyStatus,
 )
+from pitstop.repair import ladder
 from pitstop.repair.flow import Decision, Event, Observation, enter, fail, phase_start, set_cond
 
 C = constants
@@ -29,48 +32,66 @@ JOB_POLL = timedelta(seconds=1)
 """Jobs live in the operator's namespace, outside its cluster-wide watches: their
 state is read at this pace while one runs."""
 WEBHOOK_POLL = timedelta(seconds=2)
+REMEDY_POLL = timedelta(seconds=2)
+"""A Replace step's Machines and an External step's CR are read at this pace."""
+retry_backoff = ladder.retry_backoff
 
 
-def retry_backoff(attempt: int) -> timedelta:
-    """Pause after the n-th failed attempt: 5 s doubling, at most 5 min."""
-    return timedelta(seconds=min(5 * 2 ** (attempt - 1), 300))
-
-
-def job_name(repair: str, attempt: int) -> str:
-    """Deterministic per attempt (a restarted operator finds, never duplicates, it);
-    at most 63 characters (Job names become pod labels)."""
-    name = f"pitstop-{repair}-{attempt}"
+def job_name(repair: str, attempt: int, step: int = 1) -> str:
+    """Deterministic per step and attempt (a restarted operator finds, never
+    duplicates, it); at most 63 characters (Job names become pod labels). The first
+    step's Jobs keep the names they had before the ladder; later steps' end in
+    `s<step>a<attempt>`, never a number alone, so no two repairs' Jobs share a name
+    (repair `r-s2` and step 2 of repair `r` would, with `s2-1`)."""
+    tail = f"{attempt}" if step == 1 else f"s{step}a{attempt}"
+    name = f"pitstop-{repair}-{tail}"
     if len(name) <= 63:
         return name
     digest = hashlib.sha256(repair.encode()).hexdigest()[:8]
-    return f"pitstop-{repair[: 63 - len(f'pitstop--{digest}-{attempt}')]}-{digest}-{attempt}"
+    return f"pitstop-{repair[: 63 - len(f'pitstop--{digest}-{tail}')]}-{digest}-{tail}"
+
+
+def replacing(status: NodeRepairStatus) -> bool:
+    """A Replace step deleted the node's Machine: the node is expected to vanish."""
+    rs = status.repair
+    return status.phase == Phase.REPAIRING and rs is not None and rs.replace is not None
 
 
 def repairing(d: Decision, obs: Observation) -> None:
-    spec: NodeRepairSpec = obs.spec
-    rs = (d.status.repair or RepairStatus()).model_copy()
-    d.status.repair = rs
-    strategy = spec.repair.strategy
+    ladder_ = ladder.steps(obs.spec)
     now = obs.now
+    rs = ladder.entered(ladder_, (d.status.repair or RepairStatus()).model_copy(), now)
+    d.status.repair = rs
+    i = ladder.index(ladder_, rs)
+    step = ladder_[i]
+    strategy = step.strategy
+    where = f", {ladder.describe(ladder_, i)}" if len(ladder_) > 1 else ""
 
     if rs.attempts == 0 or (rs.next_attempt_time is not None and now >= rs.next_attempt_time):
+        if rs.attempts == 0 and len(ladder_) > 1:
+            started = f"Repair {ladder.describe(ladder_, i)}"
+            if rs.moved_on:
+                started += f" (after {rs.moved_on})"
+            d.events.append(Event("Normal", C.REASON_STEP_STARTED, started, True))
         rs.attempts += 1
         rs.attempt_start_time, rs.next_attempt_time = now, None
-        rs.job_name = job_name(obs.name, rs.attempts) if strategy == RepairStrategy.JOB else None
+        rs.job_name = (
+            job_name(obs.name, rs.attempts, i + 1) if strategy == RepairStrategy.JOB else None
+        )
         if strategy == RepairStrategy.WEBHOOK:
             rs.webhook_started = rs.attempts  # recorded before the call is made
             d.call_webhook = (rs.attempts, False)
         if strategy == RepairStrategy.JOB:
             d.create_job = rs.job_name
-        detail = f"attempt {rs.attempts} of {_max(spec)}: {strategy.value}"
+        detail = f"attempt {rs.attempts} of {ladder.max_attempts(step)}: {strategy.value}{where}"
         set_cond(d, obs, C.COND_REPAIRED, False, C.REASON_REPAIR_STARTED, detail)
         d.events.append(Event("Normal", C.REASON_REPAIR_STARTED, f"Repair {detail}", True))
         d.status.message = f"Repairing: {detail}"
         if strategy == RepairStrategy.MANUAL:
             d.status.message += f" (annotate {C.ANNOTATION_REPAIRED}=true when done)"
-        d.wake_by(now + timedelta(seconds=spec.repair.timeout_seconds))
-        if strategy == RepairStrategy.JOB:
-            d.wake_by(now + JOB_POLL)
+        d.wake_by(now + timedelta(seconds=step.timeout_seconds))
+        if strategy in (RepairStrategy.JOB, RepairStrategy.REPLACE, RepairStrategy.EXTERNAL):
+            d.wake_by(now + JOB_POLL)  # the driver reads (and starts) them from the next pass
         return
 
     if rs.next_attempt_time is not None:  # between attempts
@@ -78,35 +99,55 @@ def repairing(d: Decision, obs: Observation) -> None:
         return
 
     assert rs.attempt_start_time is not None
-    deadline = rs.attempt_start_time + timedelta(seconds=spec.repair.timeout_seconds)
-    outcome, message = _outcome(d, obs, rs, strategy)
+    deadline = rs.attempt_start_time + timedelta(seconds=step.timeout_seconds)
+    outcome, message = _outcome(d, obs, rs, strategy, i + 1)
+    final = outcome == "skipped"
     if outcome is None and now >= deadline:
         outcome = "failed"
-        message = f"attempt {rs.attempts} timed out after {spec.repair.timeout_seconds}s"
+        message = f"attempt {rs.attempts} timed out after {step.timeout_seconds}s"
         if strategy == RepairStrategy.JOB and rs.job_name:
             d.delete_job, d.create_job = rs.job_name, None
-    if outcome == "repaired":
+    if outcome is not None and rs.external:
+        d.delete_external = rs.external  # the remediator's work on the node ends here
+    if outcome == "repaired" and strategy == RepairStrategy.REPLACE:
+        replaced(d, obs, message)
+    elif outcome == "repaired":
         set_cond(d, obs, C.COND_REPAIRED, True, C.REASON_REPAIRED, message)
         d.events.append(Event("Normal", C.REASON_REPAIRED, message))
         d.status.verify = VerifyStatus()
         enter(d, obs, Phase.VERIFYING)
         verifying(d, obs)
-    elif outcome == "failed":
-        attempt_failed(d, obs, message)
+    elif outcome in ("failed", "skipped"):
+        attempt_failed(d, obs, message, final)
     else:
+        if obs.remedy is not None and obs.remedy.message:
+            d.status.message = f"Repairing: {obs.remedy.message}{where}"
         d.wake_by(deadline)
 
 
 def _outcome(
-    d: Decision, obs: Observation, rs: RepairStatus, strategy: RepairStrategy
+    d: Decision, obs: Observation, rs: RepairStatus, strategy: RepairStrategy, step: int
 ) -> tuple[str | None, str]:
-    """("repaired" | "failed" | None while running, message) for the current attempt."""
+    """("repaired" | "failed" | "skipped" | None while running, message) for the
+    current attempt."""
     if strategy == RepairStrategy.MANUAL:
         mark = (obs.repaired_mark or "").strip().lower()
         if mark == "true":
             return "repaired", "declared repaired by a human"
         if mark == "false":
             return "failed", "declared failed by a human"
+        return None, ""
+    if strategy in (RepairStrategy.REPLACE, RepairStrategy.EXTERNAL):
+        got = obs.remedy
+        if got is None or (got.step, got.attempt) != (step, rs.attempts):
+            d.wake_by(obs.now + JOB_POLL)
+            return None, ""
+        if got.state == "Succeeded":
+            return "repaired", got.message
+        if got.state in ("Failed", "Skipped"):
+            reason = f"{got.reason}: " if got.reason else ""
+            return ("skipped" if got.state == "Skipped" else "failed"), reason + got.message
+        d.wake_by(obs.now + REMEDY_POLL)
         return None, ""
     if strategy == RepairStrategy.JOB:
         job = obs.job
@@ -123,7 +164,7 @@ def _outcome(
         d.wake_by(obs.now + JOB_POLL)
         return None, ""
     answer = obs.webhook
-    if answer is None or answer.attempt != rs.attempts:
+    if answer is None or answer.attempt != rs.attempts or answer.step != step:
         # Sent before a restart (or not answered yet): ask again, as a poll.
         d.call_webhook = (rs.attempts, rs.webhook_started == rs.attempts)
         return None, ""
@@ -139,23 +180,64 @@ def _outcome(
     return None, ""
 
 
-def attempt_failed(d: Decision, obs: Observation, message: str) -> None:
-    rs = (d.status.repair or RepairStatus()).model_copy()
+def replaced(d: Decision, obs: Observation, message: str) -> None:
+    """A Replace step's Machine is gone and the pool has a new Ready node: the node
+    under repair no longer exists, so there is nothing to verify or give back. Until
+    the old Node object is gone (Cluster API deletes it with its Machine), wait."""
+    if obs.node is not None:
+        d.status.message = f"Repairing: {message}; waiting for node {obs.spec.node_name} to go"
+        d.wake_by(obs.now + REMEDY_POLL)
+        return
+    for cond in (C.COND_REPAIRED, C.COND_VERIFIED, C.COND_UNCORDONED):
+        set_cond(d, obs, cond, True, C.REASON_NODE_REPLACED, message)
+    d.events.append(Event("Normal", C.REASON_NODE_REPLACED, message))
+    d.events.append(Event("Normal", C.REASON_SUCCEEDED, f"Node replaced: {message}"))
+    enter(d, obs, Phase.SUCCEEDED)
+    d.status.completion_time = obs.now
+    d.status.message = f"Replaced: {message}"
+
+
+def attempt_failed(d: Decision, obs: Observation, message: str, final: bool = False) -> None:
+    """The running attempt failed: the same step again after a backoff, the next step
+    of the ladder at once, or, with no step left, the repair fails. `final`: the step
+    cannot run on this node, so it is not retried."""
+    ladder_ = ladder.steps(obs.spec)
+    rs = ladder.entered(ladder_, (d.status.repair or RepairStatus()).model_copy(), obs.now)
     d.status.repair = rs
     rs.last_error = message
-    final = obs.spec.repair.strategy == RepairStrategy.MANUAL or rs.attempts >= _max(obs.spec)
-    if final:
+    i = ladder.index(ladder_, rs)
+    step = ladder_[i]
+    where = f", {ladder.describe(ladder_, i)}" if len(ladder_) > 1 else ""
+    nxt = ladder.after_failure(ladder_, rs, obs.now, final)
+    if isinstance(nxt, ladder.GiveUp):
         set_cond(d, obs, C.COND_REPAIRED, False, C.REASON_REPAIR_FAILED, message)
         fail(
-            d, obs, C.REASON_REPAIR_FAILED, f"{message} (attempt {rs.attempts} of {_max(obs.spec)})"
+            d,
+            obs,
+            C.REASON_REPAIR_FAILED,
+            f"{message} (attempt {rs.attempts} of {ladder.max_attempts(step)}{where})",
         )
         return
-    rs.next_attempt_time = obs.now + retry_backoff(rs.attempts)
-    set_cond(d, obs, C.COND_REPAIRED, False, C.REASON_REPAIR_ATTEMPT_FAILED, message)
-    d.events.append(Event("Warning", C.REASON_REPAIR_ATTEMPT_FAILED, message))
     if d.status.phase != Phase.REPAIRING:
         enter(d, obs, Phase.REPAIRING)
-    d.status.message = f"Attempt {rs.attempts} failed: {message}; retrying"
+    if isinstance(nxt, ladder.MoveOn):
+        why = f"{ladder.describe(ladder_, i)} failed: {message}"
+        d.status.repair = ladder.moved_on(ladder_, rs, nxt.to, obs.now, message)
+        set_cond(d, obs, C.COND_REPAIRED, False, C.REASON_STEP_FAILED, why)
+        d.events.append(
+            Event(
+                "Warning",
+                C.REASON_STEP_SKIPPED if final else C.REASON_STEP_FAILED,
+                f"{why}; next: {ladder.describe(ladder_, nxt.to)}",
+            )
+        )
+        repairing(d, obs)  # the next step starts in this pass
+        return
+    rs.next_attempt_time = nxt.at
+    rs.external = None  # deleted with its attempt: the next attempt makes its own CR
+    set_cond(d, obs, C.COND_REPAIRED, False, C.REASON_REPAIR_ATTEMPT_FAILED, message)
+    d.events.append(Event("Warning", C.REASON_REPAIR_ATTEMPT_FAILED, message + where))
+    d.status.message = f"Attempt {rs.attempts} failed: {message}; retrying{where}"
     d.wake_by(rs.next_attempt_time)
 
 
@@ -222,7 +304,3 @@ def uncordoning(d: Decision, obs: Observation) -> None:
     enter(d, obs, Phase.SUCCEEDED)
     d.status.completion_time = obs.now
     d.status.message = f"Repaired; {message}"
-
-
-def _max(spec: NodeRepairSpec) -> int:
-    return 1 if spec.repair.strategy == RepairStrategy.MANUAL else spec.repair.max_attempts
