@@ -321,7 +321,9 @@ class Process:
         node = nodes.get(node_name)
         if node_name and serving.wants_serving(body, node[0] if node else None):
             self.spawn(
-                serving.on_pod(body=body, memo=self.memo, nodes_by_name=nodes, logger=LOG),
+                serving.on_pod(
+                    body=body, type="MODIFIED", memo=self.memo, nodes_by_name=nodes, logger=LOG
+                ),
                 "on_pod",
             )
 
