@@ -47,6 +47,13 @@ from pitstop.models.noderepair import (
     VerifyStatus,
     WebhookRepair,
 )
+from pitstop.models.remediation import (
+    NodeRepairRemediationSpec,
+    NodeRepairRemediationStatus,
+    NodeRepairRemediationTemplateSpec,
+    RemediationTemplateBody,
+    TemplateMetadata,
+)
 from pitstop.models.repairpolicy import (
     AlertSource,
     RepairPolicySpec,
@@ -82,6 +89,9 @@ __all__ = [
     "MatchOperator",
     "NoSignal",
     "NodeRecord",
+    "NodeRepairRemediationSpec",
+    "NodeRepairRemediationStatus",
+    "NodeRepairRemediationTemplateSpec",
     "NodeRepairSpec",
     "NodeRepairStatus",
     "NodeRepairTemplateSpec",
@@ -89,6 +99,7 @@ __all__ = [
     "OnTaskTimeout",
     "Phase",
     "PrometheusTasks",
+    "RemediationTemplateBody",
     "RepairPolicySpec",
     "RepairPolicyStatus",
     "RepairSpec",
@@ -99,6 +110,7 @@ __all__ = [
     "SelectorOperator",
     "Suppression",
     "TaskSource",
+    "TemplateMetadata",
     "UnhealthyCondition",
     "VerifySpec",
     "VerifyStatus",
