@@ -89,6 +89,17 @@ ALLOWED = [
         for verb in ("get", "patch", "update")
         for kind in ("noderepairs", "repairpolicies")
     ),
+    # the NodeRepair a remediation object made, when the checker deletes that object
+    "delete noderepairs.pitstop.dev",
+    *(
+        f"{verb} noderepairremediations.pitstop.dev --all-namespaces"
+        for verb in ("get", "list", "watch", "patch")
+    ),
+    *(
+        f"{verb} noderepairremediations.pitstop.dev --subresource=status --all-namespaces"
+        for verb in ("get", "patch")
+    ),
+    "get machines.cluster.x-k8s.io --all-namespaces",
     *(f"{verb} instanceprofiles.pitstop.dev" for verb in ("get", "list", "watch")),
     *(f"{verb} instanceprofiles.pitstop.dev --subresource=status" for verb in ("get", "patch")),
     # namespaces: their labels, for InstanceProfile namespaceSelectors
@@ -127,8 +138,14 @@ REFUSED = [
     "create jobs.batch -n default",
     "create jobs.batch --all-namespaces",
     "create leases.coordination.k8s.io -n default",
-    "delete noderepairs.pitstop.dev",
     "delete repairpolicies.pitstop.dev",
+    # remediation objects are the checker's to create and delete; templates its to read
+    *(
+        f"{verb} noderepairremediations.pitstop.dev -n default"
+        for verb in ("create", "delete", "update")
+    ),
+    "get noderepairremediationtemplates.pitstop.dev -n default",
+    *(f"{verb} machines.cluster.x-k8s.io -n default" for verb in ("list", "patch", "delete")),
     "update clusterroles.rbac.authorization.k8s.io",
     "patch clusterroles.rbac.authorization.k8s.io",
     "create clusterrolebindings.rbac.authorization.k8s.io",

@@ -109,7 +109,7 @@ def node_repair(body: Mapping[str, Any], node: str) -> dict[str, Any]:
     """The NodeRepair a remediation object makes: its spec and the node, linked back
     by a label (the uid, what pitstop indexes) and an annotation (`ns/name`, for
     people). No owner reference: a cluster-scoped object cannot be owned by a
-    namespaced one (the garbage collector would delete it at once)."""
+    namespaced one (the garbage collector treats the reference as unresolvable)."""
     meta = body.get("metadata") or {}
     ns, name, uid = str(meta.get("namespace")), str(meta.get("name")), str(meta.get("uid"))
     spec = dict(body.get("spec") or {})
