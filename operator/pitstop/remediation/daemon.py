@@ -25,6 +25,8 @@ from pitstop.remediation.contract import Outcome
 
 MEMO_WAKERS = "remediation_wakers"
 """Key in kopf's operator-wide memo: remediation uid → its daemon's wake-up."""
+MEMO_PASSES = "remediation_passes"
+"""Key in kopf's operator-wide memo: the Passes of every remediation object."""
 RESYNC = 30.0
 """A pass at least this often (seconds): a Machine that gained its nodeRef, a
 namespace the admin just labelled."""
@@ -34,9 +36,29 @@ finalizer; then it asks kopf to call it again."""
 NODEREPAIRS = f"/apis/{C.GROUP}/{C.VERSION}/{C.NODEREPAIR_PLURAL}"
 
 
+class Passes:
+    """One pass or the deletion at a time per remediation object: kopf runs the
+    deletion handler while it stops the daemon, and a pass in flight could still
+    create the NodeRepair after the deletion found none, leaving a repair nobody
+    deletes. The deletion takes the lock (waiting for the pass) and marks the
+    object stopping; a pass that gets the lock after that does nothing."""
+
+    def __init__(self) -> None:
+        self.locks: dict[str, asyncio.Lock] = {}
+        self.stopping: set[str] = set()
+
+    def lock(self, uid: str) -> asyncio.Lock:
+        return self.locks.setdefault(uid, asyncio.Lock())
+
+    def forget(self, uid: str) -> None:
+        self.locks.pop(uid, None)
+        self.stopping.discard(uid)
+
+
 @kopf.on.startup()
 def make_wakers(memo: kopf.Memo, **_: Any) -> None:
     memo[MEMO_WAKERS] = Wakers()
+    memo[MEMO_PASSES] = Passes()
 
 
 @kopf.index(C.GROUP, C.VERSION, C.NODEREPAIR_PLURAL, labels={C.LABEL_REMEDIATION_UID: kopf.PRESENT})
@@ -72,7 +94,9 @@ class Remediator:
         self.told: set[str] = set()
 
     def old_status(self) -> NodeRepairRemediationStatus:
-        return NodeRepairRemediationStatus.model_validate(self.body.get("status") or {})
+        """What was last written: this process's own write (the body may lag it)."""
+        written = self.written if self.written is not None else self.body.get("status")
+        return NodeRepairRemediationStatus.model_validate(written or {})
 
     async def step(
         self,
@@ -84,18 +108,21 @@ class Remediator:
         view: contract.RepairView | None = one(repairs.get(self.uid))
         if view is None and old.node_repair:
             view = await self.read_repair()  # the index may lag our own create
-            if view is None:
-                message = f"NodeRepair {old.node_repair} was deleted: the node was given back"
-                await self.report(contract.refused(C.REASON_NODE_REPAIR_DELETED, message), now)
-                return
-        if view is None:
-            await self.start(old, namespace_labels, now)
-            return
         annotations = self.body.get("metadata", {}).get("annotations") or {}
         if C.ANNOTATION_NHC_TIMED_OUT in annotations and not contract.finished(view):
-            await self.delete_repair()
-            message = f"NodeHealthCheck moved on: NodeRepair {view.name} stopped, node given back"
+            if view is not None and not view.deleting:
+                await self.delete_repair()
+            message = "NodeHealthCheck moved on to its next remediator: " + (
+                f"NodeRepair {view.name} stopped, its node given back" if view else "not started"
+            )
             await self.report(contract.refused(C.REASON_TIMED_OUT, message), now)
+            return
+        if view is None and old.node_repair:
+            message = f"NodeRepair {old.node_repair} was deleted: its node was given back"
+            await self.report(contract.refused(C.REASON_NODE_REPAIR_DELETED, message), now)
+            return
+        if view is None:
+            await self.start(old, namespace_labels, now)
             return
         await self.report(contract.mirrored(view), now)
 
@@ -130,7 +157,7 @@ class Remediator:
                 self.post("Warning", "NodeRepairCreateFailed", f"{node}: {e.message}")
                 raise
         self.post("Normal", C.REASON_NODE_REPAIR_CREATED, f"NodeRepair {self.repair} for {node}")
-        view = contract.RepairView(self.repair, None, f"NodeRepair {self.repair} made for {node}")
+        view = contract.RepairView(self.repair, None, None)
         await self.report(contract.mirrored(view), now, node=node, repair=self.repair)
 
     async def node(self) -> str | None:
@@ -206,12 +233,18 @@ async def remediate(
 ) -> None:
     remediator = Remediator(body, memo["kube"], logger)
     wakers: Wakers = memo[MEMO_WAKERS]
+    passes: Passes = memo[MEMO_PASSES]
     waker = wakers.register(remediator.uid)
     try:
         while not stopped and not body.get("metadata", {}).get("deletionTimestamp"):
             waker.clear()
             try:
-                await remediator.step(repairs_by_remediation, namespace_labels, datetime.now(UTC))
+                async with passes.lock(remediator.uid):
+                    if remediator.uid in passes.stopping:
+                        return
+                    await remediator.step(
+                        repairs_by_remediation, namespace_labels, datetime.now(UTC)
+                    )
             except (ApiError, OSError, TimeoutError) as e:
                 logger.warning(f"Pass failed, retrying in 2s: {e}")
                 await nap(waker, stopped, 2.0)
@@ -227,12 +260,16 @@ async def give_back(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: 
     the NodeRepair and hold this object's finalizer until the NodeRepair's own
     finalizer has given the node back, as deleting a NodeRepair does."""
     remediator = Remediator(body, memo["kube"], logger)
+    passes: Passes = memo[MEMO_PASSES]
+    async with passes.lock(remediator.uid):  # the pass in flight ends first
+        passes.stopping.add(remediator.uid)
     await remediator.delete_repair()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + GONE_WAIT
     while loop.time() < deadline:
         if await remediator.read_repair() is None:
             logger.info(f"NodeRepair {remediator.repair} is gone; the node was given back.")
+            passes.forget(remediator.uid)
             return
         await asyncio.sleep(0.5)
     raise kopf.TemporaryError(f"NodeRepair {remediator.repair} is still giving its node back", 1)
