@@ -364,6 +364,18 @@ MACHINE_CRD = {
 what a Machine-owned remediation object needs (status.nodeRef)."""
 
 
+MACHINE_SPEC = {
+    "clusterName": "faas",
+    "bootstrap": {"dataSecretName": "none"},
+    "infrastructureRef": {
+        "apiGroup": "infrastructure.cluster.x-k8s.io",
+        "kind": "KwokMachine",
+        "name": "any",
+    },
+}
+"""What Cluster API's own Machine schema requires, should its CRD be the one installed."""
+
+
 def test_mhc_contract_repairs_the_machines_node(
     cluster: Cluster, pool: Callable[[int], Pool], checks: str
 ) -> None:
@@ -388,11 +400,7 @@ def test_mhc_contract_repairs_the_machines_node(
             "apiVersion": "cluster.x-k8s.io/v1beta2",
             "kind": "Machine",
             "metadata": {"name": machine_name},
-            "spec": {
-                "clusterName": "faas",
-                "bootstrap": {"dataSecretName": "none"},
-                "infrastructureRef": {"apiGroup": "x", "kind": "X", "name": "x"},
-            },
+            "spec": MACHINE_SPEC,
         },
     )
     cluster.custom.patch_namespaced_custom_object_status(
@@ -437,7 +445,7 @@ def test_a_machine_without_a_node_is_refused(cluster: Cluster, checks: str) -> N
             "apiVersion": "cluster.x-k8s.io/v1beta2",
             "kind": "Machine",
             "metadata": {"name": "md-0-nonode"},
-            "spec": {"clusterName": "faas"},
+            "spec": MACHINE_SPEC,
         },
     )
     tmpl = rem.template(cluster, checks, "gentle", SPEC)
@@ -445,3 +453,55 @@ def test_a_machine_without_a_node_is_refused(cluster: Cluster, checks: str) -> N
     refused = rem.wait_conditions(cluster, checks, "md-0-nonode", Succeeded="False")
     assert rem.conditions(refused)["Succeeded"] == ("False", "NoNode")
     assert not rem.node_repairs_of(cluster, obj["metadata"]["uid"])
+
+
+@pytest.mark.parametrize(
+    "label",
+    ["rbac.ext-remediation/aggregate-to-ext-remediation", "cluster.x-k8s.io/aggregate-to-manager"],
+)
+def test_the_checkers_roles_aggregate_pitstops_rules(
+    cluster: Cluster, namespace: str, label: str
+) -> None:
+    """What NHC installs (an aggregated ClusterRole selecting its label) and Cluster
+    API's aggregated manager role pick up pitstop-ext-remediation from
+    manifests/rbac: the checker may read templates and create and delete remediation
+    objects, and may not write their status (pitstop's) or NodeRepairs."""
+    role = f"checker-{uuid.uuid4().hex[:6]}"
+    sa = "checker"
+    cluster.kubectl("create", "serviceaccount", sa, "-n", namespace)
+    aggregated = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": role},
+        "aggregationRule": {"clusterRoleSelectors": [{"matchLabels": {label: "true"}}]},
+    }
+    cluster.kubectl("apply", "-f", "-", input=rem._json(aggregated))
+    cluster.kubectl(
+        "create",
+        "clusterrolebinding",
+        role,
+        f"--clusterrole={role}",
+        f"--serviceaccount={namespace}:{sa}",
+    )
+    who = f"system:serviceaccount:{namespace}:{sa}"
+
+    def can(*args: str) -> bool:
+        out = cluster.kubectl("auth", "can-i", *args, "--as", who, check=False).stdout.strip()
+        return out == "yes"
+
+    try:
+        wait_until(
+            "the aggregated rules",
+            lambda: can("create", "noderepairremediations.pitstop.dev", "-n", namespace),
+            timeout=30,
+        )
+        assert can("delete", "noderepairremediations.pitstop.dev", "-n", namespace)
+        assert can("get", "noderepairremediationtemplates.pitstop.dev", "-n", namespace)
+        assert not can(
+            "patch", "noderepairremediations.pitstop.dev", "--subresource=status", "-n", namespace
+        )
+        assert not can("create", "noderepairs.pitstop.dev")
+        assert not can("create", "noderepairremediationtemplates.pitstop.dev", "-n", namespace)
+    finally:
+        cluster.kubectl("delete", "clusterrolebinding", role, check=False)
+        cluster.kubectl("delete", "clusterrole", role, check=False)
