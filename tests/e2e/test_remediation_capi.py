@@ -161,13 +161,15 @@ def workload_cluster(cluster: Cluster, ns: str, name: str) -> None:
                         "type": "ControlPlaneInitialized",
                         "status": "True",
                         "reason": "Initialized",
+                        "message": "",
                         "lastTransitionTime": "2026-01-01T00:00:00Z",
                     }
                 ],
             }
         },
     )
-    kubeconfig = Path(cluster.kubeconfig).read_text()
+    # Certificates inline: the Secret has no directory to resolve file paths against.
+    kubeconfig = cluster.kubectl("config", "view", "--raw", "--flatten", "--minify").stdout
     cluster.core.create_namespaced_secret(
         ns,
         {

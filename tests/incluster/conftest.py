@@ -106,6 +106,8 @@ def installed(cluster: Cluster) -> Iterator[list[client.V1Pod]]:
         "crd/noderepairs.pitstop.dev",
         "crd/repairpolicies.pitstop.dev",
         "crd/instanceprofiles.pitstop.dev",
+        "crd/noderepairremediations.pitstop.dev",
+        "crd/noderepairremediationtemplates.pitstop.dev",
     )
     cluster.kubectl("-n", NAMESPACE, "rollout", "status", "deployment/pitstop", "--timeout=300s")
     yield operator_pods(cluster)
