@@ -133,8 +133,16 @@ def test_nhc_contract_drives_a_full_gentle_repair(
     name = nr["metadata"]["name"]
 
     wait_repair_phase(cluster, name, "Repairing")
-    running = rem.wait_conditions(cluster, checks, node, Processing="True", Succeeded="Unknown")
-    assert rem.conditions(running)["Processing"] == ("True", "Repairing")
+    running = wait_until(
+        "Processing=True/Repairing mirrored",
+        lambda: (
+            (o := rem.get(cluster, checks, node))
+            and rem.conditions(o).get("Processing") == ("True", "Repairing")
+            and o
+        ),
+        timeout=30,
+    )
+    assert rem.conditions(running)["Succeeded"] == ("Unknown", "Repairing")
     assert rem.conditions(running)["PermanentNodeDeletionExpected"] == ("False", "NodeKept")
     assert running["status"]["nodeRepair"] == name and running["status"]["nodeName"] == node
     assert node_markers(cluster, node) == {"unschedulable": True, "taint": True, "lock": name}

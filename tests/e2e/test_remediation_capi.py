@@ -42,7 +42,8 @@ SOURCE = Path(__file__).parent / "capimhc"
 CACHE = Path.home() / ".cache" / "pitstop"
 BINARY = CACHE / "bin" / f"capimhc-{CAPI_VERSION}"
 CAPI = ("cluster.x-k8s.io", "v1beta2")
-CRDS = ("clusters", "machines", "machinehealthchecks")
+CRDS = ("clusters", "machines", "machinehealthchecks", "machinepools")
+"""Cluster API's CRDs the controller reads (its default indexes include MachinePools)."""
 RELEASED = {"unschedulable": False, "taint": False, "lock": None}
 BUILD_TIMEOUT = 1800
 
@@ -76,7 +77,7 @@ def capimhc() -> Path:
 
 def module_dir() -> Path:
     out = subprocess.run(
-        ["go", "list", "-m", "-json", f"sigs.k8s.io/cluster-api@{CAPI_VERSION}"],
+        ["go", "mod", "download", "-json", f"sigs.k8s.io/cluster-api@{CAPI_VERSION}"],
         cwd=SOURCE,
         env=go_env(),
         capture_output=True,
@@ -142,7 +143,13 @@ def workload_cluster(cluster: Cluster, ns: str, name: str) -> None:
             "apiVersion": "/".join(CAPI),
             "kind": "Cluster",
             "metadata": {"name": name},
-            "spec": {},
+            "spec": {
+                "infrastructureRef": {
+                    "apiGroup": "infrastructure.cluster.x-k8s.io",
+                    "kind": "KwokCluster",
+                    "name": name,
+                }
+            },
         },
     )
     cluster.custom.patch_namespaced_custom_object_status(
@@ -158,12 +165,14 @@ def workload_cluster(cluster: Cluster, ns: str, name: str) -> None:
                 },
                 "conditions": [
                     {
-                        "type": "ControlPlaneInitialized",
+                        "type": kind,
                         "status": "True",
-                        "reason": "Initialized",
+                        "reason": "Ready",
                         "message": "",
                         "lastTransitionTime": "2026-01-01T00:00:00Z",
                     }
+                    # what MachineHealthCheck asks before it judges a Machine
+                    for kind in ("ControlPlaneInitialized", "InfrastructureReady")
                 ],
             }
         },
@@ -284,11 +293,12 @@ def test_the_real_machinehealthcheck_drives_a_gentle_repair(
     machine_name = m["metadata"]["name"]
 
     inject(cluster, node)
-    obj = wait_until(
-        "MachineHealthCheck's remediation object",
-        lambda: rem.get(cluster, namespace, machine_name),
-        timeout=120,
-    )
+
+    def made() -> dict[str, Any] | None:
+        assert checker.poll() is None, "the MachineHealthCheck controller exited (its log above)"
+        return rem.get(cluster, namespace, machine_name)
+
+    obj = wait_until("MachineHealthCheck's remediation object", made, timeout=120)
     owners = obj["metadata"]["ownerReferences"]
     assert [(o["kind"], o["name"]) for o in owners] == [("Machine", machine_name)]
     nrs = wait_until("its NodeRepair", lambda: rem.node_repairs_of(cluster, obj["metadata"]["uid"]))

@@ -54,6 +54,7 @@ func run(ctx context.Context) error {
 	}
 	cache, err := clustercache.SetupWithManager(ctx, mgr, clustercache.Options{
 		SecretClient: mgr.GetClient(),
+		Client:       clustercache.ClientOptions{UserAgent: "capimhc"},
 	}, controller.Options{MaxConcurrentReconciles: 1})
 	if err != nil {
 		return err
