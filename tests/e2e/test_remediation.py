@@ -513,3 +513,34 @@ def test_the_checkers_roles_aggregate_pitstops_rules(
     finally:
         cluster.kubectl("delete", "clusterrolebinding", role, check=False)
         cluster.kubectl("delete", "clusterrole", role, check=False)
+
+
+def test_a_killed_operator_resumes_the_remediation(
+    cluster: Cluster, pool: Callable[[int], Pool], checks: str, running_operator: Operator
+) -> None:
+    """Invariant 6 for remediation objects: SIGKILLed while the object waits on its
+    NodeRepair (and again while the object is being deleted), the restarted operator
+    makes no second NodeRepair, reports the outcome, and still gives the node back."""
+    p = make_pool(cluster, pool, 2)
+    node = p.names[0]
+    tmpl = rem.template(cluster, checks, "gentle", SPEC)
+    nhc = rem.nodehealthcheck(cluster, f"nhc-{uuid.uuid4().hex[:6]}", p.selector, tmpl)
+    inject(cluster, node)
+    obj = rem.create_as_nhc(cluster, nhc, tmpl, node)
+    name = node_repair(cluster, obj)["metadata"]["name"]
+    wait_repair_phase(cluster, name, "Repairing")
+
+    running_operator.kill()
+    heal(cluster, node)
+    repaired(cluster, name)
+    running_operator.start()
+    rem.wait_conditions(cluster, checks, node, Processing="False", Succeeded="True")
+    assert len(rem.node_repairs_of(cluster, obj["metadata"]["uid"])) == 1
+
+    running_operator.kill()
+    rem.delete(cluster, checks, node)  # its finalizer holds it while nobody runs it
+    assert rem.get(cluster, checks, node) is not None
+    running_operator.start()
+    wait_until("remediation gone", lambda: rem.get(cluster, checks, node) is None, timeout=60)
+    assert repair_gone(cluster, obj["metadata"]["uid"])
+    assert node_markers(cluster, node) == RELEASED
