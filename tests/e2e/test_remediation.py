@@ -544,3 +544,77 @@ def test_a_killed_operator_resumes_the_remediation(
     wait_until("remediation gone", lambda: rem.get(cluster, checks, node) is None, timeout=60)
     assert repair_gone(cluster, obj["metadata"]["uid"])
     assert node_markers(cluster, node) == RELEASED
+
+
+def test_rights_on_a_namespace_do_not_open_it_to_remediation(
+    cluster: Cluster, pool: Callable[[int], Pool], namespace: str, running_operator: Operator
+) -> None:
+    """The trust model (docs/security.md): a namespace's built-in `admin` may neither
+    create remediation objects (pitstop's roles aggregate into no built-in one) nor
+    label its own namespace; and someone granted create on them in a namespace the
+    platform admin did not label gets no repair, whatever the object asks for."""
+    p = make_pool(cluster, pool, 1)
+    node = p.names[0]
+    sa = "ns-admin"
+    who = f"system:serviceaccount:{namespace}:{sa}"
+    cluster.kubectl("create", "serviceaccount", sa, "-n", namespace)
+    cluster.kubectl(
+        "create",
+        "rolebinding",
+        "ns-admin",
+        "--clusterrole=admin",
+        f"--serviceaccount={namespace}:{sa}",
+        "-n",
+        namespace,
+    )
+
+    def can(*args: str) -> bool:
+        out = cluster.kubectl("auth", "can-i", *args, "--as", who, check=False).stdout
+        return out.strip() == "yes"
+
+    wait_until("the admin role bound", lambda: can("create", "deployments.apps", "-n", namespace))
+    assert not can("create", "noderepairremediations.pitstop.dev", "-n", namespace)
+    assert not can("create", "noderepairremediationtemplates.pitstop.dev", "-n", namespace)
+    assert not can("patch", f"namespace/{namespace}")
+    assert not can("create", "noderepairs.pitstop.dev")
+
+    # Granted create on remediation objects here (not by pitstop's roles): still no
+    # repair, as the namespace lacks the platform admin's label.
+    cluster.kubectl(
+        "create",
+        "role",
+        "remediate",
+        "--verb=create,get",
+        "--resource=noderepairremediations.pitstop.dev",
+        "-n",
+        namespace,
+    )
+    cluster.kubectl(
+        "create",
+        "rolebinding",
+        "remediate",
+        "--role=remediate",
+        f"--serviceaccount={namespace}:{sa}",
+        "-n",
+        namespace,
+    )
+    wait_until(
+        "create granted",
+        lambda: can("create", "noderepairremediations.pitstop.dev", "-n", namespace),
+    )
+    body = {
+        "apiVersion": rem.API_VERSION,
+        "kind": rem.KIND,
+        "metadata": {"name": node, "namespace": namespace},
+        "spec": SPEC,
+    }
+    cluster.kubectl("create", "--as", who, "-f", "-", input=rem._json(body))
+    try:
+        refused = rem.wait_conditions(cluster, namespace, node, Succeeded="False")
+        assert rem.conditions(refused)["Succeeded"] == ("False", "NamespaceNotAllowed")
+        uid = refused["metadata"]["uid"]
+        assert not rem.node_repairs_of(cluster, uid)
+        assert node_markers(cluster, node) == RELEASED
+    finally:
+        rem.delete(cluster, namespace, node)
+        wait_until("object gone", lambda: rem.get(cluster, namespace, node) is None)
