@@ -30,12 +30,17 @@ from pitstop.constants import (
     GROUP,
     INSTANCEPROFILE_PLURAL,
     NODEREPAIR_PLURAL,
+    REMEDIATION_PLURAL,
+    REMEDIATION_TEMPLATE_PLURAL,
     REPAIRPOLICY_PLURAL,
     VERSION,
 )
 from pitstop.models import (
     InstanceProfileSpec,
     InstanceProfileStatus,
+    NodeRepairRemediationSpec,
+    NodeRepairRemediationStatus,
+    NodeRepairRemediationTemplateSpec,
     NodeRepairSpec,
     NodeRepairStatus,
     RepairPolicySpec,
@@ -122,22 +127,31 @@ def crd(
     short_name: str,
     description: str,
     spec: type[BaseModel],
-    status: type[BaseModel],
+    status: type[BaseModel] | None,
     columns: list[Schema],
+    namespaced: bool = False,
 ) -> Schema:
-    """A cluster-scoped, single-version CRD with a status subresource."""
+    """A single-version CRD, cluster-scoped unless `namespaced`, with a status
+    subresource when it has a status."""
+    properties: Schema = {
+        "apiVersion": {"type": "string"},
+        "kind": {"type": "string"},
+        "metadata": {"type": "object"},
+        "spec": model_schema(spec),
+    }
+    if status is not None:
+        properties["status"] = model_schema(status)
     schema: Schema = {
         "description": description,
         "type": "object",
         "required": ["spec"],
-        "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {"type": "object"},
-            "spec": model_schema(spec),
-            "status": model_schema(status),
-        },
+        "properties": properties,
     }
+    version: Schema = {"name": VERSION, "served": True, "storage": True}
+    if status is not None:
+        version["subresources"] = {"status": {}}
+    version["additionalPrinterColumns"] = columns
+    version["schema"] = {"openAPIV3Schema": schema}
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -152,17 +166,8 @@ def crd(
                 "shortNames": [short_name],
                 "categories": ["pitstop"],
             },
-            "scope": "Cluster",
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": columns,
-                    "schema": {"openAPIV3Schema": schema},
-                }
-            ],
+            "scope": "Namespaced" if namespaced else "Cluster",
+            "versions": [version],
         },
     }
 
@@ -232,7 +237,45 @@ def crds() -> dict[str, Schema]:
             AGE,
         ],
     )
+    remediation = crd(
+        kind="NodeRepairRemediation",
+        plural=REMEDIATION_PLURAL,
+        short_name="nrr",
+        description="A health checker's request (NodeHealthCheck, MachineHealthCheck) to "
+        "remediate one node: pitstop repairs it gently through a NodeRepair.",
+        spec=NodeRepairRemediationSpec,
+        status=NodeRepairRemediationStatus,
+        namespaced=True,
+        columns=[
+            _column("Node", "string", ".status.nodeName", "The node being repaired."),
+            _column("Phase", "string", ".status.phase", "The NodeRepair's phase."),
+            _column(
+                "Succeeded",
+                "string",
+                '.status.conditions[?(@.type=="Succeeded")].status',
+                "True repaired, False failed, Unknown while it runs.",
+            ),
+            _column("NodeRepair", "string", ".status.nodeRepair", "The NodeRepair made.", 1),
+            AGE,
+        ],
+    )
+    remediation_template = crd(
+        kind="NodeRepairRemediationTemplate",
+        plural=REMEDIATION_TEMPLATE_PLURAL,
+        short_name="nrrt",
+        description="What a NodeHealthCheck or MachineHealthCheck stamps out as a "
+        "NodeRepairRemediation for each unhealthy node: spec.template.spec.",
+        spec=NodeRepairRemediationTemplateSpec,
+        status=None,
+        namespaced=True,
+        columns=[
+            _column("Strategy", "string", ".spec.template.spec.repair.strategy", "Repair."),
+            AGE,
+        ],
+    )
     return {
+        f"{GROUP}_{REMEDIATION_PLURAL}.yaml": remediation,
+        f"{GROUP}_{REMEDIATION_TEMPLATE_PLURAL}.yaml": remediation_template,
         f"{GROUP}_{NODEREPAIR_PLURAL}.yaml": node_repair,
         f"{GROUP}_{REPAIRPOLICY_PLURAL}.yaml": repair_policy,
         f"{GROUP}_{INSTANCEPROFILE_PLURAL}.yaml": instance_profile,

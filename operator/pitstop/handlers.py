@@ -22,10 +22,19 @@ from pitstop.instances import serving
 from pitstop.instances.sources import daemon as sources_daemon
 from pitstop.pool import alerts
 from pitstop.pool import daemon as pool_daemon
+from pitstop.remediation import daemon as remediation_daemon
 from pitstop.repair import daemon as repair_daemon
 from pitstop.repair import orphans
 
-__all__ = ["indexes", "orphans", "pool_daemon", "repair_daemon", "serving", "sources_daemon"]
+__all__ = [
+    "indexes",
+    "orphans",
+    "pool_daemon",
+    "remediation_daemon",
+    "repair_daemon",
+    "serving",
+    "sources_daemon",
+]
 
 WATCH_HANDLERS = frozenset(
     {
@@ -40,6 +49,7 @@ WATCH_HANDLERS = frozenset(
         "wake_on_policy",
         "wake_on_profile",
         "wake_on_pod",
+        "wake_remediation",
     }
 )
 """Handlers run on every watch event; their success is not logged (pitstop.runner)."""

@@ -146,5 +146,7 @@ def install_crds(cluster: Cluster) -> Cluster:
         "crd/noderepairs.pitstop.dev",
         "crd/repairpolicies.pitstop.dev",
         "crd/instanceprofiles.pitstop.dev",
+        "crd/noderepairremediations.pitstop.dev",
+        "crd/noderepairremediationtemplates.pitstop.dev",
     )
     return cluster

@@ -89,6 +89,16 @@ ALLOWED = [
         for verb in ("get", "patch", "update")
         for kind in ("noderepairs", "repairpolicies")
     ),
+    # the NodeRepair a remediation object made, when the checker deletes that object
+    "delete noderepairs.pitstop.dev",
+    *(
+        f"{verb} noderepairremediations.pitstop.dev --all-namespaces"
+        for verb in ("get", "list", "watch", "patch")
+    ),
+    *(
+        f"{verb} noderepairremediations.pitstop.dev --subresource=status --all-namespaces"
+        for verb in ("get", "patch")
+    ),
     *(f"{verb} instanceprofiles.pitstop.dev" for verb in ("get", "list", "watch")),
     *(f"{verb} instanceprofiles.pitstop.dev --subresource=status" for verb in ("get", "patch")),
     # namespaces: their labels, for InstanceProfile namespaceSelectors
@@ -127,8 +137,13 @@ REFUSED = [
     "create jobs.batch -n default",
     "create jobs.batch --all-namespaces",
     "create leases.coordination.k8s.io -n default",
-    "delete noderepairs.pitstop.dev",
     "delete repairpolicies.pitstop.dev",
+    # remediation objects are the checker's to create and delete; templates its to read
+    *(
+        f"{verb} noderepairremediations.pitstop.dev -n default"
+        for verb in ("create", "delete", "update")
+    ),
+    "get noderepairremediationtemplates.pitstop.dev -n default",
     "update clusterroles.rbac.authorization.k8s.io",
     "patch clusterroles.rbac.authorization.k8s.io",
     "create clusterrolebindings.rbac.authorization.k8s.io",
@@ -335,6 +350,29 @@ def node_repair(cluster: Cluster, node: str) -> Iterator[str]:
     cluster.custom.delete_cluster_custom_object(GROUP, VERSION, "noderepairs", name)
 
 
+def allowed(sa: client.ApiClient, verb: str, group: str, resource: str, ns: str = "") -> bool:
+    """A SelfSubjectAccessReview: unlike `kubectl auth can-i`, it needs no CRD of the
+    resource installed (Cluster API's Machines may not be)."""
+    review = client.AuthorizationV1Api(sa).create_self_subject_access_review(
+        client.V1SelfSubjectAccessReview(
+            spec=client.V1SelfSubjectAccessReviewSpec(
+                resource_attributes=client.V1ResourceAttributes(
+                    verb=verb, group=group, resource=resource, namespace=ns or None
+                )
+            )
+        )
+    )
+    return bool(review.status.allowed)
+
+
+def test_cluster_api_machines_are_only_read(sa: client.ApiClient) -> None:
+    """One Machine is read, the owner of a MachineHealthCheck's remediation object,
+    for its status.nodeRef; never listed or written."""
+    assert allowed(sa, "get", "cluster.x-k8s.io", "machines", "any")
+    for verb in ("list", "watch", "patch", "update", "delete", "create"):
+        assert not allowed(sa, verb, "cluster.x-k8s.io", "machines", "any"), verb
+
+
 def test_noderepairs_and_their_status(
     cluster: Cluster, sa: client.ApiClient, node_repair: str
 ) -> None:
@@ -359,12 +397,10 @@ def test_noderepairs_and_their_status(
         node_repair,
         {"metadata": {"annotations": {"pitstop.dev/rbac-probe": "yes"}}},
     )
-    # Deleting a repair is a human decision.
-    forbidden(
-        lambda: custom.delete_cluster_custom_object(
-            GROUP, VERSION, "noderepairs", node_repair, dry_run=DRY_RUN
-        )
-    )
+    # Deleting a repair is a human decision, or a health checker's: the operator
+    # deletes the NodeRepair a deleted NodeRepairRemediation made (docs/security.md).
+    custom.delete_cluster_custom_object(GROUP, VERSION, "noderepairs", node_repair, dry_run=DRY_RUN)
+    assert custom.get_cluster_custom_object(GROUP, VERSION, "noderepairs", node_repair)
     assert client.CustomObjectsApi(sa).list_cluster_custom_object(GROUP, VERSION, "repairpolicies")
 
 

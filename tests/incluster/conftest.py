@@ -40,7 +40,13 @@ pytestmark = pytest.mark.incluster
 
 NAMESPACE = "pitstop-system"
 OPERATOR_LABELS = "app.kubernetes.io/name=pitstop,app.kubernetes.io/component=operator"
-CRDS = ("noderepairs", "repairpolicies", "instanceprofiles")
+CRDS = (
+    "noderepairs",
+    "repairpolicies",
+    "instanceprofiles",
+    "noderepairremediations",
+    "noderepairremediationtemplates",
+)
 METHODS = ("helm", "kustomize")
 INSTALL = os.environ.get("PITSTOP_INSTALL", "helm")
 if INSTALL not in METHODS:

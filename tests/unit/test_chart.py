@@ -107,7 +107,7 @@ def test_services_and_pdb_agree(
 
 def test_crds_agree(rendered: dict[chart.Key, Any], manifests: dict[chart.Key, Any]) -> None:
     crds = of_kind(manifests, "CustomResourceDefinition")
-    assert len(crds) == 3
+    assert len(crds) == 5
     for key, want in crds.items():
         assert rendered[key] == want, key
 

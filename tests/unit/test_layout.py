@@ -47,6 +47,8 @@ PURE = (
     "pitstop.models.common",
     "pitstop.models.noderepair",
     "pitstop.models.repairpolicy",
+    "pitstop.models.remediation",
+    "pitstop.remediation.contract",
 )
 
 

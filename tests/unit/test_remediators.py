@@ -76,7 +76,7 @@ def test_the_remediation_cr_follows_the_template_and_names_the_node() -> None:
     assert body["kind"] == "SelfNodeRemediation" and body["apiVersion"] == REF.api_version
     meta = body["metadata"]
     assert (meta["name"], meta["namespace"]) == ("node-7", "snr")
-    assert meta["annotations"][C.ANNOTATION_REMEDIATION_NODE] == "node-7"
+    assert meta["annotations"][C.ANNOTATION_NHC_NODE_NAME] == "node-7"
     assert remediators.made_by(body) == ("r1", "2/1")
     assert meta["ownerReferences"][0]["uid"] == "u-r1"
     assert body["spec"] == {"remediationStrategy": "Automatic"}

@@ -52,6 +52,13 @@ from pitstop.models.noderepair import (
     VerifyStatus,
     WebhookRepair,
 )
+from pitstop.models.remediation import (
+    NodeRepairRemediationSpec,
+    NodeRepairRemediationStatus,
+    NodeRepairRemediationTemplateSpec,
+    RemediationTemplateBody,
+    TemplateMetadata,
+)
 from pitstop.models.repairpolicy import (
     AlertSource,
     RepairPolicySpec,
@@ -88,6 +95,9 @@ __all__ = [
     "MatchOperator",
     "NoSignal",
     "NodeRecord",
+    "NodeRepairRemediationSpec",
+    "NodeRepairRemediationStatus",
+    "NodeRepairRemediationTemplateSpec",
     "NodeRepairSpec",
     "NodeRepairStatus",
     "NodeRepairTemplateSpec",
@@ -96,6 +106,7 @@ __all__ = [
     "Phase",
     "PrometheusTasks",
     "RemediationRef",
+    "RemediationTemplateBody",
     "RemediationTemplateRef",
     "RepairPolicySpec",
     "RepairPolicyStatus",
@@ -109,6 +120,7 @@ __all__ = [
     "SelectorOperator",
     "Suppression",
     "TaskSource",
+    "TemplateMetadata",
     "UnhealthyCondition",
     "VerifySpec",
     "VerifyStatus",

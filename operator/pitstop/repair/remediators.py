@@ -99,7 +99,7 @@ def remediation_body(
             "namespace": ref.namespace,
             "labels": {C.ANNOTATION_REPAIR: repair_label},
             "annotations": {
-                C.ANNOTATION_REMEDIATION_NODE: node,
+                C.ANNOTATION_NHC_NODE_NAME: node,
                 C.ANNOTATION_REPAIR: meta.get("name"),
                 C.ANNOTATION_ATTEMPT: key,
             },
