@@ -12,7 +12,7 @@ PITSTOP_CACHE ?= $(HOME)/.cache/pitstop
 export PATH := $(CURDIR)/$(BIN):$(PITSTOP_CACHE)/bin/kube-$(KUBE_VERSION):$(PITSTOP_CACHE)/bin/helm-$(HELM_VERSION):$(PATH)
 CHART := charts/pitstop
 
-.PHONY: help venv lock build helm deps image monitoring e2e-chaos e2e-incluster e2e-kind cluster-up cluster-down kubeconfig crds crds-check lint unit sim sim-long e2e test bench bench-drain bench-policy bench-scale bench-sources demo clean
+.PHONY: help venv lock build helm deps image monitoring e2e-chaos e2e-checkers e2e-incluster e2e-kind cluster-up cluster-down kubeconfig crds crds-check lint unit sim sim-long e2e test bench bench-drain bench-policy bench-scale bench-sources demo clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -101,6 +101,9 @@ e2e: venv build ## e2e tests on a fresh local control plane (PITSTOP_KEEP_CLUSTE
 
 e2e-chaos: venv build ## chaos soak: 20 repairs / 50 nodes under load, 10 operator SIGKILLs, apiserver+etcd restarts (~5 min; CHAOS_* for the long run)
 	$(BIN)/pytest -q tests/chaos
+
+e2e-checkers: venv build ## the real Cluster API MachineHealthCheck drives pitstop (builds its controller once: minutes)
+	PITSTOP_REAL_CHECKERS=1 $(BIN)/pytest -q tests/e2e/test_remediation_capi.py
 
 e2e-incluster: venv build ## pitstop installed with helm (and kubectl apply -k) as two Pods on real nodes, a function repaired under load
 	$(BIN)/pytest -q tests/incluster
