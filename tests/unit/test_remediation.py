@@ -330,3 +330,26 @@ def test_admission_counts_repairs_whoever_made_them(first_by_policy: bool) -> No
         Admission().check("second", "n2", "2026-01-01T00:00:01Z", nodes, repairs, {"p": [policy]})
     )
     assert admitted is None
+
+
+def test_a_replace_step_makes_nhc_expect_the_node_to_go() -> None:
+    # A NodeRepair whose ladder reached Replace records the Machine before deleting it:
+    # NHC must then expect the node to be deleted, not to come back healthy.
+    body = {
+        "metadata": {"name": "r"},
+        "status": {
+            "phase": "Repairing",
+            "repair": {"replace": {"machine": "capi/m-7", "machineUid": "u", "pool": "ms"}},
+        },
+    }
+    replacing = contract.repair_view(body)
+    assert replacing.replacing == "capi/m-7"
+    new = contract.status(
+        contract.mirrored(replacing), NodeRepairRemediationStatus(), T0, 1, "n", "r"
+    )
+    assert conditions(new)["PermanentNodeDeletionExpected"] == ("True", "NodeReplaced")
+    deletion = next(c for c in new.conditions if c.type == "PermanentNodeDeletionExpected")
+    assert "capi/m-7" in (deletion.message or "")
+    kept = contract.repair_view({"metadata": {"name": "r"}, "status": {"phase": "Repairing"}})
+    again = contract.status(contract.mirrored(kept), NodeRepairRemediationStatus(), T0, 1, "n", "r")
+    assert conditions(again)["PermanentNodeDeletionExpected"] == ("False", "NodeKept")

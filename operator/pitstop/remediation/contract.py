@@ -50,6 +50,9 @@ class RepairView:
     phase: Phase | None
     message: str | None
     deleting: bool = False
+    replacing: str | None = None
+    """The Machine (namespace/name) a Replace step of its ladder deletes, once
+    recorded: the node then goes for good."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,8 @@ class Outcome:
     message: str
     processing: tuple[ConditionStatus, str]
     succeeded: tuple[ConditionStatus, str]
+    replacing: str | None = None
+    """The Machine a Replace step deletes (PermanentNodeDeletionExpected=True)."""
 
 
 def repair_name(namespace: str, name: str, uid: str) -> str:
@@ -136,6 +141,7 @@ def repair_view(body: Mapping[str, Any]) -> RepairView:
         phase=phase,
         message=status.get("message"),
         deleting=meta.get("deletionTimestamp") is not None,
+        replacing=((status.get("repair") or {}).get("replace") or {}).get("machine"),
     )
 
 
@@ -153,16 +159,16 @@ def mirrored(view: RepairView) -> Outcome:
     phase as reason), Succeeded once it ends; a repair being deleted still runs
     until its finalizer has given the node back."""
     message = view.message or f"NodeRepair {view.name}"
+    m = view.replacing
     if view.phase == Phase.SUCCEEDED:
-        return Outcome(view.phase, message, (F, C.REASON_SUCCEEDED), (T, C.REASON_SUCCEEDED))
+        return Outcome(view.phase, message, (F, C.REASON_SUCCEEDED), (T, C.REASON_SUCCEEDED), m)
     if view.phase == Phase.FAILED:
-        return Outcome(
-            view.phase, message, (F, C.REASON_REPAIR_FAILED), (F, C.REASON_REPAIR_FAILED)
-        )
+        failed = (F, C.REASON_REPAIR_FAILED)
+        return Outcome(view.phase, message, failed, failed, m)
     if view.phase == Phase.ABORTED:
-        return Outcome(view.phase, message, (F, C.REASON_ABORTED), (F, C.REASON_ABORTED))
+        return Outcome(view.phase, message, (F, C.REASON_ABORTED), (F, C.REASON_ABORTED), m)
     step = (view.phase or Phase.PENDING).value
-    return Outcome(view.phase, message, (T, step), (U, step))
+    return Outcome(view.phase, message, (T, step), (U, step), m)
 
 
 def status(
@@ -179,11 +185,15 @@ def status(
     for type_, (value, reason) in (
         (C.COND_PROCESSING, outcome.processing),
         (C.COND_SUCCEEDED, outcome.succeeded),
-        (C.COND_PERMANENT_NODE_DELETION, (F, C.REASON_NODE_KEPT)),
+        (C.COND_PERMANENT_NODE_DELETION, _deletion(outcome)),
     ):
         message = outcome.message
         if type_ == C.COND_PERMANENT_NODE_DELETION:
-            message = "pitstop repairs the node in place; it never deletes it"
+            message = (
+                "pitstop repairs the node in place; it never deletes it"
+                if outcome.replacing is None
+                else f"a Replace step deletes Machine {outcome.replacing}: the node goes"
+            )
         conditions = set_condition(conditions, type_, value, reason, message, now, generation)
     return NodeRepairRemediationStatus(
         conditions=conditions,
@@ -194,6 +204,15 @@ def status(
         start_time=old.start_time or (now if repair else None),
         observed_generation=generation,
     )
+
+
+def _deletion(outcome: Outcome) -> tuple[ConditionStatus, str]:
+    """PermanentNodeDeletionExpected: True once a Replace step of the repair's ladder
+    has recorded the Machine it deletes (NHC then expects the node to go, not to
+    come back healthy); otherwise the node is repaired in place."""
+    if outcome.replacing is None:
+        return (F, C.REASON_NODE_KEPT)
+    return (T, C.REASON_NODE_REPLACED)
 
 
 def finished(view: RepairView | None) -> bool:
