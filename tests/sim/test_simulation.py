@@ -22,6 +22,7 @@ from tests.sim.triage import (
     GATE_TIME_AT_SEND,
     HOLE_DELETION_RACE,
     HOLE_DEREGISTRATION,
+    LATE_WRITE_OVER_FINAL,
     LOST_STATUS_ANSWER,
     SLOT_OF_DELETED_REPAIR,
     STALE_MARK,
@@ -54,12 +55,15 @@ tier found); now they must hold every invariant (with CLEAN: 32 seeds, 64,000 st
 Seed 25 (the pool slot) met the gate's send time next; both are fixed."""
 KNOWN: dict[int, tuple[str, int]] = {
     30000: (STALE_SLICE_VIEW, 4126),
+    60076: (LATE_WRITE_OVER_FINAL, 285),
 }
 """seed → (the hole it finds, its first break, on this code; the steps it takes)."""
 
 REASONS = {
     STALE_SLICE_VIEW: "a pod Ready a moment ago is confirmed out of routing by a slice"
     " view that still shows its earlier not-ready endpoint (long run; not fixed yet)",
+    LATE_WRITE_OVER_FINAL: "a deposed leader's status write lands after its successor"
+    " wrote Succeeded (merge patch, no precondition; long run, on main too; not fixed yet)",
 }
 
 
