@@ -115,6 +115,9 @@ EVICTIONS = Counter(
     ["result"],
     registry=REGISTRY,
 )
+EVICTION_RESULTS = ("evicted", "blocked", "gone", "error")
+for _result in EVICTION_RESULTS:
+    EVICTIONS.labels(_result)  # from 0: increase() counts the first evictions too
 INFLIGHT_TASKS = Gauge(
     "pitstop_inflight_tasks",
     "Tasks in flight on the instances of nodes under repair.",

@@ -222,3 +222,50 @@ def node_repairs_of(cluster: Cluster, uid: str) -> list[dict[str, Any]]:
         GROUP, VERSION, "noderepairs", label_selector=f"{UID_LABEL}={uid}"
     )["items"]
     return found
+
+
+MACHINE_VERSIONS = ("v1beta1", "v1beta2")
+"""What the tests use of Cluster API's Machine: pitstop's Replace step reads v1beta1,
+Machine-owned remediation objects (MachineHealthCheck) name v1beta2."""
+
+
+def _machine_crd() -> dict[str, Any]:
+    schema = {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "machines.cluster.x-k8s.io"},
+        "spec": {
+            "group": "cluster.x-k8s.io",
+            "names": {"kind": "Machine", "plural": "machines", "singular": "machine"},
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": version,
+                    "served": True,
+                    "storage": version == "v1beta2",
+                    "subresources": {"status": {}},
+                    "schema": schema,
+                }
+                for version in MACHINE_VERSIONS
+            ],
+        },
+    }
+
+
+def ensure_machine_crd(cluster: Cluster) -> None:
+    """A stand-in for Cluster API's Machine CRD where no CRD serves both versions the
+    tests use (Cluster API's own serves both, and is kept). One for every module: a
+    module that installed a narrower one left the next without its version."""
+    found = cluster.kubectl(
+        "get", "crd", "machines.cluster.x-k8s.io", "-o", "jsonpath={.spec.versions[*].name}",
+        check=False,
+    )  # fmt: skip
+    if found.returncode == 0 and set(MACHINE_VERSIONS) <= set(found.stdout.split()):
+        return
+    cluster.kubectl(
+        "apply", "--server-side", "--force-conflicts", "-f", "-", input=_json(_machine_crd())
+    )
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", "crd/machines.cluster.x-k8s.io"
+    )

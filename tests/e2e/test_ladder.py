@@ -23,6 +23,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from tests.e2e import remediations as rem
 from tests.e2e.helpers import cond, make_pool, repair_events, wait_event
 from tests.e2e.kube import Cluster, wait_until
 from tests.e2e.operator import Operator
@@ -386,7 +387,7 @@ def test_replace_is_skipped_where_there_is_no_machine(cluster: Cluster, repairs:
 
 @pytest.fixture
 def machines(cluster: Cluster) -> Cluster:
-    install_crd(cluster, crd("cluster.x-k8s.io", "Machine", "machines", "v1beta1"))
+    rem.ensure_machine_crd(cluster)
     return cluster
 
 
@@ -401,6 +402,16 @@ def machine(name: str, ns: str, node: str, allowed: bool = True) -> dict[str, An
         "spec": {"clusterName": "c1"},
         "status": {"nodeRef": {"kind": "Node", "name": node}},
     }
+
+
+def create_machine(cluster: Cluster, ns: str, body: dict[str, Any]) -> None:
+    """Created, then its status written through the status subresource, as Cluster
+    API's controllers do (a create ignores status where the CRD has the subresource)."""
+    status = body.pop("status")
+    made = cluster.custom.create_namespaced_custom_object(*CAPI[:2], ns, CAPI[2], body)
+    cluster.custom.patch_namespaced_custom_object_status(
+        *CAPI[:2], ns, CAPI[2], made["metadata"]["name"], {"status": status}
+    )
 
 
 class MachineSet:
@@ -439,11 +450,8 @@ class MachineSet:
                         raise
                     delete_node(self.cluster, self.old_node)
                     own_node(self.cluster, self.new_node)
-                    self.cluster.custom.create_namespaced_custom_object(
-                        *CAPI[:2],
-                        self.ns,
-                        CAPI[2],
-                        machine(f"{self.old}-r", self.ns, self.new_node),
+                    create_machine(
+                        self.cluster, self.ns, machine(f"{self.old}-r", self.ns, self.new_node)
                     )
                     self.replaced.set()
                 time.sleep(0.2)
@@ -460,13 +468,9 @@ def test_replace_deletes_the_machine_and_waits_for_a_new_ready_node(
         f"m-{uuid.uuid4().hex[:6]}",
         **{"cluster.x-k8s.io/machine": "m-old", "cluster.x-k8s.io/cluster-namespace": namespace},
     )
-    cluster.custom.create_namespaced_custom_object(
-        *CAPI[:2], namespace, CAPI[2], machine("m-old", namespace, node)
-    )
+    create_machine(cluster, namespace, machine("m-old", namespace, node))
     # A peer Machine of the pool that was Ready before: not a replacement.
-    cluster.custom.create_namespaced_custom_object(
-        *CAPI[:2], namespace, CAPI[2], machine("m-peer", namespace, "some-ready-node")
-    )
+    create_machine(cluster, namespace, machine("m-peer", namespace, "some-ready-node"))
     with MachineSet(cluster, namespace, "m-old", node) as capi:
         name = repairs.create(
             node, repair={"steps": [step("Replace", timeoutSeconds=60)]}, verify=VERIFY
@@ -502,9 +506,7 @@ def test_replace_is_refused_without_the_admins_grant(
                 **{"cluster.x-k8s.io/machine": "m-x", "cluster.x-k8s.io/cluster-namespace": ns},
             )
             made.append(node)
-            cluster.custom.create_namespaced_custom_object(
-                *CAPI[:2], ns, CAPI[2], machine("m-x", ns, node, allowed=labelled)
-            )
+            create_machine(cluster, ns, machine("m-x", ns, node, allowed=labelled))
             name = repairs.create(
                 node,
                 repair={"steps": [step("Replace", timeoutSeconds=60)]},
@@ -597,7 +599,13 @@ def test_external_creates_the_remediation_and_waits_for_succeeded(
     assert meta["annotations"]["remediation.medik8s.io/node-name"] == node
     assert meta["annotations"]["pitstop.dev/attempt"] == "1/1"
     assert meta["ownerReferences"][0]["name"] == name
-    status = repairs.status(name)
+    # The CR is made first, then recorded in status (a restart in between finds it
+    # again by name and attempt): the record follows within the same pass.
+    status = wait_until(
+        "the CR recorded in status",
+        lambda: (s := repairs.status(name)).get("repair", {}).get("external") and s,
+        timeout=20,
+    )
     assert status["repair"]["external"] == {
         "apiVersion": "/".join(REMEDY),
         "kind": "Reboot",

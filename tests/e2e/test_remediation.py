@@ -344,34 +344,6 @@ def test_pool_guards_hold_remediation_repairs(
         cluster.custom.delete_cluster_custom_object(GROUP, VERSION, "repairpolicies", policy)
 
 
-MACHINE_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "machines.cluster.x-k8s.io"},
-    "spec": {
-        "group": "cluster.x-k8s.io",
-        "names": {"kind": "Machine", "plural": "machines", "singular": "machine"},
-        "scope": "Namespaced",
-        "versions": [
-            {
-                "name": "v1beta2",
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}},
-                "schema": {
-                    "openAPIV3Schema": {
-                        "type": "object",
-                        "x-kubernetes-preserve-unknown-fields": True,
-                    }
-                },
-            }
-        ],
-    },
-}
-"""A stand-in for Cluster API's Machine CRD where the real one is not installed:
-what a Machine-owned remediation object needs (status.nodeRef)."""
-
-
 MACHINE_SPEC = {
     "clusterName": "faas",
     "bootstrap": {"dataSecretName": "none"},
@@ -390,12 +362,7 @@ def test_mhc_contract_repairs_the_machines_node(
     """MHC's round: the object is named after the Machine and owned by it; pitstop
     repairs the Machine's node (status.nodeRef), and MHC deleting the object once the
     Machine is healthy gives the node back."""
-    installed = cluster.kubectl("get", "crd", "machines.cluster.x-k8s.io", check=False)
-    if installed.returncode != 0:
-        cluster.kubectl("apply", "--server-side", "-f", "-", input=rem._json(MACHINE_CRD))
-        cluster.kubectl(
-            "wait", "--for=condition=Established", "--timeout=60s", "crd/machines.cluster.x-k8s.io"
-        )
+    rem.ensure_machine_crd(cluster)
     p = make_pool(cluster, pool, 2)
     node = p.names[0]
     machine_name = f"md-0-{uuid.uuid4().hex[:5]}"
@@ -438,12 +405,7 @@ def test_mhc_contract_repairs_the_machines_node(
 def test_a_machine_without_a_node_is_refused(cluster: Cluster, checks: str) -> None:
     """A Machine that never got a node (MHC's nodeStartupTimeout) leaves pitstop
     nothing to drain: Succeeded=False, NoNode."""
-    installed = cluster.kubectl("get", "crd", "machines.cluster.x-k8s.io", check=False)
-    if installed.returncode != 0:
-        cluster.kubectl("apply", "--server-side", "-f", "-", input=rem._json(MACHINE_CRD))
-        cluster.kubectl(
-            "wait", "--for=condition=Established", "--timeout=60s", "crd/machines.cluster.x-k8s.io"
-        )
+    rem.ensure_machine_crd(cluster)
     machine = cluster.custom.create_namespaced_custom_object(
         "cluster.x-k8s.io",
         "v1beta2",

@@ -346,3 +346,11 @@ def test_gated_pods_are_counted_when_scraped(monkeypatch: pytest.MonkeyPatch) ->
     assert sample("pitstop_gated_pods", {"state": "open"}) == 2
     assert sample("pitstop_gated_pods", {"state": "waiting"}) == 1
     assert sample("pitstop_gated_pods", {"state": "held"}) == 0
+
+
+def test_every_eviction_result_is_exported_from_zero() -> None:
+    # A counter series born at its first increment hides that increment from
+    # increase(): the dashboard's Evictions panel showed nothing for a short repair.
+    for result in metrics.EVICTION_RESULTS:
+        value = metrics.REGISTRY.get_sample_value("pitstop_evictions_total", {"result": result})
+        assert value is not None, result
