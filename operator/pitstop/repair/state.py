@@ -105,15 +105,16 @@ class RepairState:
     """The status as last written (or read back): what decide() starts from. Written
     by Report.write_status and Report.read_back; at a start, the body's status."""
     written: dict[str, Any] | None = field(init=False)
-    """That status's wire form, to write merge patches against it and skip a write
-    that changes nothing (Report)."""
+    """That status's wire form (None: no status yet), to write guarded patches
+    against it (`kube.guarded_status`) and skip a write that changes nothing (Report)."""
     written_at: datetime = field(init=False)
     """When it was written (Report: counter-only changes are coalesced). A fresh
     process writes its first change at once."""
     unconfirmed: bool = False
-    """A status write got no answer (lost, timed out, a 5xx): it may have landed.
-    Set by Report.write_status; the next pass reads the status back first
-    (Report.read_back) rather than decide from the one held before."""
+    """A status write got no answer (lost, timed out, a 5xx): it may have landed; or
+    its guard was refused (another writer came first). Set by Report.write_status;
+    the next pass reads the status back first (Report.read_back) rather than decide
+    from the one held before."""
     spec: NodeRepairSpec | None = None
     """The spec of the last pass that could read it, for the phase's deadline (the
     past-deadline metric). Written by Driver.step; a new process reads it again on
