@@ -263,12 +263,32 @@ def test_a_deposed_leaders_late_write_does_not_take_a_repair_out_of_its_final_ph
     # Meanwhile the new leader took it to Uncordoning and then Succeeded.
     kube.stored["status"] = {**kube.stored["status"], "phase": "Succeeded"}
     uncordoning = NodeRepairStatus(phase=Phase.UNCORDONING, phase_start_time=NOW)
-    with pytest.raises(ApiError):
+    with pytest.raises(ApiError):  # StatusChanged: the pass decides again
         asyncio.run(report.write_status(uncordoning, NOW + timedelta(seconds=1), None))
     assert kube.stored["status"]["phase"] == "Succeeded", "a final phase stays final"
-    assert state.unconfirmed, "the next pass reads the status back before deciding"
-    asyncio.run(report.read_back())
-    assert state.status.phase == Phase.SUCCEEDED and not state.unconfirmed
+    assert state.status.phase == Phase.SUCCEEDED, "read back: the next decision starts there"
+    assert not state.unconfirmed
+
+
+def test_a_status_refused_for_another_reason_is_not_taken_for_a_race() -> None:
+    """A 422 whose tests held (an invalid status, say) is the pass's failure, retried
+    later, not another writer's change to decide again from at once."""
+    from pitstop.cluster.kube import StatusChanged
+
+    class Invalid(OtherLeader):
+        async def patch_status_ops(self, plural: str, name: str, ops: Any) -> None:
+            if self.stored.get("status"):
+                raise StatusChanged(422, "status.message: Too long")
+            await super().patch_status_ops(plural, name, ops)
+
+    kube = Invalid()
+    state = RepairState("r1", {"spec": {"nodeName": "n1"}}, kube, logging.getLogger())  # type: ignore[arg-type]
+    report = Report(state)
+    asyncio.run(report.write_status(NodeRepairStatus(phase=Phase.PENDING), NOW, None))
+    with pytest.raises(ApiError) as refused:
+        asyncio.run(report.write_status(NodeRepairStatus(phase=Phase.CORDONING), NOW, None))
+    assert not isinstance(refused.value, StatusChanged)
+    assert state.status.phase == Phase.PENDING
 
 
 def test_a_guarded_write_lands_on_the_status_it_was_decided_from() -> None:

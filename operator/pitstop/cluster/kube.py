@@ -258,6 +258,14 @@ def guarded_status(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> lis
     return ops
 
 
+def guard_holds(old: Mapping[str, Any] | None, current: Mapping[str, Any] | None) -> bool:
+    """Whether `guarded_status(old, ...)`'s tests hold on status `current`: if they do,
+    a 422 refused the patch for another reason (an invalid status, not a race)."""
+    if old is None or current is None:
+        return old is None and current is None
+    return all(old.get(key) == current.get(key) for key in GUARDED_FIELDS)
+
+
 def blocking_pdbs(status: Mapping[str, Any], namespace: str) -> tuple[str, ...]:
     """PDB names from a 429 eviction answer: the API server names each budget in a
     `DisruptionBudget` cause ("The disruption budget <name> needs ...")."""

@@ -175,7 +175,7 @@ class Driver:
         try:
             wake_at = await report.write_status(d.status, now, d.wake_at, d.passed)
         except StatusChanged:
-            return True, None  # decided from a status moved on: read it, decide again
+            return True, None  # decided from a status moved on (now read back): decide again
         report.post(d.events, node)
         await pods.act(d, now, spec)
         if st.stopping():

@@ -12,7 +12,7 @@ from typing import Any, cast
 import kopf
 
 from pitstop import constants, kstatus, logs, metrics
-from pitstop.cluster.kube import ApiError, Gone, StatusChanged, guarded_status
+from pitstop.cluster.kube import ApiError, Gone, StatusChanged, guard_holds, guarded_status
 from pitstop.models import (
     FINAL_PHASES,
     NodeRepairStatus,
@@ -64,11 +64,15 @@ class Report:
             return due if wake_at is None else min(wake_at, due)
         try:
             # Guarded by the phase it was decided from (invariant 6): refused, the
-            # status is read back and the pass decides again (Driver.step).
+            # status is read back here and the pass decides again (Driver.step).
             ops = guarded_status(st.written, wire)
             await st.kube.patch_status_ops(C.NODEREPAIR_PLURAL, st.name, ops)
-        except StatusChanged:
-            st.unconfirmed = True  # another writer came first: read it before deciding
+        except StatusChanged as e:
+            # Another writer came first: decide again from what it wrote.
+            tested = st.written
+            await self.read_back()
+            if guard_holds(tested, st.written):  # not the guard: an invalid status, say
+                raise ApiError(e.status, e.message, e.body) from e
             raise
         except ApiError as e:
             if e.status == 404:

@@ -111,10 +111,9 @@ class RepairState:
     """When it was written (Report: counter-only changes are coalesced). A fresh
     process writes its first change at once."""
     unconfirmed: bool = False
-    """A status write got no answer (lost, timed out, a 5xx): it may have landed; or
-    its guard was refused (another writer came first). Set by Report.write_status;
-    the next pass reads the status back first (Report.read_back) rather than decide
-    from the one held before."""
+    """A status write got no answer (lost, timed out, a 5xx): it may have landed.
+    Set by Report.write_status; the next pass reads the status back first
+    (Report.read_back) rather than decide from the one held before."""
     spec: NodeRepairSpec | None = None
     """The spec of the last pass that could read it, for the phase's deadline (the
     past-deadline metric). Written by Driver.step; a new process reads it again on
