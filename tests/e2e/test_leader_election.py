@@ -1,7 +1,8 @@
 """Two operator replicas on one Lease (issue: HA with one leader): the standby
 changes nothing, a SIGKILLed leader is replaced within the lease duration + 5 s
 while a burst of policy admissions keeps the pool limits, and a SIGTERMed leader
-hands over at once.
+hands over at once. A deposed leader's late status write is refused by the API
+server (the guard of the phase it was decided from).
 
 Who acted when is read from the API server's audit log (each replica names
 itself in its User-Agent), not from the operators' own logs.
@@ -16,13 +17,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.kube import Cluster, wait_until
+from tests.e2e.kube import Cluster, Pool, wait_until
 from tests.e2e.operator import Operator
 from tests.e2e.policies_helpers import (
     LimitsWatch,
@@ -34,6 +35,7 @@ from tests.e2e.policies_helpers import (
     policy_spec,
     repairs_for,
 )
+from tests.e2e.repairs import Repairs
 
 pytestmark = pytest.mark.e2e
 
@@ -263,3 +265,57 @@ def test_the_leaders_pod_alone_carries_the_alerts_label(
     wait_until("b leading", lambda: b.role() == "leader", timeout=LEASE_DURATION + 15)
     wait_until("b's Pod alone labelled", lambda: labelled() == {pod_b}, timeout=30)
     assert "Forbidden" not in a.log_text() + b.log_text()
+
+
+def test_a_deposed_leaders_late_status_write_is_refused_by_the_api_server(
+    cluster: Cluster,
+    repairs: Repairs,
+    running_operator: Operator,
+    replicas: Callable[..., Operator],
+    pool: Callable[[int], Pool],
+) -> None:
+    """Long-run seed 60076 against the real API server, with the operator's
+    ServiceAccount (its RBAC allows the JSON Patch of noderepairs/status): a write
+    decided from Repairing, sent by a leader deposed meanwhile, lands after the new
+    leader wrote Succeeded. Its `test` of the phase fails: refused (422), the status
+    stays Succeeded, and the writer reads it back instead (invariant 6)."""
+    import asyncio
+    import logging
+
+    import kopf
+
+    from pitstop.cluster.kube import Kube, StatusChanged
+    from pitstop.cluster.kubeconfig import connection_info, resolve_source
+    from pitstop.models import NodeRepairStatus
+    from pitstop.models import Phase as P
+    from pitstop.repair.report import Report
+    from pitstop.repair.state import RepairState
+
+    node = pool(1).names[0]  # no operator runs (replicas stopped it): nothing drives it
+    name = repairs.create(node)
+    source = resolve_source(running_operator.kubeconfig, {})
+    began = datetime.now(UTC)
+
+    async def deposed_leader() -> RepairState:
+        kube = Kube(lambda: connection_info(source, "deposed"))
+        state = RepairState(name, kopf.Body(repairs.get(name)), kube, logging.getLogger())
+        report = Report(state)
+        try:
+            for p in (P.PENDING, P.REPAIRING):  # the first write: there is no status yet
+                await report.write_status(
+                    NodeRepairStatus(phase=p, phase_start_time=began), began, None
+                )
+            assert phase(repairs.get(name)) == "Repairing", "its own writes land"
+            cluster.custom.patch_cluster_custom_object_status(  # the new leader finished it
+                "pitstop.dev", "v1alpha1", "noderepairs", name, {"status": {"phase": "Succeeded"}}
+            )
+            late = NodeRepairStatus(phase=P.UNCORDONING, phase_start_time=began)
+            with pytest.raises(StatusChanged):
+                await report.write_status(late, began + timedelta(seconds=2), None)
+        finally:
+            await kube.close()
+        return state
+
+    state = asyncio.run(deposed_leader())
+    assert phase(repairs.get(name)) == "Succeeded", "a final phase stays final"
+    assert state.status.phase == P.SUCCEEDED, "read back: the next decision starts there"

@@ -230,10 +230,17 @@ class ApiServer:
 
     # --- NodeRepairs ---
 
-    def patch_repair_status(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+    def patch_repair_status(self, name: str, patch: Any) -> dict[str, Any]:
+        """A merge patch, or a JSON Patch (guarded by `test`s: all or nothing, 422)."""
         r = self.c.repairs[name]
         old = r.get("status") or {}
-        new = merge(old, patch["status"])
+        if isinstance(patch, list):
+            try:
+                new = apply(r, patch).get("status") or {}
+            except Refused as e:
+                raise ApiError(422, f"the server rejected our request: {e}") from e
+        else:
+            new = merge(old, patch["status"])
         self.checks.status_written(name, old, new)
         if old.get("phase") != new.get("phase"):
             self.log(

@@ -1,7 +1,7 @@
 """Names for the breaks the simulation finds on the current code, so the fixed seeds
 of `make test` can expect them by name until their fixes are merged. Holes 1 and 2
-of issue 18 are fixed, and so is every other hole named here but STALE_SLICE_VIEW
-and LATE_WRITE_OVER_FINAL; their names stay, to name a regression."""
+of issue 18 are fixed, and so is every other hole named here but STALE_SLICE_VIEW;
+their names stay, to name a regression."""
 
 from __future__ import annotations
 
@@ -81,8 +81,9 @@ LATE_WRITE_OVER_FINAL = "a-late-status-write-lands-over-a-final-phase"
 the repair: both leaders decided Repairing → Uncordoning, the new one released the
 node and wrote Succeeded, then the deposed one's Uncordoning arrived (a merge patch,
 no precondition) and took the repair out of its final phase (6; long-run seed
-60076 at step 284, on main too, found on branch safety). A status write that tests
-the phase it was decided from would refuse it, as node patches test their markers."""
+60076 at step 284, on main too, found on branch safety). Fixed: a status write
+tests the phase it was decided from (kube.guarded_status), as node patches test
+their markers, and is refused."""
 
 
 def _gate_closed_near_timeout(message: str) -> bool:

@@ -22,6 +22,7 @@ from pitstop import constants as C
 from pitstop.cluster.kube import Eviction
 from pitstop.repair import daemon
 from tests.unit.test_nodes import OURS, apply, locked
+from tests.unit.test_report import sent_fields
 
 NODE, REPAIR, POD = "n1", "r1", "fn/p1"
 START = datetime.now(UTC) - timedelta(seconds=5)
@@ -96,6 +97,9 @@ class Cluster:
 
     async def patch_status(self, plural: str, name: str, status: dict[str, Any]) -> None:
         pass
+
+    async def patch_status_ops(self, plural: str, name: str, ops: list[dict[str, Any]]) -> None:
+        await self.patch_status(plural, name, sent_fields(ops))
 
     def marks(self) -> list[str]:
         notes = self.pod["metadata"]["annotations"]

@@ -28,6 +28,7 @@ from pitstop.repair.act_hooks import RepairSteps
 from pitstop.repair.flow import Event
 from pitstop.repair.report import Report
 from pitstop.repair.state import RepairState
+from tests.unit.test_report import sent_fields
 
 NS = C.OPERATOR_NAMESPACE
 REPAIR = {"metadata": {"name": "r1", "uid": "u1"}}
@@ -255,6 +256,9 @@ class StatusKube(FakeKube):
 
     async def patch_status(self, plural: str, name: str, status: dict[str, Any]) -> None:
         self.statuses.append(status)
+
+    async def patch_status_ops(self, plural: str, name: str, ops: list[dict[str, Any]]) -> None:
+        await self.patch_status(plural, name, sent_fields(ops))
 
 
 class Events(Report):

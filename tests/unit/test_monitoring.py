@@ -26,6 +26,7 @@ from pitstop.models import NodeRepairSpec, NodeRepairStatus, Phase, RepairStatus
 from pitstop.repair import flow, report
 from pitstop.repair.report import Report
 from pitstop.repair.state import RepairState
+from tests.unit.test_report import sent_fields
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "charts" / "pitstop" / "files" / "pitstop.rules.yaml"
@@ -282,6 +283,9 @@ def test_past_deadline_counts_repairs_whose_deadline_passed(clean_records: None)
 class FakeKube:
     async def patch_status(self, plural: str, name: str, status: dict[str, Any]) -> None:
         pass
+
+    async def patch_status_ops(self, plural: str, name: str, ops: list[dict[str, Any]]) -> None:
+        await self.patch_status(plural, name, sent_fields(ops))
 
 
 def completed(phase: str) -> float:

@@ -5,6 +5,7 @@ while the repair waits in Pending)."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 
 from pitstop import constants as C
 from pitstop import metrics
+from pitstop.cluster.kube import ApiError
 from pitstop.conditions import set_condition
 from pitstop.models import InstanceCounts, NodeRepairStatus, Phase
 from pitstop.repair.flow import Event
@@ -22,12 +24,27 @@ from pitstop.repair.state import RepairState
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 
+def sent_fields(ops: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a guarded status patch sets, as a merge patch would (removals as None);
+    for the fakes that only record or merge what is written."""
+    out: dict[str, Any] = {}
+    for op in ops:
+        if op["op"] == "add" and op["path"] == "/status":
+            out.update(op["value"])
+        elif op["op"] in ("add", "remove"):
+            out[op["path"].removeprefix("/status/")] = op.get("value")
+    return out
+
+
 class FakeKube:
     def __init__(self) -> None:
         self.patches: list[dict[str, Any]] = []
 
     async def patch_status(self, plural: str, name: str, status: dict[str, Any]) -> None:
         self.patches.append(status)
+
+    async def patch_status_ops(self, plural: str, name: str, ops: list[dict[str, Any]]) -> None:
+        await self.patch_status(plural, name, sent_fields(ops))
 
 
 def evicting(remaining: int, reason: str = C.REASON_EVICTING) -> NodeRepairStatus:
@@ -193,7 +210,6 @@ def test_a_status_write_whose_answer_was_lost_is_read_back() -> None:
 
 def test_a_refused_status_write_is_not_read_back() -> None:
     """A 4xx changed nothing: the status held is still the server's."""
-    from pitstop.cluster.kube import ApiError
 
     class Refusing(FakeKube):
         async def patch_status(self, plural: str, name: str, status: dict[str, Any]) -> None:
@@ -203,3 +219,90 @@ def test_a_refused_status_write_is_not_read_back() -> None:
     with pytest.raises(ApiError):
         asyncio.run(Report(state).write_status(NodeRepairStatus(phase=Phase.PENDING), NOW, None))
     assert not state.unconfirmed
+
+
+class OtherLeader(FakeKube):
+    """An API server as it treats status writes: a merge patch lands whatever the
+    status is now, a JSON Patch only if its `test`s hold (422 otherwise). `stored`
+    is the repair; the other leader writes to it directly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stored: dict[str, Any] = {"metadata": {"name": "r1"}}
+
+    async def patch_status(self, plural: str, name: str, status: dict[str, Any]) -> None:
+        await super().patch_status(plural, name, status)
+        self.stored["status"] = {**self.stored.get("status", {}), **status}
+
+    async def patch_status_ops(self, plural: str, name: str, ops: list[dict[str, Any]]) -> None:
+        from pitstop.cluster.kube import StatusChanged
+        from tests.unit.test_nodes import Refused, apply
+
+        try:
+            self.stored = apply(self.stored, ops)
+        except Refused as e:
+            raise StatusChanged(422, f"the server rejected our request: {e}") from e
+        await FakeKube.patch_status(self, plural, name, sent_fields(ops))
+
+    async def request(self, method: str, path: str, *a: Any, **kw: Any) -> dict[str, Any]:
+        assert method == "GET" and path.endswith("/r1")
+        return copy.deepcopy(self.stored)
+
+
+def test_a_deposed_leaders_late_write_does_not_take_a_repair_out_of_its_final_phase() -> None:
+    """Long-run seed 60076: both leaders decided Repairing → Uncordoning; the new one
+    released the node and wrote Succeeded, then the deposed one's Uncordoning landed
+    (a merge patch, no precondition) and the phase went backwards (invariant 6). The
+    write tests the phase it was decided from: refused, it is read back instead."""
+    kube = OtherLeader()
+    state = RepairState("r1", {"spec": {"nodeName": "n1"}}, kube, logging.getLogger())  # type: ignore[arg-type]
+    report = Report(state)
+    repairing = NodeRepairStatus(phase=Phase.REPAIRING, phase_start_time=NOW)
+    asyncio.run(report.write_status(repairing, NOW, None))
+    assert kube.stored["status"]["phase"] == "Repairing"
+    # Meanwhile the new leader took it to Uncordoning and then Succeeded.
+    kube.stored["status"] = {**kube.stored["status"], "phase": "Succeeded"}
+    uncordoning = NodeRepairStatus(phase=Phase.UNCORDONING, phase_start_time=NOW)
+    with pytest.raises(ApiError):  # StatusChanged: the pass decides again
+        asyncio.run(report.write_status(uncordoning, NOW + timedelta(seconds=1), None))
+    assert kube.stored["status"]["phase"] == "Succeeded", "a final phase stays final"
+    assert state.status.phase == Phase.SUCCEEDED, "read back: the next decision starts there"
+    assert not state.unconfirmed
+
+
+def test_a_status_refused_for_another_reason_is_not_taken_for_a_race() -> None:
+    """A 422 whose tests held (an invalid status, say) is the pass's failure, retried
+    later, not another writer's change to decide again from at once."""
+    from pitstop.cluster.kube import StatusChanged
+
+    class Invalid(OtherLeader):
+        async def patch_status_ops(self, plural: str, name: str, ops: Any) -> None:
+            if self.stored.get("status"):
+                raise StatusChanged(422, "status.message: Too long")
+            await super().patch_status_ops(plural, name, ops)
+
+    kube = Invalid()
+    state = RepairState("r1", {"spec": {"nodeName": "n1"}}, kube, logging.getLogger())  # type: ignore[arg-type]
+    report = Report(state)
+    asyncio.run(report.write_status(NodeRepairStatus(phase=Phase.PENDING), NOW, None))
+    with pytest.raises(ApiError) as refused:
+        asyncio.run(report.write_status(NodeRepairStatus(phase=Phase.CORDONING), NOW, None))
+    assert not isinstance(refused.value, StatusChanged)
+    assert state.status.phase == Phase.PENDING
+
+
+def test_a_guarded_write_lands_on_the_status_it_was_decided_from() -> None:
+    """The guard refuses only a status another writer moved: the repair's own
+    writes, from none at all to the next phase, each land (one PATCH each)."""
+    kube = OtherLeader()
+    state = RepairState("r1", {"spec": {"nodeName": "n1"}}, kube, logging.getLogger())  # type: ignore[arg-type]
+    report = Report(state)
+    for i, phase in enumerate((Phase.PENDING, Phase.CORDONING, Phase.EVICTING)):
+        at = NOW + timedelta(seconds=i)
+        asyncio.run(
+            report.write_status(NodeRepairStatus(phase=phase, phase_start_time=at), at, None)
+        )
+    assert kube.stored["status"]["phase"] == "Evicting" and len(kube.patches) == 3
+    asyncio.run(report.write_status(evicting(3), NOW + timedelta(seconds=5), None))
+    assert kube.stored["status"]["instances"]["remaining"] == 3
+    assert "phaseStartTime" not in kube.stored["status"], "a field gone is removed"

@@ -52,6 +52,11 @@ class NodeChanged(ApiError):
     """A guarded node patch was refused: a marker it tests changed since the read."""
 
 
+class StatusChanged(ApiError):
+    """A guarded status patch was refused: the status it tests changed since it was
+    read or last written (another writer came first: a leader before us, `abort`)."""
+
+
 class Gone(Exception):
     """The object a daemon drives was deleted (seen as a 404 or gone from the index)."""
 
@@ -201,6 +206,19 @@ class Kube:
         path = f"/apis/{constants.GROUP}/{constants.VERSION}/{plural}/{name}/status"
         await self.request("PATCH", path, {"status": status}, MERGE)
 
+    async def patch_status_ops(
+        self, plural: str, name: str, ops: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """JSON Patch of the status subresource; a failed `test` refuses it whole
+        (StatusChanged), as `patch_node` does for nodes."""
+        path = f"/apis/{constants.GROUP}/{constants.VERSION}/{plural}/{name}/status"
+        try:
+            await self.request("PATCH", path, list(ops), JSON_PATCH)
+        except ApiError as e:
+            if e.status == 422 and any(op["op"] == "test" for op in ops):
+                raise StatusChanged(e.status, e.message, e.body) from e
+            raise
+
 
 def merge_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
     """A JSON merge patch from `old` to `new`: fields that went away become null
@@ -212,6 +230,40 @@ def merge_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[s
         elif isinstance(value, Mapping) and isinstance(new[key], Mapping):
             patch[key] = merge_patch(value, new[key])
     return patch
+
+
+GUARDED_FIELDS = ("phase", "phaseStartTime")
+"""What a guarded status write tests: the phase it was decided from, and when that
+phase began (a phase entered again, Verifying → Repairing → Verifying, is another)."""
+
+
+def guarded_status(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A JSON Patch from status `old` (as read or last written; None: no status yet)
+    to `new`, refused unless the server's status still has old's phase and phase
+    start: a write decided from a status another writer has moved on from (a deposed
+    leader's late write, a pass's write over `abort`'s Aborted) never lands (invariant
+    6). Only the fields that change are sent; a `test` of null passes for an absent one."""
+    if old is None:
+        return [
+            {"op": "test", "path": "/status", "value": None},
+            {"op": "add", "path": "/status", "value": dict(new)},
+        ]
+    ops: list[dict[str, Any]] = [
+        {"op": "test", "path": f"/status/{key}", "value": old.get(key)} for key in GUARDED_FIELDS
+    ]
+    for key, value in new.items():
+        if old.get(key) != value:
+            ops.append({"op": "add", "path": f"/status/{key}", "value": value})
+    ops.extend({"op": "remove", "path": f"/status/{key}"} for key in old if key not in new)
+    return ops
+
+
+def guard_holds(old: Mapping[str, Any] | None, current: Mapping[str, Any] | None) -> bool:
+    """Whether `guarded_status(old, ...)`'s tests hold on status `current`: if they do,
+    a 422 refused the patch for another reason (an invalid status, not a race)."""
+    if old is None or current is None:
+        return old is None and current is None
+    return all(old.get(key) == current.get(key) for key in GUARDED_FIELDS)
 
 
 def blocking_pdbs(status: Mapping[str, Any], namespace: str) -> tuple[str, ...]:

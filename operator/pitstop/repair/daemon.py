@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from pitstop import constants, kstatus, metrics
 from pitstop.cluster import nodes
 from pitstop.cluster.indexes import CAPACITY, UNDER_REPAIR, WAKERS, nap, slim_node
-from pitstop.cluster.kube import ApiError, Gone, Kube
+from pitstop.cluster.kube import ApiError, Gone, Kube, StatusChanged, guarded_status
 from pitstop.instances.sources import daemon as sources_daemon
 from pitstop.instances.sources.poller import TaskPoller
 from pitstop.models import (
@@ -172,7 +172,10 @@ class Driver:
         if d.status.phase not in FINAL_PHASES and nodes.lock_holder(node or {}) == st.name:
             UNDER_REPAIR.add(st.node_name)
 
-        wake_at = await report.write_status(d.status, now, d.wake_at, d.passed)
+        try:
+            wake_at = await report.write_status(d.status, now, d.wake_at, d.passed)
+        except StatusChanged:
+            return True, None  # decided from a status moved on (now read back): decide again
         report.post(d.events, node)
         await pods.act(d, now, spec)
         if st.stopping():
@@ -309,7 +312,12 @@ async def abort(
             aborted.completion_time = aborted.completion_time or datetime.now(UTC)
             aborted.conditions = kstatus.repair_conditions(aborted, False, datetime.now(UTC))
             try:
-                await kube.patch_status(C.NODEREPAIR_PLURAL, name, aborted.wire())
+                # Guarded by the phase just read: a pass of another replica (a deposed
+                # leader) that finished the repair meanwhile is not overwritten.
+                ops = guarded_status(current or None, aborted.wire())
+                await kube.patch_status_ops(C.NODEREPAIR_PLURAL, name, ops)
+            except StatusChanged as e:
+                raise kopf.TemporaryError(f"status changed meanwhile: {e}", delay=1) from e
             except ApiError as e:
                 if e.status != 404:
                     raise

@@ -12,7 +12,7 @@ from typing import Any, cast
 import kopf
 
 from pitstop import constants, kstatus, logs, metrics
-from pitstop.cluster.kube import ApiError, Gone, merge_patch
+from pitstop.cluster.kube import ApiError, Gone, StatusChanged, guard_holds, guarded_status
 from pitstop.models import (
     FINAL_PHASES,
     NodeRepairStatus,
@@ -63,7 +63,17 @@ class Report:
             due = st.written_at + window  # counters or detail only: write a bit later
             return due if wake_at is None else min(wake_at, due)
         try:
-            await st.kube.patch_status(C.NODEREPAIR_PLURAL, st.name, merge_patch(st.written, wire))
+            # Guarded by the phase it was decided from (invariant 6): refused, the
+            # status is read back here and the pass decides again (Driver.step).
+            ops = guarded_status(st.written, wire)
+            await st.kube.patch_status_ops(C.NODEREPAIR_PLURAL, st.name, ops)
+        except StatusChanged as e:
+            # Another writer came first: decide again from what it wrote.
+            tested = st.written
+            await self.read_back()
+            if guard_holds(tested, st.written):  # not the guard: an invalid status, say
+                raise ApiError(e.status, e.message, e.body) from e
+            raise
         except ApiError as e:
             if e.status == 404:
                 raise Gone(f"NodeRepair {st.name} is gone") from e
@@ -88,10 +98,11 @@ class Report:
         return wake_at
 
     async def read_back(self) -> None:
-        """After a status write whose answer never came, the status the API server
-        has: deciding again from the one held before would take back a phase that
-        write already recorded (invariant 6: e.g. Uncordoning written back to
-        Verifying)."""
+        """After a status write whose answer never came, or that another writer's
+        change refused (StatusChanged), the status the API server has: deciding again
+        from the one held before would take back a phase that write or the other
+        writer already recorded (invariant 6: e.g. Uncordoning written back to
+        Verifying, Succeeded to Uncordoning)."""
         st = self.state
         path = f"/apis/{C.GROUP}/{C.VERSION}/{C.NODEREPAIR_PLURAL}/{st.name}"
         try:
@@ -101,7 +112,8 @@ class Report:
                 raise Gone(f"NodeRepair {st.name} is gone") from e
             raise
         raw = current.get("status")
-        st.status, st.written = parse_status(raw), dict(raw or {}) or None
+        # An empty status is one still: the next write's guard tests its phase.
+        st.status, st.written = parse_status(raw), None if raw is None else dict(raw)
         st.unconfirmed = False
 
     def post(self, events: list[Event], node: Mapping[str, Any] | None) -> None:

@@ -105,8 +105,8 @@ class RepairState:
     """The status as last written (or read back): what decide() starts from. Written
     by Report.write_status and Report.read_back; at a start, the body's status."""
     written: dict[str, Any] | None = field(init=False)
-    """That status's wire form, to write merge patches against it and skip a write
-    that changes nothing (Report)."""
+    """That status's wire form (None: no status yet), to write guarded patches
+    against it (`kube.guarded_status`) and skip a write that changes nothing (Report)."""
     written_at: datetime = field(init=False)
     """When it was written (Report: counter-only changes are coalesced). A fresh
     process writes its first change at once."""
