@@ -12,6 +12,7 @@ from typing import Any
 
 import kopf
 
+from pitstop.registry import Registry
 from pitstop.repair import daemon
 from pitstop.repair.state import pass_guard
 
@@ -44,6 +45,7 @@ def run(seen: dict[str, Any], finished: dict[str, Any]) -> Store:
     async def scenario() -> Store:
         store = Store(seen)
         memo = kopf.Memo(kube=store)
+        Registry.fresh().install(memo)
         guard = pass_guard(memo)
         async with guard.lock:  # the pass in flight
             aborting = asyncio.create_task(
