@@ -6,7 +6,7 @@ an object a shallow copy of it made when the object is first seen (after the
 startup handlers ran), so the objects put in it here are shared by every handler of
 the run, and by no other run. Nothing of it lives in module globals: two runs in
 one process (the simulation restarts the operator in-process) or two tests never
-see each other's waiters, admissions, alerts or counts.
+see each other's waiters, admissions, alerts, counts or locks.
 
 Each piece is owned, typed and read by the module that uses it (its accessor takes
 any handler's memo):
@@ -19,7 +19,9 @@ any handler's memo):
 - `metrics.repair_phases(memo)` (`RepairPhases`): each repair's phase and its
   deadline, which pitstop_repairs and pitstop_repairs_past_deadline count;
 - `instances.serving.gate_states(memo)` (`GateStates`): each gated pod's gate
-  state, which pitstop_gated_pods counts.
+  state, which pitstop_gated_pods counts;
+- `remediation.daemon.remediations(memo)` (`Remediations`): the remediation
+  daemons' wake-ups and their per-object pass locks.
 
 The Prometheus registry stays process-wide (one `/metrics` per process): this
 run's startup points the gauges read when scraped at its own pieces, so `/metrics`
@@ -41,6 +43,7 @@ from pitstop import metrics
 from pitstop.cluster import indexes
 from pitstop.instances import serving
 from pitstop.pool import daemon as pool_daemon
+from pitstop.remediation import daemon as remediation_daemon
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class Registry:
     pools: pool_daemon.Pools
     phases: metrics.RepairPhases
     gates: serving.GateStates
+    remediations: remediation_daemon.Remediations
 
     @classmethod
     def fresh(cls) -> Registry:
@@ -60,6 +64,7 @@ class Registry:
             pool_daemon.Pools.waking(wakeups),
             metrics.RepairPhases(),
             serving.GateStates(),
+            remediation_daemon.Remediations(),
         )
 
     def install(self, memo: MutableMapping[str, Any]) -> None:
@@ -69,6 +74,7 @@ class Registry:
         memo[pool_daemon.MEMO_POOLS] = self.pools
         memo[metrics.MEMO_REPAIR_PHASES] = self.phases
         memo[serving.MEMO_GATE_STATES] = self.gates
+        memo[remediation_daemon.MEMO_REMEDIATIONS] = self.remediations
         metrics.PAST_DEADLINE.read = self.phases.past_deadline
         metrics.GATED_PODS.read = self.gates.counts
 
@@ -80,6 +86,7 @@ class Registry:
             pool_daemon.pools(memo),
             metrics.repair_phases(memo),
             serving.gate_states(memo),
+            remediation_daemon.remediations(memo),
         )
 
 

@@ -26,11 +26,13 @@ import kopf
 import pytest
 from kopf._core.intents.causes import Activity
 
+from pitstop import constants as C
 from pitstop import handlers, metrics, registry
 from pitstop.cluster import indexes
 from pitstop.instances import serving
 from pitstop.models import NodeRepairSpec, NodeRepairStatus, Phase
 from pitstop.pool import daemon as pool_daemon
+from pitstop.remediation import daemon as remediation_daemon
 from pitstop.repair import daemon as repair_daemon
 from tests.unit.test_policy_driver import POLICY, World, alert_policy
 
@@ -332,3 +334,20 @@ def test_a_second_run_counts_only_the_gated_pods_it_saw() -> None:
     in_first, in_second = asyncio.run(scenario())
     assert in_first == 1
     assert in_second == 0, "the second run counts the first run's gated pod"
+
+
+def test_a_remediation_event_wakes_its_own_runs_daemon_only() -> None:
+    """The remediation daemons' wake-ups and pass locks are the run's (Remediations),
+    as the repairs' are."""
+    runs = []
+    for _ in range(2):
+        memo = kopf.Memo()
+        registry.fresh_registry(memo=memo)
+        runs.append(memo)
+    waiting = [registry.Registry.of(m).remediations for m in runs]
+    wakers = [w.wakers.register("uid-1") for w in waiting]
+    remediation_daemon.wake_remediation(
+        labels={C.LABEL_REMEDIATION_UID: "uid-1"}, memo=copy.copy(runs[1])
+    )
+    assert [e.is_set() for e in wakers] == [False, True]
+    assert waiting[0].passes.lock("uid-1") is not waiting[1].passes.lock("uid-1")
