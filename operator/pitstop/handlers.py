@@ -14,7 +14,8 @@ from typing import Any
 import kopf
 
 # Importing a module registers its handlers: each step of the flow lives in its own.
-from pitstop import __version__, constants, metrics
+# pitstop.registry first: its startup handler makes the run's state the others use.
+from pitstop import __version__, constants, metrics, registry
 from pitstop.cluster import indexes
 from pitstop.cluster.kube import Kube
 from pitstop.cluster.kubeconfig import KubeSource, connection_info, resolve_source
@@ -30,6 +31,7 @@ __all__ = [
     "indexes",
     "orphans",
     "pool_daemon",
+    "registry",
     "remediation_daemon",
     "repair_daemon",
     "serving",
@@ -135,6 +137,7 @@ async def start_alert_receiver(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -
     secret, _, key = options.alerts_secret.partition("/")
     memo["alerts"] = await alerts.serve(
         memo["kube"],
+        pool_daemon.pools(memo).alerts,
         options.bind,
         options.alerts_port,
         secret,

@@ -6,11 +6,14 @@ exported is exactly what is defined here plus the process/platform/GC collectors
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib import metadata
+from typing import Any, cast
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
@@ -238,3 +241,66 @@ SOURCE_FAILING = Sampled(
     " bad answer), by InstanceProfile: counted busy until their task timeout.",
     ["profile"],
 )
+
+
+# --- what the run keeps for the repair gauges (pitstop.registry makes one per run) ---
+
+DEADLINE_PHASES = (
+    Phase.CORDONING,
+    Phase.DEREGISTERING,
+    Phase.WAITING_FOR_TASKS,
+    Phase.EVICTING,
+    Phase.REPAIRING,
+    Phase.VERIFYING,
+    Phase.UNCORDONING,
+)
+"""The phases `repair.flow.phase_deadline` gives a deadline (each reported, 0 or more)."""
+
+
+class RepairPhases:
+    """The phase of every repair this run knows, which pitstop_repairs{phase} counts,
+    and the deadline of each one's phase, which pitstop_repairs_past_deadline counts
+    when scraped: one per operator run, in kopf's memo (`repair_phases(memo)`;
+    pitstop.registry makes it and points PAST_DEADLINE at it), so a second run in the
+    process does not count the first one's."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, Phase] = {}
+        self.deadlines: dict[str, tuple[Phase, datetime]] = {}
+        """The phase and its deadline of every repair in a phase that has one."""
+
+    def record(self, repair: str, phase: Phase | None, deadline: datetime | None = None) -> None:
+        """Keeps pitstop_repairs{phase} equal to the count of repairs in each phase
+        (None: the repair is gone, and its pass count goes too), and the deadline of
+        the repair's phase for pitstop_repairs_past_deadline."""
+        if phase is None:
+            self.phases.pop(repair, None)
+            with contextlib.suppress(KeyError):  # never counted
+                PASSES.remove(repair)
+        else:
+            self.phases[repair] = phase
+        if phase is None or deadline is None:
+            self.deadlines.pop(repair, None)
+        else:
+            self.deadlines[repair] = (phase, deadline)
+        for p in Phase:
+            REPAIRS.labels(p.value).set(sum(1 for v in self.phases.values() if v == p))
+
+    def past_deadline(self, now: datetime | None = None) -> dict[tuple[str, ...], float]:
+        """Repairs whose phase's deadline has passed, by phase (every phase with a
+        deadline reported, so a panel or an alert sees 0 rather than nothing)."""
+        now = now or datetime.now(UTC)
+        counts: dict[tuple[str, ...], float] = {(p.value,): 0 for p in DEADLINE_PHASES}
+        for phase, deadline in list(self.deadlines.values()):
+            if deadline <= now:
+                counts[(phase.value,)] = counts.get((phase.value,), 0) + 1
+        return counts
+
+
+MEMO_REPAIR_PHASES = "repair_phases"
+"""Key of the run's RepairPhases in kopf's operator memo (and so in every object's)."""
+
+
+def repair_phases(memo: Mapping[str, Any]) -> RepairPhases:
+    """This operator run's RepairPhases, from any handler's memo."""
+    return cast(RepairPhases, memo[MEMO_REPAIR_PHASES])

@@ -383,12 +383,25 @@ def test_after_a_policys_repair_every_dashboard_panel_has_data(
     )
 
     variables = {"job": JOB, "policy": rp, "datasource": "prometheus", "__rate_interval": "15s"}
-    end = time.time()
-    empty = []
-    for title, expr in panel_queries():
-        result = prometheus.query_range(substitute(expr, variables), prometheus.started, end)
-        if not result:
-            empty.append(f"{title}: {expr}")
+
+    def empty_panels(end: float) -> list[str]:
+        empty = []
+        for title, expr in panel_queries():
+            result = prometheus.query_range(substitute(expr, variables), prometheus.started, end)
+            if not result:
+                empty.append(f"{title}: {expr}")
+        return empty
+
+    # increase() needs two samples of a series: a counter that first appeared a
+    # scrape before the success was scraped (the eviction, some 1.7 s earlier) may
+    # have one at the last step yet, so the panels are asked again for a few scrapes.
+    deadline = time.monotonic() + 10
+    while True:
+        end = time.time()
+        empty = empty_panels(end)
+        if not empty or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert not empty, "dashboard panels without data:\n" + "\n".join(empty)
 
     # And the data says what happened: the policy's pool, the eviction, the task.

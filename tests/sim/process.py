@@ -17,9 +17,7 @@ listing, as kopf does."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -28,12 +26,12 @@ import kopf
 
 from pitstop import constants as C
 from pitstop.cluster import indexes
-from pitstop.cluster.indexes import CAPACITY, POLICIES, UNDER_REPAIR, WAKERS
 from pitstop.cluster.kube import MERGE, ApiError
 from pitstop.instances import serving
 from pitstop.pool import daemon as pool_daemon
+from pitstop.registry import Registry
 from pitstop.repair import daemon as repair_daemon
-from pitstop.repair import orphans, report
+from pitstop.repair import orphans
 from tests.sim.cluster import NS, RESOURCES, clone
 from tests.sim.server import REPAIRS, SimKube
 
@@ -102,48 +100,13 @@ class Stream:
 
 
 class OrderedSet(dict[Any, None]):
-    """A set that iterates in insertion order (asyncio.Events hash by address)."""
+    """A set that iterates in insertion order (asyncio tasks hash by address)."""
 
     def add(self, item: Any) -> None:
         self[item] = None
 
     def discard(self, item: Any) -> None:
         self.pop(item, None)
-
-
-def reset_globals() -> None:
-    """What a process keeps in module state, gone with it. The wakers' sets are
-    replaced by ordered ones: who is woken first must not depend on addresses."""
-    WAKERS._events = defaultdict(OrderedSet)  # type: ignore[assignment]
-    CAPACITY._events = OrderedSet()  # type: ignore[assignment]
-    POLICIES._events = OrderedSet()  # type: ignore[assignment]
-    UNDER_REPAIR.clear()
-    pool_daemon.ADMISSION = pool_daemon.Admission()
-    pool_daemon.NODE_VIEWS = pool_daemon.NodeViews()
-    pool_daemon.ALERTS.items.clear()
-    report.PHASES.clear()
-
-
-@contextlib.contextmanager
-def isolated_globals() -> Iterator[None]:
-    """A simulation's module state replaced for its run, and the host's put back."""
-    saved = (
-        WAKERS._events,
-        CAPACITY._events,
-        POLICIES._events,
-        set(UNDER_REPAIR),
-        pool_daemon.ADMISSION,
-        pool_daemon.NODE_VIEWS,
-        dict(report.PHASES),
-    )
-    try:
-        yield
-    finally:
-        reset_globals()
-        WAKERS._events, CAPACITY._events, POLICIES._events = saved[:3]
-        UNDER_REPAIR.update(saved[3])
-        pool_daemon.ADMISSION, pool_daemon.NODE_VIEWS = saved[4], saved[5]
-        report.PHASES.update(saved[6])
 
 
 class Process:
@@ -153,8 +116,12 @@ class Process:
         self.alive = True
         self.loop = asyncio.get_running_loop()
         self.kube = SimKube(sim.server, sim.net)
+        self.registry = Registry.fresh()
+        """What this process keeps across its handlers (waiters, admissions, alerts,
+        phases): its own, as each operator run's is, gone with it."""
         self.memo: dict[str, Any] = {"kube": self.kube}
         """The operator's memo; each object gets its own shallow copy (`memo_of`)."""
+        self.registry.install(self.memo)
         self.memos: dict[str, dict[str, Any]] = {}
         """kopf's per-object memos of NodeRepairs and RepairPolicies, by uid: the
         daemon and the deletion handler of one repair share one (its PassGuard)."""
@@ -174,7 +141,6 @@ class Process:
     # --- life ---
 
     def start(self) -> None:
-        reset_globals()
         for r in RESOURCES:
             self.relist(r)
         self.sim.cluster.listeners.append(self.on_change)
@@ -290,11 +256,11 @@ class Process:
         elif resource == "endpointslices":
             ix.put(key, indexes.endpoints_by_pod(body=body) if body else None)
             if body is not None:
-                indexes.wake_on_endpoints(body=body)
+                indexes.wake_on_endpoints(body=body, memo=self.memo)
         elif resource == "pdbs":
             ix.put(key, indexes.pdbs_by_namespace(body=body, namespace=NS) if body else None)
             if body is not None:
-                indexes.wake_on_pdb(body=body, pods_by_node=self.index["pods"])
+                indexes.wake_on_pdb(body=body, memo=self.memo, pods_by_node=self.index["pods"])
         elif resource == "noderepairs":
             self.on_repair(key, body, old)
         else:
@@ -303,10 +269,11 @@ class Process:
     def on_node(self, name: str, body: dict[str, Any] | None) -> None:
         if body is None:
             return
-        indexes.wake_on_node(name=name)
+        indexes.wake_on_node(name=name, memo=self.memo)
         kw = {"memo": self.memo, "logger": LOG}
         pods = self.index["pods"]
-        if any(serving.wants_serving(p, body) for p in pods.get(name, ())):
+        held = self.registry.wakeups.under_repair
+        if any(serving.wants_serving(p, body, held) for p in pods.get(name, ())):
             self.spawn(serving.on_node(name=name, body=body, pods_by_node=pods, **kw), "on_node")
         if C.ANNOTATION_REPAIR in (body["metadata"].get("annotations") or {}):
             self.spawn(
@@ -316,10 +283,11 @@ class Process:
 
     def on_pod(self, body: dict[str, Any]) -> None:
         node_name = body["spec"].get("nodeName")
-        WAKERS.wake(node_name)
+        wake = self.registry.wakeups
+        wake.nodes.wake(node_name)
         nodes = self.index["nodes"]
         node = nodes.get(node_name)
-        if node_name and serving.wants_serving(body, node[0] if node else None):
+        if node_name and serving.wants_serving(body, node[0] if node else None, wake.under_repair):
             self.spawn(
                 serving.on_pod(
                     body=body, type="MODIFIED", memo=self.memo, nodes_by_name=nodes, logger=LOG
@@ -359,7 +327,7 @@ class Process:
             ix.put(name, None)
             self.forget(name, old)
             if old is not None:
-                indexes.wake_on_repair(spec=old["spec"])
+                indexes.wake_on_repair(spec=old["spec"], memo=self.memo)
                 self.spawn(
                     orphans.sweep_after_deletion(
                         type="DELETED",
@@ -383,7 +351,7 @@ class Process:
             live = self.bodies[name] = {}
         live.clear()
         live.update(body)
-        indexes.wake_on_repair(spec=body["spec"])
+        indexes.wake_on_repair(spec=body["spec"], memo=self.memo)
         meta = body["metadata"]
         ours = C.FINALIZER in (meta.get("finalizers") or [])
         if meta.get("deletionTimestamp"):
@@ -407,7 +375,7 @@ class Process:
         live = self.bodies.setdefault(name, {})
         live.clear()
         live.update(body)
-        indexes.wake_on_policy()
+        indexes.wake_on_policy(memo=self.memo)
         if name not in self.daemons:
             self.start_daemon(name, self.watch_pool(name, live, self.memo_of(body)))
 

@@ -25,11 +25,10 @@ from typing import Any
 import kopf
 
 from pitstop import constants as C
-from pitstop.pool import daemon as pool_daemon
 from tests.sim.checks import FINAL, Break, Checks
 from tests.sim.cluster import RESOURCES, Cluster, stamp
 from tests.sim.loop import VirtualLoop, patched_clock
-from tests.sim.process import Process, isolated_globals
+from tests.sim.process import Process
 from tests.sim.server import ApiServer, Network
 
 FAULTS = (
@@ -169,7 +168,7 @@ class Simulation:
         loop = VirtualLoop()
         self.cluster.clock = loop.time
         try:
-            with patched_clock(), quiet_events(), isolated_globals():
+            with patched_clock(), quiet_events():
                 loop.run_until_complete(self.main())
                 if self.proc is not None:
                     self.proc.kill()
@@ -292,7 +291,8 @@ class Simulation:
             if proc is not None:
                 names = sorted(c.nodes)
                 for n in rng.sample(names, 1 + f.arg % len(names)):
-                    pool_daemon.ALERTS.add("NodeDiskFailing", {"node": n}, stamp(now), True)
+                    alerts = proc.registry.pools.alerts
+                    alerts.add("NodeDiskFailing", {"node": n}, stamp(now), True)
         elif f.kind == "drop":
             if proc is not None:
                 proc.break_stream(RESOURCES[f.arg % len(RESOURCES)], rng.uniform(1, 30))

@@ -20,6 +20,7 @@ import pytest
 
 from pitstop import constants as C
 from pitstop.cluster.kube import Eviction
+from pitstop.registry import Registry
 from pitstop.repair import daemon
 from tests.unit.test_nodes import OURS, apply, locked
 from tests.unit.test_report import sent_fields
@@ -151,6 +152,7 @@ def test_an_abort_during_a_pass_leaves_no_pod_marked(kopf_cancels_the_daemon: bo
         cluster = Cluster()
         body = repair_body()
         memo: dict[str, Any] = {"kube": cluster}
+        Registry.fresh().install(memo)
         log = logging.getLogger("test")
         stopped = Stopped()
         # The indexes as they stand when the pass starts; they never catch up here.

@@ -13,6 +13,7 @@ from typing import Any
 import kopf
 import pytest
 
+from pitstop.registry import Registry
 from pitstop.repair import daemon
 from pitstop.repair.state import pass_guard
 from tests.unit.test_report import sent_fields
@@ -49,6 +50,7 @@ def run(seen: dict[str, Any], finished: dict[str, Any]) -> Store:
     async def scenario() -> Store:
         store = Store(seen)
         memo = kopf.Memo(kube=store)
+        Registry.fresh().install(memo)
         guard = pass_guard(memo)
         async with guard.lock:  # the pass in flight
             aborting = asyncio.create_task(
@@ -105,6 +107,7 @@ def test_abort_does_not_overwrite_a_final_phase_written_after_its_read() -> None
     retried (and reads again) rather than take a Succeeded repair out of it (6)."""
     store = OtherReplicaFinishes({"phase": "Uncordoning"})
     memo = kopf.Memo(kube=store)
+    Registry.fresh().install(memo)
     aborting = daemon.abort(
         name="r1",
         spec=kopf.Spec({"nodeName": "n1"}),

@@ -58,7 +58,7 @@ class NodeApi:
 
 def run(api: NodeApi, view: dict[str, Any] | None, repair: str = "r1") -> bool:
     log = logging.getLogger()
-    return asyncio.run(give_back(api, "n1", repair, log, view))  # type: ignore[arg-type]
+    return asyncio.run(give_back(api, "n1", repair, log, set(), view))  # type: ignore[arg-type]
 
 
 def test_a_view_that_shows_our_lock_is_released_without_a_read() -> None:

@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 
 from pitstop.cli import main as cli
+from pitstop.cluster.indexes import Waiters
 from pitstop.pool import alerts, daemon
 
 PAYLOAD = json.dumps({"version": "4", "alerts": []}).encode()
@@ -64,15 +65,15 @@ def serving(receiver: alerts.Receiver, test: Callable[[Call], Awaitable[None]]) 
     asyncio.run(main())
 
 
-@pytest.fixture(autouse=True)
-def own_inbox(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(daemon, "ALERTS", daemon.AlertInbox())
+def inbox() -> daemon.AlertInbox:
+    """A run's inbox of its own (empty alerts here: nothing lands in it)."""
+    return daemon.AlertInbox(Waiters())
 
 
 def test_a_rotated_token_file_is_honoured_at_once(tmp_path: Path) -> None:
     mounted = tmp_path / "pitstop-alerts"
     mounted.mkdir()
-    receiver = alerts.Receiver(None, "unused", "unused", str(mounted / "token"))  # type: ignore[arg-type]
+    receiver = alerts.Receiver(None, inbox(), "unused", "unused", str(mounted / "token"))  # type: ignore[arg-type]
 
     async def test(call: Call) -> None:
         # Not mounted yet (an optional Secret volume before the Secret exists).
@@ -92,7 +93,7 @@ def test_a_rotated_token_file_is_honoured_at_once(tmp_path: Path) -> None:
 
 def test_a_client_past_its_rate_gets_429_with_retry_after(tmp_path: Path) -> None:
     (tmp_path / "token").write_text("t")
-    receiver = alerts.Receiver(None, "", "", str(tmp_path / "token"), rate=0.25, burst=3)  # type: ignore[arg-type]
+    receiver = alerts.Receiver(None, inbox(), "", "", str(tmp_path / "token"), rate=0.25, burst=3)  # type: ignore[arg-type]
 
     async def test(call: Call) -> None:
         # Refused requests count too: the limit comes before the token check.

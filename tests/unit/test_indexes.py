@@ -334,17 +334,16 @@ def test_pdbs_by_namespace_keys_by_namespace() -> None:
 
 
 def test_a_pdb_event_wakes_the_repairs_of_nodes_holding_pods_it_covers() -> None:
-    covered, elsewhere = indexes.WAKERS.register("n1"), indexes.WAKERS.register("n2")
+    wake = indexes.Wakeups()
+    covered, elsewhere = wake.nodes.register("n1"), wake.nodes.register("n2")
     other = full_pod("other", metadata__labels={"app": "other"}, spec__nodeName="n2")
-    try:
-        indexes.wake_on_pdb(
-            body=full_pdb(), pods_by_node={"n1": [indexes.slim_pod(PODS[0])], "n2": [other]}
-        )
-        assert covered.is_set()
-        assert not elsewhere.is_set()
-    finally:
-        indexes.WAKERS.unregister("n1", covered)
-        indexes.WAKERS.unregister("n2", elsewhere)
+    indexes.wake_on_pdb(
+        body=full_pdb(),
+        memo={indexes.MEMO_WAKEUPS: wake},
+        pods_by_node={"n1": [indexes.slim_pod(PODS[0])], "n2": [other]},
+    )
+    assert covered.is_set()
+    assert not elsewhere.is_set()
 
 
 def test_slim_pods_share_what_they_repeat() -> None:

@@ -23,7 +23,8 @@ import yaml
 from pitstop import metrics
 from pitstop.instances import serving
 from pitstop.models import NodeRepairSpec, NodeRepairStatus, Phase, RepairStatus
-from pitstop.repair import flow, report
+from pitstop.registry import Registry
+from pitstop.repair import flow
 from pitstop.repair.report import Report
 from pitstop.repair.state import RepairState
 from tests.unit.test_report import sent_fields
@@ -245,35 +246,35 @@ def test_repairing_deadline_follows_the_attempt() -> None:
 
 
 @pytest.fixture
-def clean_records() -> Any:
-    before = dict(report.PHASES), dict(report.DEADLINES)
-    report.PHASES.clear()
-    report.DEADLINES.clear()
-    yield
-    report.PHASES.clear()
-    report.DEADLINES.clear()
-    report.PHASES.update(before[0])
-    report.DEADLINES.update(before[1])
+def run(monkeypatch: pytest.MonkeyPatch) -> Registry:
+    """A fresh operator run's registry, installed (the gauges read when scraped read
+    it); the host's readers are put back afterwards."""
+    monkeypatch.setattr(metrics.PAST_DEADLINE, "read", metrics.PAST_DEADLINE.read)
+    monkeypatch.setattr(metrics.GATED_PODS, "read", metrics.GATED_PODS.read)
+    fresh = Registry.fresh()
+    fresh.install({})
+    return fresh
 
 
-def past(phase: str, now: datetime | None = None) -> float:
-    return report.past_deadline(now)[(phase,)]
+def test_past_deadline_counts_repairs_whose_deadline_passed(run: Registry) -> None:
+    phases = run.phases
 
+    def past(phase: str, now: datetime | None = None) -> float:
+        return phases.past_deadline(now)[(phase,)]
 
-def test_past_deadline_counts_repairs_whose_deadline_passed(clean_records: None) -> None:
-    report.record_phase("a", Phase.EVICTING, NOW - timedelta(seconds=1))
-    report.record_phase("b", Phase.EVICTING, NOW + timedelta(seconds=60))
-    report.record_phase("c", Phase.PENDING)
+    phases.record("a", Phase.EVICTING, NOW - timedelta(seconds=1))
+    phases.record("b", Phase.EVICTING, NOW + timedelta(seconds=60))
+    phases.record("c", Phase.PENDING)
     assert past("Evicting", NOW) == 1
     assert past("Verifying", NOW) == 0, "every phase with a deadline is reported"
-    assert ("Pending",) not in report.past_deadline(NOW)
+    assert ("Pending",) not in phases.past_deadline(NOW)
     assert past("Evicting", NOW + timedelta(seconds=61)) == 2, "counted when scraped"
-    report.record_phase("a", Phase.REPAIRING, NOW + timedelta(hours=1))  # it moved on
+    phases.record("a", Phase.REPAIRING, NOW + timedelta(hours=1))  # it moved on
     assert past("Evicting", NOW) == 0
-    report.record_phase("b", None)  # gone
+    phases.record("b", None)  # gone
     assert past("Evicting", NOW + timedelta(seconds=61)) == 0
-    # The registry reads it when scraped.
-    report.record_phase("d", Phase.VERIFYING, datetime(2000, 1, 1, tzinfo=UTC))
+    # The registry reads the run's when scraped.
+    phases.record("d", Phase.VERIFYING, datetime(2000, 1, 1, tzinfo=UTC))
     assert (
         metrics.REGISTRY.get_sample_value("pitstop_repairs_past_deadline", {"phase": "Verifying"})
         == 1
@@ -294,8 +295,10 @@ def completed(phase: str) -> float:
     return value
 
 
-def test_a_written_status_records_its_deadline_and_a_completion_once(clean_records: None) -> None:
-    r = Report(RepairState("r1", {"spec": {"nodeName": "n1"}}, FakeKube(), logging.getLogger()))  # type: ignore[arg-type]
+def test_a_written_status_records_its_deadline_and_a_completion_once(run: Registry) -> None:
+    body = {"spec": {"nodeName": "n1"}}
+    state = RepairState("r1", body, FakeKube(), logging.getLogger(), phases=run.phases)  # type: ignore[arg-type]
+    r = Report(state)
     r.state.spec = spec()
 
     def write(phase: Phase, start: datetime) -> None:
@@ -303,12 +306,12 @@ def test_a_written_status_records_its_deadline_and_a_completion_once(clean_recor
         asyncio.run(r.write_status(status, start, None))
 
     write(Phase.EVICTING, NOW)
-    assert report.DEADLINES["r1"] == (Phase.EVICTING, NOW + timedelta(seconds=120))
+    assert run.phases.deadlines["r1"] == (Phase.EVICTING, NOW + timedelta(seconds=120))
     failed = completed("Failed")
     write(Phase.FAILED, NOW + timedelta(seconds=5))
     write(Phase.FAILED, NOW + timedelta(seconds=6))
     assert completed("Failed") == failed + 1
-    assert "r1" not in report.DEADLINES and report.PHASES["r1"] == Phase.FAILED
+    assert "r1" not in run.phases.deadlines and run.phases.phases["r1"] == Phase.FAILED
 
 
 # --- serving gates ---
@@ -334,18 +337,22 @@ LOCKED = {"metadata": {"name": "n1", "annotations": {"pitstop.dev/repair": "r1"}
 
 
 def test_gate_state() -> None:
-    assert serving.gate_state(pod("True"), FREE) == "open"
-    assert serving.gate_state(pod(None), FREE) == "waiting"
-    assert serving.gate_state(pod("False"), FREE) == "waiting"
-    assert serving.gate_state(pod("False"), LOCKED) == "held"
-    assert serving.gate_state(pod("True"), LOCKED) == "open"
-    assert serving.gate_state(pod(None, gated=False), FREE) is None
-    assert serving.gate_state(pod(None, deleting=True), FREE) is None
-    assert serving.gate_state(pod(None), None) is None  # its node not known (yet)
+    free: set[str] = set()
+    assert serving.gate_state(pod("True"), FREE, free) == "open"
+    assert serving.gate_state(pod(None), FREE, free) == "waiting"
+    assert serving.gate_state(pod("False"), FREE, free) == "waiting"
+    assert serving.gate_state(pod("False"), LOCKED, free) == "held"
+    assert serving.gate_state(pod("True"), LOCKED, free) == "open"
+    assert serving.gate_state(pod(None, gated=False), FREE, free) is None
+    assert serving.gate_state(pod(None, deleting=True), FREE, free) is None
+    assert serving.gate_state(pod(None), None, free) is None  # its node not known (yet)
+    # The run holds the node, before its watch event shows the lock.
+    assert serving.gate_state(pod(None), FREE, {"n1"}) == "held"
 
 
-def test_gated_pods_are_counted_when_scraped(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(serving, "GATED", {"a/1": "open", "a/2": "waiting", "a/3": "open"})
+def test_gated_pods_are_counted_when_scraped(run: Registry) -> None:
+    for key, state in {"a/1": "open", "a/2": "waiting", "a/3": "open"}.items():
+        run.gates.record(key, state)
     sample = metrics.REGISTRY.get_sample_value
     assert sample("pitstop_gated_pods", {"state": "open"}) == 2
     assert sample("pitstop_gated_pods", {"state": "waiting"}) == 1

@@ -8,7 +8,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pitstop.pool import daemon, notices
+from pitstop.pool import notices
 from tests.unit.test_policy_driver import World, events, reasons
 
 __all__ = ["events"]  # the fixture, used by name
@@ -175,7 +175,7 @@ def test_admission_holds_a_policys_own_repair_outside_its_window() -> None:
         "policy": None,
     }
     nodes, repairs, policies = world.indexes()
-    admission = daemon.Admission()
+    admission = world.pools.admission  # the run's, as the repairs' driver asks it
 
     def check(name: str, node: str) -> str | None:
         return asyncio.run(admission.check(name, node, "", nodes, repairs, policies))  # type: ignore[arg-type]

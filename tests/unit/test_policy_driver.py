@@ -20,6 +20,7 @@ import kopf
 import pytest
 
 from pitstop import metrics
+from pitstop.cluster.indexes import Wakeups
 from pitstop.cluster.kube import ApiError
 from pitstop.pool import alerts, daemon
 
@@ -73,6 +74,8 @@ class World:
         self.created: list[str] = []
         self.unshown: set[str] = set()
         """Repairs that exist but the index does not show yet."""
+        self.pools = daemon.Pools.waking(Wakeups())
+        """The operator run's (its alert inbox)."""
 
     def set_node(self, name: str, deadlock: str, since: str = T0) -> None:
         self.rv += 1
@@ -113,7 +116,7 @@ class World:
 
     def driver(self) -> daemon.PolicyDriver:
         """A new driver, as a restarted or new leader makes it (from the stored body)."""
-        return daemon.PolicyDriver(POLICY, self.body, self, None)  # type: ignore[arg-type]
+        return daemon.PolicyDriver(POLICY, self.body, self, None, self.pools)  # type: ignore[arg-type]
 
     def step(self, driver: daemon.PolicyDriver, now: datetime) -> None:
         asyncio.run(driver.step(now, *self.indexes()))  # type: ignore[arg-type]
@@ -127,7 +130,6 @@ def events(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, str]]]:
         posted.append((reason, message))
 
     monkeypatch.setattr(kopf, "event", event)
-    monkeypatch.setattr(daemon, "ALERTS", daemon.AlertInbox())
     yield posted
 
 
@@ -282,9 +284,9 @@ def alert_policy(**spec: Any) -> World:
     return World(unhealthyConditions=[], alerts={"names": ["NodeDiskFailing"]}, **spec)
 
 
-def fire(node_name: str, firing: bool = True) -> None:
+def fire(world: World, node_name: str, firing: bool = True) -> None:
     labels = {"alertname": "NodeDiskFailing", "node": node_name}
-    daemon.ALERTS.add("NodeDiskFailing", labels, "2026-01-01T00:00:00Z", firing)
+    world.pools.alerts.add("NodeDiskFailing", labels, "2026-01-01T00:00:00Z", firing)
 
 
 def test_an_alert_fault_outlives_ten_minutes_while_the_policy_is_paused(
@@ -294,7 +296,7 @@ def test_an_alert_fault_outlives_ten_minutes_while_the_policy_is_paused(
     world = alert_policy(paused=True)
     driver = world.driver()
     now = datetime.now(UTC)
-    fire("n1")
+    fire(world, "n1")
     world.step(driver, now)
     assert world.body["status"]["unhealthyNodes"] == 1
     world.spec["paused"] = False
@@ -305,12 +307,12 @@ def test_an_alert_fault_outlives_ten_minutes_while_the_policy_is_paused(
 def test_an_alert_fault_survives_a_restart(events: list[tuple[str, str]]) -> None:
     world = alert_policy(paused=True)
     now = datetime.now(UTC)
-    fire("n1")
+    fire(world, "n1")
     world.step(world.driver(), now)
     kept = world.body["status"]["alerts"]
     assert [(a["node"], a["alertname"]) for a in kept] == [("n1", "NodeDiskFailing")]
 
-    daemon.ALERTS = daemon.AlertInbox()  # another process: its inbox is empty
+    world.pools = daemon.Pools.waking(Wakeups())  # another process: its inbox is empty
     world.spec["paused"] = False
     world.step(world.driver(), now + timedelta(seconds=1))
     assert [world.repairs[n]["node"] for n in world.created] == ["n1"]
@@ -320,11 +322,11 @@ def test_an_alert_fault_ends_when_resolved_or_stale(events: list[tuple[str, str]
     world = alert_policy(paused=True)
     driver = world.driver()
     now = datetime.now(UTC)
-    fire("n1")
-    fire("n2")
+    fire(world, "n1")
+    fire(world, "n2")
     world.step(driver, now)
     assert world.body["status"]["unhealthyNodes"] == 2
-    fire("n1", firing=False)
+    fire(world, "n1", firing=False)
     world.step(driver, now + timedelta(seconds=1))
     assert [a["node"] for a in world.body["status"]["alerts"]] == ["n2"]
     world.step(driver, now + timedelta(hours=2, minutes=59))
@@ -342,7 +344,7 @@ def test_an_alert_fault_ends_at_its_ends_at(events: list[tuple[str, str]]) -> No
     now = datetime.now(UTC)
     labels = {"alertname": "NodeDiskFailing", "node": "n1"}
     ends = now + timedelta(minutes=5)
-    daemon.ALERTS.add("NodeDiskFailing", labels, "2026-01-01T00:00:00Z", True, ends)
+    world.pools.alerts.add("NodeDiskFailing", labels, "2026-01-01T00:00:00Z", True, ends)
     world.step(driver, now)
     assert world.body["status"]["unhealthyNodes"] == 1
     world.step(driver, now + timedelta(minutes=6))

@@ -16,6 +16,7 @@ import yaml
 
 from pitstop import constants as C
 from pitstop import crdgen
+from pitstop.cluster.indexes import Wakeups
 from pitstop.models import (
     NodeRepairRemediationSpec,
     NodeRepairRemediationStatus,
@@ -24,10 +25,17 @@ from pitstop.models import (
     Phase,
 )
 from pitstop.models.common import DNS_SUBDOMAIN_PATTERN
-from pitstop.pool.daemon import Admission
+from pitstop.pool.daemon import Admission, Pools
 from pitstop.remediation import contract
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def fresh_admission() -> Admission:
+    """A new operator run's admission (nothing admitted yet)."""
+    return Pools.waking(Wakeups()).admission
+
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "examples" / "remediation"
 UID = "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"
 
@@ -321,13 +329,17 @@ def test_admission_counts_repairs_whoever_made_them(first_by_policy: bool) -> No
         "n2": [_repair("second", None, None if first_by_policy else "p")],
     }
     refusal = asyncio.run(
-        Admission().check("second", "n2", "2026-01-01T00:00:01Z", nodes, repairs, {"p": [policy]})
+        fresh_admission().check(
+            "second", "n2", "2026-01-01T00:00:01Z", nodes, repairs, {"p": [policy]}
+        )
     )
     assert refusal is not None and refusal.startswith("MaxConcurrentRepairs"), refusal
     repairs["n1"] = [_repair("first", "Succeeded")]
     nodes["n1"] = [_node("n1")]
     admitted = asyncio.run(
-        Admission().check("second", "n2", "2026-01-01T00:00:01Z", nodes, repairs, {"p": [policy]})
+        fresh_admission().check(
+            "second", "n2", "2026-01-01T00:00:01Z", nodes, repairs, {"p": [policy]}
+        )
     )
     assert admitted is None
 

@@ -143,9 +143,9 @@ def test_deletion_waits_for_the_pass_in_flight_and_leaves_no_repair() -> None:
     async def scenario() -> FakeKube:
         kube = FakeKube()
         kube.release.clear()
-        memo: dict[str, Any] = {"kube": kube}
-        daemon.make_wakers(memo)  # type: ignore[arg-type]
-        passes: daemon.Passes = memo[daemon.MEMO_PASSES]
+        run = daemon.Remediations()
+        memo: dict[str, Any] = {"kube": kube, daemon.MEMO_REMEDIATIONS: run}
+        passes = run.passes
         r = daemon.Remediator(remediation(), kube, LOG)  # type: ignore[arg-type]
 
         async def one_pass() -> None:

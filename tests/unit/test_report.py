@@ -18,7 +18,7 @@ from pitstop.cluster.kube import ApiError
 from pitstop.conditions import set_condition
 from pitstop.models import InstanceCounts, NodeRepairStatus, Phase
 from pitstop.repair.flow import Event
-from pitstop.repair.report import STATUS_COALESCE, WAITING_COALESCE, Report, record_phase
+from pitstop.repair.report import STATUS_COALESCE, WAITING_COALESCE, Report
 from pitstop.repair.state import RepairState
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -164,9 +164,9 @@ def test_every_decided_pass_is_counted_also_one_that_writes_nothing() -> None:
         asyncio.run(report.write_status(evicting(20), NOW + STATUS_COALESCE * i, None))
     assert len(kube.patches) == 1, "one write"
     assert passes("r-passes") == 3, "three passes"
-    record_phase("r-passes", Phase.EVICTING)
+    report.state.phases.record("r-passes", Phase.EVICTING)
     assert passes("r-passes") == 3
-    record_phase("r-passes", None)
+    report.state.phases.record("r-passes", None)
     assert passes("r-passes") is None, "a repair gone takes its series along"
 
 

@@ -13,7 +13,8 @@ import asyncio
 import sys
 from collections import defaultdict
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 import kopf
 
@@ -171,18 +172,20 @@ def slim_pdb(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class Wakers:
-    """asyncio Events per node: a repair waits on its node's, watch handlers set it."""
+    """asyncio Events per node: a repair waits on its node's, watch handlers set it.
+    Kept in insertion order (a dict, not a set of addresses), so who is woken first
+    never depends on memory layout (the simulation replays a seed exactly)."""
 
     def __init__(self) -> None:
-        self._events: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._events: dict[str, dict[asyncio.Event, None]] = defaultdict(dict)
 
     def register(self, node: str) -> asyncio.Event:
         event = asyncio.Event()
-        self._events[node].add(event)
+        self._events[node][event] = None
         return event
 
     def unregister(self, node: str, event: asyncio.Event) -> None:
-        self._events[node].discard(event)
+        self._events[node].pop(event, None)
         if not self._events[node]:
             del self._events[node]
 
@@ -197,38 +200,52 @@ class Wakers:
             event.set()
 
 
-WAKERS = Wakers()
-"""One per process: the watch handlers and the repair daemons share it."""
-
-
 class Waiters:
-    """asyncio Events of everyone waiting for the pools to change."""
+    """asyncio Events of everyone waiting for one kind of change (room in a pool,
+    the inputs of the policies, the profiles), in insertion order as Wakers."""
 
     def __init__(self) -> None:
-        self._events: set[asyncio.Event] = set()
+        self._events: dict[asyncio.Event, None] = {}
 
     def register(self, event: asyncio.Event | None = None) -> asyncio.Event:
         event = event or asyncio.Event()
-        self._events.add(event)
+        self._events[event] = None
         return event
 
     def unregister(self, event: asyncio.Event) -> None:
-        self._events.discard(event)
+        self._events.pop(event, None)
 
     def wake(self) -> None:
         for event in self._events:
             event.set()
 
 
-CAPACITY = Waiters()
-"""NodeRepairs waiting for room in their pool."""
-POLICIES = Waiters()
-"""Policy daemons."""
+@dataclass
+class Wakeups:
+    """Who waits for what the watches see, and the nodes this run holds: one per
+    operator run, in kopf's memo (`wakeups(memo)`; pitstop.registry makes it), so
+    two runs in one process, or two tests, never wake each other's waiters."""
+
+    nodes: Wakers = field(default_factory=Wakers)
+    """Per node: its repair's daemon. The watch handlers wake it."""
+    capacity: Waiters = field(default_factory=Waiters)
+    """NodeRepairs waiting for room in their pool."""
+    policies: Waiters = field(default_factory=Waiters)
+    """Policy daemons."""
+    profiles: Waiters = field(default_factory=Waiters)
+    """The InstanceProfile status writer, woken by profile events."""
+    under_repair: set[str] = field(default_factory=set)
+    """Nodes this run holds for a repair, known before the node's watch event
+    arrives (so the serving-gate keeper never reopens a gate we are closing)."""
 
 
-UNDER_REPAIR: set[str] = set()
-"""Nodes this process holds for a repair, known before the node's watch event
-arrives (so the serving-gate keeper never reopens a gate we are closing)."""
+MEMO_WAKEUPS = "wakeups"
+"""Key of the run's Wakeups in kopf's operator memo (and so in every object's)."""
+
+
+def wakeups(memo: Mapping[str, Any]) -> Wakeups:
+    """This operator run's Wakeups, from any handler's memo."""
+    return cast(Wakeups, memo[MEMO_WAKEUPS])
 
 
 @kopf.index("pods")
@@ -286,39 +303,46 @@ def pdbs_by_namespace(
 
 
 @kopf.on.event("policy", "v1", "poddisruptionbudgets")  # type: ignore[arg-type]  # (index kwargs)
-def wake_on_pdb(body: kopf.Body, pods_by_node: kopf.Index[str, Any], **_: Any) -> None:
+def wake_on_pdb(
+    body: kopf.Body, memo: kopf.Memo, pods_by_node: kopf.Index[str, Any], **_: Any
+) -> None:
     """A budget changed (an eviction took a disruption, a replacement gave one back):
     wake the repairs (dry runs too, for their plan) whose nodes hold pods it covers."""
-    for node in WAKERS.nodes():
+    waiting = wakeups(memo).nodes
+    for node in waiting.nodes():
         if any(selectors.pdb_covers(body, p) for p in pods_by_node.get(node, ())):
-            WAKERS.wake(node)
+            waiting.wake(node)
 
 
 @kopf.on.event("discovery.k8s.io", "v1", "endpointslices")
-def wake_on_endpoints(body: kopf.Body, **_: Any) -> None:
+def wake_on_endpoints(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    waiting = wakeups(memo).nodes
     for ep in body.get("endpoints") or []:
-        WAKERS.wake(ep.get("nodeName"))
+        waiting.wake(ep.get("nodeName"))
 
 
 @kopf.on.event("nodes")
-def wake_on_node(name: str, **_: Any) -> None:
-    WAKERS.wake(name)
-    POLICIES.wake()  # pools are made of nodes
-    CAPACITY.wake()  # availability may have changed
+def wake_on_node(name: str, memo: kopf.Memo, **_: Any) -> None:
+    w = wakeups(memo)
+    w.nodes.wake(name)
+    w.policies.wake()  # pools are made of nodes
+    w.capacity.wake()  # availability may have changed
 
 
 @kopf.on.event(C.GROUP, C.VERSION, C.NODEREPAIR_PLURAL)
-def wake_on_repair(spec: kopf.Spec, **_: Any) -> None:
+def wake_on_repair(spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> None:
     # A repair that finishes or goes away frees the node, and room in its pool.
-    WAKERS.wake(spec.get("nodeName"))
-    POLICIES.wake()
-    CAPACITY.wake()
+    w = wakeups(memo)
+    w.nodes.wake(spec.get("nodeName"))
+    w.policies.wake()
+    w.capacity.wake()
 
 
 @kopf.on.event(C.GROUP, C.VERSION, C.REPAIRPOLICY_PLURAL)
-def wake_on_policy(**_: Any) -> None:
-    POLICIES.wake()
-    CAPACITY.wake()
+def wake_on_policy(memo: kopf.Memo, **_: Any) -> None:
+    w = wakeups(memo)
+    w.policies.wake()
+    w.capacity.wake()
 
 
 async def nap(waker: asyncio.Event, stopped: kopf.DaemonStopped, seconds: float) -> None:

@@ -5,13 +5,14 @@ pods would never turn Ready."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, cast
 
 import kopf
 
-from pitstop import constants, metrics
+from pitstop import constants
 from pitstop.cluster import nodes
-from pitstop.cluster.indexes import UNDER_REPAIR, WAKERS, one
+from pitstop.cluster.indexes import one, wakeups
 from pitstop.cluster.kube import ApiError, Kube
 from pitstop.instances import contract
 
@@ -19,18 +20,23 @@ C = constants
 REASON_IN_SERVICE = "NodeInService"
 
 
-def wants_serving(pod: dict[str, Any] | kopf.Body, node: dict[str, Any] | None) -> bool:
-    """The pod should be routed but its gate is not True."""
+def wants_serving(
+    pod: dict[str, Any] | kopf.Body, node: dict[str, Any] | None, under_repair: set[str]
+) -> bool:
+    """The pod should be routed but its gate is not True (`under_repair`: the nodes
+    this run holds, whose lock its watch may not show yet)."""
     if not contract.has_serving_gate(pod) or contract.serving_status(pod) == "True":
         return False
     if contract.is_terminating(pod) or not contract.is_instance(pod):
         return False
-    if node is None or node["metadata"].get("name") in UNDER_REPAIR:
+    if node is None or node["metadata"].get("name") in under_repair:
         return False
     return nodes.lock_holder(node) is None
 
 
-def gate_state(pod: dict[str, Any] | kopf.Body, node: dict[str, Any] | None) -> str | None:
+def gate_state(
+    pod: dict[str, Any] | kopf.Body, node: dict[str, Any] | None, under_repair: set[str]
+) -> str | None:
     """For pitstop_gated_pods: "open" (True), "held" (closed by a repair of its node),
     "waiting" (pitstop should open it: the pod cannot turn Ready until it does); None
     for a pod without the gate, or one not (or no longer) scheduled to run."""
@@ -40,22 +46,38 @@ def gate_state(pod: dict[str, Any] | kopf.Body, node: dict[str, Any] | None) -> 
         return None
     if contract.serving_status(pod) == "True":
         return "open"
-    return "waiting" if wants_serving(pod, node) else "held"
+    return "waiting" if wants_serving(pod, node, under_repair) else "held"
 
 
-GATED: dict[str, str] = {}
-"""The gate state of every gated pod seen (namespace/name → state), kept from the pod
-events and counted when scraped: one dict entry per pod, not a recount per event."""
+class GateStates:
+    """The gate state of every gated pod seen (namespace/name → state), kept from the
+    pod events and counted when scraped (pitstop_gated_pods): one dict entry per pod,
+    not a recount per event. One per operator run, in kopf's memo (`gate_states(memo)`;
+    pitstop.registry makes it and points GATED_PODS at it)."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, str] = {}
+
+    def record(self, key: str, state: str | None) -> None:
+        if state is None:
+            self.states.pop(key, None)
+        else:
+            self.states[key] = state
+
+    def counts(self) -> dict[tuple[str, ...], float]:
+        counts: dict[tuple[str, ...], float] = {("open",): 0, ("held",): 0, ("waiting",): 0}
+        for state in list(self.states.values()):
+            counts[(state,)] += 1
+        return counts
 
 
-def gated_counts() -> dict[tuple[str, ...], float]:
-    counts: dict[tuple[str, ...], float] = {("open",): 0, ("held",): 0, ("waiting",): 0}
-    for state in list(GATED.values()):
-        counts[(state,)] += 1
-    return counts
+MEMO_GATE_STATES = "gate_states"
+"""Key of the run's GateStates in kopf's operator memo (and so in every object's)."""
 
 
-metrics.GATED_PODS.read = gated_counts
+def gate_states(memo: Mapping[str, Any]) -> GateStates:
+    """This operator run's GateStates, from any handler's memo."""
+    return cast(GateStates, memo[MEMO_GATE_STATES])
 
 
 async def open_gate(kube: Kube, key: str, logger: kopf.Logger) -> None:
@@ -83,14 +105,12 @@ async def on_pod(
     **_: Any,
 ) -> None:
     node_name = body.get("spec", {}).get("nodeName")
-    WAKERS.wake(node_name)  # a repair of this node re-evaluates it
+    w = wakeups(memo)
+    w.nodes.wake(node_name)  # a repair of this node re-evaluates it
     node = one(nodes_by_name.get(node_name)) if node_name else None
-    state = None if type == "DELETED" else gate_state(body, node)
-    if state is None:
-        GATED.pop(contract.key(body), None)
-    else:
-        GATED[contract.key(body)] = state
-    if node_name and wants_serving(body, node):
+    state = None if type == "DELETED" else gate_state(body, node, w.under_repair)
+    gate_states(memo).record(contract.key(body), state)
+    if node_name and wants_serving(body, node, w.under_repair):
         await open_gate(memo["kube"], contract.key(body), logger)
 
 
@@ -110,6 +130,7 @@ async def on_node(
             "annotations": dict(body.get("metadata", {}).get("annotations") or {}),
         }
     }
+    under_repair = wakeups(memo).under_repair
     for pod in list(pods_by_node.get(name, ())):
-        if wants_serving(pod, node):
+        if wants_serving(pod, node, under_repair):
             await open_gate(memo["kube"], contract.key(pod), logger)

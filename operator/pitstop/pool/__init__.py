@@ -6,7 +6,7 @@
   ledger      what a policy keeps in its status for the next leader: firing alerts,
               the repairs it made, the faults whose repair was deleted (pure too)
   daemon      the kopf daemon of each RepairPolicy, and the admission gate every
-              NodeRepair passes (ADMISSION)
+              NodeRepair passes (Admission, in the run's Pools)
   alerts      the Alertmanager receiver (aiohttp), feeding the policy daemons
 
 May import pitstop.models, the shared helpers at the top of pitstop/ and

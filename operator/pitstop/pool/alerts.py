@@ -29,7 +29,7 @@ from aiohttp import http_exceptions, web
 
 from pitstop import constants
 from pitstop.cluster.kube import Kube, read_secret
-from pitstop.pool.daemon import ALERTS
+from pitstop.pool.daemon import AlertInbox
 
 MAX_BODY = 1024 * 1024
 TOKEN_TTL = 30.0
@@ -113,6 +113,7 @@ class Receiver:
     def __init__(
         self,
         kube: Kube,
+        inbox: AlertInbox,
         secret: str,
         key: str,
         token_file: str | None = None,
@@ -120,6 +121,8 @@ class Receiver:
         burst: int = BURST,
     ):
         self.kube, self.secret, self.key = kube, secret, key
+        self.inbox = inbox
+        """Where the alerts go: the run's, which its policy daemons take them from."""
         self.token_file = TokenFile(token_file) if token_file else None
         self.buckets = Buckets(rate, burst) if rate > 0 else None
         self._token: tuple[float, str | None] = (0.0, None)
@@ -172,7 +175,7 @@ class Receiver:
         except ValueError as e:
             return _error(400, str(e))
         for name, labels, starts_at, firing, ends_at in alerts:
-            ALERTS.add(name, labels, starts_at, firing, ends_at)
+            self.inbox.add(name, labels, starts_at, firing, ends_at)
         firing_count = sum(1 for a in alerts if a[3])
         return web.json_response({"accepted": len(alerts), "firing": firing_count})
 
@@ -296,6 +299,7 @@ def app_of(receiver: Receiver) -> web.Application:
 
 async def serve(
     kube: Kube,
+    inbox: AlertInbox,
     bind: str,
     port: int,
     secret: str,
@@ -304,7 +308,7 @@ async def serve(
     rate: float = RATE,
     burst: int = BURST,
 ) -> web.AppRunner:
-    receiver = Receiver(kube, secret, key, token_file, rate, burst)
+    receiver = Receiver(kube, inbox, secret, key, token_file, rate, burst)
     app = app_of(receiver)
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=IDLE_TIMEOUT, logger=HTTP_LOG)
     await runner.setup()

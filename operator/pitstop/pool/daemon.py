@@ -3,7 +3,8 @@
 the storm guard; and the admission that every NodeRepair of a pool passes before
 it takes its node (maxConcurrentRepairs, minAvailable, creation order).
 
-Admission decisions are serialised by one lock in the process, and a repair
+Admission decisions are serialised by one lock per operator run (its Pools, in
+the run's registry: pitstop.registry), and a repair
 admitted but not yet visible in the index counts as active: a burst of failures
 can never push a pool past its limits."""
 
@@ -13,14 +14,15 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from pydantic import ValidationError
 
 from pitstop import conditions, constants, kstatus, logs, metrics
-from pitstop.cluster.indexes import CAPACITY, POLICIES, nap, one
+from pitstop.cluster.indexes import Waiters, Wakeups, nap, one, wakeups
 from pitstop.cluster.kube import ApiError, Gone, Kube, merge_patch
 from pitstop.models import Phase, RepairPolicySpec, RepairPolicyStatus, Suppression
 from pitstop.models.repairpolicy import AlertFault, WindowStatus
@@ -86,10 +88,6 @@ class NodeViews:
         return views
 
 
-NODE_VIEWS = NodeViews()
-"""One per process: the policy daemons and the admission share it."""
-
-
 def lock_holders(nodes: Iterable[arithmetic.NodeView]) -> set[str]:
     """Repairs that hold a node's lock: active, whatever their status says yet (the
     lock is written before the first status, so a crash in between leaves this)."""
@@ -125,9 +123,13 @@ def repair_views(
 
 
 class Admission:
-    def __init__(self) -> None:
+    def __init__(self, node_views: NodeViews, capacity: Waiters) -> None:
         self.lock = asyncio.Lock()
         self.admitted: set[str] = set()
+        self.node_views = node_views
+        self.capacity = capacity
+        """The repairs waiting for room in their pool: woken when a repair ends (and
+        by a policy daemon when its maintenance window opens)."""
 
     async def check(
         self,
@@ -154,7 +156,7 @@ class Admission:
             if not pools:
                 self.admitted.add(repair)
                 return None
-            all_nodes = NODE_VIEWS.all(nodes_index)
+            all_nodes = self.node_views.all(nodes_index)
             views = repair_views(repairs_index, self.admitted | lock_holders(all_nodes))
             candidate = arithmetic.RepairView(repair, node_name, Phase.PENDING, created)
             made_by = _made_by(repairs_index, node_name, repair)
@@ -172,10 +174,7 @@ class Admission:
 
     def release(self, repair: str) -> None:
         self.admitted.discard(repair)
-        CAPACITY.wake()
-
-
-ADMISSION = Admission()
+        self.capacity.wake()
 
 
 def _made_by(repairs_index: kopf.Index[str, Any], node: str, repair: str) -> str | None:
@@ -206,9 +205,11 @@ class AlertInbox:
     """Alerts as the receiver got them, in order, for every policy daemon to take (a
     daemon that starts takes them all: taking one twice changes nothing)."""
 
-    def __init__(self, size: int = 10_000) -> None:
+    def __init__(self, policies: Waiters, size: int = 10_000) -> None:
         self.items: deque[tuple[int, ledger.Notice]] = deque(maxlen=size)
         self.seq = 0
+        self.policies = policies
+        """The policy daemons, woken by each alert."""
 
     def add(
         self,
@@ -221,13 +222,37 @@ class AlertInbox:
         self.seq += 1
         notice = ledger.Notice(name, dict(labels), starts_at, ends_at, firing, datetime.now(UTC))
         self.items.append((self.seq, notice))
-        POLICIES.wake()
+        self.policies.wake()
 
     def since(self, seq: int) -> list[tuple[int, ledger.Notice]]:
         return [(n, a) for n, a in self.items if n > seq]
 
 
-ALERTS = AlertInbox()
+@dataclass
+class Pools:
+    """What the policy daemons, the admission and the alert receiver share: one per
+    operator run, in kopf's memo (`pools(memo)`; pitstop.registry makes it)."""
+
+    admission: Admission
+    node_views: NodeViews
+    """The pool logic's view of every node (policy daemons and admission)."""
+    alerts: AlertInbox
+
+    @classmethod
+    def waking(cls, wake: Wakeups) -> Pools:
+        """New, waking the run's repairs waiting for room when one ends, and its
+        policy daemons when an alert comes."""
+        views = NodeViews()
+        return cls(Admission(views, wake.capacity), views, AlertInbox(wake.policies))
+
+
+MEMO_POOLS = "pools"
+"""Key of the run's Pools in kopf's operator memo (and so in every object's)."""
+
+
+def pools(memo: Mapping[str, Any]) -> Pools:
+    """This operator run's Pools, from any handler's memo."""
+    return cast(Pools, memo[MEMO_POOLS])
 
 
 # --- the policy daemon ---
@@ -245,8 +270,9 @@ def _status(body: kopf.Body) -> RepairPolicyStatus:
 
 
 class PolicyDriver:
-    def __init__(self, name: str, body: kopf.Body, kube: Kube, logger: kopf.Logger):
+    def __init__(self, name: str, body: kopf.Body, kube: Kube, logger: kopf.Logger, pools: Pools):
         self.name, self.body, self.kube, self.logger = name, body, kube, logger
+        self.pools = pools
         self.written: dict[str, Any] | None = None
         self.posted: dict[str, dict[str, str]] = {}
         """node → Event reason → the message last posted about its fault (forgotten
@@ -280,7 +306,7 @@ class PolicyDriver:
             return None  # the schema admitted it, so this cannot happen; nothing to do
         if self.name not in policies_index:
             raise Gone(f"RepairPolicy {self.name} is gone")
-        all_nodes = NODE_VIEWS.all(nodes_index)
+        all_nodes = self.pools.node_views.all(nodes_index)
         pool = arithmetic.pool_of(spec, all_nodes)
         names = {n.name for n in pool}
         others = [
@@ -302,7 +328,8 @@ class PolicyDriver:
         for node_name, fault in ledger.alert_faults(self.alerted.values()).items():
             faults.setdefault(node_name, fault)
 
-        views = repair_views(repairs_index, ADMISSION.admitted | lock_holders(all_nodes))
+        admitted = self.pools.admission.admitted
+        views = repair_views(repairs_index, admitted | lock_holders(all_nodes))
         for r in self.repairs.follow(faults, views, now):
             until = _rfc3339(r.declined_until) if r.declined_until else "?"
             self.post(
@@ -381,7 +408,8 @@ class PolicyDriver:
         if window_due is not None:
             due_next = window_due if due_next is None else min(due_next, window_due)
         if window.open and self.window_open is False:
-            CAPACITY.wake()  # a window opened: the policy's Pending repairs may start
+            # A window opened: the policy's Pending repairs may start.
+            self.pools.admission.capacity.wake()
         self.window_open = window.open
         self.notify(spec, names, repairs_index)
 
@@ -498,7 +526,7 @@ class PolicyDriver:
             self.notifier.send(spec.notifications, notice)
 
     def take_alerts(self, spec: RepairPolicySpec, pool: set[str], now: datetime) -> None:
-        for seq, notice in ALERTS.since(self.seen_alerts):
+        for seq, notice in self.pools.alerts.since(self.seen_alerts):
             self.seen_alerts = seq
             ledger.take_alert(self.alerted, spec, pool, notice)
         ledger.live_alerts(self.alerted, spec, pool, now)
@@ -566,8 +594,9 @@ async def watch_pool(
     policies_by_name: kopf.Index[str, Any],
     **_: Any,
 ) -> None:
-    driver = PolicyDriver(name, body, memo["kube"], logger)
-    waker = POLICIES.register()
+    driver = PolicyDriver(name, body, memo["kube"], logger, pools(memo))
+    policies = wakeups(memo).policies
+    waker = policies.register()
     try:
         while not stopped:
             waker.clear()
@@ -585,7 +614,7 @@ async def watch_pool(
                 timeout = min(RESYNC, max(0.0, (due - datetime.now(UTC)).total_seconds()))
             await nap(waker, stopped, timeout)
     finally:
-        POLICIES.unregister(waker)
+        policies.unregister(waker)
         forget_pool(name)
         await driver.notifier.close()
 

@@ -10,8 +10,10 @@ cluster-scoped one (docs/design.md)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -23,10 +25,6 @@ from pitstop.models import NodeRepairRemediationStatus
 from pitstop.remediation import contract
 from pitstop.remediation.contract import Outcome
 
-MEMO_WAKERS = "remediation_wakers"
-"""Key in kopf's operator-wide memo: remediation uid → its daemon's wake-up."""
-MEMO_PASSES = "remediation_passes"
-"""Key in kopf's operator-wide memo: the Passes of every remediation object."""
 RESYNC = 30.0
 """A pass at least this often (seconds): a Machine that gained its nodeRef, a
 namespace the admin just labelled."""
@@ -55,10 +53,24 @@ class Passes:
         self.stopping.discard(uid)
 
 
-@kopf.on.startup()
-def make_wakers(memo: kopf.Memo, **_: Any) -> None:
-    memo[MEMO_WAKERS] = Wakers()
-    memo[MEMO_PASSES] = Passes()
+@dataclass
+class Remediations:
+    """What the remediation daemons and their deletions share: one per operator run,
+    in kopf's memo (`remediations(memo)`; pitstop.registry makes it)."""
+
+    wakers: Wakers = field(default_factory=Wakers)
+    """Remediation uid → its daemon's wake-up (woken when its NodeRepair moves)."""
+    passes: Passes = field(default_factory=Passes)
+    """Each remediation object's one-at-a-time lock and stopping mark."""
+
+
+MEMO_REMEDIATIONS = "remediations"
+"""Key of the run's Remediations in kopf's operator memo (and so in every object's)."""
+
+
+def remediations(memo: Mapping[str, Any]) -> Remediations:
+    """This operator run's Remediations, from any handler's memo."""
+    return cast(Remediations, memo[MEMO_REMEDIATIONS])
 
 
 @kopf.index(C.GROUP, C.VERSION, C.NODEREPAIR_PLURAL, labels={C.LABEL_REMEDIATION_UID: kopf.PRESENT})
@@ -73,9 +85,7 @@ def repairs_by_remediation(
 )
 def wake_remediation(labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
     """Its NodeRepair moved (or went away): the remediation reports it at once."""
-    wakers = memo.get(MEMO_WAKERS)
-    if wakers is not None:
-        wakers.wake(str(labels[C.LABEL_REMEDIATION_UID]))
+    remediations(memo).wakers.wake(str(labels[C.LABEL_REMEDIATION_UID]))
 
 
 class Remediator:
@@ -232,8 +242,8 @@ async def remediate(
     **_: Any,
 ) -> None:
     remediator = Remediator(body, memo["kube"], logger)
-    wakers: Wakers = memo[MEMO_WAKERS]
-    passes: Passes = memo[MEMO_PASSES]
+    run = remediations(memo)
+    wakers, passes = run.wakers, run.passes
     waker = wakers.register(remediator.uid)
     try:
         while not stopped and not body.get("metadata", {}).get("deletionTimestamp"):
@@ -260,7 +270,7 @@ async def give_back(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: 
     the NodeRepair and hold this object's finalizer until the NodeRepair's own
     finalizer has given the node back, as deleting a NodeRepair does."""
     remediator = Remediator(body, memo["kube"], logger)
-    passes: Passes = memo[MEMO_PASSES]
+    passes = remediations(memo).passes
     async with passes.lock(remediator.uid):  # the pass in flight ends first
         passes.stopping.add(remediator.uid)
     await remediator.delete_repair()

@@ -13,7 +13,7 @@ import kopf
 
 from pitstop import constants
 from pitstop.cluster import nodes
-from pitstop.cluster.indexes import UNDER_REPAIR, slim_node
+from pitstop.cluster.indexes import slim_node
 from pitstop.cluster.kube import ApiError, Kube, NodeChanged
 from pitstop.conditions import set_condition
 from pitstop.instances import contract
@@ -80,7 +80,7 @@ class NodeSteps:
 
     async def give_back_after_failure(self, now: datetime) -> None:
         st = self.state
-        if await give_back(st.kube, st.node_name, st.name, st.logger):
+        if await give_back(st.kube, st.node_name, st.name, st.logger, st.wake.under_repair):
             status = st.status.model_copy(deep=True)
             status.conditions = set_condition(
                 status.conditions,
@@ -99,6 +99,7 @@ async def give_back(
     node_name: str,
     repair: str,
     logger: kopf.Logger,
+    under_repair: set[str],
     node: Mapping[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Undo what a repair did to its node, if it holds the node: remove the drain
@@ -107,6 +108,9 @@ async def give_back(
     unmark are found by their marks, read from the API server now: the index lags
     behind the repair's own last writes (invariant 9).
 
+    The node leaves `under_repair` (the run's nodes held for a repair, which the
+    serving-gate keeper leaves alone) once its pods are given back.
+
     `node` is the caller's view of the node, if it has one: the release is guarded
     by the markers it shows, so a view that lags only costs a re-read. A view that
     does not show our lock is confirmed from the API first. Returns the released node
@@ -114,7 +118,7 @@ async def give_back(
     if node is None or nodes.lock_holder(node) != repair:
         node = await kube.get_node(node_name)
     if node is None or nodes.lock_holder(node) != repair:
-        UNDER_REPAIR.discard(node_name)
+        under_repair.discard(node_name)
         return None
     jobs = []
     for pod in await pods_on(kube, node_name):
@@ -141,7 +145,7 @@ async def give_back(
             raise result
         if isinstance(result, BaseException) and not isinstance(result, ApiError):
             raise result
-    UNDER_REPAIR.discard(node_name)
+    under_repair.discard(node_name)
     for _ in range(5):
         ops = nodes.release(node)
         try:
@@ -166,7 +170,9 @@ async def pods_on(kube: Kube, node_name: str) -> list[dict[str, Any]]:
     return list(found.get("items") or [])
 
 
-async def release_orphan(kube: Kube, node_name: str, holder: str, logger: kopf.Logger) -> bool:
+async def release_orphan(
+    kube: Kube, node_name: str, holder: str, logger: kopf.Logger, under_repair: set[str]
+) -> bool:
     """Gives back a node whose lock names a NodeRepair that is gone, exactly as that
     repair's deletion would have (give_back: drain signals, gates, taint, lock, and the
     cordon only if the node was schedulable before). The index may lag behind a repair
@@ -178,4 +184,4 @@ async def release_orphan(kube: Kube, node_name: str, holder: str, logger: kopf.L
             raise
     else:
         return False
-    return await give_back(kube, node_name, holder, logger) is not None
+    return await give_back(kube, node_name, holder, logger, under_repair) is not None

@@ -11,7 +11,6 @@ from typing import Any
 import kopf
 
 from pitstop import constants, metrics
-from pitstop.cluster.indexes import WAKERS
 from pitstop.cluster.kube import ApiError, Eviction
 from pitstop.instances import contract
 from pitstop.models import (
@@ -175,7 +174,7 @@ class PodSteps:
             # posts the one for the budgets it names).
             message = f"Eviction refused: {outcome.message}"
             self.report.post([Event("Warning", C.REASON_EVICTION_BLOCKED, message)], None)
-        WAKERS.wake(st.node_name)  # come back for the retry time computed by decide()
+        st.wake.nodes.wake(st.node_name)  # come back for the retry time computed by decide()
 
     async def _ignore_gone(self, call: Any) -> None:
         try:

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from pitstop import constants, kstatus, metrics
 from pitstop.cluster import nodes
-from pitstop.cluster.indexes import CAPACITY, UNDER_REPAIR, WAKERS, nap, slim_node
+from pitstop.cluster.indexes import Wakeups, nap, slim_node, wakeups
 from pitstop.cluster.kube import ApiError, Gone, Kube, StatusChanged, guarded_status
 from pitstop.instances.sources import daemon as sources_daemon
 from pitstop.instances.sources.poller import TaskPoller
@@ -35,7 +35,7 @@ from pitstop.repair.act_node import NodeSteps, give_back
 from pitstop.repair.act_pods import PodSteps
 from pitstop.repair.flow import Observation
 from pitstop.repair.observe import Observe
-from pitstop.repair.report import Report, forget_gauge, record_phase
+from pitstop.repair.report import Report, forget_gauge
 from pitstop.repair.state import RepairState, parse_status, pass_guard
 
 C = constants
@@ -58,8 +58,19 @@ class Driver:
         kube: Kube,
         logger: kopf.Logger,
         poller: TaskPoller | None = None,
+        *,
+        wake: Wakeups | None = None,
+        pools: pool_daemon.Pools | None = None,
+        phases: metrics.RepairPhases | None = None,
     ) -> None:
-        self.state = st = RepairState(name, body, kube, logger, poller)
+        # The operator run's shared state (pitstop.registry): the daemon passes the
+        # run's, a test gets its own.
+        wake = wake or Wakeups()
+        self.state = st = RepairState(
+            name, body, kube, logger, poller, wake, phases or metrics.RepairPhases()
+        )
+        self.pools = pools or pool_daemon.Pools.waking(wake)
+        """The run's admission (and what it shares with the policy daemons)."""
         self.report = Report(st)
         self.observe = Observe(st)
         self.node_steps = NodeSteps(st, self.report)
@@ -93,7 +104,7 @@ class Driver:
         if st.spec is None and st.status.phase is not None:
             # Known from its first pass on, before any write of ours (which a stuck
             # repair may never make): the past-deadline metric counts it after a restart.
-            record_phase(st.name, st.status.phase, flow.phase_deadline(spec, st.status))
+            st.phases.record(st.name, st.status.phase, flow.phase_deadline(spec, st.status))
         st.spec = spec
         if await self.hook_steps.refuse_untrusted(now, spec):  # docs/security.md; nothing touched
             return False, None
@@ -118,7 +129,7 @@ class Driver:
         waiting_for = None
         if st.status.phase in (None, Phase.PENDING) and not spec.dry_run:
             created = st.body.get("metadata", {}).get("creationTimestamp") or ""
-            waiting_for = await pool_daemon.ADMISSION.check(
+            waiting_for = await self.pools.admission.check(
                 st.name, st.node_name, created, nodes_by_name, repairs_by_node, policies_by_name
             )
         # A Replace or External attempt is read (and started) before the decision; it
@@ -156,7 +167,7 @@ class Driver:
         again = False
 
         if d.take_lock and node is not None:
-            UNDER_REPAIR.add(st.node_name)
+            st.wake.under_repair.add(st.node_name)
             known = st.status.node.was_unschedulable if st.status.node else None
             again = await self.node_steps.patch_node(
                 node, lambda n: nodes.lock_and_cordon(n, st.name, known)
@@ -170,7 +181,7 @@ class Driver:
         ):
             return True, None
         if d.status.phase not in FINAL_PHASES and nodes.lock_holder(node or {}) == st.name:
-            UNDER_REPAIR.add(st.node_name)
+            st.wake.under_repair.add(st.node_name)
 
         try:
             wake_at = await report.write_status(d.status, now, d.wake_at, d.passed)
@@ -184,7 +195,9 @@ class Driver:
         if d.release and d.status.phase == Phase.FAILED:
             await self.node_steps.give_back_after_failure(now)
         elif d.release:  # verified: give the node back; the next pass records it
-            released = await give_back(st.kube, st.node_name, st.name, st.logger, node)
+            released = await give_back(
+                st.kube, st.node_name, st.name, st.logger, st.wake.under_repair, node
+            )
             # The next pass sees the release at once, not the index's older view.
             before = (node or {}).get("metadata", {}).get("resourceVersion")
             st.patched_node = (before, slim_node(released)) if released else None
@@ -218,19 +231,30 @@ async def drive(
     pdbs_by_namespace: kopf.Index[str, Any],
     **_: Any,
 ) -> None:
-    driver = Driver(name, body, memo["kube"], logger, memo.get(sources_daemon.MEMO_POLLER))
+    wake, phases = wakeups(memo), metrics.repair_phases(memo)
+    poller = memo.get(sources_daemon.MEMO_POLLER)
+    driver = Driver(
+        name,
+        body,
+        memo["kube"],
+        logger,
+        poller,
+        wake=wake,
+        pools=pool_daemon.pools(memo),
+        phases=phases,
+    )
     st = driver.state
     # Each pass holds the repair's guard: its deletion handler waits for the pass in
     # flight to end before it gives the node back (invariant 9).
     guard = st.guard = pass_guard(memo)
     st.stopped = stopped
     if st.status.phase in FINAL_PHASES:
-        record_phase(name, st.status.phase)
+        phases.record(name, st.status.phase)
         async with guard.lock:
             await driver.node_steps.finish_failure(datetime.now(UTC))
         return
-    waker = WAKERS.register(st.node_name)
-    CAPACITY.register(waker)  # room freed anywhere in the pool wakes it too
+    waker = wake.nodes.register(st.node_name)
+    wake.capacity.register(waker)  # room freed anywhere in the pool wakes it too
     try:
         while not stopped and not body.get("metadata", {}).get("deletionTimestamp"):
             waker.clear()
@@ -256,9 +280,9 @@ async def drive(
                     # handler: give the node back here, reported as the orphan sweep would
                     # (which may win).
                     node = st.node(nodes_by_name)
-                    if await give_back(memo["kube"], st.node_name, name, logger):
+                    if await give_back(memo["kube"], st.node_name, name, logger, wake.under_repair):
                         orphans.report(node or bare_node(st.node_name), name, logger)
-                    record_phase(name, None)
+                    phases.record(name, None)
                     return
                 except (ApiError, OSError, TimeoutError) as e:
                     logger.warning(f"Pass failed, retrying in 1s: {e}")
@@ -267,7 +291,7 @@ async def drive(
                     await driver.node_steps.finish_failure(datetime.now(UTC))
                     return
             if st.status.phase not in (None, Phase.PENDING):  # admitted: no more waiting
-                CAPACITY.unregister(waker)
+                wake.capacity.unregister(waker)
             if again:
                 continue
             timeout = RESYNC
@@ -276,10 +300,10 @@ async def drive(
             await nap(waker, stopped, timeout)
     finally:
         driver.observe.poll(None)
-        WAKERS.unregister(st.node_name, waker)
-        CAPACITY.unregister(waker)
+        wake.nodes.unregister(st.node_name, waker)
+        wake.capacity.unregister(waker)
         if st.status.phase in FINAL_PHASES:
-            pool_daemon.ADMISSION.release(name)
+            driver.pools.admission.release(name)
 
 
 @kopf.on.delete(C.GROUP, C.VERSION, C.NODEREPAIR_PLURAL)
@@ -296,6 +320,7 @@ async def abort(
     kopf runs this while it stops the daemon: the pass in flight is told to send
     nothing more, and is waited for, with its pod marks, before anything is undone."""
     kube: Kube = memo["kube"]
+    wake = wakeups(memo)
     node_name = spec.get("nodeName")
     guard = pass_guard(memo)
     guard.stopping = True
@@ -327,16 +352,16 @@ async def abort(
         job = (current.get("repair") or {}).get("jobName")
         if job and phase == Phase.REPAIRING:
             await hooks.delete_job(kube, job)  # a repair in progress stops with its repair
-        if node_name and await give_back(kube, node_name, name, logger):
+        if node_name and await give_back(kube, node_name, name, logger, wake.under_repair):
             kopf.event(
                 body,
                 type="Normal",
                 reason=C.REASON_ABORTED,
                 message=f"Repair deleted; {node_name} given back",
             )
-    record_phase(name, None)
-    pool_daemon.ADMISSION.release(name)
-    WAKERS.wake(node_name)
+    metrics.repair_phases(memo).record(name, None)
+    pool_daemon.pools(memo).admission.release(name)
+    wake.nodes.wake(node_name)
 
 
 async def _current_status(kube: Kube, name: str, seen: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -17,7 +17,7 @@ import kopf
 
 from pitstop import constants, metrics
 from pitstop.cluster import nodes
-from pitstop.cluster.indexes import one
+from pitstop.cluster.indexes import one, wakeups
 from pitstop.cluster.kube import Kube
 from pitstop.repair.act_node import release_orphan
 
@@ -29,13 +29,14 @@ async def sweep(
     node: Mapping[str, Any],
     repairs_by_node: kopf.Index[str, Any],
     logger: kopf.Logger,
+    under_repair: set[str],
 ) -> bool:
     name = node.get("metadata", {}).get("name")
     if not name:
         return False
     live = [r["name"] for r in repairs_by_node.get(name, ())]
     holder = nodes.orphaned_lock(node, live)
-    if holder is None or not await release_orphan(kube, name, holder, logger):
+    if holder is None or not await release_orphan(kube, name, holder, logger, under_repair):
         return False
     report(node, holder, logger)
     return True
@@ -62,7 +63,7 @@ async def sweep_node(
     **_: Any,
 ) -> None:
     """A locked node: is its repair still there?"""
-    await sweep(memo["kube"], body, repairs_by_node, logger)
+    await sweep(memo["kube"], body, repairs_by_node, logger, wakeups(memo).under_repair)
 
 
 @kopf.on.event(C.GROUP, C.VERSION, C.NODEREPAIR_PLURAL)  # type: ignore[arg-type]  # (index kwargs)
@@ -81,4 +82,4 @@ async def sweep_after_deletion(
         return
     node = one(nodes_by_name.get(spec.get("nodeName") or ""))
     if node is not None:
-        await sweep(memo["kube"], node, repairs_by_node, logger)
+        await sweep(memo["kube"], node, repairs_by_node, logger, wakeups(memo).under_repair)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 import kopf
@@ -94,7 +94,7 @@ class Report:
         if old_phase != status.phase and status.phase in FINAL_PHASES:
             metrics.COMPLETED.labels(status.phase.value).inc()
         deadline = flow.phase_deadline(st.spec, status) if st.spec else None
-        record_phase(st.name, status.phase, deadline)
+        st.phases.record(st.name, status.phase, deadline)
         return wake_at
 
     async def read_back(self) -> None:
@@ -144,54 +144,6 @@ class Report:
 def forget_gauge(node: str) -> None:
     with contextlib.suppress(KeyError):  # never set for this node
         metrics.INFLIGHT_TASKS.remove(node)
-
-
-PHASES: dict[str, Phase] = {}
-"""Phase of every repair this process knows (for the pitstop_repairs gauge)."""
-DEADLINES: dict[str, tuple[Phase, datetime]] = {}
-"""The phase and its deadline of every repair this process knows in a phase that has
-one (for pitstop_repairs_past_deadline, counted when scraped)."""
-DEADLINE_PHASES = (
-    Phase.CORDONING,
-    Phase.DEREGISTERING,
-    Phase.WAITING_FOR_TASKS,
-    Phase.EVICTING,
-    Phase.REPAIRING,
-    Phase.VERIFYING,
-    Phase.UNCORDONING,
-)
-"""The phases `flow.phase_deadline` gives a deadline (each reported, 0 or more)."""
-
-
-def record_phase(repair: str, phase: Phase | None, deadline: datetime | None = None) -> None:
-    """Keeps pitstop_repairs{phase} equal to the count of repairs in each phase, and
-    the deadline of the repair's phase for pitstop_repairs_past_deadline."""
-    if phase is None:
-        PHASES.pop(repair, None)
-        with contextlib.suppress(KeyError):  # gone: its pass count goes too
-            metrics.PASSES.remove(repair)
-    else:
-        PHASES[repair] = phase
-    if phase is None or deadline is None:
-        DEADLINES.pop(repair, None)
-    else:
-        DEADLINES[repair] = (phase, deadline)
-    for p in Phase:
-        metrics.REPAIRS.labels(p.value).set(sum(1 for v in PHASES.values() if v == p))
-
-
-def past_deadline(now: datetime | None = None) -> dict[tuple[str, ...], float]:
-    """Repairs whose phase's deadline has passed, by phase (every phase with a
-    deadline reported, so a panel or an alert sees 0 rather than nothing)."""
-    now = now or datetime.now(UTC)
-    counts: dict[tuple[str, ...], float] = {(p.value,): 0 for p in DEADLINE_PHASES}
-    for phase, deadline in list(DEADLINES.values()):
-        if deadline <= now:
-            counts[(phase.value,)] = counts.get((phase.value,), 0) + 1
-    return counts
-
-
-metrics.PAST_DEADLINE.read = past_deadline
 
 
 def _shape(wire: Mapping[str, Any]) -> tuple[Any, ...]:

@@ -15,10 +15,11 @@ import kopf
 from pydantic import ValidationError
 
 from pitstop import constants
-from pitstop.cluster.indexes import one
+from pitstop.cluster.indexes import Wakeups, one
 from pitstop.cluster.kube import Kube
 from pitstop.instances import contract
 from pitstop.instances.sources.poller import Target, TaskPoller
+from pitstop.metrics import RepairPhases
 from pitstop.models import NodeRepairSpec, NodeRepairStatus
 from pitstop.repair.flow import Blocked, JobState, WebhookAnswer
 
@@ -97,6 +98,13 @@ class RepairState:
     logger: kopf.Logger
     poller: TaskPoller | None = None
     """The operator's shared task-source poller (None: no profile is ever polled)."""
+    wake: Wakeups = field(default_factory=Wakeups)
+    """The operator run's waiters and the nodes it holds (pitstop.registry: the daemon
+    passes the run's, a test gets its own): the repair wakes its own daemon through
+    it and adds its node to `under_repair`."""
+    phases: RepairPhases = field(default_factory=RepairPhases)
+    """The operator run's phase of every repair (the pitstop_repairs gauges; the
+    same), which Report keeps current."""
     node_name: str = field(init=False)
     """spec.nodeName (immutable)."""
 

@@ -23,7 +23,7 @@ import kopf
 from pydantic import ValidationError
 
 from pitstop import constants, metrics, selectors
-from pitstop.cluster.indexes import UNDER_REPAIR, WAKERS, Waiters
+from pitstop.cluster.indexes import wakeups
 from pitstop.cluster.kube import ApiError, Kube, merge_patch
 from pitstop.instances import contract as instances
 from pitstop.instances.sources import census, matching
@@ -40,9 +40,6 @@ STATUS_MIN_INTERVAL = 2.0
 """Seconds between the starts of two passes at least: pods churn, and a pass matches
 every pod of the cluster against every profile (some 0.1 s at 20,000 pods)."""
 MEMO_POLLER = "taskpoller"
-
-PROFILES = Waiters()
-"""The status writer, woken by profile events."""
 
 
 @dataclass(frozen=True)
@@ -68,20 +65,23 @@ def namespace_labels(name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str
 def wake_on_profile(memo: kopf.Memo, **_: Any) -> None:
     """A profile changed: its status, and every node being drained, are decided again
     (a profile changed mid-drain applies at once, its old readings dropped)."""
-    PROFILES.wake()
+    w = wakeups(memo)
+    w.profiles.wake()
     poller = memo.get(MEMO_POLLER)
-    for node in set(UNDER_REPAIR) | set(poller.nodes() if poller else ()):
-        WAKERS.wake(node)
+    for node in set(w.under_repair) | set(poller.nodes() if poller else ()):
+        w.nodes.wake(node)
 
 
 @kopf.on.event("pods")  # type: ignore[arg-type]  # kopf's protocols omit index kwargs
-async def wake_on_pod(body: kopf.Body, profiles_by_name: kopf.Index[str, Any], **_: Any) -> None:
+async def wake_on_pod(
+    body: kopf.Body, memo: kopf.Memo, profiles_by_name: kopf.Index[str, Any], **_: Any
+) -> None:
     """A pod a profile's podSelector matches came, changed or went: the profiles'
     status (the instances each describes) follows it in the next pass. Async: kopf
     would run a plain function in a thread, for every pod event."""
     labels = body.get("metadata", {}).get("labels") or {}
     if any(selectors.matches(p.pod_selector, labels) for p in usable(profiles_by_name)):
-        PROFILES.wake()
+        wakeups(memo).profiles.wake()
 
 
 def usable(profiles: kopf.Index[str, Any] | None) -> list[Profile]:
@@ -127,7 +127,7 @@ async def start_task_sources(
 ) -> None:
     """The poller every repair shares, and the status writer. kopf hands startup
     handlers its indexes empty; they are live views and fill as the watches list."""
-    memo[MEMO_POLLER] = poller = TaskPoller(on_change=WAKERS.wake)
+    memo[MEMO_POLLER] = poller = TaskPoller(on_change=wakeups(memo).nodes.wake)
     metrics.SOURCE_FAILING.read = poller.failing
     writer = StatusWriter(memo, logger)
     memo["profile_status_task"] = asyncio.create_task(
@@ -164,7 +164,8 @@ class StatusWriter:
         pods_by_node: kopf.Index[str, Any],
         namespaces: kopf.Index[str, Any],
     ) -> None:
-        waker = PROFILES.register()
+        writers = wakeups(self.memo).profiles
+        waker = writers.register()
         loop = asyncio.get_running_loop()
         try:
             while True:
@@ -179,7 +180,7 @@ class StatusWriter:
                 spent = loop.time() - started
                 await asyncio.sleep(max(STATUS_DEBOUNCE, STATUS_MIN_INTERVAL - spent))
         finally:
-            PROFILES.unregister(waker)
+            writers.unregister(waker)
 
     async def step(
         self,
