@@ -107,6 +107,9 @@ def repairing(d: Decision, obs: Observation) -> None:
         message = f"attempt {rs.attempts} timed out after {step.timeout_seconds}s"
         if strategy == RepairStrategy.JOB and rs.job_name:
             d.delete_job, d.create_job = rs.job_name, None
+        # A poll _outcome asked of the timed-out attempt is not sent: the ladder may
+        # move on in this pass, and the call would go out as the next step's.
+        d.call_webhook = None
     if outcome is not None and rs.external:
         d.delete_external = rs.external  # the remediator's work on the node ends here
     if outcome == "repaired" and strategy == RepairStrategy.REPLACE:
