@@ -126,6 +126,21 @@ def test_nhc_timeout_stays_reported_after_the_repair_is_gone() -> None:
     assert succeeded(r.old_status().wire()) == ("False", C.REASON_TIMED_OUT)
 
 
+def test_nhc_timeout_stays_reported_while_the_repair_is_aborted() -> None:
+    """Seen in CI: between the deletion and its end the repair reads Aborted, and the
+    object said Aborted (then TimedOut again, "not started") while NHC waited."""
+    aborted = {"metadata": {"name": REPAIR}, "status": {"phase": "Aborted"}}
+    kube = FakeKube({REPAIR_PATH: aborted})
+    body = remediation({C.ANNOTATION_NHC_TIMED_OUT: "2026-01-01T00:00:00Z"})
+    body["status"] = {"nodeRepair": REPAIR, "nodeName": NAME}
+    r = daemon.Remediator(body, kube, LOG)  # type: ignore[arg-type]
+    asyncio.run(r.step({UID: [contract.repair_view(aborted)]}, ALLOWED, T0))
+    assert succeeded(kube.statuses[-1]) == ("False", C.REASON_TIMED_OUT)
+    assert ("DELETE", REPAIR_PATH) not in kube.sent, "an aborted repair is on its way out"
+    asyncio.run(r.step({}, ALLOWED, T0))  # gone
+    assert "not started" not in (r.old_status().message or "")
+
+
 def test_a_repair_deleted_by_someone_else_is_not_made_again() -> None:
     kube = FakeKube()
     body = remediation()

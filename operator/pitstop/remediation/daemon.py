@@ -21,7 +21,7 @@ from pitstop import constants as C
 from pitstop import logs
 from pitstop.cluster.indexes import Wakers, nap, one
 from pitstop.cluster.kube import MERGE, ApiError, Kube, merge_patch
-from pitstop.models import NodeRepairRemediationStatus
+from pitstop.models import NodeRepairRemediationStatus, Phase
 from pitstop.remediation import contract
 from pitstop.remediation.contract import Outcome
 
@@ -119,11 +119,15 @@ class Remediator:
         if view is None and old.node_repair:
             view = await self.read_repair()  # the index may lag our own create
         annotations = self.body.get("metadata", {}).get("annotations") or {}
-        if C.ANNOTATION_NHC_TIMED_OUT in annotations and not contract.finished(view):
-            if view is not None and not view.deleting:
+        succeeded = view is not None and view.phase == Phase.SUCCEEDED
+        if C.ANNOTATION_NHC_TIMED_OUT in annotations and not succeeded:
+            # Stays TimedOut while the repair it stopped is aborted and deleted (it
+            # read Aborted, then TimedOut again, and "not started" once it was gone).
+            if view is not None and not view.deleting and not contract.finished(view):
                 await self.delete_repair()
+            made = view.name if view is not None else old.node_repair
             message = "NodeHealthCheck moved on to its next remediator: " + (
-                f"NodeRepair {view.name} stopped, its node given back" if view else "not started"
+                f"NodeRepair {made} stopped, its node given back" if made else "not started"
             )
             await self.report(contract.refused(C.REASON_TIMED_OUT, message), now)
             return
