@@ -30,7 +30,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from pitstop import __version__
-from pitstop.models import FINAL_PHASES, Phase
+from pitstop.models import ACTIVE_PHASES, FINAL_PHASES, Phase
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 """Everything pitstop exports."""
@@ -245,15 +245,7 @@ SOURCE_FAILING = Sampled(
 
 # --- what the run keeps for the repair gauges (pitstop.registry makes one per run) ---
 
-DEADLINE_PHASES = (
-    Phase.CORDONING,
-    Phase.DEREGISTERING,
-    Phase.WAITING_FOR_TASKS,
-    Phase.EVICTING,
-    Phase.REPAIRING,
-    Phase.VERIFYING,
-    Phase.UNCORDONING,
-)
+DEADLINE_PHASES = ACTIVE_PHASES
 """The phases `repair.flow.phase_deadline` gives a deadline (each reported, 0 or more)."""
 
 

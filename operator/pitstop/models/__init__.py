@@ -26,6 +26,7 @@ from pitstop.models.instanceprofile import (
     TaskSource,
 )
 from pitstop.models.noderepair import (
+    ACTIVE_PHASES,
     FINAL_PHASES,
     DrainSpec,
     DryRunPlan,
@@ -69,6 +70,7 @@ from pitstop.models.repairpolicy import (
 )
 
 __all__ = [
+    "ACTIVE_PHASES",
     "FINAL_PHASES",
     "AlertSource",
     "AnnotationSignal",

@@ -67,6 +67,8 @@ class Phase(StrEnum):
 
 FINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.ABORTED})
 """Phases a repair never leaves."""
+ACTIVE_PHASES = tuple(p for p in Phase if p is not Phase.PENDING and p not in FINAL_PHASES)
+"""Phases of an active repair (admitted, its node taken, not finished), in flow order."""
 
 
 # --- spec ---

@@ -17,23 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from pitstop import constants
-from pitstop.models import Phase
+from pitstop.models import ACTIVE_PHASES, Phase
 from pitstop.models.repairpolicy import TEMPLATE_FIELDS, NotificationEvent
 
 C = constants
 
-ACTIVE = frozenset(
-    {
-        Phase.CORDONING,
-        Phase.DEREGISTERING,
-        Phase.WAITING_FOR_TASKS,
-        Phase.EVICTING,
-        Phase.REPAIRING,
-        Phase.VERIFYING,
-        Phase.UNCORDONING,
-    }
-)
-"""Phases of a repair that has started (admitted, its node taken)."""
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(TEMPLATE_FIELDS) + r")\}")
 
 
@@ -68,7 +56,7 @@ def transitions(before: Mapping[str, str | None], now: Iterable[Seen]) -> list[N
         old = before.get(seen.name)
         if seen.phase == old:
             continue
-        if seen.phase in ACTIVE and old in (None, Phase.PENDING):
+        if seen.phase in ACTIVE_PHASES and old in (None, Phase.PENDING):
             notices.append(Notice(NotificationEvent.STARTED, seen))
         elif seen.phase == Phase.SUCCEEDED:
             notices.append(Notice(NotificationEvent.SUCCEEDED, seen))
