@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 REPAIRS = f"/apis/{C.GROUP}/{C.VERSION}/{C.NODEREPAIR_PLURAL}"
 POLICIES = f"/apis/{C.GROUP}/{C.VERSION}/{C.REPAIRPOLICY_PLURAL}"
 PODS = f"/api/v1/namespaces/{NS}/pods/"
+SLICES = f"/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices"
 
 
 def merge(target: Any, patch: Any) -> Any:
@@ -67,6 +68,10 @@ class ApiServer:
             if method == "GET":
                 return clone(c.nodes[name])
             return self.patch_node(name, body)
+        if path == SLICES and method == "GET":
+            # A read without resourceVersion: the slices as stored now.
+            slices = [c.body("endpointslices", k) for k in c.keys("endpointslices")]
+            return {"kind": "EndpointSliceList", "items": [clone(b) for b in slices if b]}
         if path.startswith(PODS):
             rest = path[len(PODS) :].split("/")
             pod = c.pods.get(rest[0])

@@ -1,7 +1,7 @@
 """Names for the breaks the simulation finds on the current code, so the fixed seeds
 of `make test` can expect them by name until their fixes are merged. Holes 1 and 2
-of issue 18 are fixed, and so is every other hole named here but STALE_SLICE_VIEW;
-their names stay, to name a regression."""
+of issue 18 are fixed, and so is every other hole named here; their names stay, to
+name a regression."""
 
 from __future__ import annotations
 
@@ -73,7 +73,9 @@ operator's view of its EndpointSlice still shows the not-ready endpoint publishe
 before (a watch running late): its gate is closed, the view shows serving False and
 no ready endpoint, and the drain counts it deregistered (Deregistered=True) and
 evicts it, while the endpoints controller still publishes it ready (2; long-run
-seed 30000, step 4125, found on branch safety)."""
+seed 30000, step 4125, found on branch safety). Fixed: the view only says when to
+look; a read of the API server's slices after the closing confirms
+(Observe.confirm_deregistered)."""
 
 
 LATE_WRITE_OVER_FINAL = "a-late-status-write-lands-over-a-final-phase"

@@ -254,12 +254,15 @@ def pods_by_node(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]] | None:
     return {node: slim_pod(body)} if node else None
 
 
-@kopf.index("discovery.k8s.io", "v1", "endpointslices")
-def endpoints_by_pod(body: kopf.Body, **_: Any) -> dict[str, bool]:
-    """namespace/pod → ready, for every endpoint that targets a pod (a pod behind
-    several Services appears once per slice; it is routed if any says ready)."""
+def slice_readiness(
+    body: Mapping[str, Any], into: dict[str, bool] | None = None
+) -> dict[str, bool]:
+    """namespace/pod → ready, for every endpoint of an EndpointSlice that targets a
+    pod (a pod behind several Services appears once per slice; it is routed if any
+    says ready; a missing condition counts as ready, as consumers read it). `into`
+    gathers several slices."""
     ns = body.get("metadata", {}).get("namespace")
-    found: dict[str, bool] = {}
+    found: dict[str, bool] = {} if into is None else into
     for ep in body.get("endpoints") or []:
         ref = ep.get("targetRef") or {}
         if ref.get("kind") == "Pod":
@@ -267,6 +270,13 @@ def endpoints_by_pod(body: kopf.Body, **_: Any) -> dict[str, bool]:
             ready = (ep.get("conditions") or {}).get("ready")
             found[key] = found.get(key, False) or ready is not False
     return found
+
+
+@kopf.index("discovery.k8s.io", "v1", "endpointslices")
+def endpoints_by_pod(body: kopf.Body, **_: Any) -> dict[str, bool]:
+    """namespace/pod → ready, as the watch last showed each slice (it may lag: the
+    repair confirms a deregistration with a fresh read, Observe.confirm_deregistered)."""
+    return slice_readiness(body)
 
 
 @kopf.index("nodes")

@@ -156,6 +156,14 @@ class Kube:
                 raise NodeChanged(e.status, e.message, e.body) from e
             raise
 
+    # --- EndpointSlices ---
+
+    async def list_endpointslices(self, namespace: str) -> list[dict[str, Any]]:
+        """The namespace's EndpointSlices as the API server holds them now: a read
+        without resourceVersion is consistent, never older than a watch's view."""
+        path = f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices"
+        return list((await self.request("GET", path)).get("items") or [])
+
     # --- pods ---
 
     async def patch_pod(self, key: str, patch: Mapping[str, Any]) -> None:

@@ -124,6 +124,7 @@ class Driver:
             namespace_labels,
             pdbs_by_namespace,
         )
+        found = await self.observe.confirm_deregistered(found)
         pods.forget_sent(found)
         evicted, uncounted = pods.evictions_in_flight(found)
         waiting_for = None

@@ -10,9 +10,12 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+import aiohttp
 import kopf
 
 from pitstop import constants
+from pitstop.cluster import indexes
+from pitstop.cluster.kube import ApiError
 from pitstop.instances import contract
 from pitstop.instances.sources import addressing, profiles, trust
 from pitstop.instances.sources import daemon as sources_daemon
@@ -86,6 +89,48 @@ class Observe:
         st.targets, st.budgets = targets, budgets
         st.pdbs_of = {i.key: i.pdbs for i in found}
         return found
+
+    async def confirm_deregistered(self, found: list[contract.Instance]) -> list[contract.Instance]:
+        """The instances, each gated sync one that the view shows out of routing
+        checked against the API server's EndpointSlices as they are now (invariant 2).
+        The watch's view of a slice may lag behind the pod: a pod Ready a moment ago
+        still shows the not-ready endpoint published before, and that absence proves
+        nothing. A read sent after this pass saw the gate closed and the pod not
+        Ready is no older than the closing; what it shows ready stays routed, and a
+        read that fails proves nothing. Once confirmed, a pod is not read again
+        while its gate stays closed (a Ready pod needs the gate open: a new closing
+        is confirmed anew). One read per namespace and pass, only while some pod
+        waits for it."""
+        st = self.state
+        unproven = {
+            i.key: st.gate_closed_at.get(i.key, (None,))[0]
+            for i in found
+            if i.sync and i.gated and i.deregistered and not i.terminating
+        }
+        unproven = {k: v for k, v in unproven.items() if v is None or st.confirmed_out.get(k) != v}
+        readable = {i.key for i in found if i.key in unproven and not i.pod_ready}
+        routed: dict[str, bool] = {}
+        unread: set[str] = set()
+        for ns in sorted({k.split("/", 1)[0] for k in readable}):
+            try:
+                for body in await st.kube.list_endpointslices(ns):
+                    indexes.slice_readiness(body, routed)
+            except (TimeoutError, ApiError, aiohttp.ClientError) as e:
+                st.logger.info(f"EndpointSlices of {ns} not read ({e}): deregistration waits")
+                unread.add(ns)
+        confirmed = {
+            k for k in readable if k.split("/", 1)[0] not in unread and not routed.get(k, False)
+        }
+        kept = {k: v for k, v in st.confirmed_out.items() if k in st.gate_closed_at}
+        st.confirmed_out = kept | {
+            k: stamp for k in confirmed if (stamp := unproven[k]) is not None
+        }
+        return [
+            dataclasses.replace(i, ready_endpoint=True)
+            if i.key in unproven and i.key not in confirmed
+            else i
+            for i in found
+        ]
 
     def gate_seen_closed(
         self, i: contract.Instance, now: datetime

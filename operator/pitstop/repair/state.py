@@ -144,6 +144,10 @@ class RepairState:
     """Each pod's closed serving gate: its lastTransitionTime and when this process
     first saw it closed; an instance's deregistration wait counts from the later
     (Observe.gate_seen_closed). A fresh process sees each anew: longer, never short."""
+    confirmed_out: dict[str, datetime] = field(default_factory=dict)
+    """Each gated sync pod whose deregistration a fresh read of its namespace's
+    EndpointSlices confirmed, with the gate closing (lastTransitionTime) it confirmed
+    (Observe.confirm_deregistered). A fresh process reads again."""
     targets: list[Target] = field(default_factory=list)
     """What the poller would ask the node's instances (Observe; the poller is told
     in the polling phases, Observe.poll)."""
