@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from kubernetes import watch
+from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import ProtocolError
 
@@ -196,6 +196,43 @@ def test_deleting_the_repair_during_its_canary_deletes_the_canary(
     repairs.delete(name)
     wait_until(f"canary {pod} deleted", lambda: pod_gone(cluster, pod), timeout=30)
     assert node_markers(cluster, node) == RELEASED
+
+
+def test_a_canary_outside_the_admins_grants_fails_before_the_node_is_touched(
+    cluster: Cluster, pool: Any, repairs: Repairs, running_operator: Operator
+) -> None:
+    """Invariant 8: the canary pod runs only as a ServiceAccount the admin labelled
+    for repairs (as a repair Job's pod). Asking for another fails the repair while
+    Pending: the node never cordoned, no pod made; the admin's label lets it run."""
+    nodes = make_pool(cluster, pool, 2).names
+    sa = f"e2e-canary-{uuid.uuid4().hex[:6]}"
+    cluster.core.create_namespaced_service_account(
+        NS, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=sa))
+    )
+    try:
+        spec = verify()
+        spec["canary"]["pod"]["spec"]["serviceAccountName"] = sa
+        name = repairs.create(nodes[0], repair=MANUAL_OK, verify=spec)
+        status = repairs.wait_phase(name, "Failed", "Succeeded", timeout=30)
+        assert status["phase"] == "Failed", status
+        repaired = cond(status, "Repaired")
+        assert (repaired["status"], repaired["reason"]) == ("False", "CanaryNotAllowed")
+        assert f"{NS}/{sa} is not allowed" in repaired["message"], repaired
+        assert "pitstop.dev/repair-allowed=true" in repaired["message"], "says how to allow it"
+        assert node_markers(cluster, nodes[0]) == RELEASED, "the node was never cordoned"
+        assert not canary_pods(cluster, name), "nothing was run"
+
+        cluster.core.patch_namespaced_service_account(
+            sa, NS, {"metadata": {"labels": {"pitstop.dev/repair-allowed": "true"}}}
+        )
+        name = repairs.create(nodes[1], repair=MANUAL_OK, verify=spec)
+        declare_repaired(cluster, repairs, name)
+        pods = wait_until(f"a canary of {name}", lambda: canary_pods(cluster, name), timeout=30)
+        assert pods[0].spec.service_account_name == sa
+        assert pods[0].spec.node_name == nodes[1]
+        assert repairs.wait_phase(name, "Succeeded", "Failed", timeout=60)["phase"] == "Succeeded"
+    finally:
+        cluster.core.delete_namespaced_service_account(sa, NS)
 
 
 @pytest.mark.parametrize(
