@@ -6,9 +6,11 @@ grants are hooks' (a fake API answers)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import timedelta
 from typing import Any
 
+import kopf
 import pytest
 from pydantic import ValidationError
 
@@ -22,9 +24,11 @@ from pitstop.models import (
     RepairStatus,
     VerifyStatus,
 )
-from pitstop.repair import flow, hooks, recovery
+from pitstop.registry import Registry
+from pitstop.repair import daemon, flow, hooks, recovery
 from pitstop.repair.flow import CanaryState, Decision, Observation
 from pitstop.repair.machine import decide
+from tests.unit.test_abort_status import Store
 from tests.unit.test_hooks_trust import REPAIR, FakeKube, sa_path
 from tests.unit.test_recovery_props import JOB, NAME, T0, allowed, done, locked_node
 
@@ -323,3 +327,48 @@ def test_what_a_canary_pod_says() -> None:
         },
     )
     assert failed.state == "Failed" and "probe exited 3 (Error)" in failed.message
+
+
+# --- the repair deleted while its canary runs ---
+
+
+class CanaryStore(Store):
+    """The repair's status as the API server keeps it, and the pods deleted."""
+
+    def __init__(self, status: dict[str, Any]) -> None:
+        super().__init__(status)
+        self.deleted_pods: list[str] = []
+
+    async def request(self, method: str, path: str, *args: Any, **kw: Any) -> dict[str, Any]:
+        if method == "DELETE" and "/pods/" in path:
+            self.deleted_pods.append(path)
+            return {}
+        return await super().request(method, path, *args, **kw)
+
+
+def test_deleting_the_repair_deletes_its_canary() -> None:
+    """The finalizer (daemon.abort) deletes the canary the status names, with the
+    pass in flight done first; the owner reference is only the garbage collector's
+    backstop for one a lost answer left behind."""
+    pod = recovery.canary_name(UID, 1)
+    status = {
+        "phase": "Verifying",
+        "verify": {"canary": {"pod": pod, "startTime": "2026-03-01T12:00:00Z"}},
+    }
+    store = CanaryStore(status)
+
+    async def scenario() -> None:
+        memo = kopf.Memo(kube=store)
+        Registry.fresh().install(memo)
+        await daemon.abort(
+            name="r1",
+            spec=kopf.Spec({"nodeName": "n1"}),
+            status=kopf.Status(status),
+            body=kopf.Body({"metadata": {"name": "r1"}}),
+            memo=memo,
+            logger=logging.getLogger(),
+        )
+
+    asyncio.run(scenario())
+    assert store.deleted_pods == [f"/api/v1/namespaces/{C.OPERATOR_NAMESPACE}/pods/{pod}"]
+    assert store.status["phase"] == "Aborted"
