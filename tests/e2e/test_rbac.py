@@ -114,6 +114,9 @@ ALLOWED = [
     f"get secrets -n {NAMESPACE}",
     # the labels of a repair Job's ServiceAccount (docs/security.md)
     f"get serviceaccounts -n {NAMESPACE}",
+    # verify.canary pods, created and deleted only here (get: the cluster-wide rule)
+    f"create pods -n {NAMESPACE}",
+    f"delete pods -n {NAMESPACE}",
 ]
 
 REFUSED = [
@@ -121,7 +124,6 @@ REFUSED = [
     "create nodes",
     "update nodes",
     "create pods -n default",
-    f"create pods -n {NAMESPACE}",
     "delete pods -n default",
     "delete pods --all-namespaces",
     "update pods/status -n default",

@@ -165,19 +165,26 @@ def test_status_is_fully_specified() -> None:
                 assert "properties" in node or "additionalProperties" in node, path
 
 
-def test_only_the_job_template_keeps_unknown_fields() -> None:
+def test_only_the_job_and_canary_templates_keep_unknown_fields() -> None:
     kept = sorted(
         path for path, node in nodes() if node.get("x-kubernetes-preserve-unknown-fields")
     )
     # The Job's spec, its pod template and pod spec name only the fields pitstop's
     # rules read (the ServiceAccount); the rest of them is kept as given. So is a
-    # ladder step's Job.
-    assert kept == sorted(
+    # ladder step's Job, and the canary pod (verify.canary.pod).
+    prefixes = ((NR_FILE, ".spec"), (RP_FILE, ".spec.repairTemplate.spec"))
+    jobs = [
         f"{file}:{prefix}{job}{part}"
-        for file, prefix in ((NR_FILE, ".spec"), (RP_FILE, ".spec.repairTemplate.spec"))
+        for file, prefix in prefixes
         for job in (".repair.job.template", ".repair.steps[].job.template")
         for part in (".metadata", ".spec", ".spec.template", ".spec.template.spec")
-    )
+    ]
+    canaries = [
+        f"{file}:{prefix}.verify.canary.pod{part}"
+        for file, prefix in prefixes
+        for part in (".metadata", ".spec")
+    ]
+    assert kept == sorted(jobs + canaries)
 
 
 def test_cel_rules_are_bounded() -> None:

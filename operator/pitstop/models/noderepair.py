@@ -3,7 +3,7 @@
 import base64
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Self
+from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
@@ -405,6 +405,81 @@ def _ready() -> list[ExpectedCondition]:
     return [ExpectedCondition(type="Ready", status=ConditionStatus.TRUE)]
 
 
+class CanaryPodSpec(JobPodSpec):
+    """A core/v1 PodSpec for the canary. pitstop sets nodeName (the node under
+    repair: the pod bypasses the scheduler, and so the cordon); the ServiceAccount
+    and what the pod may reach are granted as for repair Jobs (docs/security.md)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-preserve-unknown-fields": True,
+            **validations(
+                cel(
+                    "!has(self.nodeName)",
+                    "pitstop runs the canary on the node under repair: leave nodeName unset",
+                    field_path=".nodeName",
+                )
+            ),
+        }
+    )
+
+    node_name: str | None = Field(None, max_length=253)
+    """Set by pitstop; must be unset."""
+    restart_policy: Literal["Never", "OnFailure"] = "Never"
+    """Never (default) or OnFailure: a canary must be able to finish (Always cannot)."""
+
+    @field_validator("node_name")
+    @classmethod
+    def _no_node(cls, name: str | None) -> str | None:
+        if name is not None:
+            raise ValueError(
+                "pitstop runs the canary on the node under repair: leave nodeName unset"
+            )
+        return name
+
+
+class CanaryPod(CamelModel):
+    """A core/v1 PodTemplateSpec: the canary pod."""
+
+    metadata: dict[str, Any] | None = None
+    """Labels and annotations for the pod."""
+    spec: CanaryPodSpec
+    """The pod; it must reach phase Succeeded on the repaired node."""
+
+
+CANARY_MAX_SECONDS = 3600
+"""A canary is a quick probe: an hour is already generous."""
+_CANARY_TIMEOUT_MESSAGE = f"canary.timeoutSeconds must be between 1 and {CANARY_MAX_SECONDS}"
+
+
+class CanarySpec(CamelModel):
+    """A probe the platform defines that must succeed on the repaired node before it
+    is returned: a pod run on the node, in the operator's namespace, as a repair Job
+    would be (the ServiceAccount pitstop-repair unless it names another the admin
+    allowed). A failed, timed-out or refused canary is a failed verification."""
+
+    pod: CanaryPod
+    """The canary pod; pitstop sets its name, namespace, nodeName and owner."""
+    timeout_seconds: int = Field(
+        300,
+        json_schema_extra=validations(
+            cel(
+                f"self >= 1 && self <= {CANARY_MAX_SECONDS}",
+                _CANARY_TIMEOUT_MESSAGE,
+                reason="FieldValueInvalid",
+            )
+        ),
+    )
+    """How long the pod may take to reach Succeeded, from its creation (1 to 3600)."""
+
+    @field_validator("timeout_seconds")
+    @classmethod
+    def _bounded(cls, seconds: int) -> int:
+        if not 1 <= seconds <= CANARY_MAX_SECONDS:
+            raise ValueError(_CANARY_TIMEOUT_MESSAGE)
+        return seconds
+
+
 class VerifySpec(CamelModel):
     """How a repaired node is judged healthy."""
 
@@ -422,6 +497,9 @@ class VerifySpec(CamelModel):
     """How long the conditions must hold without a break."""
     timeout_seconds: int = Field(900, ge=1)
     """How long verification may take before the attempt counts as failed."""
+    canary: CanarySpec | None = None
+    """A pod that must succeed on the node once the conditions held for stableSeconds,
+    before it is uncordoned (its own timeoutSeconds)."""
 
 
 class NodeRepairTemplateSpec(CamelModel):
@@ -559,11 +637,37 @@ class RepairStatus(CamelModel):
     """The remediation CR of the running External step, once created."""
 
 
+class CanaryResult(StrEnum):
+    """Where the attempt's canary stands."""
+
+    RUNNING = "Running"
+    PASSED = "Passed"
+    FAILED = "Failed"
+
+
+class CanaryStatus(CamelModel):
+    """The canary pod of the current attempt (verify.canary)."""
+
+    pod: str
+    """Its name, in the operator's namespace: deterministic per repair (uid), ladder
+    step and attempt, so a restarted operator finds it and never makes a second."""
+    start_time: datetime
+    """When it was started: the base of canary.timeoutSeconds."""
+    result: CanaryResult = CanaryResult.RUNNING
+    """Running, Passed or Failed."""
+    reason: str | None = None
+    """CanaryRunning, CanaryPassed or CanaryFailed."""
+    message: str | None = None
+    """What the pod did (its phase, exit codes, a refusal)."""
+
+
 class VerifyStatus(CamelModel):
     """Progress of verification."""
 
     healthy_since: datetime | None = None
     """Since when all verify.conditions have held (unset while they do not)."""
+    canary: CanaryStatus | None = None
+    """The current attempt's canary (verify.canary), once started."""
 
 
 class NodeRecord(CamelModel):

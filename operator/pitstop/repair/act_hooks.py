@@ -14,6 +14,7 @@ from pitstop import constants
 from pitstop.cluster.kube import ApiError
 from pitstop.conditions import set_condition
 from pitstop.models import (
+    CanaryResult,
     NodeRepairSpec,
     Phase,
     RemediationRef,
@@ -78,12 +79,33 @@ class RepairSteps:
             return st.job_refused
         return await hooks.read_job(st.kube, rs.job_name)
 
+    async def current_canary(self) -> flow.CanaryState | None:
+        """The current attempt's canary pod (verify.canary), read while it runs (it
+        lives in the operator's namespace; its node's pod events wake the repair)."""
+        st = self.state
+        vs = st.status.verify
+        if st.status.phase != Phase.VERIFYING or vs is None or vs.canary is None:
+            return None
+        if vs.canary.result != CanaryResult.RUNNING:
+            return None
+        if st.canary_refused is not None and st.canary_refused.name == vs.canary.pod:
+            return st.canary_refused
+        return await hooks.read_canary(st.kube, vs.canary.pod)
+
     async def run_hooks(self, d: Decision, spec: NodeRepairSpec) -> bool:
-        """Job, webhook and remediation CR actions; True when the outcome is known at once."""
+        """Job, webhook, remediation CR and canary actions; True when the outcome is
+        known at once."""
         st = self.state
         rs = d.status.repair
         step = ladder.current(spec, rs)
         number = ladder.index(ladder.steps(spec), rs) + 1
+        if d.delete_canary:
+            await hooks.delete_canary(st.kube, d.delete_canary)
+        if d.create_canary:
+            not_made = await hooks.create_canary(st.kube, st.body, spec, d.create_canary)
+            if not_made is not None:
+                st.canary_refused = not_made
+                return True  # decide on the refusal right away: the canary failed
         if d.delete_job:
             await hooks.delete_job(st.kube, d.delete_job)
         if d.delete_external:

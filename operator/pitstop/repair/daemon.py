@@ -160,6 +160,8 @@ class Driver:
             job=await self.hook_steps.current_job(spec),
             webhook=st.webhook_answer,
             remedy=remedy,
+            uid=st.body.get("metadata", {}).get("uid") or "",
+            canary=await self.hook_steps.current_canary(),
         )
         d = machine.decide(obs)
         if st.stopping():
@@ -353,6 +355,9 @@ async def abort(
         job = (current.get("repair") or {}).get("jobName")
         if job and phase == Phase.REPAIRING:
             await hooks.delete_job(kube, job)  # a repair in progress stops with its repair
+        canary = ((current.get("verify") or {}).get("canary") or {}).get("pod")
+        if canary:  # and so does its canary (one a lost answer left behind, too)
+            await hooks.delete_canary(kube, canary)
         if node_name and await give_back(kube, node_name, name, logger, wake.under_repair):
             kopf.event(
                 body,

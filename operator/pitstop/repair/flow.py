@@ -27,6 +27,16 @@ class JobState:
 
 
 @dataclass(frozen=True)
+class CanaryState:
+    """The canary pod (verify.canary) of the current attempt, as the driver read it."""
+
+    name: str
+    state: str
+    """Running | Succeeded | Failed | Missing"""
+    message: str = ""
+
+
+@dataclass(frozen=True)
 class WebhookAnswer:
     attempt: int
     state: str
@@ -95,6 +105,11 @@ class Observation:
     """The webhook's last answer (Webhook strategy)."""
     remedy: StepState | None = None
     """The running Replace or External attempt, as the driver found it."""
+    uid: str = ""
+    """The NodeRepair's uid (names its canary pods: a repair made again under the same
+    name never finds the old one's)."""
+    canary: CanaryState | None = None
+    """The current attempt's canary pod, as last read (verify.canary)."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +147,10 @@ class Decision:
     """(attempt, poll): call the repair webhook; poll=True asks about a call already made."""
     delete_external: RemediationRef | None = None
     """An External step's CR whose attempt ended: delete it."""
+    create_canary: str | None = None
+    """Create the canary pod of this name (recorded in status.verify.canary first)."""
+    delete_canary: str | None = None
+    """The canary pod whose run ended (passed, failed, or its attempt did): delete it."""
     events: list[Event] = field(default_factory=list)
     """Posted once per (reason, message) by the driver."""
     wake_at: datetime | None = None
@@ -192,7 +211,12 @@ def phase_deadline(spec: NodeRepairSpec, status: NodeRepairStatus) -> datetime |
             start = rs.attempt_start_time
         return start + timedelta(seconds=spec.repair.timeout_seconds)
     if phase == Phase.VERIFYING:
-        return start + timedelta(seconds=spec.verify.timeout_seconds)
+        deadline = start + timedelta(seconds=spec.verify.timeout_seconds)
+        canary = status.verify.canary if status.verify else None
+        if canary is not None and spec.verify.canary is not None:
+            ends = canary.start_time + timedelta(seconds=spec.verify.canary.timeout_seconds)
+            deadline = max(deadline, ends)  # a canary started late has its full time
+        return deadline
     if phase in (Phase.CORDONING, Phase.UNCORDONING):
         return start + STEP_DEADLINE
     return None

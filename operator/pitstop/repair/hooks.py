@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import ssl
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -17,9 +18,16 @@ import kopf
 
 from pitstop import constants
 from pitstop.cluster.kube import ApiError, Kube, namespace
-from pitstop.models import JobRepair, NodeRepairSpec, RepairStatus, RepairStrategy, WebhookRepair
+from pitstop.models import (
+    CanarySpec,
+    JobRepair,
+    NodeRepairSpec,
+    RepairStatus,
+    RepairStrategy,
+    WebhookRepair,
+)
 from pitstop.repair import ladder, permits
-from pitstop.repair.flow import JobState, WebhookAnswer
+from pitstop.repair.flow import CanaryState, JobState, WebhookAnswer
 
 C = constants
 MAX_ANSWER = 64 * 1024
@@ -156,8 +164,18 @@ async def job_refusal(kube: Kube, spec: NodeRepairSpec, job: JobRepair | None = 
 
 async def refusal(kube: Kube, spec: NodeRepairSpec) -> tuple[str, str] | None:
     """(reason, message) when the repair asks for what the platform admin has not
-    allowed: a Job it may not run, or a webhook token it may not send. A Secret that
-    does not exist yet is no refusal: the call reports it when it is due."""
+    allowed: a Job or a canary pod it may not run, or a webhook token it may not
+    send. A Secret that does not exist yet is no refusal: the call reports it when it
+    is due."""
+    if spec.verify.canary is not None:
+        try:
+            why = await canary_refusal(kube, spec.verify.canary)
+        except ApiError as e:
+            if e.status != 403:
+                raise
+            why = f"cannot check what the canary may use: {e.message}"
+        if why is not None:
+            return C.REASON_CANARY_NOT_ALLOWED, f"verify.canary: {why}"
     steps = ladder.steps(spec)
     for i, step in enumerate(steps):
         where = f"{ladder.describe(steps, i)}: " if len(steps) > 1 else ""
@@ -368,3 +386,146 @@ def parse_answer(attempt: int, status: int, raw: bytes) -> WebhookAnswer:
     if len(text) > MAX_MESSAGE:
         text = text[: MAX_MESSAGE - 1] + "…"
     return WebhookAnswer(attempt, state, text)
+
+
+# --- verify.canary: a pod that must succeed on the repaired node ---
+
+
+def _canary_template(canary: CanarySpec) -> dict[str, Any]:
+    """The canary pod as the JobTemplateSpec shape permits.job_refusal reads: the same
+    grants as a repair Job's pod."""
+    pod = canary.pod
+    return {"metadata": pod.metadata or {}, "spec": {"template": {"spec": pod.spec.wire()}}}
+
+
+async def canary_refusal(kube: Kube, canary: CanarySpec) -> str | None:
+    """Why the canary pod may not run (permits.job_refusal, as a repair Job's pod),
+    reading the ServiceAccount it would run as; None when it may."""
+    wire = _canary_template(canary)
+    sa = permits.service_account_of(wire["spec"]["template"]["spec"])
+    account = None
+    if sa != C.SERVICE_ACCOUNT:  # never read: refused whatever it says
+        account = await read_optional(
+            kube, f"/api/v1/namespaces/{namespace()}/serviceaccounts/{sa}"
+        )
+    return permits.job_refusal(wire, account, namespace())
+
+
+def canary_body(repair: kopf.Body, spec: NodeRepairSpec, name: str) -> dict[str, Any]:
+    """The canary pod of one attempt: the template, plus what pitstop guarantees: bound
+    to the node under repair by nodeName (no scheduler, so the cordon does not keep it
+    off; the tolerations keep the taint from mattering to anything that checks it),
+    NODE_NAME, PITSTOP_NODE_NAME and NODEREPAIR_NAME in every container, the
+    ServiceAccount pitstop-repair unless the template names one, the label
+    pitstop.dev/canary, owned by the NodeRepair (the
+    garbage collector removes it with the repair). (Whether the template is allowed
+    is canary_refusal's.)"""
+    canary = spec.verify.canary
+    assert canary is not None
+    meta = copy.deepcopy(canary.pod.metadata or {})
+    pod = canary.pod.spec.wire()
+    pod["nodeName"] = spec.node_name
+    pod["serviceAccountName"] = permits.service_account_of(pod)
+    pod["tolerations"] = [*(pod.get("tolerations") or []), *TOLERATIONS]
+    repair_name = repair["metadata"]["name"]
+    env = [
+        {"name": "NODE_NAME", "value": spec.node_name},
+        {"name": C.ENV_NODE_NAME, "value": spec.node_name},
+        {"name": "NODEREPAIR_NAME", "value": repair_name},
+    ]
+    for container in pod.get("containers") or []:
+        given = {e.get("name") for e in container.get("env") or []}
+        container["env"] = [
+            *(container.get("env") or []),
+            *(e for e in env if e["name"] not in given),
+        ]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            **{k: v for k, v in meta.items() if k in ("labels", "annotations")},
+            "name": name,
+            "namespace": namespace(),
+            "labels": {
+                **(meta.get("labels") or {}),
+                C.ANNOTATION_REPAIR: label_value(repair_name),
+                C.LABEL_CANARY: "true",
+            },
+            "annotations": {**(meta.get("annotations") or {}), C.ANNOTATION_REPAIR: repair_name},
+            "ownerReferences": [
+                {
+                    "apiVersion": C.API_VERSION,
+                    "kind": "NodeRepair",
+                    "name": repair_name,
+                    "uid": repair["metadata"]["uid"],
+                }
+            ],
+        },
+        "spec": pod,
+    }
+
+
+async def create_canary(
+    kube: Kube, repair: kopf.Body, spec: NodeRepairSpec, name: str
+) -> CanaryState | None:
+    """Idempotent: the name is per attempt, so an existing pod is this attempt's (a
+    restarted operator finds it). A pod the admin has not allowed is never created,
+    and one the API server refuses is a failed canary, not a retry."""
+    assert spec.verify.canary is not None
+    try:
+        why = await canary_refusal(kube, spec.verify.canary)
+    except ApiError as e:
+        if e.status != 403:
+            raise
+        why = f"cannot read the canary's ServiceAccount: {e.message}"
+    if why is not None:
+        return CanaryState(
+            name, "Failed", f"cannot create canary pod {name}: {C.REASON_CANARY_NOT_ALLOWED}: {why}"
+        )
+    try:
+        await kube.request(
+            "POST", f"/api/v1/namespaces/{namespace()}/pods", canary_body(repair, spec, name)
+        )
+    except ApiError as e:
+        if e.status == 409:
+            return None
+        if e.status in (400, 403, 404, 422):
+            return CanaryState(name, "Failed", f"cannot create canary pod {name}: {e.message}")
+        raise
+    return None
+
+
+def canary_state(name: str, pod: Mapping[str, Any] | None) -> CanaryState:
+    """What a canary pod (None: there is none) says: its phase, and for a failed one
+    the containers' exit codes and reasons."""
+    if pod is None:
+        return CanaryState(name, "Missing")
+    status = pod.get("status") or {}
+    phase = status.get("phase") or "Pending"
+    if phase == "Succeeded":
+        return CanaryState(name, "Succeeded")
+    if phase == "Failed":
+        ended = []
+        for c in status.get("containerStatuses") or []:
+            done = (c.get("state") or {}).get("terminated") or {}
+            if done:
+                code, why = done.get("exitCode"), done.get("reason")
+                ended.append(f"{c.get('name')} exited {code} ({why})")
+        why = "; ".join(ended) or status.get("reason") or status.get("message") or "failed"
+        return CanaryState(name, "Failed", f"canary pod {name} failed: {why}"[:MAX_MESSAGE])
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return CanaryState(name, "Running", "being deleted")
+    return CanaryState(name, "Running", f"phase {phase}")
+
+
+async def read_canary(kube: Kube, name: str) -> CanaryState:
+    pod = await read_optional(kube, f"/api/v1/namespaces/{namespace()}/pods/{name}")
+    return canary_state(name, pod)
+
+
+async def delete_canary(kube: Kube, name: str) -> None:
+    try:
+        await kube.request("DELETE", f"/api/v1/namespaces/{namespace()}/pods/{name}")
+    except ApiError as e:
+        if e.status != 404:
+            raise

@@ -23,6 +23,13 @@ C = constants
 
 
 def decide(obs: Observation) -> Decision:
+    d = _decide(obs)
+    if obs.status.phase not in FINAL_PHASES:
+        recovery.leftover_canary(d, obs)
+    return d
+
+
+def _decide(obs: Observation) -> Decision:
     status = obs.status.model_copy(deep=True)
     d = Decision(status=status)
     if status.phase in FINAL_PHASES:

@@ -18,6 +18,8 @@ from datetime import timedelta
 from pitstop import constants
 from pitstop.cluster import nodes
 from pitstop.models import (
+    CanaryResult,
+    CanaryStatus,
     NodeRepairStatus,
     Phase,
     RepairStatus,
@@ -49,6 +51,18 @@ def job_name(repair: str, attempt: int, step: int = 1) -> str:
         return name
     digest = hashlib.sha256(repair.encode()).hexdigest()[:8]
     return f"pitstop-{repair[: 63 - len(f'pitstop--{digest}-{tail}')]}-{digest}-{tail}"
+
+
+def canary_name(uid: str, attempt: int, step: int = 1) -> str:
+    """The canary pod of one attempt: deterministic per repair (its uid: a repair made
+    again under the same name never adopts the old one's pod), ladder step and
+    attempt, so a restarted operator finds it and never makes a second."""
+    tail = f"s{step}a{attempt}"
+    name = f"pitstop-canary-{uid}-{tail}"
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha256(uid.encode()).hexdigest()[:16]
+    return f"pitstop-canary-{digest}-{tail}"
 
 
 def replacing(status: NodeRepairStatus) -> bool:
@@ -268,6 +282,11 @@ def verifying(d: Decision, obs: Observation) -> None:
         if obs.now - vs.healthy_since >= stable:
             held = ", ".join(f"{c.type}={c.status.value}" for c in want)
             message = f"{held} held for {stable.seconds}s"
+            if obs.spec.verify.canary is not None:
+                passed = _canary(d, obs, vs)
+                if passed is None:
+                    return  # running, or failed (the attempt with it)
+                message += f"; {passed}"
             set_cond(d, obs, C.COND_VERIFIED, True, C.REASON_VERIFIED, message)
             d.events.append(Event("Normal", C.REASON_VERIFIED, f"Node healthy: {message}"))
             enter(d, obs, Phase.UNCORDONING)
@@ -291,6 +310,89 @@ def verifying(d: Decision, obs: Observation) -> None:
         return
     d.status.message = f"Verifying: {', '.join(wrong) or 'stabilizing'}"
     d.wake_by(deadline)
+
+
+def _canary(d: Decision, obs: Observation, vs: VerifyStatus) -> str | None:
+    """The node's conditions held: verify.canary's pod must now succeed on it. Starts
+    it (recorded in status before the driver creates it), reads it, and returns what
+    it did once it passed; None while it runs, or once it failed, which fails the
+    attempt as a verification that timed out does (attempt_failed)."""
+    spec = obs.spec.verify.canary
+    assert spec is not None
+    rs = d.status.repair or RepairStatus()
+    step = ladder.index(ladder.steps(obs.spec), rs) + 1
+    name = canary_name(obs.uid, max(rs.attempts, 1), step)
+    cs = vs.canary
+    if cs is None or cs.pod != name:
+        message = f"canary pod {name} started on {obs.spec.node_name}"
+        vs.canary = CanaryStatus(
+            pod=name, start_time=obs.now, reason=C.REASON_CANARY_RUNNING, message=message
+        )
+        d.create_canary = name
+        d.events.append(Event("Normal", C.REASON_CANARY_STARTED, message))
+        set_cond(d, obs, C.COND_VERIFIED, False, C.REASON_CANARY_RUNNING, message)
+        d.status.message = f"Verifying: {message}"
+        d.wake_by(obs.now + JOB_POLL)
+        d.wake_by(obs.now + timedelta(seconds=spec.timeout_seconds))
+        return None
+    cs = vs.canary = cs.model_copy()
+    if cs.result == CanaryResult.PASSED:
+        return cs.message or f"canary pod {name} succeeded"
+    if cs.result == CanaryResult.FAILED:
+        return None  # its attempt has failed already
+    got = obs.canary if obs.canary is not None and obs.canary.name == name else None
+    if got is not None and got.state == "Succeeded":
+        cs.result, cs.reason = CanaryResult.PASSED, C.REASON_CANARY_PASSED
+        cs.message = f"canary pod {name} succeeded"
+        d.delete_canary = name
+        d.events.append(Event("Normal", C.REASON_CANARY_PASSED, cs.message))
+        return cs.message
+    deadline = cs.start_time + timedelta(seconds=spec.timeout_seconds)
+    why = None
+    if got is not None and got.state == "Failed":
+        why = got.message or f"canary pod {name} failed"
+    elif obs.now >= deadline:
+        why = f"canary pod {name} did not succeed within {spec.timeout_seconds}s"
+        if got is not None and got.message:
+            why += f" ({got.message})"
+    if why is not None:
+        cs.result, cs.reason, cs.message = CanaryResult.FAILED, C.REASON_CANARY_FAILED, why
+        d.delete_canary = name
+        set_cond(d, obs, C.COND_VERIFIED, False, C.REASON_CANARY_FAILED, why)
+        d.events.append(Event("Warning", C.REASON_CANARY_FAILED, why))
+        attempt_failed(d, obs, f"{C.REASON_CANARY_FAILED}: {why}")
+        return None
+    if got is not None and got.state == "Missing":
+        d.create_canary = name  # deleted by someone, or its creation lost: again, same name
+    message = f"canary pod {name} running on {obs.spec.node_name}"
+    if got is not None and got.message:
+        message += f": {got.message}"
+    cs.reason, cs.message = C.REASON_CANARY_RUNNING, message
+    set_cond(d, obs, C.COND_VERIFIED, False, C.REASON_CANARY_RUNNING, message)
+    d.status.message = f"Verifying: {message}"
+    d.wake_by(min(deadline, obs.now + JOB_POLL))
+    return None
+
+
+def leftover_canary(d: Decision, obs: Observation) -> None:
+    """A canary still running when its repair leaves Verifying another way (the
+    conditions' timeout, a lost lock, a vanished node) is deleted with its attempt."""
+    before = obs.status.verify.canary if obs.status.verify else None
+    if (
+        before is not None
+        and before.result == CanaryResult.RUNNING
+        and d.status.phase != Phase.VERIFYING
+        and d.delete_canary is None
+    ):
+        d.delete_canary = before.pod
+        if d.status.verify is not None and d.status.verify.canary is not None:
+            d.status.verify.canary = d.status.verify.canary.model_copy(
+                update={
+                    "result": CanaryResult.FAILED,
+                    "reason": C.REASON_CANARY_FAILED,
+                    "message": f"canary pod {before.pod} stopped: its attempt ended first",
+                }
+            )
 
 
 def uncordoning(d: Decision, obs: Observation) -> None:

@@ -147,8 +147,16 @@ def forget_gauge(node: str) -> None:
 
 
 def _shape(wire: Mapping[str, Any]) -> tuple[Any, ...]:
-    """What makes a status change significant: phase, conditions, repair, completion."""
+    """What makes a status change significant: phase, conditions, repair, completion,
+    and a canary's pod and result (recorded before the pod is created)."""
     conds = tuple(
         (c.get("type"), c.get("status"), c.get("reason")) for c in wire.get("conditions") or []
     )
-    return wire.get("phase"), conds, wire.get("repair"), wire.get("completionTime")
+    canary = (wire.get("verify") or {}).get("canary") or {}
+    return (
+        wire.get("phase"),
+        conds,
+        wire.get("repair"),
+        wire.get("completionTime"),
+        (canary.get("pod"), canary.get("startTime"), canary.get("result")),
+    )

@@ -21,7 +21,7 @@ from pitstop.instances import contract
 from pitstop.instances.sources.poller import Target, TaskPoller
 from pitstop.metrics import RepairPhases
 from pitstop.models import NodeRepairSpec, NodeRepairStatus
-from pitstop.repair.flow import Blocked, JobState, WebhookAnswer
+from pitstop.repair.flow import Blocked, CanaryState, JobState, WebhookAnswer
 
 C = constants
 
@@ -188,6 +188,10 @@ class RepairState:
     job_refused: JobState | None = None
     """The Job the API server refused to create (RepairSteps.run_hooks), decided on as
     a failed attempt; a fresh process tries to create it again."""
+    canary_refused: CanaryState | None = None
+    """The canary pod that could not be created (not allowed, or refused by the API
+    server; RepairSteps.run_hooks), decided on as a failed canary; a fresh process
+    tries to create it again."""
 
     # --- stopping (the daemon and the deletion) ---
     guard: PassGuard = field(default_factory=PassGuard)
