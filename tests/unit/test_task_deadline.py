@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from pitstop import constants as C
@@ -35,6 +37,7 @@ from pitstop.repair.flow import (
 from pitstop.repair.machine import decide
 from tests.unit.test_drain import NOW, inst, observe, status
 
+EXAMPLES = Path(__file__).parents[2] / "manifests" / "examples"
 OPENFAAS = {
     "env": [{"name": "exec_timeout"}, {"name": "write_timeout"}],
     "defaultSeconds": 30,
@@ -233,3 +236,26 @@ def test_the_plan_shows_each_deadline_and_what_auto_makes_of_them() -> None:
     text = commands.plan_text("n1", plan, found)
     assert "task deadlines its instances declare: fn/a=20s (exec_timeout=20s of" in text
     assert f"with drain.taskTimeoutSeconds: Auto: {60 + AUTO_MARGIN_SECONDS}s" in text
+
+
+def test_a_stanza_with_only_a_default_declares_it_for_every_pod() -> None:
+    only = profile({"defaultSeconds": 120})
+    assert deadlines.task_deadline(pod(("fn", {"x": "5s"})), only) == Deadline(120.0, "default")
+
+
+def test_an_empty_stanza_is_refused() -> None:
+    p = profiles.parse_profile(
+        {"metadata": {"name": "x"}, "spec": {"podSelector": {}, "taskDeadline": {}}}
+    )
+    assert isinstance(p, profiles.InvalidProfile)
+    assert "set env, defaultSeconds or both" in p.message
+
+
+def test_the_shipped_openfaas_profile_reads_the_watchdog_timeouts() -> None:
+    body = yaml.safe_load(EXAMPLES.joinpath("instanceprofile-openfaas.yaml").read_text())
+    shipped = profiles.parse_profile({**body, "metadata": {"name": "of"}})
+    assert isinstance(shipped, profiles.Profile), shipped
+    fn = pod(("fn", {"exec_timeout": "2m", "write_timeout": "65s", "read_timeout": "10m"}))
+    assert deadlines.task_deadline(fn, shipped) == Deadline(120.0, "exec_timeout=2m")
+    # Neither set: the watchdog's default.
+    assert deadlines.task_deadline(pod(("fn", {})), shipped) == Deadline(30.0, "default")

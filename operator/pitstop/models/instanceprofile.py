@@ -254,7 +254,16 @@ class TaskDeadline(CamelModel):
     """Where the runtime declares the longest a task of its instances may run: the
     deadline `drain.taskTimeoutSeconds: Auto` waits for (docs/runtime-integration.md)."""
 
-    env: list[DeadlineEnv] = Field(min_length=1, max_length=8)
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "(has(self.env) && size(self.env) > 0) || has(self.defaultSeconds)",
+                "set env, defaultSeconds or both",
+            )
+        )
+    )
+
+    env: list[DeadlineEnv] = Field(default_factory=list, max_length=8)
     """Container variables read as a Go duration ("60s", "1m30s") or a number of
     seconds; the deadline is the largest set to a positive value (0 means "no limit"
     to most runtimes and is skipped, as is a value that is no duration). Only literal
@@ -262,6 +271,12 @@ class TaskDeadline(CamelModel):
     default_seconds: int | None = Field(None, ge=1, le=86400)
     """The runtime's own default, when none of `env` is set to a positive duration;
     unset: such a pod declares no deadline."""
+
+    @model_validator(mode="after")
+    def _something(self) -> Self:
+        if not self.env and self.default_seconds is None:
+            raise ValueError("set env, defaultSeconds or both")
+        return self
 
 
 def _annotation_tasks() -> TaskSource:
