@@ -166,12 +166,16 @@ def test_auto_is_capped_and_says_so() -> None:
     assert "the cap" in got.message and "7200s" in got.message
 
 
-def test_auto_never_shrinks_as_instances_leave() -> None:
+def test_auto_never_shrinks_a_wait_under_way() -> None:
     before = auto_task_timeout([declaring("a", 20), declaring("b", 300)])
-    assert auto_task_timeout([declaring("a", 20)], before) == before
-    assert auto_task_timeout([], before) == before
+    assert auto_task_timeout([declaring("a", 20)], before) == before  # b left
+    assert auto_task_timeout([declaring("a", 20), declaring("b", None)], before) == before
     grown = auto_task_timeout([declaring("c", 600)], before)
     assert grown.runtime_seconds == 600 and grown.instance == "fn/c"
+    # Resolved to the default first (no profile declared one yet): a profile made
+    # mid-drain does not cut the wait to its deadline.
+    default = auto_task_timeout([declaring("a", None)])
+    assert auto_task_timeout([declaring("a", 20)], default) == default
 
 
 # --- the drain waits that long ---

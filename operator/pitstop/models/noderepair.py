@@ -552,8 +552,8 @@ class TaskTimeoutStatus(CamelModel):
     source: TaskTimeoutSource
     """Runtime, Capped or Default."""
     runtime_seconds: int | None = Field(None, ge=1)
-    """The longest task deadline the node's instances declared (a running maximum:
-    it never drops as instances leave); unset: none declared one."""
+    """The longest task deadline the node's instances declared; unset: none declared
+    one. The timeout never decreases once resolved (a wait under way is not cut)."""
     instance: str | None = None
     """The instance (namespace/name) that declares it."""
     message: str = ""

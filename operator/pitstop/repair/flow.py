@@ -201,14 +201,24 @@ def auto_task_timeout(
     instances: Sequence[Instance], before: TaskTimeoutStatus | None = None
 ) -> TaskTimeoutStatus:
     """What `taskTimeoutSeconds: Auto` means on a node with these instances: the
-    longest task deadline any of them declares (a running maximum over `before`, so
-    instances leaving never shorten a wait under way), plus AUTO_MARGIN_SECONDS, at
-    most AUTO_CAP_SECONDS; the default when none declares one."""
-    declaring = [i for i in instances if i.deadline is not None]
-    top = max(declaring, key=lambda i: i.deadline.seconds if i.deadline else 0.0, default=None)
+    longest task deadline any of them declares plus AUTO_MARGIN_SECONDS, at most
+    AUTO_CAP_SECONDS; the default when none declares one. Never less than `before`
+    (what an earlier pass of the repair resolved): instances leaving, or a profile
+    changed mid-drain, never shorten a wait under way."""
+    fresh = _auto(instances)
+    if before is not None and before.seconds >= fresh.seconds:
+        return before
+    return fresh
+
+
+def _auto(instances: Sequence[Instance]) -> TaskTimeoutStatus:
+    top: Instance | None = None
+    for i in instances:
+        if i.deadline is not None and (
+            top is None or top.deadline is None or i.deadline.seconds > top.deadline.seconds
+        ):
+            top = i
     if top is None or top.deadline is None:
-        if before is not None and before.runtime_seconds is not None:
-            return before
         return TaskTimeoutStatus(
             seconds=DEFAULT_TASK_TIMEOUT,
             source=TaskTimeoutSource.DEFAULT,
@@ -216,8 +226,6 @@ def auto_task_timeout(
             " declares a task deadline (InstanceProfile taskDeadline)",
         )
     declared = max(1, math.ceil(top.deadline.seconds))
-    if before is not None and (before.runtime_seconds or 0) >= declared:
-        return before
     where = f"{top.deadline.source} of InstanceProfile {top.profile}"
     wanted = declared + AUTO_MARGIN_SECONDS
     if wanted > AUTO_CAP_SECONDS:
