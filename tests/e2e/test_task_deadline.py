@@ -94,6 +94,16 @@ def test_auto_waits_the_deadline_the_runtime_declares(
         busy, namespace, {"metadata": {"annotations": {INFLIGHT: "1"}}}
     )
 
+    wait_until(
+        "the profile's status names its deadline",
+        lambda: (
+            cluster.custom.get_cluster_custom_object(GROUP, VERSION, "instanceprofiles", name)
+            .get("status", {})
+            .get("taskDeadline")
+            == "env exec_timeout,write_timeout"
+        ),
+        timeout=30,
+    )
     out = plan(cluster, p.names[0])
     for pod in pods:
         assert f"{namespace}/{pod}=5s (exec_timeout=5s of InstanceProfile {name})" in out, out

@@ -263,3 +263,13 @@ def test_the_shipped_openfaas_profile_reads_the_watchdog_timeouts() -> None:
     assert deadlines.task_deadline(fn, shipped) == Deadline(120.0, "exec_timeout=2m")
     # Neither set: the watchdog's default.
     assert deadlines.task_deadline(pod(("fn", {})), shipped) == Deadline(30.0, "default")
+
+
+def test_the_profile_status_says_where_the_deadline_is_read() -> None:
+    assert profiles.describe_deadline(profile().spec) == (
+        "env exec_timeout,write_timeout, default 30s"
+    )
+    knative = profile({"env": [{"name": "REVISION_TIMEOUT_SECONDS", "container": "queue-proxy"}]})
+    assert profiles.describe_deadline(knative.spec) == "env queue-proxy/REVISION_TIMEOUT_SECONDS"
+    assert profiles.describe_deadline(profile({"defaultSeconds": 60}).spec) == "default 60s"
+    assert profiles.describe_deadline(profile(None).spec) is None

@@ -345,6 +345,9 @@ class InstanceProfileStatus(CamelModel):
     """The task source in one line, e.g. `prometheus :8081/metrics http_requests_in_flight`."""
     drain_signal: str | None = None
     """The drain signal in one line, e.g. `httpPost :9100/drain`."""
+    task_deadline: str | None = None
+    """Where the task deadline is read, e.g. `env exec_timeout,write_timeout, default
+    30s`; unset: the profile declares none."""
     pods: int = Field(0, ge=0)
     """Instances this profile describes now (those it wins for, see Conflict)."""
     conflicts: list[str] = Field(default_factory=list, max_length=64)
