@@ -178,6 +178,16 @@ def test_auto_never_shrinks_a_wait_under_way() -> None:
     assert auto_task_timeout([declaring("a", 20)], default) == default
 
 
+def test_auto_keeps_its_answer_once_the_declaring_instances_are_gone() -> None:
+    """The default is for a node where no instance declared a deadline, not for one
+    whose declaring instances were evicted: the e2e saw status.taskTimeout jump from
+    15 s to 1800 s once the node was drained."""
+    before = auto_task_timeout([declaring("a", 5), declaring("b", None)])
+    assert before.seconds == 5 + AUTO_MARGIN_SECONDS
+    assert auto_task_timeout([], before) == before
+    assert auto_task_timeout([declaring("b", None)], before) == before
+
+
 # --- the drain waits that long ---
 
 

@@ -202,11 +202,15 @@ def auto_task_timeout(
 ) -> TaskTimeoutStatus:
     """What `taskTimeoutSeconds: Auto` means on a node with these instances: the
     longest task deadline any of them declares plus AUTO_MARGIN_SECONDS, at most
-    AUTO_CAP_SECONDS; the default when none declares one. Never less than `before`
-    (what an earlier pass of the repair resolved): instances leaving, or a profile
-    changed mid-drain, never shorten a wait under way."""
+    AUTO_CAP_SECONDS (instances that declare none wait as long); the default when
+    none declares one. Never less than `before` (what an earlier pass of the repair
+    resolved): instances leaving, or a profile changed mid-drain, never shorten a
+    wait under way; and the default is for a node where no instance declared one, not
+    for one whose declaring instances have left."""
     fresh = _auto(instances)
-    if before is not None and before.seconds >= fresh.seconds:
+    if before is not None and (
+        before.seconds >= fresh.seconds or fresh.source == TaskTimeoutSource.DEFAULT
+    ):
         return before
     return fresh
 
