@@ -222,6 +222,9 @@ def crds() -> dict[str, Schema]:
             _column("Drain", "string", ".status.drainSignal", "How instances are told to drain."),
             _column("Pods", "integer", ".status.pods", "Instances it describes now."),
             _column(
+                "Deadline", "string", ".status.taskDeadline", "Where the task deadline is read.", 1
+            ),
+            _column(
                 "Ready",
                 "string",
                 '.status.conditions[?(@.type=="Ready")].status',

@@ -815,7 +815,7 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
     (
         "taskTimeout string",
         nr(drain={"taskTimeoutSeconds": "10"}),
-        ["spec.drain.taskTimeoutSeconds", MUST_BE + " integer"],
+        ["spec.drain.taskTimeoutSeconds", "whole number of seconds (at least 1) or Auto"],
     ),
     (
         "taskTimeout float",

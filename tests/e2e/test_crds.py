@@ -170,7 +170,7 @@ INVALID: list[tuple[str, dict[str, Any], list[str], tuple[str, ...]]] = [
     (
         "negative task timeout",
         node_repair({"nodeName": "n", "drain": {"taskTimeoutSeconds": -5}}),
-        ["spec.drain.taskTimeoutSeconds", "greater than or equal to 1"],
+        ["spec.drain.taskTimeoutSeconds", "whole number of seconds (at least 1) or Auto"],
         (),
     ),
     (

@@ -75,6 +75,13 @@ def test_server_applies_the_models_defaults(cluster: Cluster) -> None:
             "timeoutSeconds": 0.5,
         },
         {"podSelector": {}, "tasks": {"http": {"port": 8080, "path": "/x?y=1", "field": "a.b"}}},
+        {
+            "podSelector": {},
+            "taskDeadline": {
+                "env": [{"name": "REVISION_TIMEOUT_SECONDS", "container": "queue-proxy"}]
+            },
+        },
+        {"podSelector": {}, "taskDeadline": {"defaultSeconds": 300}},
     ],
 )
 def test_valid_profiles_are_accepted(cluster: Cluster, spec: dict[str, Any]) -> None:
@@ -175,6 +182,24 @@ INVALID: list[tuple[str, dict[str, Any], list[str], tuple[str, ...]]] = [
             {"podSelector": {}, "drainSignal": {"none": {}, "httpPost": {"port": 1, "path": "/"}}}
         ),
         ["spec.drainSignal", "exactly one of annotation, httpPost or none must be set"],
+        (),
+    ),
+    (
+        "empty task deadline",
+        profile({"podSelector": {}, "taskDeadline": {}}),
+        ["spec.taskDeadline", "set env, defaultSeconds or both"],
+        (),
+    ),
+    (
+        "task deadline env without a name",
+        profile({"podSelector": {}, "taskDeadline": {"env": [{"container": "fn"}]}}),
+        ["spec.taskDeadline.env[0].name: Required value"],
+        (),
+    ),
+    (
+        "task deadline env name with =",
+        profile({"podSelector": {}, "taskDeadline": {"env": [{"name": "a=b"}]}}),
+        ["spec.taskDeadline.env[0].name"],
         (),
     ),
     (

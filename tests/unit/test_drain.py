@@ -34,6 +34,7 @@ from pitstop.models import (
     Phase,
 )
 from pitstop.repair.drain import Blocked, Decision, Instance, Observation, mark_time
+from pitstop.repair.flow import task_timeout
 from pitstop.repair.machine import decide
 
 NAME = "r1"
@@ -989,7 +990,7 @@ def assert_invariants(obs: Observation, d: Decision) -> None:
     for key in d.evict:
         i = by_key[key]
         assert not i.terminating, f"{key} is already terminating"
-        timeout = timedelta(seconds=obs.spec.drain.task_timeout_seconds)
+        timeout = timedelta(seconds=task_timeout(obs.spec, d.status))
         # Invariants 1 and 9: busy instances (or those not yet signalled) only after the
         # task timeout with onTaskTimeout: Evict, the repair's and the instance's own,
         # counted from its drain signal.

@@ -276,7 +276,22 @@ def test_node_repair_status_round_trip() -> None:
             "noServingGate": [],
             "inflightTasks": 2,
             "blockingPDBs": ["ns/pdb"],
+            "taskDeadlines": [
+                {
+                    "instance": "ns/b",
+                    "seconds": 60.0,
+                    "source": "exec_timeout=60s of InstanceProfile of",
+                }
+            ],
+            "autoTaskTimeout": {
+                "seconds": 70,
+                "source": "Runtime",
+                "runtimeSeconds": 60,
+                "instance": "ns/b",
+                "message": "Auto: 70s",
+            },
         },
+        "taskTimeout": {"seconds": 1800, "source": "Default", "message": "Auto: 1800s"},
         "repair": {"attempts": 1, "jobName": "repair-node-7-1", "lastError": "boom"},
         "verify": {"healthySince": "2026-01-02T03:04:05Z"},
         "node": {"wasUnschedulable": False},

@@ -486,6 +486,15 @@ def plan_text(node: str, the_plan: Mapping[str, Any], found: list[contract.Insta
         f"  wait for {the_plan.get('inflightTasks', 0)} tasks in flight"
         + (f": {', '.join(busy)}" if busy else "")
     )
+    deadlines = the_plan.get("taskDeadlines") or []
+    if deadlines:
+        lines.append(
+            "  task deadlines its instances declare: "
+            + ", ".join(f"{d['instance']}={d['seconds']:g}s ({d['source']})" for d in deadlines)
+        )
+    auto = the_plan.get("autoTaskTimeout")
+    if auto:
+        lines.append(f"  with drain.taskTimeoutSeconds: {auto['message']}")
     evicted = len(sync) + len(async_)
     lines.append(f"  evict {evicted} instances ({len(async_)} async: {', '.join(async_) or '-'})")
     blocking = the_plan.get("blockingPDBs") or []

@@ -10,6 +10,7 @@ complete picture."""
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 from collections import defaultdict
 from collections.abc import Mapping
@@ -66,7 +67,8 @@ def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
         "spec": {
             "nodeName": _shared(spec.get("nodeName")),
             "readinessGates": spec.get("readinessGates"),
-            # What task sources read: named ports, of-watchdog's timeouts, the grace.
+            # What task sources read: named ports, the timeouts in the environment
+            # (of-watchdog's, a profile's taskDeadline), the grace.
             "containers": [_slim_container(c) for c in spec.get("containers") or []],
             "terminationGracePeriodSeconds": spec.get("terminationGracePeriodSeconds"),
         },
@@ -103,7 +105,13 @@ WATCH_SLIMMERS = {"/v1/pods": watched_pod}
 
 
 KEPT_ENV = frozenset({"write_timeout", "healthcheck_interval", "exec_timeout"})
-"""Container environment a task source reads (of-watchdog's SIGTERM timeouts)."""
+"""Container environment kept whatever its value (of-watchdog's SIGTERM timeouts: an
+unparsable one still says the container is a watchdog)."""
+_DURATION_LIKE = re.compile(r"[0-9][0-9a-z.µ]{0,31}")
+"""Besides those, a literal value that looks like a number or a duration ("60",
+"1m30s"), whatever its name: an InstanceProfile's taskDeadline may name any variable,
+and a profile made after a pod was indexed must still find it; other values (URLs,
+names, tokens) are dropped, so the index stays small."""
 
 
 def _slim_container(c: Mapping[str, Any]) -> dict[str, Any]:
@@ -113,13 +121,15 @@ def _slim_container(c: Mapping[str, Any]) -> dict[str, Any]:
         if p.get("name")
     ]
     env = [
-        {"name": e.get("name"), "value": e.get("value")}
+        {"name": _shared(name), "value": _shared(value)}
         for e in c.get("env") or []
-        if e.get("name") in KEPT_ENV and e.get("value") is not None
+        if isinstance(name := e.get("name"), str)
+        and isinstance(value := e.get("value"), str)
+        and (name in KEPT_ENV or _DURATION_LIKE.fullmatch(value))
     ]
     if not ports and not env:
         return _EMPTY_CONTAINER
-    return {"ports": ports, "env": env}
+    return {"name": _shared(c.get("name")), "ports": ports, "env": env}
 
 
 def slim_node(body: Mapping[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pitstop import constants, selectors
-from pitstop.instances.sources import matching, profiles, trust
+from pitstop.instances.sources import deadlines, matching, profiles, trust
 
 FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
 
@@ -153,6 +153,9 @@ class Instance:
     gate_closed_since: datetime | None = None
     """When its serving gate was closed (the condition's lastTransitionTime; None: not
     closed, or no time)."""
+    deadline: deadlines.Deadline | None = None
+    """The longest a task may run, as its runtime declares it (its profile's
+    taskDeadline; None: it declares none)."""
 
     @property
     def sync(self) -> bool:
@@ -212,6 +215,7 @@ def observe(
         ),
         unready_since=unready_since(pod),
         gate_closed_since=gate_closed_since(pod),
+        deadline=deadlines.task_deadline(pod, profile),
     )
 
 

@@ -233,6 +233,52 @@ class DrainSignal(CamelModel):
         return "none" if self.none is not None else "annotation"
 
 
+ENV_NAME_PATTERN = r"^[!-<>-~]+$"
+"""A container environment variable name: printable ASCII but '=' (what the API
+server accepts since Kubernetes 1.32; older ones want a C identifier)."""
+CONTAINER_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+"""A container name (RFC 1123 label)."""
+
+
+class DeadlineEnv(CamelModel):
+    """One container environment variable that holds how long a task may run."""
+
+    name: str = Field(min_length=1, max_length=256, pattern=ENV_NAME_PATTERN)
+    """The variable's name, e.g. exec_timeout (of-watchdog), REVISION_TIMEOUT_SECONDS
+    (Knative's queue-proxy)."""
+    container: str | None = Field(None, max_length=63, pattern=CONTAINER_NAME_PATTERN)
+    """Only this container's variable; unset: any container of the pod."""
+
+
+class TaskDeadline(CamelModel):
+    """Where the runtime declares the longest a task of its instances may run: the
+    deadline `drain.taskTimeoutSeconds: Auto` waits for (docs/runtime-integration.md)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "(has(self.env) && size(self.env) > 0) || has(self.defaultSeconds)",
+                "set env, defaultSeconds or both",
+            )
+        )
+    )
+
+    env: list[DeadlineEnv] = Field(default_factory=list, max_length=8)
+    """Container variables read as a Go duration ("60s", "1m30s") or a number of
+    seconds; the deadline is the largest set to a positive value (0 means "no limit"
+    to most runtimes and is skipped, as is a value that is no duration). Only literal
+    values count: one from a ConfigMap or Secret (valueFrom) is not read."""
+    default_seconds: int | None = Field(None, ge=1, le=86400)
+    """The runtime's own default, when none of `env` is set to a positive duration;
+    unset: such a pod declares no deadline."""
+
+    @model_validator(mode="after")
+    def _something(self) -> Self:
+        if not self.env and self.default_seconds is None:
+            raise ValueError("set env, defaultSeconds or both")
+        return self
+
+
 def _annotation_tasks() -> TaskSource:
     return TaskSource(annotation=AnnotationTasks())
 
@@ -260,6 +306,9 @@ class InstanceProfileSpec(CamelModel):
         default_factory=_annotation_signal, json_schema_extra={"default": {"annotation": {}}}
     )
     """How an instance is told to stop taking new work."""
+    task_deadline: TaskDeadline | None = None
+    """Where the runtime declares how long a task may run (for
+    `drain.taskTimeoutSeconds: Auto`); unset: its pods declare none."""
     # The CEL rules repeat the bounds: the API server truncates a fractional
     # `minimum` when the value is an integer, so 0 would pass `minimum: 0.1`.
     poll_interval_seconds: float = Field(
@@ -296,6 +345,9 @@ class InstanceProfileStatus(CamelModel):
     """The task source in one line, e.g. `prometheus :8081/metrics http_requests_in_flight`."""
     drain_signal: str | None = None
     """The drain signal in one line, e.g. `httpPost :9100/drain`."""
+    task_deadline: str | None = None
+    """Where the task deadline is read, e.g. `env exec_timeout,write_timeout, default
+    30s`; unset: the profile declares none."""
     pods: int = Field(0, ge=0)
     """Instances this profile describes now (those it wins for, see Conflict)."""
     conflicts: list[str] = Field(default_factory=list, max_length=64)

@@ -3,10 +3,17 @@
 import base64
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from pitstop import constants
 from pitstop.models.common import (
@@ -73,12 +80,51 @@ ACTIVE_PHASES = tuple(p for p in Phase if p is not Phase.PENDING and p not in FI
 
 # --- spec ---
 
+AUTO = "Auto"
+"""drain.taskTimeoutSeconds: the deadline the node's instances declare (their
+InstanceProfile's taskDeadline), capped; see TaskTimeoutStatus."""
+DEFAULT_TASK_TIMEOUT = 1800
+"""drain.taskTimeoutSeconds when unset; also Auto's fallback and cap."""
+_TASK_TIMEOUT_MESSAGE = "must be a whole number of seconds (at least 1) or Auto"
+
+
+def _task_timeout(value: Any) -> int | str:
+    """At least 1 second, or exactly "Auto" (as the CEL rule says; no "60")."""
+    if isinstance(value, bool):
+        raise ValueError(_TASK_TIMEOUT_MESSAGE)
+    if isinstance(value, int):
+        if value < 1:
+            raise ValueError(_TASK_TIMEOUT_MESSAGE)
+        return value
+    if value == AUTO:
+        return AUTO
+    raise ValueError(_TASK_TIMEOUT_MESSAGE)
+
+
+TaskTimeout = Annotated[
+    int | str,
+    BeforeValidator(_task_timeout),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "x-kubernetes-int-or-string": True,
+            "maxLength": len(AUTO),
+            "default": DEFAULT_TASK_TIMEOUT,
+            "x-kubernetes-validations": [
+                cel(f"type(self) == int ? self >= 1 : self == '{AUTO}'", _TASK_TIMEOUT_MESSAGE)
+            ],
+        }
+    ),
+]
+
 
 class DrainSpec(CamelModel):
     """How the node's instances are taken offline."""
 
-    task_timeout_seconds: int = Field(1800, ge=1)
-    """How long to wait for in-flight tasks to finish."""
+    task_timeout_seconds: TaskTimeout = DEFAULT_TASK_TIMEOUT
+    """How long to wait for in-flight tasks to finish: seconds, or Auto (the longest
+    task deadline the node's instances declare through their InstanceProfile, plus a
+    margin, at most 1800; 1800 when none declares one)."""
     on_task_timeout: OnTaskTimeout = OnTaskTimeout.EVICT
     """Evict the still-busy instances, or fail the repair, when the task timeout passes."""
     eviction_timeout_seconds: int = Field(600, ge=1)
@@ -565,6 +611,44 @@ class InstanceCounts(CamelModel):
     counted busy. 0 once none is left; pods on their way out are not polled."""
 
 
+class TaskTimeoutSource(StrEnum):
+    """Where the task timeout of a repair with `taskTimeoutSeconds: Auto` comes from."""
+
+    RUNTIME = "Runtime"
+    """The longest deadline its instances declare, plus the margin."""
+    CAPPED = "Capped"
+    """That is above the cap: the cap (the default)."""
+    DEFAULT = "Default"
+    """No instance declares one: the default."""
+
+
+class TaskTimeoutStatus(CamelModel):
+    """The task timeout `taskTimeoutSeconds: Auto` resolved to, and why."""
+
+    seconds: int = Field(ge=1)
+    """The timeout the drain uses."""
+    source: TaskTimeoutSource
+    """Runtime, Capped or Default."""
+    runtime_seconds: int | None = Field(None, ge=1)
+    """The longest task deadline the node's instances declared; unset: none declared
+    one. The timeout never decreases once resolved (a wait under way is not cut)."""
+    instance: str | None = None
+    """The instance (namespace/name) that declares it."""
+    message: str = ""
+    """One line: the deadline, who declares it and where it is read."""
+
+
+class InstanceDeadline(CamelModel):
+    """The task deadline one instance's runtime declares."""
+
+    instance: str
+    """namespace/name"""
+    seconds: float = Field(ge=0)
+    """The deadline."""
+    source: str
+    """Where it was read, e.g. `exec_timeout=60s` or `default` (of InstanceProfile X)."""
+
+
 class DryRunPlan(CamelModel):
     """What the repair would do, reported instead of doing it when spec.dryRun is true."""
 
@@ -578,6 +662,10 @@ class DryRunPlan(CamelModel):
     """Tasks in flight on the node now."""
     blocking_pdbs: list[str] = Field(default_factory=list, alias="blockingPDBs")
     """PodDisruptionBudgets (namespace/name) that allow no disruption now."""
+    task_deadlines: list[InstanceDeadline] = Field(default_factory=list)
+    """The task deadline each instance's runtime declares (InstanceProfile taskDeadline)."""
+    auto_task_timeout: TaskTimeoutStatus | None = None
+    """What `drain.taskTimeoutSeconds: Auto` would wait for tasks."""
 
 
 class ReplaceStatus(CamelModel):
@@ -689,6 +777,8 @@ class NodeRepairStatus(CamelModel):
     """The node's instances, by state."""
     plan: DryRunPlan | None = None
     """The plan (spec.dryRun only)."""
+    task_timeout: TaskTimeoutStatus | None = None
+    """What `drain.taskTimeoutSeconds: Auto` resolved to (Auto only)."""
     repair: RepairStatus | None = None
     """Progress of the repair step."""
     verify: VerifyStatus | None = None

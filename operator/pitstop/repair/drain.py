@@ -29,6 +29,7 @@ from pitstop.models import (
     FINAL_PHASES,
     DryRunPlan,
     InstanceCounts,
+    InstanceDeadline,
     NodeRepairStatus,
     OnTaskTimeout,
     Phase,
@@ -38,10 +39,13 @@ from pitstop.repair.flow import (
     Decision,
     Event,
     Observation,
+    auto_task_timeout,
     enter,
     fail,
     phase_start,
+    resolve_task_timeout,
     set_cond,
+    task_timeout,
 )
 
 __all__ = ["Blocked", "Decision", "Event", "Instance", "Observation"]
@@ -60,6 +64,7 @@ def drain(d: Decision, obs: Observation) -> None:
     status = d.status
     if status.phase in DRAIN_PHASES or status.phase == Phase.PENDING:
         _count(d, obs)
+        resolve_task_timeout(d, obs)
         _mark_and_deregister(d, obs)
     for _ in range(len(DRAIN_PHASES) + 1):
         before = status.phase
@@ -234,14 +239,15 @@ def _deregistering(d: Decision, obs: Observation) -> None:
     gated = [i for i in active if i.sync and i.gated and not i.terminating]
     waiting = [i for i in gated if not i.deregistered]
     ungated = [i for i in active if i.sync and not i.gated]
-    deadline = phase_start(d, obs) + timedelta(seconds=obs.spec.drain.task_timeout_seconds)
+    timeout = task_timeout(obs.spec, d.status)
+    deadline = phase_start(d, obs) + timedelta(seconds=timeout)
     if waiting and obs.now >= deadline:
         # Still ready endpoints although their gate is closed: the Service publishes
         # not-ready addresses, or routing ignores readiness. Eviction will take them out.
         names = ", ".join(i.key for i in waiting[:5])
         message = (
             f"{len(waiting)} sync instances still routed after"
-            f" {obs.spec.drain.task_timeout_seconds}s with their gate closed ({names});"
+            f" {timeout}s with their gate closed ({names});"
             " they leave routing when evicted"
         )
         set_cond(d, obs, C.COND_DEREGISTERED, False, C.REASON_DEREGISTRATION_TIMEOUT, message)
@@ -303,7 +309,7 @@ def _waiting_for_tasks(d: Decision, obs: Observation) -> None:
             _tasks_drained(d, obs)
         enter(d, obs, Phase.EVICTING)
         return
-    deadline = phase_start(d, obs) + timedelta(seconds=obs.spec.drain.task_timeout_seconds)
+    deadline = phase_start(d, obs) + timedelta(seconds=task_timeout(obs.spec, d.status))
     tasks = sum(i.tasks.count for i in busy)
     invalid = [i for i in busy if i.tasks.invalid is not None]
     unreadable = [i for i in busy if i.tasks.error is not None]
@@ -480,7 +486,7 @@ def _own_wait_over(
     time that is no time) is never forced. Wakes the repair when its own passes."""
     if not repair_timed_out or since is None:
         return False
-    deadline = since + timedelta(seconds=obs.spec.drain.task_timeout_seconds)
+    deadline = since + timedelta(seconds=task_timeout(obs.spec, d.status))
     if deadline > obs.now:
         d.wake_by(deadline)
         return False
@@ -506,6 +512,16 @@ def make_plan(instances: Sequence[Instance], blocking_pdbs: Sequence[str]) -> Dr
         no_serving_gate=[i.key for i in sync if not i.gated],
         inflight_tasks=sum(i.tasks.count for i in instances),
         blocking_pdbs=list(blocking_pdbs),
+        task_deadlines=[
+            InstanceDeadline(
+                instance=i.key,
+                seconds=i.deadline.seconds,
+                source=f"{i.deadline.source} of InstanceProfile {i.profile}",
+            )
+            for i in instances
+            if i.deadline is not None
+        ],
+        auto_task_timeout=auto_task_timeout(instances),
     )
 
 
@@ -519,6 +535,7 @@ def dry_run(d: Decision, obs: Observation) -> Decision:
     sync = plan.sync
     d.status.plan = plan
     _count(d, obs)
+    resolve_task_timeout(d, obs)
     holder = nodes.lock_holder(obs.node)
     busy = f"; node is being repaired by {holder}" if holder else ""
     blocked = f"; blocked by {', '.join(obs.blocking_pdbs)}" if obs.blocking_pdbs else ""

@@ -5,7 +5,8 @@ Pure: no API calls, no clocks (the observation carries `now`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -13,7 +14,17 @@ from typing import Any
 from pitstop import conditions, constants
 from pitstop.cluster import nodes
 from pitstop.instances.contract import Budget, Instance
-from pitstop.models import NodeRepairSpec, NodeRepairStatus, OnFailure, Phase, RemediationRef
+from pitstop.models import (
+    AUTO,
+    DEFAULT_TASK_TIMEOUT,
+    NodeRepairSpec,
+    NodeRepairStatus,
+    OnFailure,
+    Phase,
+    RemediationRef,
+    TaskTimeoutSource,
+    TaskTimeoutStatus,
+)
 
 C = constants
 
@@ -187,6 +198,87 @@ def phase_start(d: Decision, obs: Observation) -> datetime:
     return d.status.phase_start_time
 
 
+AUTO_MARGIN_SECONDS = 10
+"""Added to the deadline the instances declare, for `taskTimeoutSeconds: Auto`: a
+task the runtime ends at its deadline is seen ended one poll later, and one that
+started just before the drain signal ends just after its deadline counted from it."""
+AUTO_CAP_SECONDS = DEFAULT_TASK_TIMEOUT
+"""Auto never waits longer than a repair without it would: a runtime that lets tasks
+run for hours would hold the node for hours. Longer waits are asked for by number."""
+
+
+def task_timeout(spec: NodeRepairSpec, status: NodeRepairStatus) -> int:
+    """The task timeout the drain uses: the spec's seconds, or what Auto resolved to
+    (status.taskTimeout; the default until the first pass that holds the node)."""
+    given = spec.drain.task_timeout_seconds
+    if isinstance(given, int):
+        return given
+    return status.task_timeout.seconds if status.task_timeout is not None else DEFAULT_TASK_TIMEOUT
+
+
+def auto_task_timeout(
+    instances: Sequence[Instance], before: TaskTimeoutStatus | None = None
+) -> TaskTimeoutStatus:
+    """What `taskTimeoutSeconds: Auto` means on a node with these instances: the
+    longest task deadline any of them declares plus AUTO_MARGIN_SECONDS, at most
+    AUTO_CAP_SECONDS (instances that declare none wait as long); the default when
+    none declares one. Never less than `before` (what an earlier pass of the repair
+    resolved): instances leaving, or a profile changed mid-drain, never shorten a
+    wait under way; and the default is for a node where no instance declared one, not
+    for one whose declaring instances have left."""
+    fresh = _auto(instances)
+    if before is not None and (
+        before.seconds >= fresh.seconds or fresh.source == TaskTimeoutSource.DEFAULT
+    ):
+        return before
+    return fresh
+
+
+def _auto(instances: Sequence[Instance]) -> TaskTimeoutStatus:
+    top: Instance | None = None
+    for i in instances:
+        if i.deadline is not None and (
+            top is None or top.deadline is None or i.deadline.seconds > top.deadline.seconds
+        ):
+            top = i
+    if top is None or top.deadline is None:
+        return TaskTimeoutStatus(
+            seconds=DEFAULT_TASK_TIMEOUT,
+            source=TaskTimeoutSource.DEFAULT,
+            message=f"Auto: {DEFAULT_TASK_TIMEOUT}s, the default: no instance on the node"
+            " declares a task deadline (InstanceProfile taskDeadline)",
+        )
+    declared = max(1, math.ceil(top.deadline.seconds))
+    where = f"{top.deadline.source} of InstanceProfile {top.profile}"
+    wanted = declared + AUTO_MARGIN_SECONDS
+    if wanted > AUTO_CAP_SECONDS:
+        return TaskTimeoutStatus(
+            seconds=AUTO_CAP_SECONDS,
+            source=TaskTimeoutSource.CAPPED,
+            runtime_seconds=declared,
+            instance=top.key,
+            message=f"Auto: {AUTO_CAP_SECONDS}s, the cap: {top.key} declares a {declared}s"
+            f" task deadline ({where}); give taskTimeoutSeconds in seconds to wait longer",
+        )
+    return TaskTimeoutStatus(
+        seconds=wanted,
+        source=TaskTimeoutSource.RUNTIME,
+        runtime_seconds=declared,
+        instance=top.key,
+        message=f"Auto: {wanted}s, the {declared}s task deadline {top.key} declares"
+        f" ({where}) plus {AUTO_MARGIN_SECONDS}s",
+    )
+
+
+def resolve_task_timeout(d: Decision, obs: Observation) -> None:
+    """Keeps status.taskTimeout: Auto's answer for the node's instances now, or
+    nothing when the spec gives seconds."""
+    if obs.spec.drain.task_timeout_seconds == AUTO:
+        d.status.task_timeout = auto_task_timeout(obs.instances, d.status.task_timeout)
+    else:
+        d.status.task_timeout = None
+
+
 STEP_DEADLINE = timedelta(minutes=5)
 """Cordoning and Uncordoning have no timeout of their own: each is one patch of the
 node, so a repair still there after this long is stuck (for the past-deadline metric)."""
@@ -200,7 +292,7 @@ def phase_deadline(spec: NodeRepairSpec, status: NodeRepairStatus) -> datetime |
     if start is None or phase is None:
         return None
     if phase in (Phase.DEREGISTERING, Phase.WAITING_FOR_TASKS):
-        return start + timedelta(seconds=spec.drain.task_timeout_seconds)
+        return start + timedelta(seconds=task_timeout(spec, status))
     if phase == Phase.EVICTING:
         return start + timedelta(seconds=spec.drain.eviction_timeout_seconds)
     if phase == Phase.REPAIRING:

@@ -13,6 +13,7 @@ Pure (no kopf, no Kubernetes client, no aiohttp), one concern each:
               took effect) and the progress of httpPost drain signals
   census      each profile's status: the instances it describes, its overlaps
   durations   Go durations, as runtimes read them from their environment
+  deadlines   the task deadline a pod's runtime declares (taskDeadline)
   watchdog    the grace period the OpenFaaS of-watchdog needs on SIGTERM
 
 And the two with I/O:

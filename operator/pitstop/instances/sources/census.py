@@ -14,6 +14,7 @@ from pitstop.instances.sources.matching import match, pair
 from pitstop.instances.sources.profiles import (
     InvalidProfile,
     Profile,
+    describe_deadline,
     describe_signal,
     describe_tasks,
 )
@@ -67,6 +68,7 @@ def profile_status(
     generation = item.generation if isinstance(item, Profile) else None
     if isinstance(item, InvalidProfile):
         status.tasks, status.drain_signal, status.pods, status.conflicts = None, None, 0, []
+        status.task_deadline = None
         status.conditions = kstatus.apply(
             status.conditions,
             kstatus.of_profile(False, f"{item.message}: the profile describes no pod"),
@@ -77,6 +79,7 @@ def profile_status(
     else:
         status.tasks = describe_tasks(item.spec)
         status.drain_signal = describe_signal(item.spec)
+        status.task_deadline = describe_deadline(item.spec)
         status.pods = found.pods.get(item.name, 0)
         overlaps = found.overlaps.get(item.name, {})
         status.conflicts = sorted(overlaps)[:64]

@@ -108,3 +108,16 @@ def describe_signal(spec: InstanceProfileSpec) -> str:
     if s.http_post is not None:
         return f"httpPost :{s.http_post.port}{s.http_post.path}"
     return s.type
+
+
+def describe_deadline(spec: InstanceProfileSpec) -> str | None:
+    """One line for the status: where the task deadline is read, e.g.
+    `env exec_timeout,write_timeout, default 30s`; None when the profile declares none."""
+    d = spec.task_deadline
+    if d is None:
+        return None
+    names = ",".join(f"{e.container}/{e.name}" if e.container else e.name for e in d.env)
+    parts = ([f"env {names}"] if names else []) + (
+        [f"default {d.default_seconds}s"] if d.default_seconds is not None else []
+    )
+    return ", ".join(parts)
