@@ -12,7 +12,7 @@ PITSTOP_CACHE ?= $(HOME)/.cache/pitstop
 export PATH := $(CURDIR)/$(BIN):$(PITSTOP_CACHE)/bin/kube-$(KUBE_VERSION):$(PITSTOP_CACHE)/bin/helm-$(HELM_VERSION):$(PATH)
 CHART := charts/pitstop
 
-.PHONY: help venv lock build helm deps image monitoring e2e-chaos e2e-checkers e2e-incluster e2e-kind cluster-up cluster-down kubeconfig crds crds-check lint unit sim sim-long e2e test bench bench-drain bench-policy bench-scale bench-sources demo clean
+.PHONY: help venv lock build helm knative deps image monitoring e2e-chaos e2e-checkers e2e-incluster e2e-kind cluster-up cluster-down kubeconfig crds crds-check lint unit sim sim-long e2e test bench bench-drain bench-policy bench-scale bench-sources demo clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ build: ## build (or reuse from the cache) etcd, Kubernetes (with the kubelet), k
 
 helm: ## build (or reuse from the cache) helm, for the chart in charts/pitstop
 	hack/build-control-plane.sh helm >/dev/null
+
+knative: ## build (or reuse from the cache) Knative Serving's queue-proxy, for the real-node tier
+	hack/build-knative.sh >/dev/null
 
 deps: ## install the Debian packages of the real nodes and the image build (root)
 	hack/install-deps.sh
@@ -96,7 +99,7 @@ SIM_STEPS ?= 1000000
 sim-long: venv ## the simulation's long run: fresh seeds until SIM_STEPS (1,000,000) steps ran
 	$(BIN)/python -m tests.sim --seed 10000 --steps 5000 --total $(SIM_STEPS)
 
-e2e: venv build ## e2e tests on a fresh local control plane (PITSTOP_KEEP_CLUSTER=1 keeps it)
+e2e: venv build knative ## e2e tests on a fresh local control plane (PITSTOP_KEEP_CLUSTER=1 keeps it)
 	$(BIN)/pytest -q tests/e2e
 
 e2e-chaos: venv build ## chaos soak: 20 repairs / 50 nodes under load, 10 operator SIGKILLs, apiserver+etcd restarts (~5 min; CHAOS_* for the long run)

@@ -167,13 +167,13 @@ INVALID: list[tuple[str, dict[str, Any], list[str], tuple[str, ...]]] = [
     (
         "no task source",
         profile({"podSelector": {}, "tasks": {}}),
-        ["spec.tasks", "exactly one of annotation, prometheus or http must be set"],
+        ["spec.tasks", "exactly one of annotation, prometheus, http or knative must be set"],
         (),
     ),
     (
         "two task sources",
         profile({"podSelector": {}, "tasks": {"annotation": {}, "http": {"port": 1, "path": "/"}}}),
-        ["spec.tasks", "exactly one of annotation, prometheus or http must be set"],
+        ["spec.tasks", "exactly one of annotation, prometheus, http or knative must be set"],
         (),
     ),
     (

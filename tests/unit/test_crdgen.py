@@ -261,7 +261,7 @@ def test_instance_profile_rules() -> None:
     spec = at(root(IP_FILE), "spec")
     assert spec["required"] == ["podSelector"]
     assert (
-        "exactly one of annotation, prometheus or http"
+        "exactly one of annotation, prometheus, http or knative"
         in (at(spec, "tasks")["x-kubernetes-validations"][0]["message"])
     )
     assert (

@@ -59,10 +59,10 @@ def test_an_http_profile_with_a_json_field() -> None:
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"tasks": {}}, "exactly one of annotation, prometheus or http"),
+        ({"tasks": {}}, "exactly one of annotation, prometheus, http or knative"),
         (
             {"tasks": {"annotation": {}, "http": {"port": 1, "path": "/n"}}},
-            "exactly one of annotation, prometheus or http",
+            "exactly one of annotation, prometheus, http or knative",
         ),
         ({"drainSignal": {}}, "exactly one of annotation, httpPost or none"),
         ({"drainSignal": {"none": {}, "annotation": {}}}, "exactly one of annotation, httpPost"),

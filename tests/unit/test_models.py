@@ -374,7 +374,7 @@ def _contains(outer: Any, inner: Any) -> bool:
 def test_examples_exist() -> None:
     kinds = sorted(d["kind"] for d in _documents())
     assert kinds == [
-        *["InstanceProfile"] * 3,
+        *["InstanceProfile"] * 4,
         *["NodeRepair"] * 4,
         *["RepairPolicy"] * 2,
     ]

@@ -159,6 +159,37 @@ def test_http_plain_integer_source() -> None:
     run(main)
 
 
+# A Stat as the queue-proxy (knative.dev/serving v0.42.2) served it with 3 requests
+# in flight: pod "p", average_concurrent_requests 3.0000000000000004, process_uptime
+# 12.0001; bytes that are not UTF-8 (0x99 0xa2 0x91).
+KNATIVE_STAT = b"\n\x01p\x11\x01\x00\x00\x00\x00\x00\x08@1\x0b\x99\xa2\x91\x0c\x00(@"
+
+
+def test_knative_stat_is_read_as_bytes_with_its_lag() -> None:
+    async def main() -> None:
+        async def stat(_: web.Request) -> web.Response:
+            return web.Response(body=KNATIVE_STAT, content_type="application/protobuf")
+
+        app = web.Application()
+        app.router.add_get("/metrics", stat)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        poller = TaskPoller()
+        p = profile(tasks={"knative": {"port": 9090}})
+        try:
+            t = target(runner.addresses[0][1], p=p)
+            found = (await poller.read_once([t]))[t.key]
+            assert found.error is None and found.count == 3, found
+            assert found.lag == trust.KNATIVE_STAT_LAG
+        finally:
+            await poller.close()
+            await runner.cleanup()
+
+    run(main)
+
+
 def test_drain_signal_first_then_polls_after_its_acknowledgement() -> None:
     async def main() -> None:
         rt = Runtime()

@@ -85,7 +85,7 @@ def test_invalid_stored_profile() -> None:
         {"metadata": {"name": "x"}, "spec": {"podSelector": {}, "tasks": {}}}
     )
     assert isinstance(bad, profiles.InvalidProfile)
-    assert "exactly one of annotation, prometheus or http" in bad.message
+    assert "exactly one of annotation, prometheus, http or knative" in bad.message
 
 
 def test_fingerprint_changes_with_the_source_not_the_selector() -> None:

@@ -64,7 +64,7 @@ class TaskCount:
     error: str | None = None
     pending: str | None = None
     source: str = profiles.ANNOTATION
-    """annotation, prometheus or http."""
+    """annotation, prometheus, http or knative."""
 
     @property
     def busy(self) -> bool:

@@ -148,15 +148,27 @@ class HttpTasks(CamelModel):
     the answer is a plain integer."""
 
 
+class KnativeTasks(CamelModel):
+    """Knative Serving's queue-proxy: the autoscaler stats it serves (a protobuf
+    `Stat` of the last 1-second window). The instance is busy while that window saw
+    a request in flight or arriving; a window is trusted only if it ended after the
+    drain signal took effect."""
+
+    port: Port = 9090
+    """The queue-proxy's autoscaler metrics port (9090 in every Knative release)."""
+    path: HttpPath = "/metrics"
+    """The stats path."""
+
+
 class TaskSource(CamelModel):
-    """Where an instance's in-flight count is read: exactly one of the three."""
+    """Where an instance's in-flight count is read: exactly one of the four."""
 
     model_config = ConfigDict(
         json_schema_extra=validations(
             cel(
                 "(has(self.annotation) ? 1 : 0) + (has(self.prometheus) ? 1 : 0)"
-                " + (has(self.http) ? 1 : 0) == 1",
-                "exactly one of annotation, prometheus or http must be set",
+                " + (has(self.http) ? 1 : 0) + (has(self.knative) ? 1 : 0) == 1",
+                "exactly one of annotation, prometheus, http or knative must be set",
             )
         )
     )
@@ -167,18 +179,23 @@ class TaskSource(CamelModel):
     """A Prometheus gauge on the instance."""
     http: HttpTasks | None = None
     """A plain-integer or JSON HTTP answer of the instance."""
+    knative: KnativeTasks | None = None
+    """Knative Serving's queue-proxy stats."""
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Self:
-        if sum(x is not None for x in (self.annotation, self.prometheus, self.http)) != 1:
-            raise ValueError("exactly one of annotation, prometheus or http must be set")
+        given = (self.annotation, self.prometheus, self.http, self.knative)
+        if sum(x is not None for x in given) != 1:
+            raise ValueError("exactly one of annotation, prometheus, http or knative must be set")
         return self
 
     @property
     def type(self) -> str:
-        """annotation, prometheus or http."""
+        """annotation, prometheus, http or knative."""
         if self.prometheus is not None:
             return "prometheus"
+        if self.knative is not None:
+            return "knative"
         return "http" if self.http is not None else "annotation"
 
 

@@ -45,7 +45,7 @@ class Request:
 def poll_request(profile: Profile, pod: Mapping[str, Any]) -> Request:
     """The GET that reads a polled source (SourceError if it cannot be addressed)."""
     t = profile.spec.tasks
-    target = t.prometheus or t.http
+    target = t.prometheus or t.http or t.knative
     if target is None:
         raise ValueError(f"profile {profile.name} reads the annotation, not a polled source")
     return Request("GET", url(pod, target.port, target.path), profile.spec.timeout_seconds)

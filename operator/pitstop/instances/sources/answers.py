@@ -1,12 +1,14 @@
 """What an instance's answer means: a count is the sum of the matching series of a
-Prometheus gauge, or a plain integer, or a JSON field. Anything else is an error,
-and an error counts as busy: a metric that is absent (a wrong name) is not 0. Pure."""
+Prometheus gauge, or a plain integer, or a JSON field, or what a Knative
+queue-proxy's stats window saw. Anything else is an error, and an error counts as
+busy: a metric that is absent (a wrong name) is not 0. Pure."""
 
 from __future__ import annotations
 
 import json
 import math
 import re
+import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -95,9 +97,76 @@ def parse_json_field(text: str, path: str) -> int:
     return _as_count(float(value), f"field {path}")
 
 
-def parse_answer(profile: Profile, text: str) -> int:
+def _varint(raw: bytes, at: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        if at >= len(raw) or shift > 63:
+            raise SourceError(INVALID, "not a Knative Stat: truncated varint")
+        byte = raw[at]
+        value |= (byte & 0x7F) << shift
+        at, shift = at + 1, shift + 7
+        if not byte & 0x80:
+            return value, at
+
+
+def _protobuf_doubles(raw: bytes) -> dict[int, float]:
+    """The double (64-bit) fields of one protobuf message by number; the others
+    are skipped. Enough for Knative's `Stat`, whose figures are all doubles."""
+    doubles: dict[int, float] = {}
+    at = 0
+    while at < len(raw):
+        key, at = _varint(raw, at)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            _, at = _varint(raw, at)
+        elif wire == 1:
+            if at + 8 > len(raw):
+                raise SourceError(INVALID, "not a Knative Stat: truncated field")
+            doubles[number] = struct.unpack_from("<d", raw, at)[0]
+            at += 8
+        elif wire == 2:
+            size, at = _varint(raw, at)
+            at += size
+        elif wire == 5:
+            at += 4
+        else:
+            raise SourceError(INVALID, f"not a Knative Stat: wire type {wire}")
+        if at > len(raw):
+            raise SourceError(INVALID, "not a Knative Stat: truncated field")
+    return doubles
+
+
+STAT_CONCURRENCY, STAT_REQUESTS, STAT_UPTIME = 2, 4, 6
+"""knative.dev/serving pkg/autoscaler/metrics/stat.proto: average_concurrent_requests,
+request_count (requests that arrived in the window) and process_uptime."""
+
+
+def parse_knative_stat(raw: bytes) -> int:
+    """What the queue-proxy's last 1-second window saw: its time-weighted average
+    concurrency rounded up, and at least 1 if a request arrived in it. So 0 only
+    when no request was in flight at any moment of the window, nor arrived in it.
+
+    A queue-proxy that has not reported a window yet (process_uptime 0, the first
+    second) gives no count."""
+    doubles = _protobuf_doubles(raw)
+    if doubles.get(STAT_UPTIME, 0.0) <= 0:
+        raise SourceError(INVALID, "no Knative Stat window reported yet (process_uptime 0)")
+    # Rounded first: the queue-proxy's sum of products leaves float noise (3 requests
+    # read 3.0000000000000004). A request still in flight at the window's end spans
+    # the whole window (average >= 1) or arrived in it (request_count), so a tiny
+    # average rounded away is only one that ended early in the window.
+    concurrency = round(doubles.get(STAT_CONCURRENCY, 0.0), 6)
+    average = _as_count(concurrency, "average_concurrent_requests")
+    arrived = _as_count(doubles.get(STAT_REQUESTS, 0.0), "request_count")
+    return max(average, 1 if arrived else 0)
+
+
+def parse_answer(profile: Profile, body: str | bytes) -> int:
     """The count in a polled source's answer (SourceError when there is none)."""
     t = profile.spec.tasks
+    if t.knative is not None:
+        return parse_knative_stat(body if isinstance(body, bytes) else body.encode())
+    text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
     if t.prometheus is not None:
         return parse_prometheus(text, t.prometheus)
     if t.http is not None:

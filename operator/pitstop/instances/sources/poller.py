@@ -31,7 +31,7 @@ from pitstop.instances.sources.addressing import Request
 from pitstop.instances.sources.answers import check_status, parse_answer
 from pitstop.instances.sources.errors import UNREACHABLE, SourceError
 from pitstop.instances.sources.profiles import Profile
-from pitstop.instances.sources.trust import Reading, SignalState, signal_failed
+from pitstop.instances.sources.trust import Reading, SignalState, answer_lag, signal_failed
 
 MAX_ANSWER = 4 * 1024 * 1024
 """Bytes read of one answer at most (a metrics page of a busy runtime is far smaller)."""
@@ -212,8 +212,8 @@ class TaskPoller:
         """One attempt of the drain signal; True when it was acknowledged or is now
         reported as not acknowledged."""
         try:
-            status, body = await self._request(request)
-            check_status(status, body)
+            status, raw = await self._request(request)
+            check_status(status, raw.decode("utf-8", errors="replace"))
         except SourceError as e:
             return signal_failed(state, self._clock(), e.message)
         state.acked_at = self._clock()  # the answer came: anything polled from now is after it
@@ -226,9 +226,10 @@ class TaskPoller:
             return Reading(started, error=t.error)
         assert t.poll is not None
         try:
-            status, body = await self._request(t.poll)
-            check_status(status, body)
-            return Reading(started, count=parse_answer(t.profile, body))
+            status, raw = await self._request(t.poll)
+            check_status(status, raw.decode("utf-8", errors="replace"))
+            count = parse_answer(t.profile, raw)
+            return Reading(started, count=count, lag=answer_lag(t.profile))
         except SourceError as e:
             return Reading(started, error=e)
 
@@ -247,7 +248,7 @@ class TaskPoller:
             )
         return self._session
 
-    async def _request(self, request: Request) -> tuple[int, str]:
+    async def _request(self, request: Request) -> tuple[int, bytes]:
         """(status, body) of one request; SourceError(Unreachable) when there is none."""
         timeout = aiohttp.ClientTimeout(total=request.timeout)
         async with self._semaphore:
@@ -259,7 +260,7 @@ class TaskPoller:
                     raw = await answer.content.read(MAX_ANSWER + 1)
                     if len(raw) > MAX_ANSWER:
                         raise SourceError(UNREACHABLE, f"answer larger than {MAX_ANSWER} bytes")
-                    return answer.status, raw.decode("utf-8", errors="replace")
+                    return answer.status, raw
             except TimeoutError:
                 raise SourceError(
                     UNREACHABLE,

@@ -18,6 +18,7 @@ from pitstop.models import InstanceProfileSpec
 ANNOTATION = "annotation"
 PROMETHEUS = "prometheus"
 HTTP = "http"
+KNATIVE = "knative"
 HTTP_POST = "httpPost"
 NONE = "none"
 
@@ -81,7 +82,7 @@ def parse_profile(body: Mapping[str, Any]) -> Profile | InvalidProfile:
 
 
 def task_source(profile: Profile | None) -> str:
-    """annotation, prometheus or http; no profile is the annotation contract."""
+    """annotation, prometheus, http or knative; no profile is the annotation contract."""
     return profile.spec.tasks.type if profile is not None else ANNOTATION
 
 
@@ -100,6 +101,8 @@ def describe_tasks(spec: InstanceProfileSpec) -> str:
     if t.http is not None:
         h = t.http
         return f"http :{h.port}{h.path}" + (f" .{h.field}" if h.field else "")
+    if t.knative is not None:
+        return f"knative :{t.knative.port}{t.knative.path}"
     return ANNOTATION
 
 

@@ -7,6 +7,11 @@ took effect: acknowledged (`httpPost`), or seen by pitstop on the pod's own vers
 instance counts as busy. So there is always one more poll after the signal, and
 with a runtime that refuses (or counts) new work from the moment it acknowledges,
 a 0 can no longer go up before the eviction.
+
+A source whose answer describes a moment before the poll (Knative's queue-proxy
+serves the stats of its last whole 1-second window) has a `lag`: its reading
+counts as taken that much earlier, so the window it describes ended after the
+drain signal took effect.
 """
 
 from __future__ import annotations
@@ -15,7 +20,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from pitstop.instances.sources.errors import SourceError
-from pitstop.instances.sources.profiles import HTTP_POST
+from pitstop.instances.sources.profiles import HTTP_POST, Profile
+
+KNATIVE_STAT_LAG = timedelta(seconds=2)
+"""How old a Knative queue-proxy's Stat can be when it is read: its window is 1 s
+(reportingPeriod), reported on a ticker; 1 s more for a late tick."""
 
 
 @dataclass(frozen=True)
@@ -25,6 +34,13 @@ class Reading:
     started: datetime
     count: int | None = None
     error: SourceError | None = None
+    lag: timedelta = timedelta(0)
+    """How long before `started` the moment the answer describes may lie."""
+
+
+def answer_lag(profile: Profile) -> timedelta:
+    """The lag of a profile's polled source: Knative's stats window, else none."""
+    return KNATIVE_STAT_LAG if profile.spec.tasks.knative is not None else timedelta(0)
 
 
 @dataclass(frozen=True)
@@ -49,7 +65,7 @@ def polled(reading: Reading | None, signal_at: datetime | None) -> Polled:
         return Polled(pending="waiting for the drain signal to take effect")
     if reading is None:
         return Polled(pending="not read yet")
-    if reading.started <= signal_at:
+    if reading.started - reading.lag <= signal_at:
         return Polled(pending="last read predates the drain signal")
     if reading.error is not None:
         return Polled(error=reading.error)
