@@ -110,7 +110,8 @@ def test_a_repair_waits_for_room_and_goes_once_a_node_with_room_joins(
 ) -> None:
     pool_id, pool = full_pool(cluster, namespace, small_nodes)
     node = pool.names[0]
-    name = repairs.create(node, repair={"strategy": "Manual"})
+    # requireRoom left out: a NodeRepair made by hand checks for room by default.
+    name = repairs.create(node, repair={"strategy": "Manual"}, requireRoom=None)
 
     status = waits_for_room(cluster, repairs, name, node)
     # The message names what is missing: the one instance's request and its pod slot.
@@ -136,7 +137,7 @@ def test_require_room_off_lets_a_waiting_repair_go(
 ) -> None:
     _, pool = full_pool(cluster, namespace, small_nodes)
     node = pool.names[0]
-    name = repairs.create(node, repair={"strategy": "Manual"})
+    name = repairs.create(node, repair={"strategy": "Manual"}, requireRoom=True)
     waits_for_room(cluster, repairs, name, node)
 
     cluster.custom.patch_cluster_custom_object(

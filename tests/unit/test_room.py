@@ -366,15 +366,11 @@ def refusal(
     pools = []
     if policy is not None:
         pools = [("rp", RepairPolicySpec.model_validate({"nodeSelector": {}, **policy}))]
-    return room_refusal(
-        views[0],
-        pools,
-        views,
-        nodes_index,
-        pods_index,
-        repairs or {},
-        (),  # type: ignore[arg-type]
-    )
+    # Dicts stand in for kopf's indexes (get, items).
+    by_name: Any = nodes_index
+    by_node: Any = pods_index
+    repairs_by_node: Any = repairs or {}
+    return room_refusal(views[0], pools, views, by_name, by_node, repairs_by_node, ())
 
 
 def test_admission_waits_while_the_instances_fit_nowhere_else() -> None:
@@ -392,6 +388,10 @@ def test_what_the_drain_would_not_evict_needs_no_room() -> None:
         pod("b", "1500m", nodeName="n2"),
     ]
     assert refusal(nodes, pods) is None
+    leaving = pod("gone", "1500m", nodeName="n1")
+    leaving["metadata"]["deletionTimestamp"] = "2026-03-01T12:00:00Z"
+    assert refusal(nodes, [*pods, leaving]) is None  # its replacement is made already
+    assert refusal(nodes, [*pods, pod("stays", "1500m", nodeName="n1")]) is not None
 
 
 def test_an_autoscaled_pool_or_a_node_not_ready_never_waits_for_room() -> None:

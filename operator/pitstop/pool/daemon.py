@@ -203,7 +203,7 @@ def room_refusal(
     repairing it is how its room comes back)."""
     if not node.ready or any(spec.autoscaled for _, spec in pools):
         return None
-    ours = [room.need_of(p) for p in pods_index.get(node.name, ()) if contract.is_instance(p)]
+    ours = _to_move(pods_index.get(node.name, ()))
     if not ours:
         return None
     if pools:
@@ -222,13 +222,23 @@ def room_refusal(
             continue
         pods = pods_index.get(n.name, ())
         if n.name in held:
-            others += [room.need_of(p) for p in pods if contract.is_instance(p)]
+            others += _to_move(pods)
         elif n.available:
             raw = one(nodes_index.get(n.name))
             if raw is not None:
                 rooms.append(room.room_of(raw, pods))
     short = room.shortage(node.name, ours, rooms, others)
     return f"{C.REASON_WAITING_FOR_ROOM}: {short}" if short else None
+
+
+def _to_move(pods: Iterable[Mapping[str, Any]]) -> list[room.Need]:
+    """The instances an eviction would move: not those being deleted already (their
+    replacements are made, bound elsewhere or waiting unbound)."""
+    return [
+        room.need_of(p)
+        for p in pods
+        if contract.is_instance(p) and not p.get("metadata", {}).get("deletionTimestamp")
+    ]
 
 
 def _made_by(repairs_index: kopf.Index[str, Any], node: str, repair: str) -> str | None:
