@@ -150,6 +150,10 @@ REASON_ORPHANED_LOCK_RELEASED: Final = "OrphanedLockReleased"
 without its finalizer); pitstop gave the node back as that repair's deletion would have."""
 REASON_WAITING_FOR_CAPACITY: Final = "WaitingForCapacity"
 """The pool limits (maxConcurrentRepairs, minAvailable, creation order) hold it Pending."""
+REASON_WAITING_FOR_ROOM: Final = "WaitingForRoom"
+"""Warning Event and Pending reason: the node's instances fit on no other schedulable
+node of its pool (spec.requireRoom; pitstop.pool.room), so evicting them would leave
+them Pending."""
 
 # --- task sources and InstanceProfiles ---
 COND_PROFILE_READY: Final = "Ready"

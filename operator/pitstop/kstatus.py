@@ -9,6 +9,7 @@ so a person reading `kubectl get -o yaml` sees the same verdict. Pure."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -17,6 +18,8 @@ from pitstop.conditions import set_condition
 from pitstop.models import Condition, NodeRepairStatus, Phase
 
 C = constants
+_CAMEL = re.compile(r"[A-Z][a-z]+(?:[A-Z][a-z]*)+")
+"""A CamelCase word of two parts at least (WaitingForRoom, NodeBusy)."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,11 @@ def of_repair(phase: Phase | None, message: str | None, dry_run: bool) -> Summar
         # A failed repair never leaves Failed: only a person (a new NodeRepair) moves on.
         return Summary(False, False, True, phase.value, text)
     # Pending (waiting for room), the steps, and Aborted (the finalizer gives the node back).
-    return Summary(False, True, False, phase.value, text)
+    # A repair held Pending says why in its reason (WaitingForRoom, WaitingForCapacity,
+    # NodeBusy): its message starts with that cause.
+    cause = text.partition(": ")[0] if phase == Phase.PENDING else ""
+    reason = cause if _CAMEL.fullmatch(cause) else phase.value
+    return Summary(False, True, False, reason, text)
 
 
 def of_policy(

@@ -20,7 +20,14 @@ class Repairs:
         self.made: list[str] = []
 
     def create(self, node: str, name: str | None = None, **spec: Any) -> str:
+        """A NodeRepair of `node` with `spec`. requireRoom is false unless given (None:
+        left out, so the default holds): most tests pin their instances to a pool of
+        one node, where they fit nowhere else, to test what comes after the cordon
+        (tests/e2e/test_room.py tests the room check)."""
         name = name or f"r-{uuid.uuid4().hex[:8]}"
+        spec.setdefault("requireRoom", False)
+        if spec["requireRoom"] is None:
+            del spec["requireRoom"]
         body = {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "NodeRepair",

@@ -268,7 +268,10 @@ class Cluster:
                 "conditions": [
                     {"type": "Ready", "status": "True", "lastTransitionTime": stamp(0)},
                     {"type": "KernelDeadlock", "status": "False", "lastTransitionTime": stamp(0)},
-                ]
+                ],
+                # kwok's default: the room check (pitstop.pool.room) finds room on
+                # every schedulable node, as the simulated scheduler does.
+                "allocatable": {"cpu": "1k", "memory": "1Ti", "pods": "1M"},
             },
         }
 

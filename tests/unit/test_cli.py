@@ -182,3 +182,20 @@ def test_console_script_error_path() -> None:
     assert proc.returncode == 1
     assert proc.stdout == ""
     assert one_error_line(proc.stderr) == "pitstop: error: kubeconfig /nonexistent: no such file"
+
+
+def test_repair_checks_for_room_unless_told_not_to() -> None:
+    """`pitstop repair` leaves requireRoom to its default (true); --no-require-room
+    writes false into the NodeRepair it makes."""
+    from pitstop.cli import commands
+    from pitstop.models import NodeRepairSpec
+
+    def made(*argv: str) -> NodeRepairSpec:
+        args = cli.build_parser().parse_args(["repair", "n1", *argv])
+        body = commands.repair_body(
+            args.node, "r1", None, args.strategy, require_room=args.require_room
+        )
+        return NodeRepairSpec.model_validate(body["spec"])
+
+    assert made().require_room is True
+    assert made("--no-require-room").require_room is False

@@ -47,6 +47,7 @@ DEFAULT_NODE_REPAIR_SPEC = {
         "timeoutSeconds": 900,
     },
     "onFailure": "KeepCordoned",
+    "requireRoom": True,
 }
 
 
@@ -77,8 +78,14 @@ def test_repair_policy_defaults() -> None:
         "maxConcurrentRepairs": 1,
         "minAvailable": "80%",
         "paused": False,
+        "requireRoom": True,
+        "autoscaled": False,
         "repairTemplate": {
-            "spec": {k: v for k, v in DEFAULT_NODE_REPAIR_SPEC.items() if k != "nodeName"}
+            "spec": {
+                k: v
+                for k, v in DEFAULT_NODE_REPAIR_SPEC.items()
+                if k not in ("nodeName", "requireRoom")  # the policy's own requireRoom
+            }
         },
     }
     assert spec.alerts is None

@@ -205,3 +205,14 @@ def test_each_suppressed_node_is_told_its_own_reason(events: list[tuple[str, str
     (n2,) = [m for r, m in events if r == "NodeExcluded"]
     assert "n2 is labelled" in n2
     assert world.body["status"]["suppressed"]["nodes"] == ["n1", "n2"]
+
+
+def test_a_policys_repairs_carry_its_require_room(events: list[tuple[str, str]]) -> None:
+    """The policy's requireRoom (default true) is the one its repairs get: the
+    template has no such field."""
+    for policy, expected in (({}, True), ({"requireRoom": False}, False)):
+        world = World(**policy)
+        world.set_node("n1", "True")
+        world.step(world.driver(), MON_NOON)
+        (made,) = world.created
+        assert world.specs[made]["requireRoom"] is expected

@@ -72,6 +72,8 @@ class World:
         self.nodes = {n: node(n, 1) for n in ("n1", "n2", "n3")}
         self.repairs: dict[str, dict[str, Any]] = {}
         self.created: list[str] = []
+        self.specs: dict[str, dict[str, Any]] = {}
+        """The spec each NodeRepair was created with."""
         self.unshown: set[str] = set()
         """Repairs that exist but the index does not show yet."""
         self.pools = daemon.Pools.waking(Wakeups())
@@ -97,6 +99,7 @@ class World:
             "dryRun": False,
         }
         self.created.append(name)
+        self.specs[name] = body["spec"]
         return body
 
     async def patch_status(self, plural: str, name: str, patch: dict[str, Any]) -> None:

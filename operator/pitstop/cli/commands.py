@@ -57,6 +57,7 @@ def repair_body(
     webhook_url: str | None = None,
     webhook_secret: str | None = None,
     dry_run: bool = False,
+    require_room: bool = True,
 ) -> dict[str, Any]:
     repair: dict[str, Any] = {"strategy": strategy}
     if strategy == "Job":
@@ -75,6 +76,8 @@ def repair_body(
     spec: dict[str, Any] = {"nodeName": node, "repair": repair, "dryRun": dry_run}
     if reason:
         spec["reason"] = reason
+    if not require_room:
+        spec["requireRoom"] = False
     return {
         "apiVersion": C.API_VERSION,
         "kind": "NodeRepair",

@@ -287,6 +287,12 @@ def _add_repair(subparsers: SubParsers, common: argparse.ArgumentParser) -> None
         "--webhook-secret", metavar="NAME/KEY", help="bearer token: a Secret key in pitstop-system"
     )
     p.add_argument("--dry-run", action="store_true", help="only report the plan in status")
+    p.add_argument(
+        "--no-require-room",
+        dest="require_room",
+        action="store_false",
+        help="start without waiting until the node's instances fit on other nodes",
+    )
     p.add_argument("--wait", action="store_true", help="follow the repair until it ends")
     p.add_argument(
         "--timeout", type=float, default=3600, metavar="SECONDS", help="for --wait (default: 3600)"
@@ -309,6 +315,7 @@ def _cmd_repair(args: argparse.Namespace) -> int:
         webhook_url=args.webhook_url,
         webhook_secret=args.webhook_secret,
         dry_run=args.dry_run,
+        require_room=args.require_room,
     )
     api = commands.api(args.kubeconfig, args.context)
     commands.create_repair(api, body)

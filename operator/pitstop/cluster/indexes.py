@@ -19,7 +19,7 @@ from typing import Any, cast
 
 import kopf
 
-from pitstop import constants, selectors
+from pitstop import constants, resources, selectors
 from pitstop.cluster import nodes
 
 C = constants
@@ -71,6 +71,11 @@ def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
             # (of-watchdog's, a profile's taskDeadline), the grace.
             "containers": [_slim_container(c) for c in spec.get("containers") or []],
             "terminationGracePeriodSeconds": spec.get("terminationGracePeriodSeconds"),
+            # What the room check (pitstop.pool.room) weighs and filters by.
+            "requests": _requests(spec),
+            "nodeSelector": _shared_map(spec.get("nodeSelector")),
+            "affinity": _node_affinity(spec.get("affinity")),
+            "tolerations": _tolerations(spec.get("tolerations")),
         },
         "status": {
             "phase": _shared(status.get("phase")),
@@ -81,6 +86,44 @@ def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
             ],
         },
     }
+
+
+_NOTHING: dict[str, Any] = {}
+"""Shared by every slimmed pod without requests, node selector or required node
+affinity (index values are read, never changed in place)."""
+_TOLERATIONS: dict[tuple[tuple[Any, ...], ...], list[dict[str, Any]]] = {}
+"""One list per distinct set of tolerations: nearly every pod carries the same two
+(the API server's default not-ready and unreachable ones)."""
+
+
+def _requests(spec: Mapping[str, Any]) -> dict[str, int]:
+    if "requests" in spec:  # slimmed already (a watched pod)
+        return dict(spec["requests"] or {}) or _NOTHING
+    return resources.pod_requests(spec) or _NOTHING
+
+
+def _shared_map(found: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {_shared(k): _shared(v) for k, v in found.items()} if found else _NOTHING
+
+
+def _node_affinity(affinity: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Only what a pod requires of its node (preferences do not decide a fit)."""
+    required = ((affinity or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    )
+    if not required:
+        return _NOTHING
+    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": required}}
+
+
+def _tolerations(found: list[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
+    fields = ("key", "operator", "value", "effect")
+    kept = tuple(tuple(t.get(f) for f in fields) for t in found or [])
+    shared = _TOLERATIONS.get(kept)
+    if shared is None:
+        made = [{f: _shared(v) for f, v in zip(fields, t, strict=True) if v} for t in kept]
+        shared = _TOLERATIONS.setdefault(kept, made)
+    return shared
 
 
 KOPF_POD_METADATA = ("resourceVersion", "creationTimestamp", "finalizers", "generation")
@@ -153,7 +196,13 @@ def slim_node(body: Mapping[str, Any]) -> dict[str, Any]:
             "conditions": [
                 {k: c.get(k) for k in ("type", "status", "reason", "lastTransitionTime")}
                 for c in status.get("conditions") or []
-            ]
+            ],
+            # What the room check (pitstop.pool.room) counts on.
+            "allocatable": {
+                k: v
+                for k, v in (status.get("allocatable") or {}).items()
+                if k in resources.RESOURCES
+            },
         },
     }
 
@@ -347,6 +396,18 @@ def wake_on_node(name: str, memo: kopf.Memo, **_: Any) -> None:
     w.nodes.wake(name)
     w.policies.wake()  # pools are made of nodes
     w.capacity.wake()  # availability may have changed
+
+
+@kopf.on.event("pods")
+async def wake_on_room(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """A pod gone or finished frees room on its node: the repairs waiting for room
+    (and so for any capacity) check again. A pod that arrives only takes room, and
+    its own node's repair is woken by the serving-gate keeper's handler."""
+    if not body.get("spec", {}).get("nodeName"):
+        return
+    phase = body.get("status", {}).get("phase")
+    if type == "DELETED" or phase in ("Succeeded", "Failed"):
+        wakeups(memo).capacity.wake()
 
 
 @kopf.on.event(C.GROUP, C.VERSION, C.NODEREPAIR_PLURAL)

@@ -581,6 +581,12 @@ class NodeRepairSpec(NodeRepairTemplateSpec):
         json_schema_extra=validations(cel("self == oldSelf", "nodeName is immutable")),
     )
     """The node to repair; immutable."""
+    require_room: bool = True
+    """Wait in Pending (WaitingForRoom) until the other schedulable nodes can hold
+    the node's instances, or an autoscaler adds room (its pool's policy says
+    `autoscaled`). A policy's repairs carry the policy's requireRoom; false skips
+    the check (docs/policies.md "Room before the drain"). Read only before the
+    cordon: changing it later changes nothing."""
 
 
 # --- status ---

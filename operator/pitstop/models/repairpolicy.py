@@ -204,6 +204,14 @@ class RepairPolicySpec(CamelModel):
     """Available (Ready and schedulable) nodes the pool keeps; percentages round up."""
     paused: bool = False
     """Start no new automatic repairs; running ones continue."""
+    require_room: bool = True
+    """The policy's repairs wait (WaitingForRoom) until the pool's other schedulable
+    nodes can hold the instances they would evict; stamped on each NodeRepair it
+    makes as spec.requireRoom."""
+    autoscaled: bool = False
+    """An autoscaler adds nodes to this pool when pods cannot be scheduled, so a
+    repair of its nodes need not wait for room (pitstop does not know the
+    autoscaler's maximum size: say true only if it can grow)."""
     maintenance_windows: list[MaintenanceWindow] = Field(
         default_factory=list, max_length=32, json_schema_extra={"default": []}
     )

@@ -24,9 +24,10 @@ from pydantic import ValidationError
 from pitstop import conditions, constants, kstatus, logs, metrics
 from pitstop.cluster.indexes import Waiters, Wakeups, nap, one, wakeups
 from pitstop.cluster.kube import ApiError, Gone, Kube, merge_patch
+from pitstop.instances import contract
 from pitstop.models import Phase, RepairPolicySpec, RepairPolicyStatus, Suppression
 from pitstop.models.repairpolicy import AlertFault, WindowStatus
-from pitstop.pool import arithmetic, ledger, notices, windows
+from pitstop.pool import arithmetic, ledger, notices, room, windows
 from pitstop.pool.notifier import Notifier
 
 C = constants
@@ -139,9 +140,14 @@ class Admission:
         nodes_index: kopf.Index[str, Any],
         repairs_index: kopf.Index[str, Any],
         policies_index: kopf.Index[str, Any],
+        pods_index: kopf.Index[str, Any] | None = None,
+        require_room: bool = False,
     ) -> str | None:
         """None when the repair may take its node now (it is then counted as active
-        until it ends); else the reason it waits."""
+        until it ends); else the reason it waits, its first word the CamelCase cause.
+        With `require_room`, it also waits until the node's instances fit elsewhere
+        (`room_refusal`), checked last: only a repair the pool limits let start pays
+        for the fit."""
         async with self.lock:
             if repair in self.admitted:
                 return None
@@ -153,9 +159,6 @@ class Admission:
                 self.admitted.add(repair)
                 return None
             pools = pools_of(node, parse_policies(policies_index))
-            if not pools:
-                self.admitted.add(repair)
-                return None
             all_nodes = self.node_views.all(nodes_index)
             views = repair_views(repairs_index, self.admitted | lock_holders(all_nodes))
             candidate = arithmetic.RepairView(repair, node_name, Phase.PENDING, created)
@@ -169,12 +172,73 @@ class Admission:
                 refusal = arithmetic.admit(candidate, spec, pool, views)
                 if refusal:
                     return f"{refusal} (policy {name})"
+            if require_room and pods_index is not None:
+                short = room_refusal(
+                    node, pools, all_nodes, nodes_index, pods_index, repairs_index, self.admitted
+                )
+                if short:
+                    return short
             self.admitted.add(repair)
             return None
 
     def release(self, repair: str) -> None:
         self.admitted.discard(repair)
         self.capacity.wake()
+
+
+def room_refusal(
+    node: arithmetic.NodeView,
+    pools: list[tuple[str, RepairPolicySpec]],
+    all_nodes: list[arithmetic.NodeView],
+    nodes_index: kopf.Index[str, Any],
+    pods_index: kopf.Index[str, Any],
+    repairs_index: kopf.Index[str, Any],
+    admitted: Iterable[str],
+) -> str | None:
+    """Why the node's instances cannot be evicted yet for want of room (a message
+    starting WaitingForRoom), or None: they fit on the other schedulable nodes of its
+    pools (of the cluster, for a node in no pool) once the instances of the nodes
+    already under repair there took theirs (pitstop.pool.room), or a pool is
+    autoscaled, or the node is not Ready (its instances serve nothing now, and
+    repairing it is how its room comes back)."""
+    if not node.ready or any(spec.autoscaled for _, spec in pools):
+        return None
+    ours = _to_move(pods_index.get(node.name, ()))
+    if not ours:
+        return None
+    if pools:
+        names = {n.name for _, spec in pools for n in arithmetic.pool_of(spec, all_nodes)}
+        members = [n for n in all_nodes if n.name in names]
+    else:
+        members = all_nodes
+    # Nodes under repair (locked, or held by a repair admitted and not yet seen
+    # locking) take no instances; theirs are on their way out and need room first.
+    held = {r.node for r in repair_views(repairs_index, admitted) if r.active}
+    held |= {n.name for n in members if n.lock}
+    held.discard(node.name)
+    rooms, others = [], []
+    for n in members:
+        if n.name == node.name:
+            continue
+        pods = pods_index.get(n.name, ())
+        if n.name in held:
+            others += _to_move(pods)
+        elif n.available:
+            raw = one(nodes_index.get(n.name))
+            if raw is not None:
+                rooms.append(room.room_of(raw, pods))
+    short = room.shortage(node.name, ours, rooms, others)
+    return f"{C.REASON_WAITING_FOR_ROOM}: {short}" if short else None
+
+
+def _to_move(pods: Iterable[Mapping[str, Any]]) -> list[room.Need]:
+    """The instances an eviction would move: not those being deleted already (their
+    replacements are made, bound elsewhere or waiting unbound)."""
+    return [
+        room.need_of(p)
+        for p in pods
+        if contract.is_instance(p) and not p.get("metadata", {}).get("deletionTimestamp")
+    ]
 
 
 def _made_by(repairs_index: kopf.Index[str, Any], node: str, repair: str) -> str | None:
@@ -540,7 +604,7 @@ class PolicyDriver:
             "apiVersion": C.API_VERSION,
             "kind": "NodeRepair",
             "metadata": {"name": name, "labels": {C.LABEL_POLICY: self.name}},
-            "spec": {**template, "nodeName": node},
+            "spec": {**template, "nodeName": node, "requireRoom": spec.require_room},
         }
         try:
             await self.kube.request(

@@ -131,7 +131,14 @@ class Driver:
         if st.status.phase in (None, Phase.PENDING) and not spec.dry_run:
             created = st.body.get("metadata", {}).get("creationTimestamp") or ""
             waiting_for = await self.pools.admission.check(
-                st.name, st.node_name, created, nodes_by_name, repairs_by_node, policies_by_name
+                st.name,
+                st.node_name,
+                created,
+                nodes_by_name,
+                repairs_by_node,
+                policies_by_name,
+                pods_by_node,
+                require_room=spec.require_room,
             )
         # A Replace or External attempt is read (and started) before the decision; it
         # may record what it does in status first.

@@ -68,6 +68,11 @@ def _hold_node(d: Decision, obs: Observation, node: Mapping[str, Any]) -> bool:
     or fails on a lock another repair took mid-way."""
     status = d.status
     if obs.waiting_for and status.phase == Phase.PENDING:
+        if obs.waiting_for.startswith(f"{C.REASON_WAITING_FOR_ROOM}: "):
+            # Not a queue but a shortage someone may have to act on (add nodes).
+            d.events.append(Event("Warning", C.REASON_WAITING_FOR_ROOM, obs.waiting_for, once=True))
+            status.message = obs.waiting_for
+            return False
         d.events.append(Event("Normal", C.REASON_WAITING_FOR_CAPACITY, obs.waiting_for, once=True))
         status.message = f"{C.REASON_WAITING_FOR_CAPACITY}: {obs.waiting_for}"
         return False
