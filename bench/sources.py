@@ -224,7 +224,13 @@ def repair_once(cluster: Cluster, ns: str, node: str, rate: float) -> dict[str, 
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "NodeRepair",
             "metadata": {"name": name},
-            "spec": {"nodeName": node, "reason": "Bench", "repair": {"strategy": "Manual"}},
+            # Its pods are pinned to the node: the room check would hold it for ever.
+            "spec": {
+                "nodeName": node,
+                "reason": "Bench",
+                "requireRoom": False,
+                "repair": {"strategy": "Manual"},
+            },
         }
         cluster.custom.create_cluster_custom_object(GROUP, VERSION, "noderepairs", body)
 
