@@ -337,12 +337,12 @@ class Operator:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        self.cluster.stack.callback(stop_process, self.proc)
         if self.limits is not None:
             cpus, memory = self.limits
             name = f"pitstop-bench-{self.proc.pid}"
             self.confined, groups = confine(self.proc.pid, name, cpus, memory)
-            self.cluster.stack.callback(remove_groups, groups)
+            self.cluster.stack.callback(remove_groups, groups)  # once stopped, just below
+        self.cluster.stack.callback(stop_process, self.proc)
         self.metrics_url = f"http://127.0.0.1:{metrics}/metrics"
         poll("the operator's /healthz", lambda: self._healthy(health), 60)
         log(f"operator running (pid {self.proc.pid}, log {self.log_path})")

@@ -92,6 +92,10 @@ class Bench:
         self.nodes: list[str] = []
         self.replicas: list[Operator] = []
         self.serial = 0
+        self.stopping: Operator | None = None
+        """The replica a takeover stopped on purpose (not revived meanwhile)."""
+        self.restarts: list[str] = []
+        """Replicas that exited on their own and were started again."""
 
     def watch(self) -> None:
         """The namespace's pods (the gates) and the nodes (for their set-up)."""
@@ -163,6 +167,17 @@ class Bench:
         self.replicas[1].start(*NO_ALERTS)
         log(f"    replicas confined: {self.replicas[0].confined}")
 
+    def revive(self) -> None:
+        """What the Deployment's kubelet does: a replica that exited on its own (its
+        fence fired: no renewal within the renew deadline) is started again, as the
+        standby. Called while the bench waits; `stopping` is the one stopped on purpose."""
+        for op in self.replicas:
+            if op is self.stopping or op.proc is None or op.proc.poll() is None:
+                continue
+            self.restarts.append(f"{op.identity} exited ({op.proc.returncode}) at {now():.1f}")
+            log(f"    {op.identity} exited on its own ({op.proc.returncode}): restarted")
+            op.start(*NO_ALERTS)
+
     def leader(self) -> Operator:
         holder = self.holder()
         return next(op for op in self.replicas if op.identity == holder)
@@ -223,11 +238,18 @@ class Bench:
                 time.sleep(max(0.0, tick - now()))
 
         thread = threading.Thread(target=creator, daemon=True)
+        restarts = len(self.restarts)
+        self.stopping = old
         killed = now()
         old.signal(signum)
         thread.start()
         try:
-            poll(f"{new.identity} leads", lambda: self.holder() == new.identity, 120, 0.1)
+            poll(
+                f"{new.identity} leads",
+                lambda: self.revive() or self.holder() == new.identity,
+                120,
+                0.1,
+            )
             led = now()
             # the first gate the new leader opens, then every one that waited
             first = self.world.wait(
@@ -243,6 +265,7 @@ class Bench:
             thread.join(30)
         self.wait_open(made, 120)
         lat = self.gates.latencies(made)
+        self.stopping = None
         old.start(*NO_ALERTS)  # back, as the standby
         self.delete_group(group)
         return {
@@ -251,6 +274,7 @@ class Bench:
             "lease_taken_s": round(led - killed, 2),
             "gate_closed_s": round(first - killed, 2),
             "create_errors": errors[:5],
+            "replica_restarts": self.restarts[restarts:],
         }
 
 
@@ -267,6 +291,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         b.nodes = [f"bench-gate-{i}" for i in range(10)]
         workload.make_nodes(cluster, b.world, b.nodes, {"bench.pitstop.dev/gate": "base"})
         b.start_replicas()
+        b.world.check = b.revive
         b.wait_open(b.create("warmup", 5), 60)
         log(f"1/3 at rest: {args.samples} pods one at a time ({now() - started:.0f}s)")
         rest = b.rest()
@@ -310,6 +335,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "burst": burst,
         "population": population,
         "takeover": takeovers,
+        "restarts": b.restarts,
         "targets": TARGETS,
     }
 
@@ -351,6 +377,10 @@ def render(r: dict[str, Any]) -> str:
             f"      Lease taken {t['lease_taken_s']}s after the stop; no gate opened for"
             f" {t['gate_closed_s']}s"
         )
+        for restart in t.get("replica_restarts") or []:
+            lines.append(f"      fenced and restarted meanwhile: {restart}")
+    for restart in r.get("restarts") or []:
+        lines.append(f"  fenced and restarted (whole run): {restart}")
     return "\n".join(lines)
 
 
