@@ -96,6 +96,7 @@ class Bench:
         """The replica a takeover stopped on purpose (not revived meanwhile)."""
         self.restarts: list[str] = []
         """Replicas that exited on their own and were started again."""
+        self.started = now()
 
     def watch(self) -> None:
         """The namespace's pods (the gates) and the nodes (for their set-up)."""
@@ -174,7 +175,9 @@ class Bench:
         for op in self.replicas:
             if op is self.stopping or op.proc is None or op.proc.poll() is None:
                 continue
-            self.restarts.append(f"{op.identity} exited ({op.proc.returncode}) at {now():.1f}")
+            self.restarts.append(
+                f"{op.identity} exited ({op.proc.returncode}) {now() - self.started:.0f}s into the run"
+            )
             log(f"    {op.identity} exited on its own ({op.proc.returncode}): restarted")
             op.start(*NO_ALERTS)
 
