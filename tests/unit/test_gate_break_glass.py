@@ -95,3 +95,34 @@ def test_the_report_puts_held_pods_first_and_fails_only_on_failures() -> None:
     ]
     _, ok = report([*outcomes, Outcome("ns/c", "failed", "forbidden")])
     assert not ok
+
+
+def test_a_pod_that_changed_under_the_write_is_judged_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The write names the listed resourceVersion: a 409 means the pod changed (a
+    repair may have closed its gate), so it is read again with its node, and a node
+    now under a repair past deregistration holds it."""
+    from kubernetes.client.exceptions import ApiException
+
+    from pitstop.cli import gate
+
+    writes: list[str] = []
+
+    def patch_open(_api: Any, p: dict[str, Any], _now: Any) -> None:
+        writes.append(p["metadata"].get("resourceVersion", ""))
+        raise ApiException(status=409, reason="Conflict")
+
+    changed = pod(serving="False")
+    monkeypatch.setattr(gate, "patch_open", patch_open)
+    monkeypatch.setattr(gate, "read_pod", lambda _api, _key: changed)
+    locked = gate.World({"n1": node(lock="r1")}, {"r1": "Deregistering"})
+    listed = gate.World({"n1": node()}, {})
+    first = pod()
+    first["metadata"]["resourceVersion"] = "7"
+    outcome = gate.open_one(None, first, listed, False, lambda _node: locked)  # type: ignore[arg-type]
+    assert writes == ["7"]
+    assert (outcome.action, outcome.why) == (
+        "held",
+        "node n1 is under NodeRepair r1 (Deregistering), past deregistration",
+    )

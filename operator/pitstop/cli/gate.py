@@ -25,7 +25,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from pitstop import constants
-from pitstop.cli.errors import refused
+from pitstop.cli.errors import CLIError, refused
 from pitstop.cluster.kubeconfig import load_configuration, resolve_source
 from pitstop.instances import contract
 from pitstop.models import Phase
@@ -121,6 +121,33 @@ def read_world(api_client: client.ApiClient) -> World:
     return World(nodes, repairs)
 
 
+def read_node_world(api_client: client.ApiClient, node_name: str | None) -> World:
+    """The one node a changed pod is on, and the repair that holds it, read now: a
+    pod changed under a write is judged again on fresh state, without listing every
+    node of a cluster in trouble again."""
+    if not node_name:
+        return World({}, {})
+    core, custom = client.CoreV1Api(api_client), client.CustomObjectsApi(api_client)
+    try:
+        node: dict[str, Any] = json.loads(core.read_node(node_name, _preload_content=False).data)
+    except ApiException as e:
+        if e.status == 404:
+            return World({}, {})
+        raise refused(e, f"cannot read node {node_name}") from e
+    holder = ((node.get("metadata") or {}).get("annotations") or {}).get(C.ANNOTATION_REPAIR)
+    repairs: dict[str, str | None] | None = {}
+    if holder:
+        try:
+            repair = custom.get_cluster_custom_object(G, V, P, holder)
+            repairs = {holder: (repair.get("status") or {}).get("phase")}
+        except ApiException as e:
+            if e.status == 403:
+                repairs = None  # unknown: the locked node holds
+            elif e.status != 404:
+                raise refused(e, f"cannot read NodeRepair {holder}") from e
+    return World({node_name: node}, repairs)
+
+
 def list_pods(api_client: client.ApiClient, namespace: str | None) -> list[dict[str, Any]]:
     core = client.CoreV1Api(api_client)
     try:
@@ -181,7 +208,7 @@ def open_one(
     pod: dict[str, Any],
     world: World,
     dry_run: bool,
-    reread: Callable[[], World],
+    reread: Callable[[str | None], World],
 ) -> Outcome:
     """Judge the pod and open it if the verdict says so; a pod changed since it was
     read is read again with its node and repairs and judged again."""
@@ -201,10 +228,14 @@ def open_one(
                 return Outcome(key, "skipped", "gone")
             if e.status != 409:
                 return Outcome(key, "failed", str(refused(e, "cannot patch pods/status")))
-        fresh = read_pod(api_client, key)
-        if fresh is None:
-            return Outcome(key, "skipped", "gone")
-        pod, world = fresh, reread()
+        try:
+            fresh = read_pod(api_client, key)
+            if fresh is None:
+                return Outcome(key, "skipped", "gone")
+            world = reread((fresh.get("spec") or {}).get("nodeName"))
+        except CLIError as e:
+            return Outcome(key, "failed", str(e))
+        pod = fresh
     return Outcome(key, "failed", f"changed under {ATTEMPTS} writes in a row; run again")
 
 
@@ -214,8 +245,8 @@ def open_gates(
     world: World,
     dry_run: bool = False,
 ) -> list[Outcome]:
-    def reread() -> World:
-        return read_world(api_client)
+    def reread(node_name: str | None) -> World:
+        return read_node_world(api_client, node_name)
 
     todo = [p for p in pods if verdict_needed(p)]
     with ThreadPoolExecutor(WORKERS) as pool:
