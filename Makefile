@@ -12,7 +12,7 @@ PITSTOP_CACHE ?= $(HOME)/.cache/pitstop
 export PATH := $(CURDIR)/$(BIN):$(PITSTOP_CACHE)/bin/kube-$(KUBE_VERSION):$(PITSTOP_CACHE)/bin/helm-$(HELM_VERSION):$(PATH)
 CHART := charts/pitstop
 
-.PHONY: help venv lock build helm knative deps image monitoring e2e-chaos e2e-checkers e2e-incluster e2e-kind cluster-up cluster-down kubeconfig crds crds-check lint unit sim sim-long e2e test bench bench-drain bench-policy bench-scale bench-sources demo clean
+.PHONY: help venv lock build helm knative deps image monitoring e2e-chaos e2e-checkers e2e-incluster e2e-kind cluster-up cluster-down kubeconfig crds crds-check lint unit sim sim-long e2e test bench bench-drain bench-gate bench-policy bench-scale bench-sources demo clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -116,13 +116,16 @@ e2e-kind: venv helm ## the in-cluster tier on a kind cluster (needs Docker and k
 
 test: lint unit sim e2e e2e-incluster e2e-chaos ## everything CI runs
 
-bench: bench-drain bench-policy bench-sources ## all benchmarks, each on its own cluster
+bench: bench-drain bench-policy bench-sources bench-gate ## all benchmarks, each on its own cluster
 
 bench-drain: venv build ## drain vs kubectl drain (default, tuned QPS), no PDB and one 10% PDB; latencies (~12 min)
 	$(BIN)/python -m bench drain
 
 bench-sources: venv build ## task sources on a real node: pod writes per task, last task -> eviction (~4 min)
 	$(BIN)/python -m bench sources
+
+bench-gate: venv build ## serving gate: pod -> pitstop.dev/serving True at rest, burst of 1,000, takeovers (~6 min; BENCH_GATE_FLAGS=--full: 1,000 nodes / 20,000 pods)
+	$(BIN)/python -m bench gate $(BENCH_GATE_FLAGS)
 
 BENCH_NODES ?= 1000
 BENCH_PODS ?= 20000

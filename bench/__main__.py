@@ -1,12 +1,17 @@
-"""`python -m bench drain|policy|sources [options]`: one benchmark on a cluster of its own."""
+"""`python -m bench drain|policy|sources|gate [options]`: one benchmark on a cluster of its own."""
 
 from __future__ import annotations
 
 import sys
 
-from bench import drain, policy, sources
+from bench import drain, gate, policy, sources
 
-BENCHMARKS = {"drain": drain.main, "policy": policy.main, "sources": sources.main}
+BENCHMARKS = {
+    "drain": drain.main,
+    "policy": policy.main,
+    "sources": sources.main,
+    "gate": gate.main,
+}
 
 
 def main(argv: list[str]) -> int:

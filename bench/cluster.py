@@ -237,36 +237,111 @@ class Cluster:
         return str(path)
 
 
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def confine(pid: int, name: str, cpus: float, memory_bytes: int) -> tuple[str, list[Path]]:
+    """Puts the process in a cgroup of its own with a CPU quota and a memory limit, as
+    a container's `resources.limits` do (cgroup v2, else v1's cpu and memory
+    controllers). Returns what was applied, or why nothing was (the bench goes on
+    without limits rather than fail on a machine that does not allow them), and the
+    groups made, to remove once the process is gone."""
+    period = 100_000
+    quota = int(cpus * period)
+    made: list[Path] = []
+    try:
+        unified = CGROUP_ROOT / "cgroup.controllers"
+        if unified.exists():
+            group = CGROUP_ROOT / name
+            group.mkdir(exist_ok=True)
+            made.append(group)
+            (group / "cpu.max").write_text(f"{quota} {period}")
+            (group / "memory.max").write_text(str(memory_bytes))
+            (group / "cgroup.procs").write_text(str(pid))
+        else:
+            for controller, settings in (
+                ("cpu", {"cpu.cfs_period_us": period, "cpu.cfs_quota_us": quota}),
+                ("memory", {"memory.limit_in_bytes": memory_bytes}),
+            ):
+                group = CGROUP_ROOT / controller / name
+                group.mkdir(exist_ok=True)
+                made.append(group)
+                for key, value in settings.items():
+                    (group / key).write_text(str(value))
+                (group / "cgroup.procs").write_text(str(pid))
+    except OSError as e:
+        return f"no limits ({type(e).__name__}: {e})", made
+    return f"cpu {cpus:g}, memory {memory_bytes // 2**20} MiB (cgroup {name})", made
+
+
+def remove_groups(groups: list[Path]) -> None:
+    for group in groups:
+        with contextlib.suppress(OSError):
+            group.rmdir()
+
+
 class Operator:
     """`pitstop run` as a subprocess with the given kubeconfig, its output in
-    bench/results/<log_name>, stopped by the cluster's stack."""
+    bench/results/<log_name>, stopped by the cluster's stack. With `identity`, a
+    replica in leader election on the Lease `pitstop` of `lease_namespace` (the
+    Deployment's default timings); without, one replica acting alone."""
 
-    def __init__(self, cluster: Cluster, log_name: str, kubeconfig: str | None = None) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        log_name: str,
+        kubeconfig: str | None = None,
+        identity: str | None = None,
+        lease_namespace: str = "default",
+    ) -> None:
         self.cluster = cluster
         self.log_path = RESULTS / log_name
         self.kubeconfig = kubeconfig or cluster.kubeconfig
+        self.identity = identity
+        self.lease_namespace = lease_namespace
         self.proc: subprocess.Popen[Any] | None = None
         self.metrics_url = ""
+        self.limits: tuple[float, int] | None = None
+        """(CPUs, memory bytes) to confine each start to, as the Deployment's limits."""
+        self.confined = ""
+        self.starts = 0
 
     def start(self, *extra: str) -> None:
         health, metrics = free_port(), free_port()
         RESULTS.mkdir(parents=True, exist_ok=True)
-        out = self.log_path.open("w")
+        self.starts += 1
+        out = self.log_path.open("w" if self.starts == 1 else "a")
         self.cluster.stack.callback(out.close)
         pitstop = Path(sys.executable).parent / "pitstop"
+        election = (
+            [
+                "--leader-elect",
+                "--identity",
+                self.identity,
+                "--lease-namespace",
+                self.lease_namespace,
+            ]
+            if self.identity
+            # one replica, measured alone: no Lease (whose namespace a bench
+            # cluster may not have) and no stand-by start-up in the figures
+            else ["--no-leader-elect"]
+        )
         self.proc = subprocess.Popen(
             [
                 *(str(pitstop), "run", "--kubeconfig", self.kubeconfig, "--bind", "127.0.0.1"),
                 *("--health-port", str(health), "--metrics-port", str(metrics)),
-                # one replica, measured alone: no Lease (whose namespace a bench
-                # cluster may not have) and no stand-by start-up in the figures
-                "--no-leader-elect",
+                *election,
                 *extra,
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        if self.limits is not None:
+            cpus, memory = self.limits
+            name = f"pitstop-bench-{self.proc.pid}"
+            self.confined, groups = confine(self.proc.pid, name, cpus, memory)
+            self.cluster.stack.callback(remove_groups, groups)  # once stopped, just below
         self.cluster.stack.callback(stop_process, self.proc)
         self.metrics_url = f"http://127.0.0.1:{metrics}/metrics"
         poll("the operator's /healthz", lambda: self._healthy(health), 60)
@@ -276,6 +351,13 @@ class Operator:
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
+
+    def signal(self, signum: int) -> None:
+        """Sends `signum` (SIGTERM: a clean stop; SIGKILL: a crash) and waits for the exit."""
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signum)
+        self.proc.wait(timeout=60)
 
     def check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:

@@ -19,7 +19,7 @@ from tests import chart
 from tests.chart import CHART, by_key, kustomize, template
 
 NS = "pitstop-system"
-USER_ROLES = ("pitstop-admin", "pitstop-repairer", "pitstop-viewer")
+USER_ROLES = ("pitstop-admin", "pitstop-repairer", "pitstop-viewer", "pitstop-break-glass")
 RULES = "files/pitstop.rules.yaml"
 DASHBOARD = "files/pitstop-dashboard.json"
 

@@ -196,7 +196,8 @@ def test_watch_and_json_do_not_combine(kubeconfig: Path) -> None:
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ("pitstop ", {"repair", "status", "plan", "done", "abort", "run", "completion"}),
+        ("pitstop ", {"repair", "status", "plan", "done", "abort", "gate", "run", "completion"}),
+        ("pitstop gate ", {"open"}),
         ("pitstop st", {"status"}),
         ("pitstop status --o", {"--output"}),
         ("pitstop status -o ", {"json", "yaml", "wide"}),

@@ -325,6 +325,7 @@ def test_a_second_run_counts_only_the_gated_pods_it_saw() -> None:
             type="ADDED",
             memo=of_object(first, NoAnswers()),
             nodes_by_name={"n1": [node]},
+            pods_by_node={"n1": [gated_pod("p1")]},
             logger=LOG,
         )
         in_first = gated("waiting")

@@ -19,7 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
 from pitstop import constants
-from pitstop.cli.errors import CLIError
+from pitstop.cli.errors import CLIError, refused
 from pitstop.cluster.kubeconfig import load_configuration, resolve_source
 from pitstop.instances import contract
 from pitstop.instances.sources import addressing, matching, trust, watchdog
@@ -38,11 +38,7 @@ def api(kubeconfig: str | None, context: str | None = None) -> client.ApiClient:
 
 
 def _explain(e: ApiException, what: str) -> CLIError:
-    try:
-        message = json.loads(e.body).get("message") or e.reason
-    except (TypeError, ValueError):
-        message = e.reason
-    return CLIError(f"{what}: {message}")
+    return refused(e, what)
 
 
 # --- repair ---

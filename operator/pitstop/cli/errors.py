@@ -13,6 +13,15 @@ class CLIError(Exception):
     """A failure to report as one line on stderr, with a non-zero exit code."""
 
 
+def refused(error: BaseException, what: str) -> CLIError:
+    """An API error the command foresaw, as one line: `what` failed, and the API
+    server's own message."""
+    message = getattr(error, "reason", None)
+    with contextlib.suppress(TypeError, ValueError, AttributeError):
+        message = json.loads(getattr(error, "body", None) or "").get("message") or message
+    return CLIError(f"{what}: {message}")
+
+
 def explain(error: BaseException) -> str:
     """One line for a failure the commands did not foresee: the API server out of
     reach (urllib3's errors, which the official client lets through), an API error

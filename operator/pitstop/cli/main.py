@@ -442,12 +442,69 @@ def _cmd_done(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_gate(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
+    p = subparsers.add_parser(
+        "gate",
+        parents=[common],
+        help="break-glass: open the serving gate of pods while the operator is down",
+        description="Gated pods (readiness gate pitstop.dev/serving) turn Ready only once "
+        "pitstop sets that condition True; with the operator down, none does. `gate open` "
+        "sets it with your own rights (list pods, nodes, NodeRepairs; patch pods/status). "
+        "Pods on a node whose repair is past Cordoning stay closed and are listed as held: "
+        "that node is being emptied (there is no override; `pitstop abort` gives it back).",
+    )
+    actions = p.add_subparsers(title="actions", metavar="ACTION", required=True)
+    o = actions.add_parser(
+        "open",
+        parents=[common],
+        help="set pitstop.dev/serving True on one gated pod, or on all (--all)",
+    )
+    o.add_argument("pod", nargs="?", metavar="POD", help="one pod (with -n)")
+    o.add_argument("--all", action="store_true", help="every gated pod whose gate is not open")
+    o.add_argument(
+        "-n", "--namespace", metavar="NS", help="the pod's namespace; with --all, only this one"
+    )
+    o.add_argument("--dry-run", action="store_true", help="only print what would be opened")
+    o.set_defaults(handler=_cmd_gate_open)
+
+
+def _cmd_gate_open(args: argparse.Namespace) -> int:
+    if bool(args.pod) == bool(args.all):
+        raise CLIError("give one POD (with -n NS) or --all")
+    if args.pod and not args.namespace:
+        raise CLIError(f"pod {args.pod}: give its namespace with -n")
+    from pitstop.cli import gate
+
+    api = gate.api(args.kubeconfig, args.context)
+    world = gate.read_world(api)
+    if args.all:
+        outcomes = gate.open_gates(api, gate.list_pods(api, args.namespace), world, args.dry_run)
+        text, ok = gate.report(outcomes)
+        print(text)
+        return EXIT_OK if ok else EXIT_ERROR
+    key = f"{args.namespace}/{args.pod}"
+    pod = gate.read_pod(api, key)
+    if pod is None:
+        raise CLIError(f"pod {key} does not exist")
+    if not gate.verdict_needed(pod):
+        if gate.is_gated(pod):
+            print(f"open already {key}")
+            return EXIT_OK
+        raise CLIError(f"pod {key} has no {constants.CONDITION_SERVING} readiness gate")
+    (outcome,) = gate.open_gates(api, [pod], world, args.dry_run)
+    if outcome.action in ("held", "failed", "skipped"):
+        raise CLIError(f"{outcome.action} {key}: {outcome.why}")
+    print(f"{outcome.action} {key}: {outcome.why}")
+    return EXIT_OK
+
+
 SUBCOMMANDS: tuple[Callable[[SubParsers, argparse.ArgumentParser], None], ...] = (
     _add_repair,
     _add_status,
     _add_plan,
     _add_done,
     _add_abort,
+    _add_gate,
     _add_run,
     _add_completion,
 )
