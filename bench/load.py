@@ -5,6 +5,7 @@ often is, in the same run as on a quieter one."""
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,8 +14,8 @@ from typing import Any
 from bench.cluster import log, stop_process
 
 SPIN = """
-import os
-parent = os.getppid()
+import os, sys
+parent = int(sys.argv[1])  # the benchmark's pid, given: it may be gone before this line
 while os.getppid() == parent:  # orphaned (the benchmark killed outright): stop
     for _ in range(1_000_000):
         pass
@@ -31,7 +32,7 @@ def spinners(n: int) -> Iterator[list[int]]:
         for _ in range(n):
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-c", SPIN],
+                    [sys.executable, "-c", SPIN, str(os.getpid())],
                     stdin=subprocess.DEVNULL,
                     start_new_session=True,  # a terminal's Ctrl-C is ours to handle
                 )
