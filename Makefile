@@ -118,8 +118,9 @@ test: lint unit sim e2e e2e-incluster e2e-chaos ## everything CI runs
 
 bench: bench-drain bench-policy bench-sources bench-gate ## all benchmarks, each on its own cluster
 
-bench-drain: venv build ## drain vs kubectl drain (default, tuned QPS), no PDB and one 10% PDB; latencies (~12 min)
-	$(BIN)/python -m bench drain
+BENCH_LOAD ?= 0
+bench-drain: venv build ## drain vs kubectl drain (default, tuned QPS) and a bare evictor, no PDB and one 10% PDB; latencies (~15 min); BENCH_LOAD=2: all again beside 2 CPU spinners
+	$(BIN)/python -m bench drain --load $(BENCH_LOAD)
 
 bench-sources: venv build ## task sources on a real node: pod writes per task, last task -> eviction (~4 min)
 	$(BIN)/python -m bench sources

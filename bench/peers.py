@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
+from kubernetes.client.rest import ApiException
+
 from bench.cluster import RESULTS, BenchError, Cluster, cache_dir, log, now, run_command, versions
 from bench.watches import World
+from bench.workload import NS
 
 KUBECTL_DRAIN = ("--ignore-daemonsets", "--delete-emptydir-data", "--timeout=5m")
 """`kubectl drain` with its default settings, plus what a node with these pods needs."""
@@ -76,6 +81,51 @@ def kubectl_drain_tuned(
     return kubectl_drain(
         cluster, world, node, anomalies, "--disable-eviction=false", binary=binary, env=env
     )
+
+
+EVICTOR_RETRY = 0.05
+"""The bare evictor's pause after a refused eviction (429: the budget is spent)."""
+
+
+def sequential_evict(cluster: Cluster, world: World, node: str) -> dict[str, Any]:
+    """The bare sequential evictor, the floor under a PDB: cordon, then one eviction
+    after the other with nothing between (no drain signal, no status, no pass), each
+    sent when the one before answered, a refused one (429) sent again after
+    EVICTOR_RETRY. `floor_s` is the sum of the accepted evictions' round trips: n x
+    the API server's own time per eviction under the budget, which no client of the
+    Eviction API can go below while evicting one at a time. `drain_s` runs until
+    every pod is seen gone (after its grace period), as pitstop's does."""
+    start = now()
+    cluster.core.patch_node(node, {"spec": {"unschedulable": True}})
+    with world.cond:
+        pods = sorted(p.name for p in world.pods_on(node))
+    took: list[float] = []
+    refused = 0
+    for pod in pods:
+        body = {"metadata": {"name": pod, "namespace": NS}}
+        while True:
+            sent = now()
+            try:
+                cluster.core.create_namespaced_pod_eviction(pod, NS, body)
+            except ApiException as e:
+                if e.status == 404:
+                    break
+                if e.status not in (409, 429):  # 409: a conflict on the budget's status
+                    raise BenchError(f"evicting {pod}: {e.status} {e.reason}") from e
+                refused += 1
+                time.sleep(EVICTOR_RETRY)
+                continue
+            took.append(now() - sent)
+            break
+    evicted = now()
+    world.wait(f"pods of {node} gone", lambda: not world.pods_on(node), 60)
+    return {
+        "drain_s": now() - start,
+        "evictions_s": evicted - start,
+        "floor_s": sum(took),
+        "eviction_p50_s": statistics.median(took) if took else None,
+        "refused": refused,
+    }
 
 
 KUBECTL_QPS_SOURCE = Path(__file__).parent / "kubectl_qps" / "main.go"

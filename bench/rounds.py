@@ -189,6 +189,8 @@ class Drains:
             result = self.pitstop(node, name)
         elif tool == "kubectl":
             result = peers.kubectl_drain(self.c, self.w, node, self.s.anomalies)
+        elif tool == "evictor":
+            result = peers.sequential_evict(self.c, self.w, node)
         else:
             assert self.kubectl_qps is not None
             result = peers.kubectl_drain_tuned(

@@ -13,9 +13,9 @@ import asyncio
 import re
 import sys
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import kopf
 
@@ -35,6 +35,32 @@ def _shared(value: Any) -> Any:
     """One copy of a string that many pods repeat (namespace, label keys and values,
     node name, phase): each watch event parses its own, and 100,000 pods hold them."""
     return sys.intern(value) if isinstance(value, str) else value
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def on_the_loop(register: Callable[[Callable[..., Any]], Any]) -> Callable[[F], F]:
+    """Registers a plain function with a kopf decorator (`kopf.index(...)`,
+    `kopf.on.event(...)`) as a coroutine, so kopf calls it on the event loop. kopf
+    runs a plain function in its thread pool: a hop per watch event, behind the GIL
+    while the loop is busy, and an asyncio.Event set from that thread is set from
+    the wrong one (asyncio is not thread-safe: the loop is not woken, the waiter
+    runs whenever it next wakes). The plain function stays the module's (tests and
+    the simulation call it); kopf's id for the handler, and an index's name, are its
+    qualified name as before."""
+
+    def decorate(fn: F) -> F:
+        async def on_loop(**kwargs: Any) -> Any:
+            return fn(**kwargs)
+
+        # Not functools.wraps: kopf follows __wrapped__ to decide sync or async.
+        on_loop.__name__, on_loop.__qualname__ = fn.__name__, fn.__qualname__
+        on_loop.__module__, on_loop.__doc__ = fn.__module__, fn.__doc__
+        register(on_loop)
+        return fn
+
+    return decorate
 
 
 _EMPTY_CONTAINER: dict[str, Any] = {"ports": [], "env": []}
@@ -307,7 +333,7 @@ def wakeups(memo: Mapping[str, Any]) -> Wakeups:
     return cast(Wakeups, memo[MEMO_WAKEUPS])
 
 
-@kopf.index("pods")
+@on_the_loop(kopf.index("pods"))
 def pods_by_node(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]] | None:
     node = body.get("spec", {}).get("nodeName")
     return {node: slim_pod(body)} if node else None
@@ -331,19 +357,19 @@ def slice_readiness(
     return found
 
 
-@kopf.index("discovery.k8s.io", "v1", "endpointslices")
+@on_the_loop(kopf.index("discovery.k8s.io", "v1", "endpointslices"))
 def endpoints_by_pod(body: kopf.Body, **_: Any) -> dict[str, bool]:
     """namespace/pod → ready, as the watch last showed each slice (it may lag: the
     repair confirms a deregistration with a fresh read, Observe.confirm_deregistered)."""
     return slice_readiness(body)
 
 
-@kopf.index("nodes")
+@on_the_loop(kopf.index("nodes"))
 def nodes_by_name(body: kopf.Body, name: str, **_: Any) -> dict[str, dict[str, Any]]:
     return {name: slim_node(body)}
 
 
-@kopf.index(C.GROUP, C.VERSION, C.NODEREPAIR_PLURAL)
+@on_the_loop(kopf.index(C.GROUP, C.VERSION, C.NODEREPAIR_PLURAL))
 def repairs_by_node(
     body: kopf.Body, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
 ) -> dict[str, dict[str, Any]] | None:
@@ -364,14 +390,14 @@ def repairs_by_node(
     }
 
 
-@kopf.index("policy", "v1", "poddisruptionbudgets")
+@on_the_loop(kopf.index("policy", "v1", "poddisruptionbudgets"))
 def pdbs_by_namespace(
     body: kopf.Body, namespace: str | None, **_: Any
 ) -> dict[str | None, dict[str, Any]]:
     return {namespace: slim_pdb(body)}
 
 
-@kopf.on.event("policy", "v1", "poddisruptionbudgets")  # type: ignore[arg-type]  # (index kwargs)
+@on_the_loop(kopf.on.event("policy", "v1", "poddisruptionbudgets"))
 def wake_on_pdb(
     body: kopf.Body, memo: kopf.Memo, pods_by_node: kopf.Index[str, Any], **_: Any
 ) -> None:
@@ -383,14 +409,14 @@ def wake_on_pdb(
             waiting.wake(node)
 
 
-@kopf.on.event("discovery.k8s.io", "v1", "endpointslices")
+@on_the_loop(kopf.on.event("discovery.k8s.io", "v1", "endpointslices"))
 def wake_on_endpoints(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     waiting = wakeups(memo).nodes
     for ep in body.get("endpoints") or []:
         waiting.wake(ep.get("nodeName"))
 
 
-@kopf.on.event("nodes")
+@on_the_loop(kopf.on.event("nodes"))
 def wake_on_node(name: str, memo: kopf.Memo, **_: Any) -> None:
     w = wakeups(memo)
     w.nodes.wake(name)
@@ -410,7 +436,7 @@ async def wake_on_room(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: 
         wakeups(memo).capacity.wake()
 
 
-@kopf.on.event(C.GROUP, C.VERSION, C.NODEREPAIR_PLURAL)
+@on_the_loop(kopf.on.event(C.GROUP, C.VERSION, C.NODEREPAIR_PLURAL))
 def wake_on_repair(spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> None:
     # A repair that finishes or goes away frees the node, and room in its pool.
     w = wakeups(memo)
@@ -419,7 +445,7 @@ def wake_on_repair(spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> None:
     w.capacity.wake()
 
 
-@kopf.on.event(C.GROUP, C.VERSION, C.REPAIRPOLICY_PLURAL)
+@on_the_loop(kopf.on.event(C.GROUP, C.VERSION, C.REPAIRPOLICY_PLURAL))
 def wake_on_policy(memo: kopf.Memo, **_: Any) -> None:
     w = wakeups(memo)
     w.policies.wake()

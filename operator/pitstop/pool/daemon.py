@@ -22,7 +22,7 @@ import kopf
 from pydantic import ValidationError
 
 from pitstop import conditions, constants, kstatus, logs, metrics
-from pitstop.cluster.indexes import Waiters, Wakeups, nap, one, wakeups
+from pitstop.cluster.indexes import Waiters, Wakeups, nap, on_the_loop, one, wakeups
 from pitstop.cluster.kube import ApiError, Gone, Kube, merge_patch
 from pitstop.instances import contract
 from pitstop.models import Phase, RepairPolicySpec, RepairPolicyStatus, Suppression
@@ -34,7 +34,7 @@ C = constants
 RESYNC = 300.0
 
 
-@kopf.index(C.GROUP, C.VERSION, C.REPAIRPOLICY_PLURAL)
+@on_the_loop(kopf.index(C.GROUP, C.VERSION, C.REPAIRPOLICY_PLURAL))
 def policies_by_name(name: str, spec: kopf.Spec, **_: Any) -> dict[str, dict[str, Any]]:
     return {name: dict(spec)}
 

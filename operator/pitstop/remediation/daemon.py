@@ -19,7 +19,7 @@ import kopf
 
 from pitstop import constants as C
 from pitstop import logs
-from pitstop.cluster.indexes import Wakers, nap, one
+from pitstop.cluster.indexes import Wakers, nap, on_the_loop, one
 from pitstop.cluster.kube import MERGE, ApiError, Kube, merge_patch
 from pitstop.models import NodeRepairRemediationStatus, Phase
 from pitstop.remediation import contract
@@ -73,15 +73,21 @@ def remediations(memo: Mapping[str, Any]) -> Remediations:
     return cast(Remediations, memo[MEMO_REMEDIATIONS])
 
 
-@kopf.index(C.GROUP, C.VERSION, C.NODEREPAIR_PLURAL, labels={C.LABEL_REMEDIATION_UID: kopf.PRESENT})
+@on_the_loop(
+    kopf.index(
+        C.GROUP, C.VERSION, C.NODEREPAIR_PLURAL, labels={C.LABEL_REMEDIATION_UID: kopf.PRESENT}
+    )
+)
 def repairs_by_remediation(
     body: kopf.Body, labels: kopf.Labels, **_: Any
 ) -> dict[str, contract.RepairView]:
     return {str(labels[C.LABEL_REMEDIATION_UID]): contract.repair_view(body)}
 
 
-@kopf.on.event(
-    C.GROUP, C.VERSION, C.NODEREPAIR_PLURAL, labels={C.LABEL_REMEDIATION_UID: kopf.PRESENT}
+@on_the_loop(
+    kopf.on.event(
+        C.GROUP, C.VERSION, C.NODEREPAIR_PLURAL, labels={C.LABEL_REMEDIATION_UID: kopf.PRESENT}
+    )
 )
 def wake_remediation(labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
     """Its NodeRepair moved (or went away): the remediation reports it at once."""

@@ -23,7 +23,7 @@ import kopf
 from pydantic import ValidationError
 
 from pitstop import constants, metrics, selectors
-from pitstop.cluster.indexes import wakeups
+from pitstop.cluster.indexes import on_the_loop, wakeups
 from pitstop.cluster.kube import ApiError, Kube, merge_patch
 from pitstop.instances import contract as instances
 from pitstop.instances.sources import census, matching
@@ -50,18 +50,18 @@ class Indexed:
     status: Mapping[str, Any] = field(default_factory=dict)
 
 
-@kopf.index(C.GROUP, C.VERSION, C.INSTANCEPROFILE_PLURAL)
+@on_the_loop(kopf.index(C.GROUP, C.VERSION, C.INSTANCEPROFILE_PLURAL))
 def profiles_by_name(body: kopf.Body, name: str, **_: Any) -> dict[str, Indexed]:
     return {name: Indexed(parse_profile(body), dict(body.get("status") or {}))}
 
 
-@kopf.index("namespaces")
+@on_the_loop(kopf.index("namespaces"))
 def namespace_labels(name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, str]]:
     """namespace → its labels (what namespaceSelectors match), nothing else."""
     return {name: dict(body.get("metadata", {}).get("labels") or {})}
 
 
-@kopf.on.event(C.GROUP, C.VERSION, C.INSTANCEPROFILE_PLURAL)
+@on_the_loop(kopf.on.event(C.GROUP, C.VERSION, C.INSTANCEPROFILE_PLURAL))
 def wake_on_profile(memo: kopf.Memo, **_: Any) -> None:
     """A profile changed: its status, and every node being drained, are decided again
     (a profile changed mid-drain applies at once, its old readings dropped)."""
