@@ -153,6 +153,8 @@ class Process:
             t.cancel()
         for t, _ in self.daemons.values():
             t.cancel()
+        for t in list(self.registry.gates.retrying.values()):
+            t.cancel()  # a dead process retries no gate write either
 
     def spawn(self, coro: Awaitable[Any], what: str) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(self._guard(coro, what))
@@ -239,6 +241,14 @@ class Process:
     # --- what kopf does with an event ---
 
     def apply(self, resource: str, key: str, body: dict[str, Any] | None) -> None:
+        # An event's handlers are called here, outside any task: an error (a handler
+        # the model calls with the wrong arguments) would only be logged by the loop.
+        try:
+            self._apply(resource, key, body)
+        except Exception as e:
+            self.sim.checks.crash(f"the {resource} event of {key}", e)
+
+    def _apply(self, resource: str, key: str, body: dict[str, Any] | None) -> None:
         s = self.streams[resource]
         old = s.seen.get(key)
         if body is None:
@@ -274,7 +284,12 @@ class Process:
         pods = self.index["pods"]
         held = self.registry.wakeups.under_repair
         if any(serving.wants_serving(p, body, held) for p in pods.get(name, ())):
-            self.spawn(serving.on_node(name=name, body=body, pods_by_node=pods, **kw), "on_node")
+            self.spawn(
+                serving.on_node(
+                    name=name, body=body, nodes_by_name=self.index["nodes"], pods_by_node=pods, **kw
+                ),
+                "on_node",
+            )
         if C.ANNOTATION_REPAIR in (body["metadata"].get("annotations") or {}):
             self.spawn(
                 orphans.sweep_node(body=body, repairs_by_node=self.index["noderepairs"], **kw),
@@ -290,7 +305,12 @@ class Process:
         if node_name and serving.wants_serving(body, node[0] if node else None, wake.under_repair):
             self.spawn(
                 serving.on_pod(
-                    body=body, type="MODIFIED", memo=self.memo, nodes_by_name=nodes, logger=LOG
+                    body=body,
+                    type="MODIFIED",
+                    memo=self.memo,
+                    nodes_by_name=nodes,
+                    pods_by_node=self.index["pods"],
+                    logger=LOG,
                 ),
                 "on_pod",
             )
