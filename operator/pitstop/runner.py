@@ -26,7 +26,7 @@ from pitstop import __version__, constants, kopf_startup, metrics
 from pitstop.cluster import leader_label
 from pitstop.cluster.kube import Kube
 from pitstop.cluster.kubeconfig import KubeSource, connection_info
-from pitstop.cluster.leader import ElectionConfig, Elector, Fence
+from pitstop.cluster.leader import ElectionConfig, Elector, Fence, Keeper
 from pitstop.cluster.leader_label import OwnPod
 
 logger = logging.getLogger(__name__)
@@ -115,10 +115,7 @@ async def _run(options: RunOptions, handlers: Any) -> None:
     memo = kopf.Memo({handlers.MEMO_KUBE_SOURCE: options.source, handlers.MEMO_OPTIONS: options})
     election = options.election
     pod = OwnPod.from_env(os.environ)
-    kube = Kube(
-        lambda: connection_info(options.source, options.identity),
-        request_timeout=election.renew_deadline if election else LABEL_TIMEOUT,
-    )
+    kube = _client(options, election.renew_deadline if election else LABEL_TIMEOUT)
     if election is None:
         metrics.LEADER.set(1)
         try:
@@ -138,7 +135,8 @@ async def _run(options: RunOptions, handlers: Any) -> None:
         await leader_label.unmark(kube, pod)
     standby = await _Standby.start(options, elector)
     fence: Fence | None = None
-    keeper: asyncio.Task[None] | None = None
+    keeper: Keeper | None = None
+    beat: asyncio.Task[None] | None = None
     try:
         logger.info(
             f"Standing by for the Lease {election.namespace}/{election.name} "
@@ -149,7 +147,11 @@ async def _run(options: RunOptions, handlers: Any) -> None:
             return  # stopped while standing by: nothing to hand over
         fence = Fence(election.renew_deadline, _deposed)
         fence.start(sent)
-        keeper = asyncio.create_task(elector.keep(fence), name="lease-keeper")
+        # Renewed from a thread of its own: kopf's start-up may keep this loop busy
+        # past the renew deadline (leader.Keeper).
+        keeper = Keeper(elector, fence, _client(options, election.renew_deadline))
+        keeper.start()
+        beat = asyncio.create_task(keeper.beating(), name="lease-beat")
         metrics.LEADER.set(1)
         logger.info(f"Leading: holding the Lease {election.namespace}/{election.name}.")
         await standby.close()  # kopf binds the health and alert ports from here on
@@ -158,10 +160,13 @@ async def _run(options: RunOptions, handlers: Any) -> None:
         async with _marked(kube, pod, election.retry_period):
             await _kopf(options, memo, stop_flag=stop)
     finally:
-        if keeper is not None:
-            keeper.cancel()
+        if beat is not None:
+            beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+                await beat
+        if keeper is not None:
+            # Off the loop: a renewal in flight ends within its bound (the fence).
+            await asyncio.to_thread(keeper.stop, election.renew_deadline)
         if fence is not None:
             fence.stop()
         await standby.close()
@@ -196,6 +201,12 @@ async def _kopf(
         memo=memo,
         stop_flag=stop_flag,
     )
+
+
+def _client(options: RunOptions, request_timeout: float) -> Kube:
+    """A client of the operator's credentials for the election and the leader label
+    (the handlers have their own)."""
+    return Kube(lambda: connection_info(options.source, options.identity), request_timeout)
 
 
 def _deposed(why: str) -> None:

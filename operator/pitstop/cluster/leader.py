@@ -330,20 +330,26 @@ class Elector:
         when another candidate holds the Lease or the deadline passes."""
         while True:
             await asyncio.sleep(self.config.retry_period)
-            try:
-                async with asyncio.timeout(max(fence.remaining(), 0.1)):
-                    held, sent = await self.try_once()
-            except (ApiError, OSError, TimeoutError) as e:
-                logger.warning(
-                    f"Leader election: renewal failed ({e}); "
-                    f"{max(fence.remaining(), 0):.1f} s left before this replica stops."
-                )
-                continue
-            if held:
-                fence.renewed(sent)
-            else:
-                fence.lose(f"the Lease is held by {self.holder or 'another candidate'}")
+            if not await self.renew_once(fence):
                 return
+
+    async def renew_once(self, fence: Fence) -> bool:
+        """One renewal, bounded by the fence; False once another candidate holds the
+        Lease (the fence is told: we stop)."""
+        try:
+            async with asyncio.timeout(max(fence.remaining(), 0.1)):
+                held, sent = await self.try_once()
+        except (ApiError, OSError, TimeoutError) as e:
+            logger.warning(
+                f"Leader election: renewal failed ({e}); "
+                f"{max(fence.remaining(), 0):.1f} s left before this replica stops."
+            )
+            return True
+        if held:
+            fence.renewed(sent)
+            return True
+        fence.lose(f"the Lease is held by {self.holder or 'another candidate'}")
+        return False
 
     async def release(self) -> None:
         """Gives the Lease up if we still hold it (a clean stop), so a standby takes
@@ -357,6 +363,77 @@ class Elector:
             logger.info(f"Released the Lease {self.config.namespace}/{self.config.name}.")
         except (ApiError, OSError, TimeoutError) as e:
             logger.warning(f"Could not release the Lease (it will expire): {e}")
+
+    def twin(self, kube: Kube) -> Elector:
+        """This candidate's view of the Lease, with another client (another loop's)."""
+        other = Elector(kube, self.config)
+        other.record, other.observed_at, other.holder = self.record, self.observed_at, self.holder
+        return other
+
+
+class Keeper:
+    """Renews the Lease from a thread of its own, with its own event loop and client.
+
+    kopf's start-up into a large cluster keeps the operator's event loop busy for
+    longer than the renew deadline: a new leader taking over 1,000 nodes / 20,000
+    pods, renewing on that loop, fenced itself again and again and never acted
+    (bench/README.md, the serving gate). A loop that is busy is working; one that is
+    stuck is not, and must still lose the Lease: the keeper renews only while the
+    operator's loop has run its beat (`beating`) within `stuck_after` seconds; then
+    it stops renewing and the fence fires one renew deadline later."""
+
+    def __init__(
+        self, elector: Elector, fence: Fence, kube: Kube, stuck_after: float = 60.0
+    ) -> None:
+        self.elector = elector.twin(kube)
+        self.fence = fence
+        self.kube = kube
+        self.stuck_after = stuck_after
+        self._beat = time.monotonic()
+        self._lock = threading.Lock()
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="lease-keeper", daemon=True)
+
+    def beat(self) -> None:
+        with self._lock:
+            self._beat = time.monotonic()
+
+    def silent_for(self) -> float:
+        with self._lock:
+            return time.monotonic() - self._beat
+
+    async def beating(self) -> None:
+        """Runs on the operator's loop: shows the keeper that loop still runs."""
+        while True:
+            self.beat()
+            await asyncio.sleep(1.0)
+
+    def start(self) -> None:
+        self.beat()
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """No renewal after this returns (or the thread is stuck in one for `timeout`)."""
+        self._halt.set()
+        self._thread.join(timeout)
+
+    def _main(self) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            while not self._halt.wait(self.elector.config.retry_period):
+                silent = self.silent_for()
+                if silent > self.stuck_after:
+                    logger.warning(
+                        f"Leader election: the operator's event loop has not run for"
+                        f" {silent:.0f} s; not renewing, this replica stops in"
+                        f" {max(self.fence.remaining(), 0):.1f} s."
+                    )
+                    continue
+                if not loop.run_until_complete(self.elector.renew_once(self.fence)):
+                    return
+        finally:
+            loop.run_until_complete(self.kube.close())
+            loop.close()
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:
@@ -372,6 +449,7 @@ __all__ = [
     "ElectionConfig",
     "Elector",
     "Fence",
+    "Keeper",
     "LeaseRecord",
     "Step",
     "lease_spec",
