@@ -48,6 +48,7 @@ WATCH_HANDLERS = frozenset(
         "wake_on_pdb",
         "wake_on_node",
         "wake_on_repair",
+        "wake_on_room",
         "wake_on_policy",
         "wake_on_profile",
         "wake_on_pod",
