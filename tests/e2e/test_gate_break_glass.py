@@ -115,13 +115,15 @@ def test_break_glass_opens_new_pods_and_keeps_a_deregistered_one_closed(
     fresh = [cluster.core.read_namespaced_pod(p.metadata.name, namespace) for p in fresh]
     assert [(gate_of(p), is_ready(p)) for p in fresh] == [(None, False)] * 3
 
-    dry = gate_open(kubeconfig, "--all", "--dry-run")
+    # Within the test's namespace: gated pods other tests left elsewhere are opened
+    # too, and would change the lines and the counts this test reads.
+    dry = gate_open(kubeconfig, "--all", "-n", namespace, "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert all(
         gate_of(cluster.core.read_namespaced_pod(p.metadata.name, namespace)) is None for p in fresh
     ), "a dry run writes nothing"
 
-    proc = gate_open(kubeconfig, "--all")
+    proc = gate_open(kubeconfig, "--all", "-n", namespace)
     assert proc.returncode == 0, (proc.stdout, proc.stderr)
     lines = proc.stdout.splitlines()
     node = under_repair.names[0]
