@@ -38,3 +38,29 @@ def test_a_new_mark_is_first_seen_when_its_value_changes() -> None:
     new = "2024-05-01T12:00:07.000000Z"
     assert seen(driver, new, T0 + timedelta(seconds=9)) == T0 + timedelta(seconds=9)
     assert seen(driver, None, T0 + timedelta(seconds=10)) is None
+
+
+def test_a_pod_made_again_under_its_name_is_seen_anew() -> None:
+    # Same name, same mark value, a new uid: a count polled from the old pod says
+    # nothing of the new one, so its trust clock starts at its own sighting.
+    driver = Driver("r1", {"spec": {"nodeName": "n1"}}, None, logging.getLogger("t"))  # type: ignore[arg-type]
+    mark = "2024-05-01T11:40:00Z"
+    assert seen(driver, mark, T0) == T0
+    again = pod(mark)
+    again["metadata"]["uid"] = "u2"
+    driver.observe.instances(T0 + timedelta(seconds=5), {"n1": [again]}, {})  # type: ignore[arg-type]
+    assert driver.state.marked_at["fn/a"][1] == T0 + timedelta(seconds=5)
+
+
+def test_a_pod_made_again_under_its_name_is_not_taken_as_evicted() -> None:
+    # The old pod's eviction was accepted; a new pod under its name, pinned to the
+    # node, is not leaving: it is drained and evicted in its turn, not waited on
+    # until the eviction timeout.
+    driver = Driver("r1", {"spec": {"nodeName": "n1"}}, None, logging.getLogger("t"))  # type: ignore[arg-type]
+    driver.observe.instances(T0, {"n1": [pod(None)]}, {})  # type: ignore[arg-type]
+    driver.state.sent |= {("drain", "fn/a"), ("evict", "fn/a")}
+    again = pod(None)
+    again["metadata"]["uid"] = "u2"
+    found = driver.observe.instances(T0, {"n1": [again]}, {})  # type: ignore[arg-type]
+    evicted, _ = driver.pod_steps.evictions_in_flight(found)
+    assert "fn/a" not in evicted and ("drain", "fn/a") not in driver.state.sent

@@ -127,3 +127,32 @@ def test_pods_without_the_gate_or_open_or_async_are_left_as_the_view_shows() -> 
     got = observe(driver(api), [ungated, pod("b", serving="True", ready="True")], {"b": True})
     assert api.reads == 0
     assert got["b"].ready_endpoint and not got["a"].ready_endpoint
+
+
+def recreated(p: dict[str, Any]) -> dict[str, Any]:
+    """The same pod, deleted and made again under its name (a StatefulSet's, or one
+    pinned with nodeName): a new uid, its gate closed in the same second."""
+    p["metadata"]["uid"] = "u-a-2"
+    return p
+
+
+def test_a_pod_made_again_under_its_name_is_confirmed_anew() -> None:
+    # The confirmation was kept by name and closing stamp: a new pod of that name
+    # whose gate closed in the same second passed as confirmed, though the view that
+    # shows it out of routing may be the stale one of seed 30000.
+    api = Slices({"a": False})
+    d = driver(api)
+    assert observe(d, [pod()], {"a": False})["a"].deregistered
+    api.ready = {"a": True}
+    i = observe(d, [recreated(pod())], {"a": False}, T0 + timedelta(seconds=1))["a"]
+    assert not i.deregistered and api.reads == 2
+
+
+def test_a_pod_made_again_under_its_name_waits_from_its_own_closing() -> None:
+    # The deregistration wait counts from when this process first saw the gate
+    # closed; the old pod's sighting must not shorten the new pod's wait.
+    d = driver(Slices({"a": False}))
+    observe(d, [pod()], {"a": False})
+    later = T0 + timedelta(seconds=30)
+    i = observe(d, [recreated(pod())], {"a": False}, later)["a"]
+    assert i.gate_closed_since == later

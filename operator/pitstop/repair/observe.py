@@ -32,7 +32,7 @@ POLL_PHASES = (Phase.WAITING_FOR_TASKS, Phase.EVICTING)
 
 
 class Observe:
-    """Reads the node's instances for a pass (RepairState: marked_at, gate_closed_at,
+    """Reads the node's instances for a pass (RepairState: uids, marked_at, gate_closed_at,
     targets, budgets, pdbs_of) and tells the poller what to watch."""
 
     def __init__(self, state: RepairState) -> None:
@@ -53,12 +53,16 @@ class Observe:
         st = self.state
         usable = sources_daemon.usable(profiles_by_name)
         found, targets, marked, closed = [], [], {}, {}
+        uids: dict[str, str] = {}
         budgets: dict[str, contract.Budget] = {}
         by_ns: dict[str, list[Any]] = {}
         for pod in list(pods_by_node.get(st.node_name, ())):
             if not contract.is_instance(pod):
                 continue
             key = contract.key(pod)
+            uids[key] = pod["metadata"].get("uid", "")
+            if st.uids.get(key, uids[key]) != uids[key]:
+                self.forget(key)
             ns = pod["metadata"].get("namespace")
             if ns not in by_ns:
                 by_ns[ns] = list(pdbs_by_namespace.get(ns, ())) if pdbs_by_namespace else []
@@ -85,10 +89,24 @@ class Observe:
             if i.gate_closed_since is not None:
                 i, closed[key] = self.gate_seen_closed(i, now)
             found.append(i)
-        st.marked_at, st.gate_closed_at = marked, closed
+        st.marked_at, st.gate_closed_at, st.uids = marked, closed, uids
         st.targets, st.budgets = targets, budgets
         st.pdbs_of = {i.key: i.pdbs for i in found}
         return found
+
+    def forget(self, key: str) -> None:
+        """Drops what was seen and sent of a pod that is gone and made again under its
+        name (a new uid; one pinned to the node with nodeName). Its mark, gate closing
+        and confirmation said nothing of the new pod, even with the same value to the
+        second, so each is seen anew: later, never short (invariant 2, the trust rule);
+        and the old one's accepted eviction must not pass the new one as leaving."""
+        st = self.state
+        for seen in (st.marked_at, st.gate_closed_at, st.confirmed_out, st.blocked, st.refusals):
+            seen.pop(key, None)
+        st.sent -= {(action, key) for action in ("drain", "deregister", "evict")}
+        st.marked_closed.discard(("deregister", key))
+        st.marked_draining.discard(key)
+        st.counted.discard(key)
 
     async def confirm_deregistered(self, found: list[contract.Instance]) -> list[contract.Instance]:
         """The instances, each gated sync one that the view shows out of routing

@@ -144,6 +144,9 @@ class RepairState:
     """Each pod's closed serving gate: its lastTransitionTime and when this process
     first saw it closed; an instance's deregistration wait counts from the later
     (Observe.gate_seen_closed). A fresh process sees each anew: longer, never short."""
+    uids: dict[str, str] = field(default_factory=dict)
+    """Each pod's uid as the last observation saw it: a new uid under the same name is
+    a new pod, and what was seen of the old one is dropped (Observe.forget)."""
     confirmed_out: dict[str, datetime] = field(default_factory=dict)
     """Each gated sync pod whose deregistration a fresh read of its namespace's
     EndpointSlices confirmed, with the gate closing (lastTransitionTime) it confirmed
