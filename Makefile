@@ -99,8 +99,9 @@ SIM_STEPS ?= 1000000
 sim-long: venv ## the simulation's long run: fresh seeds until SIM_STEPS (1,000,000) steps ran
 	$(BIN)/python -m tests.sim --seed 10000 --steps 5000 --total $(SIM_STEPS)
 
-e2e: venv build knative ## e2e tests on a fresh local control plane (PITSTOP_KEEP_CLUSTER=1 keeps it)
-	$(BIN)/pytest -q tests/e2e
+E2E_WORKERS ?= 2
+e2e: venv build knative ## e2e tests, each of E2E_WORKERS (2) on its own fresh local control plane (PITSTOP_KEEP_CLUSTER=1 keeps them)
+	$(BIN)/pytest -q $(if $(filter-out 0 1,$(E2E_WORKERS)),-n $(E2E_WORKERS) --dist loadfile) tests/e2e
 
 e2e-chaos: venv build ## chaos soak: 20 repairs / 50 nodes under load, 10 operator SIGKILLs, apiserver+etcd restarts (~5 min; CHAOS_* for the long run)
 	$(BIN)/pytest -q tests/chaos
