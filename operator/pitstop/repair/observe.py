@@ -55,10 +55,13 @@ class Observe:
         found, targets, marked, closed = [], [], {}, {}
         budgets: dict[str, contract.Budget] = {}
         by_ns: dict[str, list[Any]] = {}
+        versions: dict[str, str | None] = {}
         for pod in list(pods_by_node.get(st.node_name, ())):
             if not contract.is_instance(pod):
                 continue
             key = contract.key(pod)
+            versions[key] = pod["metadata"].get("resourceVersion")
+            pod = self.answer_or(key, pod)
             ns = pod["metadata"].get("namespace")
             if ns not in by_ns:
                 by_ns[ns] = list(pdbs_by_namespace.get(ns, ())) if pdbs_by_namespace else []
@@ -85,10 +88,27 @@ class Observe:
             if i.gate_closed_since is not None:
                 i, closed[key] = self.gate_seen_closed(i, now)
             found.append(i)
-        st.marked_at, st.gate_closed_at = marked, closed
+        st.marked_at, st.gate_closed_at, st.versions = marked, closed, versions
+        st.answered = {k: v for k, v in st.answered.items() if k in versions}
         st.targets, st.budgets = targets, budgets
         st.pdbs_of = {i.key: i.pdbs for i in found}
         return found
+
+    def answer_or(self, key: str, pod: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The pod as our drain signal's answer shows it while the index still shows
+        the version the signal was sent on (the answer is newer: it is the version the
+        patch made); any other version in the index, or another pod of that name,
+        drops the answer (RepairState.answered)."""
+        st = self.state
+        found = st.answered.get(key)
+        if found is None:
+            return pod
+        before, answer = found
+        meta = pod["metadata"]
+        if meta.get("resourceVersion") == before and meta.get("uid") == answer["metadata"]["uid"]:
+            return answer
+        del st.answered[key]
+        return pod
 
     async def confirm_deregistered(self, found: list[contract.Instance]) -> list[contract.Instance]:
         """The instances, each gated sync one that the view shows out of routing
