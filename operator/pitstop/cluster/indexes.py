@@ -427,11 +427,11 @@ def wake_on_node(name: str, memo: kopf.Memo, **_: Any) -> None:
     w.capacity.wake()  # availability may have changed
 
 
-@kopf.on.event("pods")
-async def wake_on_room(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+def wake_on_room(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     """A pod gone or finished frees room on its node: the repairs waiting for room
     (and so for any capacity) check again. A pod that arrives only takes room, and
-    its own node's repair is woken by the serving-gate keeper's handler."""
+    its own node's repair is woken by the serving-gate keeper (instances.serving
+    on_pod). Called for every pod event by pitstop.handlers.on_pod_event."""
     if not body.get("spec", {}).get("nodeName"):
         return
     phase = body.get("status", {}).get("phase")
