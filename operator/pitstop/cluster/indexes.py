@@ -85,6 +85,9 @@ def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
             "namespace": _shared(meta.get("namespace")),
             "name": meta.get("name"),
             "uid": meta.get("uid"),
+            # Which version this is: a repair's own patch answer stands in for the
+            # index's view until the index moves past it (RepairState.answered).
+            "resourceVersion": meta.get("resourceVersion"),
             "labels": {_shared(k): _shared(v) for k, v in (meta.get("labels") or {}).items()},
             "annotations": {k: annotations[k] for k in KEPT_POD_ANNOTATIONS if k in annotations},
             "ownerReferences": [_owner(r.get("kind")) for r in meta.get("ownerReferences") or []],
@@ -152,7 +155,7 @@ def _tolerations(found: list[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
     return shared
 
 
-KOPF_POD_METADATA = ("resourceVersion", "creationTimestamp", "finalizers", "generation")
+KOPF_POD_METADATA = ("creationTimestamp", "finalizers", "generation")
 """What kopf itself may read of a pod's metadata beyond slim_pod's (identity, resuming
 its watch, a finalizer it would have to remove)."""
 
@@ -424,11 +427,11 @@ def wake_on_node(name: str, memo: kopf.Memo, **_: Any) -> None:
     w.capacity.wake()  # availability may have changed
 
 
-@kopf.on.event("pods")
-async def wake_on_room(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+def wake_on_room(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     """A pod gone or finished frees room on its node: the repairs waiting for room
     (and so for any capacity) check again. A pod that arrives only takes room, and
-    its own node's repair is woken by the serving-gate keeper's handler."""
+    its own node's repair is woken by the serving-gate keeper (instances.serving
+    on_pod). Called for every pod event by pitstop.handlers.on_pod_event."""
     if not body.get("spec", {}).get("nodeName"):
         return
     phase = body.get("status", {}).get("phase")

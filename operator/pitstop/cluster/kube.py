@@ -166,9 +166,10 @@ class Kube:
 
     # --- pods ---
 
-    async def patch_pod(self, key: str, patch: Mapping[str, Any]) -> None:
+    async def patch_pod(self, key: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        """A merge patch; the answer is the pod as the patch left it."""
         ns, name = key.split("/", 1)
-        await self.request("PATCH", f"/api/v1/namespaces/{ns}/pods/{name}", patch, MERGE)
+        return await self.request("PATCH", f"/api/v1/namespaces/{ns}/pods/{name}", patch, MERGE)
 
     async def set_pod_condition(
         self, key: str, type_: str, status: str, reason: str, message: str = ""

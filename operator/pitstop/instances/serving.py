@@ -169,7 +169,6 @@ async def stop_retries(memo: kopf.Memo, **_: Any) -> None:
     await gate_states(memo).stop_retries()
 
 
-@kopf.on.event("pods")  # type: ignore[arg-type]  # kopf's protocols omit index kwargs
 async def on_pod(
     body: kopf.Body,
     type: str | None,

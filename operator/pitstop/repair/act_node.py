@@ -5,7 +5,7 @@ are built by pitstop.cluster.nodes."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -120,7 +120,7 @@ async def give_back(
     if node is None or nodes.lock_holder(node) != repair:
         under_repair.discard(node_name)
         return None
-    jobs = []
+    jobs: list[Awaitable[Any]] = []
     for pod in await pods_on(kube, node_name):
         if contract.is_terminating(pod) or not contract.is_instance(pod):
             continue

@@ -11,6 +11,7 @@ from typing import Any
 import kopf
 
 from pitstop import constants, metrics
+from pitstop.cluster import indexes
 from pitstop.cluster.kube import ApiError, Eviction
 from pitstop.instances import contract
 from pitstop.models import (
@@ -44,14 +45,16 @@ class PodSteps:
     def __init__(self, state: RepairState, report: Report) -> None:
         self.state, self.report = state, report
 
-    async def act(self, d: Decision, now: datetime, spec: NodeRepairSpec) -> None:
+    async def act(self, d: Decision, now: datetime, spec: NodeRepairSpec) -> bool:
         """Pod actions, concurrently: drain signal, deregistration, evictions. What
         succeeded is remembered (the indexes lag behind our writes); what failed is
         tried again on the next pass. Nothing is sent once the repair is being
-        deleted (invariant 9): its give-back undoes only what it can see."""
+        deleted (invariant 9): its give-back undoes only what it can see. True when a
+        drain signal's answer shows a pod newer than the index (RepairState.answered):
+        the next pass can decide on it at once."""
         st = self.state
         if st.stopping():
-            return
+            return False
         stamp = drain.mark_time(d.status, now)
         writes: list[tuple[tuple[str, str], Any]] = []
         for key in d.mark_draining:
@@ -77,11 +80,16 @@ class PodSteps:
             return_exceptions=True,
         )
         failure: BaseException | None = None
+        answered = False
         for (done, _), result in zip(writes, results, strict=False):
             if isinstance(result, BaseException):
                 failure = failure or result
-            else:
-                st.sent.add(done)
+                continue
+            st.sent.add(done)
+            action, key = done
+            if action == "drain" and result is not None and key in st.versions:
+                st.answered[key] = (st.versions[key], indexes.slim_pod(result))
+                answered = True
         for outcomes in results[len(writes) :]:
             if isinstance(outcomes, BaseException):
                 failure = failure or outcomes
@@ -91,6 +99,7 @@ class PodSteps:
                 self.record(outcome, now)
         if failure is not None:
             raise failure
+        return answered
 
     def by_budget(self, keys: list[str]) -> list[list[str]]:
         """Evictions grouped by the first budget of their pod, each pod without one a
@@ -176,12 +185,14 @@ class PodSteps:
             self.report.post([Event("Warning", C.REASON_EVICTION_BLOCKED, message)], None)
         st.wake.nodes.wake(st.node_name)  # come back for the retry time computed by decide()
 
-    async def _ignore_gone(self, call: Any) -> None:
+    async def _ignore_gone(self, call: Any) -> Any:
+        """The write's answer; None for a pod gone."""
         try:
-            await call
+            return await call
         except ApiError as e:
             if e.status != 404:
                 raise
+            return None
 
     def evictions_in_flight(
         self, found: list[contract.Instance]

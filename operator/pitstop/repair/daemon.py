@@ -198,7 +198,7 @@ class Driver:
         except StatusChanged:
             return True, None  # decided from a status moved on (now read back): decide again
         report.post(d.events, node)
-        await pods.act(d, now, spec)
+        again = await pods.act(d, now, spec) or again
         if st.stopping():
             return False, None
         again = await self.hook_steps.run_hooks(d, spec) or again

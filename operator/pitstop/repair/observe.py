@@ -56,6 +56,7 @@ class Observe:
         uids: dict[str, str] = {}
         budgets: dict[str, contract.Budget] = {}
         by_ns: dict[str, list[Any]] = {}
+        versions: dict[str, str | None] = {}
         for pod in list(pods_by_node.get(st.node_name, ())):
             if not contract.is_instance(pod):
                 continue
@@ -63,6 +64,8 @@ class Observe:
             uids[key] = pod["metadata"].get("uid", "")
             if st.uids.get(key, uids[key]) != uids[key]:
                 self.forget(key)
+            versions[key] = pod["metadata"].get("resourceVersion")
+            pod = self.answer_or(key, pod)
             ns = pod["metadata"].get("namespace")
             if ns not in by_ns:
                 by_ns[ns] = list(pdbs_by_namespace.get(ns, ())) if pdbs_by_namespace else []
@@ -90,6 +93,8 @@ class Observe:
                 i, closed[key] = self.gate_seen_closed(i, now)
             found.append(i)
         st.marked_at, st.gate_closed_at, st.uids = marked, closed, uids
+        st.versions = versions
+        st.answered = {k: v for k, v in st.answered.items() if k in versions}
         st.targets, st.budgets = targets, budgets
         st.pdbs_of = {i.key: i.pdbs for i in found}
         return found
@@ -101,12 +106,29 @@ class Observe:
         second, so each is seen anew: later, never short (invariant 2, the trust rule);
         and the old one's accepted eviction must not pass the new one as leaving."""
         st = self.state
-        for seen in (st.marked_at, st.gate_closed_at, st.confirmed_out, st.blocked, st.refusals):
+        seen_of = (st.marked_at, st.gate_closed_at, st.confirmed_out, st.answered, st.blocked)
+        for seen in (*seen_of, st.refusals):
             seen.pop(key, None)
         st.sent -= {(action, key) for action in ("drain", "deregister", "evict")}
         st.marked_closed.discard(("deregister", key))
         st.marked_draining.discard(key)
         st.counted.discard(key)
+
+    def answer_or(self, key: str, pod: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The pod as our drain signal's answer shows it while the index still shows
+        the version the signal was sent on (the answer is newer: it is the version the
+        patch made); any other version in the index, or another pod of that name,
+        drops the answer (RepairState.answered)."""
+        st = self.state
+        found = st.answered.get(key)
+        if found is None:
+            return pod
+        before, answer = found
+        meta = pod["metadata"]
+        if meta.get("resourceVersion") == before and meta.get("uid") == answer["metadata"]["uid"]:
+            return answer
+        del st.answered[key]
+        return pod
 
     async def confirm_deregistered(self, found: list[contract.Instance]) -> list[contract.Instance]:
         """The instances, each gated sync one that the view shows out of routing

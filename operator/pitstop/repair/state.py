@@ -158,6 +158,16 @@ class RepairState:
     """The PodDisruptionBudgets of the instances' namespaces, by namespace/name (Observe)."""
     pdbs_of: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """The budgets that cover each instance (Observe; PodSteps groups evictions by them)."""
+    versions: dict[str, str | None] = field(default_factory=dict)
+    """Each instance's resourceVersion as the index showed it (Observe; PodSteps
+    notes it beside a drain signal's answer)."""
+    answered: dict[str, tuple[str | None, dict[str, Any]]] = field(default_factory=dict)
+    """Per pod, our drain signal's answer: (the version the index showed when it was
+    sent, the pod as the patch left it, slimmed). It is a version of the pod like any
+    watch event, carrying the signal, so until the index moves past the version it
+    was sent on, the answer is the pod (Observe.instances): the count it carries was
+    read after the signal (the trust rule). Any other version in the index, newer or
+    not, drops it. A fresh process waits for the watch to show the marks."""
 
     # --- pod writes this process sent (PodSteps): the indexes lag behind them ---
     sent: set[tuple[str, str]] = field(default_factory=set)

@@ -72,13 +72,12 @@ def wake_on_profile(memo: kopf.Memo, **_: Any) -> None:
         w.nodes.wake(node)
 
 
-@kopf.on.event("pods")  # type: ignore[arg-type]  # kopf's protocols omit index kwargs
-async def wake_on_pod(
+def wake_on_pod(
     body: kopf.Body, memo: kopf.Memo, profiles_by_name: kopf.Index[str, Any], **_: Any
 ) -> None:
     """A pod a profile's podSelector matches came, changed or went: the profiles'
-    status (the instances each describes) follows it in the next pass. Async: kopf
-    would run a plain function in a thread, for every pod event."""
+    status (the instances each describes) follows it in the next pass. Called for
+    every pod event by pitstop.handlers.on_pod_event."""
     labels = body.get("metadata", {}).get("labels") or {}
     if any(selectors.matches(p.pod_selector, labels) for p in usable(profiles_by_name)):
         wakeups(memo).profiles.wake()
