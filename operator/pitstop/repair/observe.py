@@ -106,9 +106,10 @@ class Observe:
         second, so each is seen anew: later, never short (invariant 2, the trust rule);
         and the old one's accepted eviction must not pass the new one as leaving."""
         st = self.state
-        seen_of = (st.marked_at, st.gate_closed_at, st.confirmed_out, st.answered, st.blocked)
-        for seen in (*seen_of, st.refusals):
+        for seen in (st.marked_at, st.gate_closed_at, st.confirmed_out, st.answered):
             seen.pop(key, None)
+        st.blocked.pop(key, None)
+        st.refusals.pop(key, None)
         st.sent -= {(action, key) for action in ("drain", "deregister", "evict")}
         st.marked_closed.discard(("deregister", key))
         st.marked_draining.discard(key)
