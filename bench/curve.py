@@ -99,9 +99,10 @@ def size_args(args: argparse.Namespace, nodes: int) -> argparse.Namespace:
     argv = [
         *("--nodes", str(nodes), "--pods", str(nodes * args.pods_per_node)),
         *("--samples", str(args.samples), "--settle", str(args.settle)),
-        *("--idle-window", str(args.idle_window), "--election"),
+        *("--idle-window", str(args.idle_window), "--burst", str(args.burst), "--election"),
         *("--output", str(RESULTS / f"policy-{nodes}.json")),
         *(["--no-limits"] if args.no_limits else []),
+        *(["--pods-made"] if args.pods_made else []),
     ]
     return policy.parser().parse_args(argv)
 
@@ -196,8 +197,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pods-per-node", type=int, default=20)
     p.add_argument("--samples", type=int, default=30, help="detection samples per size")
     p.add_argument("--settle", type=float, default=30.0)
+    p.add_argument("--burst", type=int, default=50, help="nodes failing at once per size")
     p.add_argument("--idle-window", type=float, default=60.0)
     p.add_argument("--no-limits", action="store_true", help="without the Deployment's limits")
+    p.add_argument("--pods-made", action="store_true", help="each size: bench policy --pods-made")
     p.add_argument(
         "--fit-only",
         action="store_true",
