@@ -33,6 +33,7 @@ HEADROOM = 1.25
 
 FIGURES: tuple[tuple[str, str, str], ...] = (
     ("startup_acting_s", "start -> acting", "s"),
+    ("startup_cpu_s", "its CPU until acting", "s"),
     ("rss_mb", "RSS after start-up", "MB"),
     ("rss_peak_mb", "RSS peak (start-up)", "MB"),
     ("idle_cpu_percent", "idle CPU", "%"),
@@ -171,11 +172,13 @@ def render(r: dict[str, Any]) -> str:
             lines.append(f"  {x['nodes']} nodes: not measured ({x['error']})")
     peak = r["fits"].get("rss_peak_mb")
     acting = r["fits"].get("startup_acting_s")
+    cpu = r["fits"].get("startup_cpu_s")
     if peak and acting:
         lines.append(
             f"  at {r['target_nodes']:,} nodes / {r['target_pods']:,} pods: start-up peak"
             f" {peak['at_target']:.0f} MB (a memory limit of {r['memory_limit_at_target_mb']:.0f}"
             f" MB with {HEADROOM - 1:.0%} headroom), start -> acting {acting['at_target']:.0f} s"
+            + (f" ({cpu['at_target']:.0f} s of CPU)" if cpu else "")
         )
     if r["limit_reached_at_nodes"] is not None:
         nodes = r["limit_reached_at_nodes"]
