@@ -12,7 +12,7 @@ PITSTOP_CACHE ?= $(HOME)/.cache/pitstop
 export PATH := $(CURDIR)/$(BIN):$(PITSTOP_CACHE)/bin/kube-$(KUBE_VERSION):$(PITSTOP_CACHE)/bin/helm-$(HELM_VERSION):$(PATH)
 CHART := charts/pitstop
 
-.PHONY: help venv lock build helm knative deps image monitoring e2e-chaos e2e-checkers e2e-incluster e2e-kind cluster-up cluster-down kubeconfig crds crds-check lint unit sim sim-long e2e test bench bench-drain bench-gate bench-policy bench-scale bench-sources demo clean
+.PHONY: help venv lock build helm knative deps image monitoring e2e-chaos e2e-checkers e2e-incluster e2e-kind cluster-up cluster-down kubeconfig crds crds-check lint unit sim sim-long e2e test bench bench-curve bench-drain bench-gate bench-policy bench-scale bench-sources demo clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' Makefile | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -117,7 +117,7 @@ e2e-kind: venv helm ## the in-cluster tier on a kind cluster (needs Docker and k
 
 test: lint unit sim e2e e2e-incluster e2e-chaos ## everything CI runs
 
-bench: bench-drain bench-policy bench-sources bench-gate ## all benchmarks, each on its own cluster
+bench: bench-drain bench-policy bench-sources bench-gate $(if $(BENCH_CURVE),bench-curve) ## all benchmarks, each on its own cluster (BENCH_CURVE=1: and the cost curve, ~45 min more)
 
 BENCH_LOAD ?= 0
 bench-drain: venv build ## drain vs kubectl drain (default, tuned QPS) and a bare evictor, no PDB and one 10% PDB; latencies (~15 min); BENCH_LOAD=2: all again beside 2 CPU spinners
@@ -133,6 +133,9 @@ BENCH_NODES ?= 1000
 BENCH_PODS ?= 20000
 bench-policy: venv build ## BENCH_NODES (1,000) nodes / BENCH_PODS (20,000) pods: RSS, idle CPU, detection, burst, API requests by verb
 	$(BIN)/python -m bench policy --nodes $(BENCH_NODES) --pods $(BENCH_PODS)
+
+bench-curve: venv build ## the cost curve: bench-policy at 250, 500, 1,000 and 2,000 nodes (20 pods each), election on, the Deployment's limits; fits and extrapolates to 5,000 nodes (~45 min; BENCH_CURVE_FLAGS=--sizes 250,500)
+	$(BIN)/python -m bench curve $(BENCH_CURVE_FLAGS)
 
 bench-scale: venv build ## issue 11's size: bench-policy at 5,000 nodes / 100,000 pods (more than 2 CPUs; see bench/README.md)
 	$(BIN)/python -m bench policy --nodes 5000 --pods 100000

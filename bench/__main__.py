@@ -1,14 +1,15 @@
-"""`python -m bench drain|policy|sources|gate [options]`: one benchmark on a cluster of its own."""
+"""`python -m bench drain|policy|curve|sources|gate [options]`: one benchmark on a cluster of its own."""
 
 from __future__ import annotations
 
 import sys
 
-from bench import drain, gate, policy, sources
+from bench import curve, drain, gate, policy, sources
 
 BENCHMARKS = {
     "drain": drain.main,
     "policy": policy.main,
+    "curve": curve.main,
     "sources": sources.main,
     "gate": gate.main,
 }

@@ -126,6 +126,12 @@ def proc_stats(pid: int) -> tuple[float, float]:
     return rss_kb / 1024, (int(fields[11]) + int(fields[12])) / ticks
 
 
+def peak_rss_mb(pid: int) -> float:
+    """The process's highest RSS so far (VmHWM), in MB: what a memory limit must hold."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
 class Cluster:
     """A private control plane (`hack/cluster.sh up` in a temporary
     PITSTOP_CLUSTER_DIR, no initial nodes) with pitstop's CRDs applied. Everything
@@ -238,6 +244,8 @@ class Cluster:
 
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+DEPLOYMENT_LIMITS = (1.0, 1 << 30)
+"""The Deployment's resources.limits (manifests/operator/deployment.yaml): 1 CPU, 1 GiB."""
 
 
 def confine(pid: int, name: str, cpus: float, memory_bytes: int) -> tuple[str, list[Path]]:

@@ -36,14 +36,12 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from bench import report, workload
-from bench.cluster import RESULTS, BenchError, Cluster, Operator, log, now, poll
+from bench.cluster import DEPLOYMENT_LIMITS, RESULTS, BenchError, Cluster, Operator, log, now, poll
 from bench.main import entry
 from bench.watches import Watcher, World
 
 NS = "bench-gate"
 GATE = "pitstop.dev/serving"
-LIMITS = (1.0, 1 << 30)
-"""The Deployment's resources.limits (manifests/operator/deployment.yaml)."""
 TARGETS = {"rest": 0.05, "burst": 1.0, "takeover": 2.0}
 """p99 goals in seconds (issue 22 item 3)."""
 THREADS = 16
@@ -161,7 +159,7 @@ class Bench:
             op = Operator(self.cluster, f"gate-{name}.log", identity=f"bench-{name}")
             op.lease_namespace = NS
             if not self.args.no_limits:
-                op.limits = LIMITS
+                op.limits = DEPLOYMENT_LIMITS
             self.replicas.append(op)
         self.replicas[0].start(*NO_ALERTS)
         poll("replica a leads", lambda: self.holder() == "bench-a", 120)

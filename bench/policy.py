@@ -38,7 +38,16 @@ from kubernetes import watch
 
 from bench import apimetrics, report, workload
 from bench.apimetrics import CLUSTER_LIST, Snapshot
-from bench.cluster import RESULTS, Cluster, Operator, log, poll, proc_stats
+from bench.cluster import (
+    DEPLOYMENT_LIMITS,
+    RESULTS,
+    Cluster,
+    Operator,
+    log,
+    peak_rss_mb,
+    poll,
+    proc_stats,
+)
 from bench.main import entry
 from bench.watches import GROUP, VERSION
 
@@ -78,14 +87,47 @@ class Bench:
         t1 = time.monotonic()
         if not self.load_exists():
             self.cluster.make_namespace(LOAD_NS)
-            for i, start in enumerate(range(0, pods, PER_DEPLOYMENT)):
+        # A kept cluster of a smaller size grows: only the Deployments it lacks are made.
+        have = {
+            d.metadata.name for d in self.cluster.apps.list_namespaced_deployment(LOAD_NS).items
+        }
+        for i, start in enumerate(range(0, pods, PER_DEPLOYMENT)):
+            if f"fn-{i}" not in have:
                 replicas = min(PER_DEPLOYMENT, pods - start)
                 body = workload.deployment(f"fn-{i}", replicas, {}, grace=0, image="fake")
                 self.cluster.apps.create_namespaced_deployment(LOAD_NS, body)
-        poll(f"{pods} pods Running", lambda: self.ready_pods(t1) >= pods, timeout=5400, interval=10)
+        if self.args.pods_made:
+            poll(f"{pods} pods made", lambda: self.made_pods() >= pods, timeout=5400, interval=10)
+        else:
+            poll(
+                f"{pods} pods Running",
+                lambda: self.ready_pods(t1) >= pods,
+                timeout=5400,
+                interval=10,
+            )
         pods_s = time.monotonic() - t1
-        log(f"{pods} pods Running in {pods_s:.0f} s ({pods / pods_s:.0f} pods/s)")
-        return {"setup_nodes_s": nodes_s, "setup_pods_s": pods_s, "setup_pods_per_s": pods / pods_s}
+        running = self.running_pods()
+        log(f"{pods} pods made in {pods_s:.0f} s ({pods / pods_s:.0f} pods/s), {running} Running")
+        return {
+            "setup_nodes_s": nodes_s,
+            "setup_pods_s": pods_s,
+            "setup_pods_per_s": pods / pods_s,
+            "pods_running_at_start": running,
+        }
+
+    def made_pods(self) -> int:
+        """The load's pods, Running or not, from a page of one (remainingItemCount)."""
+        page = self.core.list_namespaced_pod(LOAD_NS, limit=1)
+        made = len(page.items) + (page.metadata.remaining_item_count or 0)
+        log(f"  {made} pods made")
+        return made
+
+    def running_pods(self) -> int:
+        """The load's Running pods (one LIST of their names, once)."""
+        out = self.cluster.run_kubectl(
+            "get", "pods", "-n", LOAD_NS, "--field-selector=status.phase=Running", "-o", "name"
+        ).stdout
+        return len(out.split())
 
     def load_exists(self) -> bool:
         """The load's namespace is there (a kept cluster populated before)."""
@@ -178,6 +220,8 @@ class Bench:
         requests = Snapshot(self.cluster).since(before)["operator"]
         return {
             "rss_mb": max(rss0, rss1),
+            # the start-up's peak (kopf holds every first event until all are indexed)
+            "rss_peak_mb": peak_rss_mb(self.operator.pid),
             "idle_cpu_percent": (cpu1 - cpu0) / window * 100,
             "idle_requests_per_min": {k: v * 60 / window for k, v in requests.items()},
         }
@@ -341,7 +385,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             kubeconfig = apimetrics.operator_kubeconfig(
                 cluster, cluster.state / "operator.kubeconfig"
             )
-        operator = Operator(cluster, "operator-policy.log", kubeconfig)
+        operator = Operator(
+            cluster,
+            f"operator-policy-{args.nodes}.log",
+            kubeconfig,
+            # the Deployment's Lease, in the operator's namespace (its Role's), or the
+            # admin's default namespace
+            identity="bench-policy" if args.election else None,
+            lease_namespace=apimetrics.NAMESPACE if args.identity == "sa" else "default",
+        )
+        if not args.no_limits:
+            operator.limits = DEPLOYMENT_LIMITS
         bench = Bench(args, cluster, operator)
         # The operator starts on the populated cluster, as after a restart: the set-up
         # is not slowed by it, and its RSS includes the initial listing of every pod.
@@ -351,6 +405,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         started_at = time.monotonic()
         operator.start("--alerts-port", "0")
+        log(f"operator confined: {operator.confined or 'no limits (--no-limits)'}")
         startup = bench.acting(started_at)
         bench.operator_started()
         started_up = Snapshot(cluster)  # the operator has listed and watched by now
@@ -369,6 +424,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "nodes": args.nodes,
         "pods": args.pods,
         "identity": args.identity,
+        "election": args.election,
+        "limits": operator.confined or "none (--no-limits)",
         **setup,
         **startup,
         **idle,
@@ -391,9 +448,11 @@ def render(r: dict[str, Any]) -> str:
         f" ({r['machine']['cpus']} CPUs, load {r['machine']['load_start']} at start,"
         f" {r['machine']['load_end']} at end; shared and noisy)",
         f"  set-up: nodes Ready in        {r['setup_nodes_s']:8.0f} s",
-        f"  set-up: pods Running in       {r['setup_pods_s']:8.0f} s     ({r['setup_pods_per_s']:.0f} pods/s)",
+        f"  set-up: pods made in          {r['setup_pods_s']:8.0f} s     ({r['setup_pods_per_s']:.0f} pods/s; {r.get('pods_running_at_start', '?')} Running at the operator's start)",
         f"  start -> acting               {r['startup_acting_s']:8.1f} s     ({r['startup_cpu_s']:.1f} s of the operator's CPU; no handler runs before all is indexed)",
+        f"  operator: {'leader election on' if r.get('election') else 'alone (no Lease)'}; limits: {r.get('limits', 'none')}",
         f"  operator RSS                  {r['rss_mb']:8.1f} MB    target <= {TARGET_RSS_MB:.0f} MB   {mark(r['rss_mb'] <= TARGET_RSS_MB)}",
+        f"  operator RSS peak (start-up)  {r.get('rss_peak_mb', float('nan')):8.1f} MB    (what the memory limit must hold)",
         f"  operator idle CPU             {r['idle_cpu_percent']:8.2f} %     target <= {TARGET_IDLE_CPU:.0f} %      {mark(r['idle_cpu_percent'] <= TARGET_IDLE_CPU)}",
         f"  detection latency p50         {r['detection_p50_s']:8.3f} s     ({r['detection_samples']} samples)",
         f"  detection latency p99         {p99:8.3f} s     target <= {TARGET_P99_S:.0f} s      {mark(p99 <= TARGET_P99_S)}",
@@ -468,8 +527,27 @@ def parser() -> argparse.ArgumentParser:
         "--cluster-dir",
         type=Path,
         help="measure on the cluster in this PITSTOP_CLUSTER_DIR (started there if it is"
-        " not running, populated if it is not yet) and keep it at the end, to measure"
-        " again on it",
+        " not running, populated if it is not yet, grown if it is smaller) and keep it at"
+        " the end, to measure again on it",
+    )
+    p.add_argument(
+        "--election",
+        action="store_true",
+        help="the operator in leader election (--leader-elect, the Deployment's Lease):"
+        " start -> acting includes taking the Lease",
+    )
+    p.add_argument(
+        "--no-limits",
+        action="store_true",
+        help="the operator without the Deployment's limits (by default it runs in a cgroup"
+        " of 1 CPU and 1 GiB where the machine allows it)",
+    )
+    p.add_argument(
+        "--pods-made",
+        action="store_true",
+        help="start the operator once every pod is made, Running or not: on a loaded"
+        " machine kwok marks pods Running at a few a second, and the operator watches and"
+        " indexes them either way (the count Running at its start is reported)",
     )
     p.add_argument("--quick", action="store_true", help="200 nodes, 2,000 pods, 20 samples")
     p.add_argument("--output", type=Path, default=RESULTS / "policy.json")

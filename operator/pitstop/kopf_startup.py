@@ -7,13 +7,15 @@ and waits on the set, holding that event. Measured on 1,000 nodes and 20,000 pod
 (bench/README.md), kopf 1.45 as it is did not act within 240 s, and the events
 held at the gate took the process to 825 MB (over the 512 MiB limit the Deployment had).
 
-Two changes, installed before kopf starts (`install`):
+Three changes, installed before kopf starts (`install`):
 
 - **The gate wakes its waiters only when it flips.** kopf notifies every waiter
   on every toggle made or dropped, and each waiter re-checks the whole set: about
   N² wake-ups for N objects. A waiter of a set waits for the set's state, and a
   toggle's own waiters for that toggle's, which adding or dropping another
   toggle never changes; so `FlipToggleSet` notifies on flips only.
+- **The gate tells when it opens** (`on_open`): the events it held are freed
+  then, and pitstop.heap gives the heap's peak back to the kernel.
 - **Watch events are slimmed as they arrive**, before kopf queues them: no object
   keeps `metadata.managedFields` (neither kopf nor pitstop reads them), and the
   resources given a slimmer (pods: what the pod index and the serving gate read,
@@ -60,7 +62,11 @@ OBJECT_EVENTS = frozenset({None, "ADDED", "MODIFIED", "DELETED"})
 
 
 class FlipToggleSet(_ORIGINAL):  # type: ignore[misc]
-    """A `ToggleSet` that wakes its waiters only when its state flips."""
+    """A `ToggleSet` that wakes its waiters only when its state flips; and, for an
+    `all` set (kopf's start-up gate), calls `on_open` when it flips on."""
+
+    on_open: Callable[[], None] | None = None
+    """Set by install(): the start-up gate opened (pitstop.heap gives its peak back)."""
 
     async def make_toggle(self, __val: bool = False, *, name: str | None = None) -> Any:
         assert aiotoggles is not None  # install() uses this class only then
@@ -86,6 +92,8 @@ class FlipToggleSet(_ORIGINAL):  # type: ignore[misc]
     def _notify_if_flipped(self, before: bool) -> None:
         if self.is_on() != before:
             self._condition.notify_all()
+            if not before and self._fn is all and FlipToggleSet.on_open is not None:
+                FlipToggleSet.on_open()
 
 
 def slim_event(event: Any, slimmer: Slimmer | None) -> Any:
@@ -117,8 +125,12 @@ def slimming_watch(slimmers: Mapping[str, Slimmer]) -> Callable[..., AsyncIterat
     return infinite_watch
 
 
-def install(slimmers: Mapping[str, Slimmer]) -> tuple[bool, bool]:
-    """Put both in place where kopf looks them up at call time. Returns which took."""
+def install(
+    slimmers: Mapping[str, Slimmer], on_open: Callable[[], None] | None = None
+) -> tuple[bool, bool]:
+    """Put both in place where kopf looks them up at call time; `on_open` is called
+    on the event loop whenever the start-up gate opens. Returns which took."""
+    FlipToggleSet.on_open = on_open
     gate = False
     if aiotoggles is not None and _ORIGINAL is not object and hasattr(aiotoggles, "Toggle"):
         probe = _ORIGINAL(all)

@@ -22,7 +22,7 @@ from typing import Any
 import kopf
 from aiohttp import web
 
-from pitstop import __version__, constants, kopf_startup, metrics
+from pitstop import __version__, constants, heap, kopf_startup, metrics
 from pitstop.cluster import leader_label
 from pitstop.cluster.kube import Kube
 from pitstop.cluster.kubeconfig import KubeSource, connection_info
@@ -88,7 +88,8 @@ def run(options: RunOptions) -> None:
     """Run until SIGTERM/SIGINT; raises OSError if a port cannot be bound."""
     kopf.configure(verbose=options.verbose)
     handlers = handlers_module()
-    kopf_startup.install(handlers.indexes.WATCH_SLIMMERS)  # before kopf starts its watches
+    # before kopf starts its watches; the heap trimmed once its start-up gate opens
+    kopf_startup.install(handlers.indexes.WATCH_SLIMMERS, on_open=heap.Trimmer().opened)
     if not options.verbose:
         logging.getLogger("kopf.objects").addFilter(QuietWatchers(handlers.WATCH_HANDLERS))
 

@@ -186,6 +186,7 @@ def kopf_restored(monkeypatch: pytest.MonkeyPatch) -> None:
     """install() changes kopf's modules: put them back after the test."""
     monkeypatch.setattr(aiotoggles, "ToggleSet", aiotoggles.ToggleSet)
     monkeypatch.setattr(watching, "infinite_watch", watching.infinite_watch)
+    monkeypatch.setattr(FlipToggleSet, "on_open", None)
 
 
 @pytest.mark.usefixtures("kopf_restored")
@@ -275,3 +276,43 @@ def test_install_stands_down_on_a_kopf_of_another_shape(monkeypatch: pytest.Monk
     monkeypatch.setattr(kopf_startup, "_ORIGINAL_WATCH", infinite_watch)
     assert kopf_startup.install({}) == (False, False)
     assert (aiotoggles.ToggleSet, watching.infinite_watch) == before
+
+
+@pytest.mark.usefixtures("kopf_restored")
+def test_the_start_up_gate_says_when_it_opens_and_only_then() -> None:
+    """install()'s on_open is called when the `all` set (kopf's start-up gate) flips
+    on, once per opening: not when it closes, not for toggles made or dropped
+    without a flip, and never for an `any` set (kopf's pause)."""
+    opened: list[int] = []
+    kopf_startup.install({}, on_open=lambda: opened.append(1))
+
+    async def main() -> None:
+        gate = FlipToggleSet(all)
+        listing = await gate.make_toggle(name="listing")  # closes: no call
+        objects = [await gate.make_toggle(name=f"object {i}") for i in range(3)]
+        await gate.drop_toggles(objects)  # still closed by the listing
+        assert opened == []
+        await gate.drop_toggle(listing)
+        assert opened == [1]
+        await gate.drop_toggle(await gate.make_toggle(name="a kind added later"))
+        assert opened == [1, 1]
+        paused = FlipToggleSet(any)
+        await paused.drop_toggle(await paused.make_toggle(True, name="peering"))
+        assert opened == [1, 1]
+
+    asyncio.run(main())
+
+
+@pytest.mark.usefixtures("kopf_restored")
+def test_kopf_s_own_gate_opening_reaches_on_open() -> None:
+    """Through kopf's own orchestration: its start-up gate, made by kopf after
+    install(), calls on_open when the last toggle of a listing is dropped."""
+    opened: list[int] = []
+    assert kopf_startup.install({}, on_open=lambda: opened.append(1)) == (True, True)
+
+    async def main() -> None:
+        gate = aiotoggles.ToggleSet(all)  # as kopf's orchestrator makes it
+        await gate.drop_toggle(await gate.make_toggle(name="pods listed"))
+
+    asyncio.run(main())
+    assert opened == [1]
