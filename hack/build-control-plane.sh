@@ -5,7 +5,8 @@
 #
 # Also builds a kubectl of the same release, so no kubectl needs to be installed,
 # the kubelet for the real nodes (hack/real-node.sh), and helm for the chart
-# (charts/pitstop: `make lint`, the in-cluster tier).
+# (charts/pitstop: `make lint`, the in-cluster tier); for `make e2e-kind`, kubeadm and
+# kube-proxy with the rest of Kubernetes, kind, and CoreDNS (its node image built here).
 # Prints the bin directory. Idempotent: a component whose binaries exist is skipped.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"

@@ -259,8 +259,15 @@ if [[ -n $own ]]; then
   done
   export E2E_NODES_ON_HOST=1
 fi
-kc wait --for=condition=Ready nodes --all --timeout=300s >/dev/null || die "nodes not Ready"
-kc -n kube-system rollout status deployment/coredns --timeout=300s >/dev/null || die "CoreDNS not available"
+# What went wrong, before the trap removes it all.
+diagnose() {
+  kc get nodes -o wide >&2 || true
+  kc get pods -A -o wide >&2 || true
+  kc -n kube-system describe pods -l k8s-app=kube-dns 2>&1 | tail -40 >&2 || true
+  kc -n kube-system logs -l k8s-app=kube-dns --tail 20 >&2 || true
+}
+kc wait --for=condition=Ready nodes --all --timeout=300s >/dev/null || { diagnose; die "nodes not Ready"; }
+kc -n kube-system rollout status deployment/coredns --timeout=300s >/dev/null || { diagnose; die "CoreDNS not available"; }
 lap "nodes Ready, CoreDNS available"
 
 if [[ -n $stock ]]; then
