@@ -184,13 +184,24 @@ if ! (echo -1 >/proc/self/oom_score_adj) 2>/dev/null; then
   sed -i 's/^\(\s*restrict_oom_score_adj\) = false/\1 = true/' /etc/containerd/config.toml
   printf '[Service]\nOOMScoreAdjust=0\n' >/etc/systemd/system/containerd.service.d/10-oom.conf
 fi
-# Docker's embedded DNS (127.0.0.11) answers only in the node's own network namespace:
-# in a pod it is the pod's loopback, and CoreDNS forwarding there finds itself (a loop,
-# fatal). Pods get the node's resolv.conf with the network's gateway as nameserver
-# instead (kindest/node redirects 127.0.0.11 instead; here nothing needs outside names).
-if grep -q '^nameserver 127\.' /etc/resolv.conf; then
-  gw="$(ip -4 route show default | awk '{print $3; exit}')"
-  { grep -v '^nameserver' /etc/resolv.conf; echo "nameserver ${gw:-127.0.0.1}"; } >/kind/pod-resolv.conf
+# Docker's embedded DNS (127.0.0.11, Docker's own DNAT rules in the node's namespace)
+# answers only inside the node: in a pod it is the pod's loopback (CoreDNS forwarding
+# there finds itself: a fatal loop). As kindest/node does, the node's own address
+# stands in for it: DNAT of port 53 there to Docker's resolver, for pods
+# (PREROUTING) and host-network pods (OUTPUT); the kubelet gives pods a resolv.conf
+# naming the node's address. Node names (kind's API server endpoint) resolve as before.
+if grep -q '^nameserver 127\.0\.0\.11' /etc/resolv.conf; then
+  node_ip="$(ip -4 -o addr show dev eth0 | awk '{print $4; exit}' | cut -d/ -f1)"
+  rules="$(iptables-legacy-save -t nat 2>/dev/null || true)"
+  for proto in udp tcp; do
+    to="$(sed -n "s/^-A DOCKER_OUTPUT .*-p $proto .*--to-destination \(127\.0\.0\.11:[0-9]*\).*/\1/p" <<<"$rules" | head -1)"
+    [[ -n $to ]] || continue
+    for chain in PREROUTING OUTPUT; do
+      iptables-legacy -t nat -A "$chain" -d "$node_ip" -p "$proto" --dport 53 -j DNAT --to-destination "$to"
+    done
+  done
+  sysctl -qw net.ipv4.conf.all.route_localnet=1
+  { grep -v '^nameserver' /etc/resolv.conf; echo "nameserver $node_ip"; } >/kind/pod-resolv.conf
   echo 'KUBELET_EXTRA_ARGS=--resolv-conf=/kind/pod-resolv.conf' >/etc/default/kubelet
 fi
 # Pods of the other nodes are routed through this one (hack/e2e-kind.sh adds routes).
