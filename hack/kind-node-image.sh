@@ -192,7 +192,12 @@ fi
 # naming the node's address. Node names (kind's API server endpoint) resolve as before.
 if grep -q '^nameserver 127\.0\.0\.11' /etc/resolv.conf; then
   node_ip="$(ip -4 -o addr show dev eth0 | awk '{print $4; exit}' | cut -d/ -f1)"
-  rules="$(iptables-legacy-save -t nat 2>/dev/null || true)"
+  # Docker adds its resolver's rules once the node runs: wait for them (up to 10 s).
+  for _ in $(seq 50); do
+    rules="$(iptables-legacy-save -t nat 2>/dev/null || true)"
+    grep -q 'DOCKER_OUTPUT .*127\.0\.0\.11:' <<<"$rules" && break
+    sleep 0.2
+  done
   for proto in udp tcp; do
     to="$(sed -n "s/^-A DOCKER_OUTPUT .*-p $proto .*--to-destination \(127\.0\.0\.11:[0-9]*\).*/\1/p" <<<"$rules" | head -1)"
     [[ -n $to ]] || continue
