@@ -192,17 +192,21 @@ fi
 # naming the node's address. Node names (kind's API server endpoint) resolve as before.
 if grep -q '^nameserver 127\.0\.0\.11' /etc/resolv.conf; then
   node_ip="$(ip -4 -o addr show dev eth0 | awk '{print $4; exit}' | cut -d/ -f1)"
-  # Docker adds its resolver's rules once the node runs: wait for them (up to 10 s).
+  # Docker adds its resolver's rules once the node runs, with the host's iptables
+  # backend (nft or legacy): wait for them (up to 10 s), and add ours beside them.
+  ipt=iptables-nft rules=""
   for _ in $(seq 50); do
-    rules="$(iptables-legacy-save -t nat 2>/dev/null || true)"
-    grep -q 'DOCKER_OUTPUT .*127\.0\.0\.11:' <<<"$rules" && break
+    for ipt in iptables-nft iptables-legacy; do
+      rules="$("$ipt-save" -t nat 2>/dev/null || true)"
+      grep -q 'DOCKER_OUTPUT .*127\.0\.0\.11:' <<<"$rules" && break 2
+    done
     sleep 0.2
   done
   for proto in udp tcp; do
     to="$(sed -n "s/^-A DOCKER_OUTPUT .*-p $proto .*--to-destination \(127\.0\.0\.11:[0-9]*\).*/\1/p" <<<"$rules" | head -1)"
     [[ -n $to ]] || continue
     for chain in PREROUTING OUTPUT; do
-      iptables-legacy -t nat -A "$chain" -d "$node_ip" -p "$proto" --dport 53 -j DNAT --to-destination "$to"
+      "$ipt" -t nat -A "$chain" -d "$node_ip" -p "$proto" --dport 53 -j DNAT --to-destination "$to"
     done
   done
   sysctl -qw net.ipv4.conf.all.route_localnet=1
