@@ -112,7 +112,7 @@ e2e-checkers: venv build ## the real Cluster API MachineHealthCheck drives pitst
 e2e-incluster: venv build ## pitstop installed with helm (and kubectl apply -k) as two Pods on real nodes, a function repaired under load
 	$(BIN)/pytest -q tests/incluster
 
-e2e-kind: venv helm ## the in-cluster tier on a kind cluster (needs Docker and kind; not on this machine)
+e2e-kind: venv helm ## the in-cluster tier on kind: the Docker that answers, or (root) a dockerd of its own; kind and, without a registry, a node image built here (docs/kind.md)
 	hack/e2e-kind.sh
 
 test: lint unit sim e2e e2e-incluster e2e-chaos ## everything CI runs

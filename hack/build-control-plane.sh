@@ -5,7 +5,8 @@
 #
 # Also builds a kubectl of the same release, so no kubectl needs to be installed,
 # the kubelet for the real nodes (hack/real-node.sh), and helm for the chart
-# (charts/pitstop: `make lint`, the in-cluster tier).
+# (charts/pitstop: `make lint`, the in-cluster tier); for `make e2e-kind`, kubeadm and
+# kube-proxy with the rest of Kubernetes, kind, and CoreDNS (its node image built here).
 # Prints the bin directory. Idempotent: a component whose binaries exist is skipped.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -37,7 +38,7 @@ build_kube() {
   # Only the missing binaries are built (a cache from before the kubelet was added
   # gets just the kubelet; the shared Go build cache makes that about 25 s).
   local want=() b
-  for b in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet; do
+  for b in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kubeadm kube-proxy; do
     [[ -x $out/$b ]] || want+=("k8s.io/kubernetes/cmd/$b")
   done
   ((${#want[@]})) || return 0
@@ -69,6 +70,8 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
 	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kubeadm"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 )
 GO
   local ver="k8s.io/component-base/version"
@@ -110,6 +113,26 @@ build_kwok() {
   rm -rf "$out" && mv "$out.tmp" "$out"
 }
 
+# kind (make e2e-kind) and CoreDNS (the DNS of the node image hack/kind-node-image.sh
+# builds where no registry answers).
+build_kind() {
+  local out="$bin/kind-$KIND_VERSION"
+  if [[ -x $out/kind ]]; then return; fi
+  log "building kind $KIND_VERSION"
+  rm -rf "$out.tmp" && mkdir -p "$out.tmp"
+  GOBIN="$out.tmp" CGO_ENABLED=0 GOFLAGS=-trimpath go install -ldflags "-s -w" "sigs.k8s.io/kind@$KIND_VERSION" >&2
+  rm -rf "$out" && mv "$out.tmp" "$out"
+}
+
+build_coredns() {
+  local out="$bin/coredns-$COREDNS_VERSION"
+  if [[ -x $out/coredns ]]; then return; fi
+  log "building CoreDNS $COREDNS_VERSION"
+  rm -rf "$out.tmp" && mkdir -p "$out.tmp"
+  GOBIN="$out.tmp" CGO_ENABLED=0 GOFLAGS=-trimpath go install -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION" >&2
+  rm -rf "$out" && mv "$out.tmp" "$out"
+}
+
 build_helm() {
   local out="$bin/helm-$HELM_VERSION"
   if [[ -x $out/helm ]]; then return; fi
@@ -126,7 +149,9 @@ case "${1:-all}" in
   kwok) build_kwok ;;
   kube) build_kube ;;
   helm) build_helm ;;
+  kind) build_kind ;;
+  coredns) build_coredns ;;
   all) build_etcd; build_kwok; build_kube; build_helm ;;
-  *) echo "usage: $0 [all|etcd|kwok|kube|helm]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|etcd|kwok|kube|helm|kind|coredns]" >&2; exit 2 ;;
 esac
 echo "$bin"

@@ -13,14 +13,15 @@ import pytest
 from kubernetes import client
 
 from tests.e2e.kube import Cluster, wait_until
-from tests.incluster.conftest import NAMESPACE, local, operator_pods, wait_holder
+from tests.incluster.conftest import NAMESPACE, local, nodes_on_host, operator_pods, wait_holder
 
 
 def get(cluster: Cluster, pod: client.V1Pod, port: int, path: str) -> str:
     """GET on the pod's own address: directly where this machine routes to pod
-    addresses (the local control plane's bridge), else through the API server's
-    pod proxy (which dials the same address)."""
-    if local(cluster):
+    addresses (the local control plane's bridges, kind on a bridge of this
+    machine's), else through the API server's pod proxy (which dials the same
+    address)."""
+    if nodes_on_host(cluster):
         url = f"http://{pod.status.pod_ip}:{port}{path}"
         with urllib.request.urlopen(url, timeout=5) as answer:
             return str(answer.read().decode())

@@ -12,6 +12,9 @@ E2E_KUBECONFIG=path  run against that cluster (kind, or any other) instead of
                      starting a local control plane; its nodes must already have
                      the images ($PITSTOP_IMAGE, localhost/pitstop-function:dev)
                      loaded.
+E2E_NODES_ON_HOST=1  that cluster's nodes run on this machine, which routes to their
+                     pod addresses and sees their processes (hack/e2e-kind.sh with
+                     its own Docker daemon): the tests that need either run too.
 PITSTOP_IMAGE        the operator image (default: the one `make image` builds here)
 PITSTOP_INSTALL      helm (default) or kustomize: how the whole tier installs pitstop
 PITSTOP_KEEP_CLUSTER=1  leave the started cluster (and the whole tier's install) running
@@ -99,9 +102,15 @@ def _prepared(cluster: Cluster, state: str) -> Cluster:
 
 
 def local(cluster: Cluster) -> bool:
-    """Whether the cluster is the local control plane (whose nodes' processes this
-    machine can see and whose pod addresses it can reach)."""
+    """Whether the cluster is the local control plane (with kwok for fake nodes)."""
     return not os.environ.get("E2E_KUBECONFIG")
+
+
+def nodes_on_host(cluster: Cluster) -> bool:
+    """Whether this machine sees the cluster's node processes and reaches its pod
+    addresses: the local control plane, or a cluster whose nodes run here on a
+    network this machine made (E2E_NODES_ON_HOST, set by hack/e2e-kind.sh)."""
+    return local(cluster) or bool(os.environ.get("E2E_NODES_ON_HOST"))
 
 
 def image() -> tuple[str, str]:

@@ -30,7 +30,7 @@ from tests.incluster.checks import (
 from tests.incluster.conftest import (
     NAMESPACE,
     lease_holder,
-    local,
+    nodes_on_host,
     operator_pods,
     wait_holder,
 )
@@ -138,8 +138,8 @@ def test_alerts_reach_the_leader_only(cluster: Cluster, installed: list[client.V
     """The alerts Service selects the label the leader puts on its own Pod: its only
     endpoint is the leader, so every alert posted where the Service routes is
     accepted (with both replicas behind it, half got the standby's 503)."""
-    if not local(cluster):
-        pytest.skip("posts to the Service's endpoint addresses: only on the local control plane")
+    if not nodes_on_host(cluster):
+        pytest.skip("posts to the Service's endpoints: only where this machine routes to them")
     pods = {p.metadata.name for p in operator_pods(cluster)}
     holder = wait_holder(cluster, pods)
     token = alerts_token(cluster)
@@ -186,8 +186,8 @@ def test_sigkill_of_the_leaders_container_leaves_a_leader_within_the_lease_durat
     it once it expired. Either way a replica leads again within the lease duration
     + 5 s. (tests/e2e/test_leader_election.py proves the standby's takeover when the
     leader does not come back, under a burst of admissions.)"""
-    if not local(cluster):
-        pytest.skip("SIGKILLs a process on the node: only on the local control plane")
+    if not nodes_on_host(cluster):
+        pytest.skip("SIGKILLs a process on the node: only where the nodes run on this machine")
     pods = {p.metadata.name for p in operator_pods(cluster)}
     leader = wait_holder(cluster, pods)
     os.kill(pid_of(leader), signal.SIGKILL)

@@ -25,7 +25,7 @@ from kubernetes import client
 from tests.e2e import realfunction
 from tests.e2e.kube import Cluster, wait_until
 from tests.e2e.loadgen import BackgroundLoad, LoadConfig
-from tests.incluster.conftest import NAMESPACE, local
+from tests.incluster.conftest import NAMESPACE, nodes_on_host
 
 REPAIRS = int(os.environ.get("FUNCTION_REPAIRS", "6"))
 # Each repair of a real node moves real pods (and one operator replica): minutes.
@@ -37,8 +37,8 @@ REPLICAS = 4
 
 @pytest.fixture
 def function(cluster: Cluster, installed: Any, tmp_path: Path) -> Iterator[str]:
-    if not local(cluster):
-        pytest.skip("sends requests to pod addresses: only on the local control plane")
+    if not nodes_on_host(cluster):
+        pytest.skip("sends requests to pod addresses: only where this machine routes to them")
     if len(realfunction.real_nodes(cluster)) < 2:
         pytest.skip("needs two real nodes (PITSTOP_REAL_NODES=2): the function moves")
     ns = f"fn-{uuid.uuid4().hex[:6]}"
