@@ -114,24 +114,18 @@ build_kwok() {
 }
 
 # kind (make e2e-kind) and CoreDNS (the DNS of the node image hack/kind-node-image.sh
-# builds where no registry answers).
-build_kind() {
-  local out="$bin/kind-$KIND_VERSION"
-  if [[ -x $out/kind ]]; then return; fi
-  log "building kind $KIND_VERSION"
+# builds where no registry answers): static Go binaries, each in bin/<name>-<version>.
+go_binary() {
+  local name=$1 version=$2 module=$3
+  local out="$bin/$name-$version"
+  if [[ -x $out/$name ]]; then return; fi
+  log "building $name $version"
   rm -rf "$out.tmp" && mkdir -p "$out.tmp"
-  GOBIN="$out.tmp" CGO_ENABLED=0 GOFLAGS=-trimpath go install -ldflags "-s -w" "sigs.k8s.io/kind@$KIND_VERSION" >&2
+  GOBIN="$out.tmp" CGO_ENABLED=0 GOFLAGS=-trimpath go install -ldflags "-s -w" "$module@$version" >&2
   rm -rf "$out" && mv "$out.tmp" "$out"
 }
-
-build_coredns() {
-  local out="$bin/coredns-$COREDNS_VERSION"
-  if [[ -x $out/coredns ]]; then return; fi
-  log "building CoreDNS $COREDNS_VERSION"
-  rm -rf "$out.tmp" && mkdir -p "$out.tmp"
-  GOBIN="$out.tmp" CGO_ENABLED=0 GOFLAGS=-trimpath go install -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION" >&2
-  rm -rf "$out" && mv "$out.tmp" "$out"
-}
+build_kind() { go_binary kind "$KIND_VERSION" sigs.k8s.io/kind; }
+build_coredns() { go_binary coredns "$COREDNS_VERSION" github.com/coredns/coredns; }
 
 build_helm() {
   local out="$bin/helm-$HELM_VERSION"
