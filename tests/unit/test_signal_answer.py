@@ -120,3 +120,21 @@ def test_a_pod_gone_gives_no_answer_and_no_pass_at_once() -> None:
     seen(d, pod("5", "0"))
     assert not signal(d)
     assert not d.pod_steps.state.answered
+
+
+def test_a_version_older_than_the_answer_is_not_a_mark_removed() -> None:
+    # The chaos soak's break (invariant 6, "drain signal rewritten" 70 ms apart): the
+    # answer (version 7) stood for the pod in one pass; the next showed version 6, made
+    # before the patch landed, without the mark. That is the watch catching up, not
+    # someone removing the mark: the signal is not sent again. Only a mark the index
+    # itself showed and then lost is.
+    d = driver(pod("7", "0", MARK))
+    seen(d, pod("5", "0"))
+    signal(d)
+    steps = d.pod_steps
+    steps.forget_sent([seen(d, pod("5", "0"))])  # the answer stands for the pod
+    steps.forget_sent([seen(d, pod("6", "0"))])  # an older version, not yet marked
+    assert ("drain", KEY) in steps.state.sent
+    steps.forget_sent([seen(d, pod("7", "0", MARK))])  # the echo
+    steps.forget_sent([seen(d, pod("8", "0"))])  # someone took it off
+    assert ("drain", KEY) not in steps.state.sent

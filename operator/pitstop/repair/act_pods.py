@@ -155,8 +155,11 @@ class PodSteps:
                 st.sent.discard(("drain", i.key))
             if i.gated and i.serving != "False" and ("deregister", i.key) in st.marked_closed:
                 st.sent.discard(("deregister", i.key))
-        st.marked_closed = {("deregister", i.key) for i in found if i.serving == "False"}
-        st.marked_draining = {i.key for i in found if i.draining}
+        # Only what the index showed counts as seen: a version between the one the
+        # signal was sent on and the answer lacks the mark without anyone removing it.
+        shown = [i for i in found if i.key not in st.from_answer]
+        st.marked_closed = {("deregister", i.key) for i in shown if i.serving == "False"}
+        st.marked_draining = {i.key for i in shown if i.draining}
 
     def _seen_marked(self, key: str) -> bool:
         return key in self.state.marked_draining

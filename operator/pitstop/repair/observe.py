@@ -57,6 +57,7 @@ class Observe:
         budgets: dict[str, contract.Budget] = {}
         by_ns: dict[str, list[Any]] = {}
         versions: dict[str, str | None] = {}
+        answered: set[str] = set()
         for pod in list(pods_by_node.get(st.node_name, ())):
             if not contract.is_instance(pod):
                 continue
@@ -65,7 +66,10 @@ class Observe:
             if st.uids.get(key, uids[key]) != uids[key]:
                 self.forget(key)
             versions[key] = pod["metadata"].get("resourceVersion")
+            shown = pod
             pod = self.answer_or(key, pod)
+            if pod is not shown:
+                answered.add(key)
             ns = pod["metadata"].get("namespace")
             if ns not in by_ns:
                 by_ns[ns] = list(pdbs_by_namespace.get(ns, ())) if pdbs_by_namespace else []
@@ -93,7 +97,7 @@ class Observe:
                 i, closed[key] = self.gate_seen_closed(i, now)
             found.append(i)
         st.marked_at, st.gate_closed_at, st.uids = marked, closed, uids
-        st.versions = versions
+        st.versions, st.from_answer = versions, answered
         st.answered = {k: v for k, v in st.answered.items() if k in versions}
         st.targets, st.budgets = targets, budgets
         st.pdbs_of = {i.key: i.pdbs for i in found}

@@ -175,6 +175,11 @@ class RepairState:
     sent twice; forgotten when the view shows a mark removed (PodSteps.forget_sent).
     A fresh process finds the marks on the pods, and an eviction sent again is
     answered as done (the pod is going or gone)."""
+    from_answer: set[str] = field(default_factory=set)
+    """Pods the last observation took from a patch answer, not from the index
+    (Observe.answer_or): what the answer shows is not something the index showed, so
+    a version older than the answer that lacks it is the watch catching up, not a mark
+    removed (PodSteps.forget_sent)."""
     marked_draining: set[str] = field(default_factory=set)
     """Pods the last observation showed with the drain signal (PodSteps.forget_sent:
     a mark seen and then missing was removed by someone, and is sent again)."""
