@@ -258,10 +258,22 @@ class Checks:
         return v.lock is not None and self.phase(v.lock) not in FINAL
 
     def status_written(self, name: str, old: dict[str, Any], new: dict[str, Any]) -> None:
-        """Invariant 6: a repair never goes back (a restart resumes where it stood)."""
+        """Invariant 6: a repair never goes back (a restart resumes where it stood).
+        Invariant 1: RepairAllowed (Repairing) is written only once no instance is on
+        the node any more: the repair itself would take down one still there, tasks
+        and all, however late the operator's watch showed it bound."""
         a, b = old.get("phase"), new.get("phase")
         if a == b:
             return
+        if b == "Repairing" and ORDER.get(a, 99) < ORDER["Repairing"]:
+            node = self.c.repairs[name]["spec"]["nodeName"]
+            left = sorted(p.key for p in self.c.pods.values() if p.node == node)
+            if left:
+                self.fail(
+                    "1",
+                    f"{name} declared {node} ready for repair with {len(left)} instances"
+                    f" still on it ({', '.join(left[:3])})",
+                )
         if b in FINAL:
             # Deleting a Failed repair aborts it; nothing else leaves a final phase.
             if a in FINAL and not (a == "Failed" and b == "Aborted"):

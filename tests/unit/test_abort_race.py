@@ -86,8 +86,10 @@ class Cluster:
     async def request(self, method: str, path: str, **_: Any) -> dict[str, Any]:
         if path.endswith(f"/noderepairs/{REPAIR}"):  # abort reads the status the pass left
             return {"status": {"phase": "Deregistering"}}
-        assert (method, path) == ("GET", "/api/v1/pods")
-        return {"items": [copy.deepcopy(self.pod)]}
+        raise AssertionError(f"no {method} {path} expected")
+
+    async def list_pods_on(self, node_name: str) -> list[dict[str, Any]]:
+        return [copy.deepcopy(self.pod)]
 
     async def get_node(self, name: str) -> dict[str, Any]:
         return copy.deepcopy(self.node)

@@ -36,10 +36,9 @@ class NodeApi:
     ) -> None:
         self.calls.append(f"{type_}={status} on {key}")
 
-    async def request(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
-        assert (method, path) == ("GET", "/api/v1/pods"), "only the node's pods are listed"
-        assert kw["params"] == {"fieldSelector": "spec.nodeName=n1"}
-        return {"items": copy.deepcopy(self.pods)}
+    async def list_pods_on(self, node_name: str) -> list[dict[str, Any]]:
+        assert node_name == "n1", "only the node's pods are listed"
+        return copy.deepcopy(self.pods)
 
     async def get_node(self, name: str) -> dict[str, Any] | None:
         self.calls.append("GET")

@@ -166,6 +166,14 @@ class Kube:
 
     # --- pods ---
 
+    async def list_pods_on(self, node_name: str) -> list[dict[str, Any]]:
+        """The pods bound to the node as the API server holds them now: a read without
+        resourceVersion is consistent, never older than a watch's view."""
+        found = await self.request(
+            "GET", "/api/v1/pods", params={"fieldSelector": f"spec.nodeName={node_name}"}
+        )
+        return list(found.get("items") or [])
+
     async def patch_pod(self, key: str, patch: Mapping[str, Any]) -> dict[str, Any]:
         """A merge patch; the answer is the pod as the patch left it."""
         ns, name = key.split("/", 1)

@@ -121,7 +121,7 @@ async def give_back(
         under_repair.discard(node_name)
         return None
     jobs: list[Awaitable[Any]] = []
-    for pod in await pods_on(kube, node_name):
+    for pod in await kube.list_pods_on(node_name):
         if contract.is_terminating(pod) or not contract.is_instance(pod):
             continue
         key = contract.key(pod)
@@ -160,14 +160,6 @@ async def give_back(
                 return None
             node = fresh
     raise kopf.TemporaryError(f"node {node_name} kept changing; retrying the release", delay=1)
-
-
-async def pods_on(kube: Kube, node_name: str) -> list[dict[str, Any]]:
-    """The pods bound to the node, as the API server has them now."""
-    found = await kube.request(
-        "GET", "/api/v1/pods", params={"fieldSelector": f"spec.nodeName={node_name}"}
-    )
-    return list(found.get("items") or [])
 
 
 async def release_orphan(

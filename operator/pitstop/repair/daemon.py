@@ -125,6 +125,9 @@ class Driver:
             pdbs_by_namespace,
         )
         found = await self.observe.confirm_deregistered(found)
+        held = node is not None and nodes.lock_holder(node) == st.name
+        draining = st.status.phase in (Phase.PENDING, *drain.DRAIN_PHASES)
+        listed = await self.observe.listed(found) if held and draining else None
         pods.forget_sent(found)
         evicted, uncounted = pods.evictions_in_flight(found)
         waiting_for = None
@@ -152,6 +155,7 @@ class Driver:
             node=node,
             holder_active=self.node_steps.holder_active(node, repairs_by_node),
             instances=found,
+            listed=listed,
             blocked=st.blocked,
             budgets=st.budgets,
             evicted=evicted,

@@ -366,6 +366,15 @@ def _draining_in_turn(d: Decision, obs: Observation) -> None:
 def _evicting(d: Decision, obs: Observation) -> None:
     remaining = obs.instances
     _draining_in_turn(d, obs)
+    if not remaining and obs.listed != 0:
+        # The watch shows the node empty, the API server does not (or was not read):
+        # a pod bound just before the cordon is on its way to the indexes.
+        seen = "could not be listed" if obs.listed is None else f"{obs.listed} more are listed"
+        message = f"no instances left as watched; {seen} on the node: waiting for the watch"
+        set_cond(d, obs, C.COND_INSTANCES_OFFLINE, False, C.REASON_EVICTING, message)
+        d.status.message = f"Evicting: {message}"
+        d.wake_by(obs.now + LIST_AGAIN)
+        return
     if not remaining:
         set_cond(
             d, obs, C.COND_INSTANCES_OFFLINE, True, C.REASON_INSTANCES_OFFLINE, "no instances left"
@@ -435,6 +444,10 @@ def _evicting(d: Decision, obs: Observation) -> None:
     d.status.message = f"Evicting: {message}"
     d.wake_by(deadline)
 
+
+LIST_AGAIN = timedelta(seconds=1)
+"""How soon the node's pods are listed again while the API server shows instances the
+watch does not (or could not be read): the indexes catch up on the next pod event."""
 
 BLOCKED_AFTER = 0.5
 """Of evictionTimeoutSeconds: budgets that still pace the evictions this far into

@@ -93,6 +93,10 @@ class Observation:
     holder_active: bool
     """The node's lock is held by another NodeRepair that still exists and is active."""
     instances: list[Instance]
+    listed: int | None = None
+    """When the indexes show no instance on the node: how many the API server lists
+    there now (a consistent read; None: not read, or the read failed). A pod bound
+    just before the cordon may not have reached the watch yet (Observe.listed)."""
     blocked: Mapping[str, Blocked] = field(default_factory=dict)
     """Evictions refused recently (kept by the driver between passes)."""
     budgets: Mapping[str, Budget] = field(default_factory=dict)

@@ -177,6 +177,22 @@ class Observe:
             for i in found
         ]
 
+    async def listed(self, found: list[contract.Instance]) -> int | None:
+        """When the indexes show no instance on the node, the instances the API server
+        lists there now (None: some are shown, or the read failed). The watch may lag
+        behind a pod bound just before the cordon: declaring the node drained on its
+        view would let the repair take down an instance it never saw, tasks and all
+        (invariant 1). One read per pass, only in the passes that would end the drain."""
+        if found:
+            return None
+        st = self.state
+        try:
+            pods = await st.kube.list_pods_on(st.node_name)
+        except (TimeoutError, ApiError, aiohttp.ClientError) as e:
+            st.logger.info(f"Pods on {st.node_name} not listed ({e}): the drain waits")
+            return None
+        return sum(1 for p in pods if contract.is_instance(p))
+
     def gate_seen_closed(
         self, i: contract.Instance, now: datetime
     ) -> tuple[contract.Instance, tuple[datetime, datetime]]:
