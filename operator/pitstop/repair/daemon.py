@@ -3,8 +3,10 @@
 event about its node or the next deadline. Deleting a repair gives the node back
 (finalizer).
 
-The driver never sleeps inside a step and never lists: it reacts to the events
-the indexes already receive. What it remembers between passes (evictions sent,
+The driver never sleeps inside a step and reacts to the events the indexes already
+receive; it reads from the API server only what a lagging view must not decide
+(the EndpointSlices that confirm a closed gate, the node's pods before the drain
+ends). What it remembers between passes (evictions sent,
 refusals and their backoff) is only an optimisation; after a restart it starts
 from the cluster again and every action is idempotent (invariant 6)."""
 
