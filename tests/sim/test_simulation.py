@@ -38,7 +38,8 @@ CLEAN = [1, 4, 6, 7, 8, 9, 10, 11, 15, 16, 19, 26, 31, 33, 36, 39, 47, 65, 67]
 FIXED = {
     0: HOLE_DELETION_RACE,  # was invariant 3: a deleted repair's pass marked a pod given back
     3: HOLE_DELETION_RACE,  # was invariant 9: pods kept pitstop.dev/draining
-    27: HOLE_DELETION_RACE,  # was invariant 6: the pass wrote its status over Aborted
+    27: HOLE_DELETION_RACE,  # was invariant 6: the pass wrote its status over Aborted;
+    # then invariant 1: RepairAllowed on the watch's word, 5 pods on the node (1a506f2)
     5: HOLE_DEREGISTRATION,
     23: HOLE_DEREGISTRATION,
     61: HOLE_DEREGISTRATION,
@@ -57,6 +58,9 @@ CLEAN: 33 seeds, 66,000 steps).
 Seed 25 (the pool slot) met the gate's send time next; both are fixed."""
 FIXED_LONG = {
     30000: (STALE_SLICE_VIEW, 4126),  # was invariant 2 at step 4125: a stale slice view
+    # was invariant 1 at step 4214: a Failed repair's give-back (onFailure: Uncordon)
+    # took off the drain signals of the repair that had taken its node over meanwhile
+    10004: (STALE_MARK, 4215),
 }
 """Seeds of the long run whose hole shows only after more than STEPS: seed → (the
 hole it found, the steps it takes to reach it). Now they must hold."""

@@ -134,3 +134,38 @@ def test_the_pods_to_unmark_are_found_by_their_marks_in_the_api() -> None:
         f"unmark fn/ungated: {{'{C.ANNOTATION_DRAINING}': None}}",
     ]
     assert api.calls[-1] == "PATCH", "the node is released after its pods"
+
+
+# --- taking over the lock of a repair that ended ---
+
+
+def holder(phase: str, on_failure: str | None, deleting: bool = False) -> bool:
+    """Whether repair r1 must wait for r0, which holds node n1 in `phase`."""
+    from pitstop.repair.act_node import NodeSteps
+    from pitstop.repair.report import Report
+    from pitstop.repair.state import RepairState
+
+    st = RepairState("r1", {"spec": {"nodeName": "n1"}}, None, logging.getLogger("t"))  # type: ignore[arg-type]
+    steps = NodeSteps(st, Report(st))
+    node = {"metadata": {"name": "n1", "annotations": {C.ANNOTATION_REPAIR: "r0"}}}
+    entry = {"name": "r0", "phase": phase, "deleting": deleting, "onFailure": on_failure}
+    return steps.holder_active(node, {"n1": [entry]})  # type: ignore[arg-type]
+
+
+def test_a_failed_holder_that_will_give_the_node_back_is_waited_for() -> None:
+    # The long run's seed 10004: a repair took over the node of one that had just
+    # Failed with onFailure: Uncordon; that one's give-back then took the drain
+    # signals of the new repair off, the runtime took a task, and the new repair's
+    # lagging view evicted it (invariant 1).
+    assert holder("Failed", "Uncordon")
+
+
+@pytest.mark.parametrize("on_failure", ["KeepCordoned", None])
+def test_a_failed_holder_that_keeps_its_node_cordoned_is_taken_over(on_failure: str | None) -> None:
+    assert not holder("Failed", on_failure)
+
+
+def test_holders_still_running_or_being_deleted_are_waited_for() -> None:
+    assert holder("Evicting", None)
+    assert holder("Aborted", None, deleting=True)
+    assert not holder("Succeeded", None)

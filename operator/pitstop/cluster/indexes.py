@@ -387,6 +387,7 @@ def repairs_by_node(
             "created": body.get("metadata", {}).get("creationTimestamp"),
             "policy": (body.get("metadata", {}).get("labels") or {}).get(C.LABEL_POLICY),
             "dryRun": bool(spec.get("dryRun")),
+            "onFailure": spec.get("onFailure"),  # a Failed holder may still give back
             "reason": spec.get("reason"),  # for a policy's notifications
             "message": status.get("message"),
         }

@@ -44,10 +44,18 @@ class NodeSteps:
             return False
         for repair in repairs_by_node.get(st.node_name, ()):
             if repair["name"] == holder:
-                # One being deleted still holds the node until its handler released it.
-                return repair["phase"] not in FINAL_PHASES or repair["deleting"]
-        # The holder is gone, or ended (a Failed repair keeps its node cordoned): this
-        # repair takes the lock over, and with it the record of the prior schedulability.
+                # One being deleted still holds the node until its handler released it;
+                # so does a Failed one with onFailure: Uncordon until its give-back has
+                # run: taken over meanwhile, its give-back would take this repair's
+                # drain signals off, and the runtime would take tasks again (1).
+                gives_back = (
+                    repair["phase"] == Phase.FAILED
+                    and repair.get("onFailure") == OnFailure.UNCORDON
+                )
+                return repair["phase"] not in FINAL_PHASES or repair["deleting"] or gives_back
+        # The holder is gone, or ended (a Failed repair with onFailure: KeepCordoned keeps
+        # its node cordoned and gives nothing back): this repair takes the lock over, and
+        # with it the record of the prior schedulability.
         return False
 
     async def patch_node(
