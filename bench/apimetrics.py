@@ -98,6 +98,9 @@ def install_flow_schemas(cluster: Cluster) -> None:
         verb: {"resourceRules": [_rule([verb], True, verb != "list")]} for verb in VERBS
     }
     rules["list-all"] = {"resourceRules": [_rule(["list"], False, True)]}
+    # A repair reads its node's pods across namespaces (fieldSelector spec.nodeName,
+    # served by the API server's node index): counted apart from the other LISTs.
+    pod_lists = {"list-all.pods": {"resourceRules": [_rule(["list"], False, True, "pods")]}}
     rules["nonresource"] = {"nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}]}
     detail = {
         f"{verb}.{resource.replace('/', '-')}": {
@@ -108,6 +111,7 @@ def install_flow_schemas(cluster: Cluster) -> None:
         for resource in RESOURCES
     }
     # Matched before the per-verb ones, and all before `service-accounts` (9000).
+    detail.update(pod_lists)
     precedence = {**dict.fromkeys(detail, 400), **dict.fromkeys(rules, 500)}
     items = [
         {
