@@ -1,4 +1,5 @@
-"""kopf's per-object memory forgotten where nothing needs it.
+"""What kopf keeps per object, made smaller: its memory of an object forgotten where
+nothing needs it, and a lighter backlog of its events.
 
 kopf keeps a `ResourceMemory` for every object it has seen until the object is
 deleted: a copy of the operator's memo, an error throttler, the indexing's retry
@@ -14,6 +15,14 @@ error, no failed index to retry, no patch left, no daemon, the memo as the
 operator's. Anything else stays, so the next event finds it as kopf left it; the
 next event of a forgotten object gets a fresh memory, as kopf would make it.
 
+Each object's stream of watch events in kopf's queueing (its worker's backlog)
+is an `asyncio.Queue`: four deques, ~3.3 kB, made for every object kopf sees and
+held until its worker ends, so for every object at once while kopf's start-up
+gate holds them all (pitstop.kopf_startup). Its one reader uses `put`, `get` and
+`empty`; `Backlog` is those on a list, ~0.2 kB. The start-up's peak is what stays
+in CPython's arenas (bench/README.md), so this is memory for good, not only at
+start-up.
+
 This reaches into kopf's private modules (pyproject.toml pins kopf's minor, as for
 pitstop.kopf_startup); if they moved or changed shape it stands down with a
 warning and kopf keeps every memory as before.
@@ -21,9 +30,11 @@ warning and kopf keeps every memory as before.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import importlib
 import logging
+import types
 from collections.abc import Awaitable, Callable, Mapping
 from functools import cache
 from typing import Any
@@ -33,9 +44,10 @@ logger = logging.getLogger(__name__)
 try:
     processing: Any = importlib.import_module("kopf._core.reactor.processing")
     inventory: Any = importlib.import_module("kopf._core.reactor.inventory")
+    queueing: Any = importlib.import_module("kopf._core.reactor.queueing")
     _IMPORT_ERROR = ""
 except ImportError as e:
-    processing = inventory = None
+    processing = inventory = queueing = None
     _IMPORT_ERROR = str(e)
 _ORIGINAL: Any = getattr(processing, "process_resource_event", None)
 
@@ -109,18 +121,91 @@ def forgetting(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitab
     return process_resource_event
 
 
-def install() -> bool:
+class Backlog:
+    """What kopf's queueing uses of an `asyncio.Queue` for an object's watch events
+    (`put`, `get`, `empty`), as asyncio's: first in first out, a getter woken by a
+    put, a cancelled get loses no event and passes its wake-up on."""
+
+    __slots__ = ("_getters", "_items")
+
+    def __init__(self) -> None:
+        self._items: list[Any] = []
+        self._getters: list[asyncio.Future[None]] = []
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    async def put(self, item: Any) -> None:
+        self.put_nowait(item)
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        self._wake_one()
+
+    async def get(self) -> Any:
+        while not self._items:
+            getter = asyncio.get_running_loop().create_future()
+            self._getters.append(getter)
+            try:
+                await getter
+            except BaseException:
+                getter.cancel()
+                if getter in self._getters:
+                    self._getters.remove(getter)
+                if self._items and not getter.cancelled():
+                    self._wake_one()  # woken, then cancelled: the next getter takes it
+                raise
+        return self.get_nowait()
+
+    def get_nowait(self) -> Any:
+        if not self._items:
+            raise asyncio.QueueEmpty
+        return self._items.pop(0)
+
+    def _wake_one(self) -> None:
+        while self._getters:
+            getter = self._getters.pop(0)
+            if not getter.done():
+                getter.set_result(None)
+                return
+
+
+class _Asyncio(types.ModuleType):
+    """asyncio as kopf's queueing sees it: all of it, but its Queue is a Backlog."""
+
+    Queue = Backlog
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+
+def install() -> tuple[bool, bool]:
     """Wraps kopf's process_resource_event where kopf looks it up when it starts its
-    orchestrator; returns whether it took."""
-    if _fits():
+    orchestrator, and gives kopf's queueing the Backlog; returns which took."""
+    memories = _fits()
+    if memories:
         processing.process_resource_event = forgetting(_ORIGINAL)
-        return True
-    why = f" ({_IMPORT_ERROR})" if _IMPORT_ERROR else ""
-    logger.warning(
-        f"kopf's per-object memory is not where or as pitstop expects it{why}: "
-        "it is kept for every object, as kopf does."
-    )
-    return False
+    else:
+        why = f" ({_IMPORT_ERROR})" if _IMPORT_ERROR else ""
+        logger.warning(
+            f"kopf's per-object memory is not where or as pitstop expects it{why}: "
+            "it is kept for every object, as kopf does."
+        )
+    backlog = queueing is not None and getattr(queueing, "asyncio", None) in (asyncio, _ASYNCIO)
+    if backlog:
+        queueing.asyncio = _ASYNCIO
+    else:
+        logger.warning(
+            "kopf's queueing is not as pitstop expects it: each object's backlog is an "
+            "asyncio.Queue, as kopf has it."
+        )
+    return memories, backlog
+
+
+_ASYNCIO = _Asyncio("asyncio")
 
 
 FIELDS = {

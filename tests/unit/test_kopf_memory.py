@@ -13,7 +13,7 @@ import kopf
 import pytest
 from kopf._core.actions import lifecycles
 from kopf._core.engines import indexing
-from kopf._core.reactor import inventory, processing
+from kopf._core.reactor import inventory, processing, queueing
 
 from pitstop import kopf_memory
 
@@ -177,20 +177,95 @@ def test_anything_a_fresh_memory_lacks_makes_it_not_pristine(change: Any) -> Non
     assert not kopf_memory.pristine(memory, base)
 
 
-def test_install_puts_it_where_kopf_s_orchestrator_looks_it_up(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture
+def kopf_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """install() changes kopf's modules: put them back after the test."""
     monkeypatch.setattr(processing, "process_resource_event", processing.process_resource_event)
-    assert kopf_memory.install()
+    monkeypatch.setattr(queueing, "asyncio", queueing.asyncio)
+
+
+@pytest.mark.usefixtures("kopf_restored")
+def test_install_puts_both_where_kopf_looks_them_up() -> None:
+    assert kopf_memory.install() == (True, True)
     assert processing.process_resource_event is not kopf_memory._ORIGINAL
+    assert queueing.asyncio.Queue is kopf_memory.Backlog
+    # The rest of asyncio is asyncio's, for the rest of kopf's queueing.
+    assert queueing.asyncio.Event is asyncio.Event
+    assert queueing.asyncio.CancelledError is asyncio.CancelledError
 
 
+@pytest.mark.usefixtures("kopf_restored")
 def test_install_stands_down_on_a_kopf_of_another_shape(monkeypatch: pytest.MonkeyPatch) -> None:
     @dataclasses.dataclass
     class Moved:
         memo: Any = None
 
-    monkeypatch.setattr(processing, "process_resource_event", processing.process_resource_event)
     monkeypatch.setattr(kopf_memory.inventory, "ResourceMemory", Moved)
-    assert not kopf_memory.install()
+    monkeypatch.setattr(queueing, "asyncio", object())
+    assert kopf_memory.install() == (False, False)
     assert processing.process_resource_event is kopf_memory._ORIGINAL
+
+
+def test_the_backlog_is_first_in_first_out_and_wakes_its_reader() -> None:
+    async def run() -> list[Any]:
+        backlog = kopf_memory.Backlog()
+        got = asyncio.ensure_future(backlog.get())
+        await asyncio.sleep(0)
+        assert not got.done() and backlog.empty()
+        await backlog.put(1)
+        await backlog.put(2)
+        return [await asyncio.wait_for(got, 1), await backlog.get(), backlog.empty()]
+
+    assert asyncio.run(run()) == [1, 2, True]
+
+
+def test_a_get_timed_out_loses_no_event_and_a_woken_cancelled_get_passes_it_on() -> None:
+    async def run() -> list[Any]:
+        backlog = kopf_memory.Backlog()
+        with pytest.raises(TimeoutError):  # kopf's worker: wait_for(get(), idle_timeout)
+            await asyncio.wait_for(backlog.get(), timeout=0.01)
+        first = asyncio.ensure_future(backlog.get())
+        second = asyncio.ensure_future(backlog.get())
+        await asyncio.sleep(0)
+        backlog.put_nowait("event")  # wakes the first ...
+        first.cancel()  # ... which is cancelled before it runs
+        return [await asyncio.wait_for(second, 1), backlog.empty(), first.cancelled()]
+
+    assert asyncio.run(run()) == ["event", True, True]
+
+
+def test_kopf_s_worker_processes_every_event_from_the_backlog(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kopf's own watcher and worker (queueing.watcher) with the Backlog: every event
+    of two objects reaches the processor, in order, and the workers end when idle."""
+    monkeypatch.setattr(queueing, "asyncio", kopf_memory._ASYNCIO)
+    settings = kopf.OperatorSettings()
+    settings.queueing.idle_timeout = 0.05
+    seen: list[tuple[str, str]] = []
+
+    async def processor(raw_event: Any, **_: Any) -> None:
+        seen.append((raw_event["object"]["metadata"]["uid"], raw_event["rv"]))
+
+    events = [
+        {"type": t, "rv": rv, "object": {"metadata": {"uid": uid, "name": uid}}}
+        for t, rv, uid in [(None, "1", "a"), (None, "1", "b"), ("MODIFIED", "2", "a")]
+    ]
+
+    async def stream(**_: Any) -> Any:
+        for e in events:
+            yield e
+        await asyncio.sleep(0.5)  # kopf's watch stays open; the workers go idle
+
+    monkeypatch.setattr(queueing.watching, "infinite_watch", stream)
+
+    async def run() -> None:
+        await queueing.watcher(
+            namespace=None,
+            settings=settings,
+            resource=PODS,
+            processor=processor,  # type: ignore[arg-type]
+        )
+
+    asyncio.run(run())
+    assert sorted(seen) == [("a", "1"), ("a", "2"), ("b", "1")]
