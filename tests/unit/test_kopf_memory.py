@@ -189,8 +189,9 @@ def test_install_puts_both_where_kopf_looks_them_up() -> None:
     assert kopf_memory.install() == (True, True)
     assert processing.process_resource_event is not kopf_memory._ORIGINAL
     assert queueing.asyncio.Queue is kopf_memory.Backlog
+    assert queueing.asyncio.Event is kopf_memory.Pressure
     # The rest of asyncio is asyncio's, for the rest of kopf's queueing.
-    assert queueing.asyncio.Event is asyncio.Event
+    assert queueing.asyncio.Condition is asyncio.Condition
     assert queueing.asyncio.CancelledError is asyncio.CancelledError
 
 
@@ -232,6 +233,21 @@ def test_a_get_timed_out_loses_no_event_and_a_woken_cancelled_get_passes_it_on()
         return [await asyncio.wait_for(second, 1), backlog.empty(), first.cancelled()]
 
     assert asyncio.run(run()) == ["event", True, True]
+
+
+def test_the_pressure_is_asyncio_s_event() -> None:
+    async def run() -> list[Any]:
+        pressure = kopf_memory.Pressure()
+        waiters = [asyncio.ensure_future(pressure.wait()) for _ in range(2)]
+        timed_out = asyncio.ensure_future(asyncio.wait_for(pressure.wait(), 0.01))
+        await asyncio.sleep(0.05)
+        states = [pressure.is_set(), timed_out.done(), len(pressure._waiters)]
+        pressure.set()
+        woken = await asyncio.wait_for(asyncio.gather(*waiters), 1)
+        pressure.clear()
+        return [*states, woken, pressure.is_set(), len(pressure._waiters)]
+
+    assert asyncio.run(run()) == [False, True, 2, [True, True], False, 0]
 
 
 def test_kopf_s_worker_processes_every_event_from_the_backlog(
