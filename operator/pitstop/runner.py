@@ -22,7 +22,7 @@ from typing import Any
 import kopf
 from aiohttp import web
 
-from pitstop import __version__, constants, heap, kopf_startup, metrics
+from pitstop import __version__, constants, heap, kopf_memory, kopf_startup, metrics
 from pitstop.cluster import leader_label
 from pitstop.cluster.kube import Kube
 from pitstop.cluster.kubeconfig import KubeSource, connection_info
@@ -90,6 +90,7 @@ def run(options: RunOptions) -> None:
     handlers = handlers_module()
     # before kopf starts its watches; the heap trimmed once its start-up gate opens
     kopf_startup.install(handlers.indexes.WATCH_SLIMMERS, on_open=heap.Trimmer().opened)
+    kopf_memory.install()  # less kept per pod: no memory of it, a lighter backlog
     if not options.verbose:
         logging.getLogger("kopf.objects").addFilter(QuietWatchers(handlers.WATCH_HANDLERS))
 
