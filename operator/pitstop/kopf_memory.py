@@ -24,6 +24,13 @@ waiters in a list (`Pressure`), ~0.1 kB of 0.86. The start-up's peak is what sta
 in CPython's arenas (bench/README.md), so this is memory for good, not only at
 start-up.
 
+While kopf's start-up gate is shut (pitstop.kopf_startup), each object's worker
+indexes its first event and then waits for the gate inside kopf's processing of that
+event, holding what the processing made for it (its memory, body and patch wrappers,
+three loggers, its error throttle): ~2 kB an object, for every object at once. For
+a stateless kind the first event is indexed ahead (`index_at_gate`) and waits for
+the gate holding the event alone; kopf processes it whole once the gate is open.
+
 This reaches into kopf's private modules (pyproject.toml pins kopf's minor, as for
 pitstop.kopf_startup); if they moved or changed shape it stands down with a
 warning and kopf keeps every memory as before.
@@ -32,8 +39,10 @@ warning and kopf keeps every memory as before.
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import importlib
+import inspect
 import logging
 import types
 from collections.abc import Awaitable, Callable, Mapping
@@ -46,9 +55,12 @@ try:
     processing: Any = importlib.import_module("kopf._core.reactor.processing")
     inventory: Any = importlib.import_module("kopf._core.reactor.inventory")
     queueing: Any = importlib.import_module("kopf._core.reactor.queueing")
+    indexing: Any = importlib.import_module("kopf._core.engines.indexing")
+    loggers: Any = importlib.import_module("kopf._core.actions.loggers")
+    bodies: Any = importlib.import_module("kopf._cogs.structs.bodies")
     _IMPORT_ERROR = ""
 except ImportError as e:
-    processing = inventory = queueing = None
+    processing = inventory = queueing = indexing = loggers = bodies = None
     _IMPORT_ERROR = str(e)
 _ORIGINAL: Any = getattr(processing, "process_resource_event", None)
 
@@ -100,10 +112,18 @@ def forget_if_pristine(memories: Any, raw_body: Mapping[str, Any], memobase: Any
     return True
 
 
-def forgetting(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+def forgetting(
+    original: Callable[..., Awaitable[Any]], *, at_gate: bool = True
+) -> Callable[..., Awaitable[Any]]:
     """kopf's process_resource_event, then the object's memory forgotten if its kind
     is stateless and the memory pristine. One object's events are processed one at a
-    time (kopf's worker per object), so no other event of it is in flight here."""
+    time (kopf's worker per object), so no other event of it is in flight here.
+
+    At kopf's start-up gate, an object of a stateless kind is indexed first
+    (`index_at_gate`) and waits for the gate holding its event alone; kopf's own
+    processing of that event (its memory, body, patch, loggers, error throttle)
+    starts only once the gate is open, so none of it is held for every object at
+    once at the start-up's peak. `at_gate=False` leaves the gate to kopf."""
 
     @cache
     def kind_is_stateless(registry: Any, resource: Any) -> bool:
@@ -111,15 +131,56 @@ def forgetting(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitab
         return stateless(registry, resource)
 
     async def process_resource_event(**kwargs: Any) -> Any:
+        gate: Any = kwargs.get("operator_indexed")
+        toggle = kwargs.get("resource_indexed")
+        stateless_kind = kind_is_stateless(kwargs["registry"], kwargs["resource"])
+        shut = at_gate and toggle is not None and gate is not None and not gate.is_on()
+        if shut and stateless_kind and await index_at_gate(**kwargs):
+            await gate.drop_toggle(toggle)
+            await gate.wait_for(True)
+            # kopf indexes the event again (the same entry) and runs its handlers.
+            kwargs = {**kwargs, "resource_indexed": None}
         result = await original(**kwargs)
         raw_event = kwargs["raw_event"]
-        if raw_event.get("type") != "DELETED" and kind_is_stateless(
-            kwargs["registry"], kwargs["resource"]
-        ):
+        if raw_event.get("type") != "DELETED" and stateless_kind:
             forget_if_pristine(kwargs["memories"], raw_event["object"], kwargs["memobase"])
         return result
 
     return process_resource_event
+
+
+async def index_at_gate(
+    *,
+    raw_event: Mapping[str, Any],
+    registry: Any,
+    indexers: Any,
+    settings: Any,
+    resource: Any,
+    memobase: Any,
+    **_: Any,
+) -> bool:
+    """Indexes an object's event as kopf's processing does first (errors logged and
+    ignored: kopf's `index_resource`), with a memory made for this call alone: a
+    failed index is retried when kopf processes the event after the gate. False if
+    the indexing could not run at all; kopf's own processing then does it all, its
+    error throttle included."""
+    body = bodies.Body(raw_event["object"])
+    try:
+        await indexing.index_resource(
+            indexers=indexers,
+            registry=registry,
+            settings=settings,
+            resource=resource,
+            raw_event=raw_event,
+            memory=indexing.IndexingMemory(),
+            logger=loggers.TerseObjectLogger(body=body, settings=settings),
+            memo=copy.copy(memobase),  # as kopf's recall makes an object's memo
+            body=body,
+        )
+    except Exception as e:
+        logger.warning(f"Indexing {resource} at the start-up gate failed; kopf retries it: {e!r}")
+        return False
+    return True
 
 
 class Backlog:
@@ -200,7 +261,13 @@ def install() -> tuple[bool, bool]:
     orchestrator, and gives kopf's queueing the Backlog; returns which took."""
     memories = _fits()
     if memories:
-        processing.process_resource_event = forgetting(_ORIGINAL)
+        at_gate = _gate_fits()
+        if not at_gate:
+            logger.warning(
+                "kopf's indexing is not as pitstop expects it: at the start-up gate each "
+                "object's processing is held whole, as kopf does (more memory at start-up)."
+            )
+        processing.process_resource_event = forgetting(_ORIGINAL, at_gate=at_gate)
     else:
         why = f" ({_IMPORT_ERROR})" if _IMPORT_ERROR else ""
         logger.warning(
@@ -253,6 +320,30 @@ def _fits() -> bool:
     return all(
         name in classes and needed <= {f.name for f in _fields(classes[name])}
         for name, needed in FIELDS.items()
+    )
+
+
+INDEX_RESOURCE_ARGS = frozenset(
+    {"indexers", "registry", "settings", "resource", "raw_event"}
+    | {"memory", "logger", "memo", "body"}
+)
+"""What index_at_gate passes to kopf's index_resource."""
+
+
+def _gate_fits() -> bool:
+    """kopf has what index_at_gate calls, as it calls it."""
+    index_resource = getattr(indexing, "index_resource", None)
+    if index_resource is None or not inspect.iscoroutinefunction(index_resource):
+        return False
+    if set(inspect.signature(index_resource).parameters) != INDEX_RESOURCE_ARGS:
+        return False
+    return all(
+        hasattr(module, name)
+        for module, name in (
+            (indexing, "IndexingMemory"),
+            (loggers, "TerseObjectLogger"),
+            (bodies, "Body"),
+        )
     )
 
 

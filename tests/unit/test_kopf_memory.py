@@ -11,6 +11,7 @@ from typing import Any
 
 import kopf
 import pytest
+from kopf._cogs.aiokits import aiotoggles
 from kopf._core.actions import lifecycles
 from kopf._core.engines import indexing
 from kopf._core.reactor import inventory, processing, queueing
@@ -175,6 +176,148 @@ def test_anything_a_fresh_memory_lacks_makes_it_not_pristine(change: Any) -> Non
     assert kopf_memory.pristine(memory, base)
     change(memory)
     assert not kopf_memory.pristine(memory, base)
+
+
+class Gate:
+    """kopf's start-up gate as its orchestration makes it: an `all` ToggleSet shut by a
+    blocker until the test opens it, and a toggle per object its watcher saw first."""
+
+    def __init__(self, run: Run, at_gate: bool = True) -> None:
+        self.run = run
+        self.process = kopf_memory.forgetting(processing.process_resource_event, at_gate=at_gate)
+
+    async def start(self, *events: dict[str, Any]) -> None:
+        self.set = aiotoggles.ToggleSet(all)
+        self.blocker = await self.set.make_toggle(name="blocker")
+        self.workers = []
+        for event in events:
+            toggle = await self.set.make_toggle(name=event["object"]["metadata"]["uid"])
+            self.workers.append(asyncio.ensure_future(self.first(event, toggle)))
+        await asyncio.wait_for(self.indexed(), timeout=5)
+
+    async def indexed(self) -> None:
+        """Until every object's toggle is dropped (each worker indexed its event)."""
+        async with self.set._condition:  # kopf's set notifies on every drop
+            await self.set._condition.wait_for(lambda: len(list(self.set)) == 1)
+
+    async def first(self, event: dict[str, Any], toggle: Any) -> None:
+        run = self.run
+        await self.process(
+            lifecycle=lifecycles.all_at_once,
+            indexers=run.indexers,
+            registry=run.registry,
+            settings=run.settings,
+            memories=run.memories,
+            memobase=run.memobase,
+            resource=PODS,
+            raw_event=event,
+            event_queue=asyncio.Queue(),
+            resource_indexed=toggle,
+            operator_indexed=self.set,
+        )
+
+    async def open(self) -> None:
+        await self.set.drop_toggle(self.blocker)
+        await asyncio.wait_for(asyncio.gather(*self.workers), timeout=5)
+
+
+def test_at_the_gate_an_object_is_indexed_holding_no_memory_of_kopf_until_it_opens() -> None:
+    seen: list[Any] = []
+    run = Run(index_and_event(seen))
+    gate = Gate(run)
+
+    async def go() -> None:
+        await gate.start(pod_event("a"), pod_event("b"))
+        # Indexed, and each object's toggle dropped: only the blocker keeps it shut.
+        assert sorted(run.indexers.indices["by_node"]["n1"]) == ["pod-a", "pod-b"]
+        assert [t.name for t in gate.set] == ["blocker"]
+        assert not any(w.done() for w in gate.workers)
+        assert seen == []  # no handler before the gate opens
+        assert run.remembered() == []  # and nothing of kopf's processing held
+        await gate.open()
+
+    asyncio.run(go())
+    assert seen == [("1", "operator-wide"), ("1", "operator-wide")]
+    assert sorted(run.indexers.indices["by_node"]["n1"]) == ["pod-a", "pod-b"]
+    assert run.remembered() == []
+
+
+def test_kopf_s_own_gate_holds_each_object_s_memory_and_so_do_stateful_kinds() -> None:
+    """What index_at_gate takes away: kopf waits at the gate inside its processing,
+    with the object's memory made (the assertion above fails this way without it)."""
+
+    def with_a_change_handler(registry: kopf.OperatorRegistry) -> None:
+        index_and_event([])(registry)
+
+        @kopf.on.field("pods", field="spec.nodeName", registry=registry)
+        def moved(**_: Any) -> None:
+            pass
+
+    for run, at_gate in ((Run(index_and_event([])), False), (Run(with_a_change_handler), True)):
+        gate = Gate(run, at_gate=at_gate)
+
+        async def go() -> None:
+            await gate.start(pod_event("a"), pod_event("b"))  # noqa: B023
+            assert len(run.remembered()) == 2  # noqa: B023
+            await gate.open()  # noqa: B023
+
+        asyncio.run(go())
+        assert sorted(run.indexers.indices["by_node"]["n1"]) == ["pod-a", "pod-b"]
+
+
+def test_an_index_failed_at_the_gate_is_indexed_again_once_it_opens() -> None:
+    calls: list[str] = []
+
+    def register(registry: kopf.OperatorRegistry) -> None:
+        @kopf.index("pods", id="by_node", registry=registry)
+        def by_node(body: kopf.Body, **_: Any) -> dict[str, str]:
+            calls.append(body["metadata"]["name"])
+            if len(calls) == 1:
+                raise RuntimeError("not yet")
+            return {body["spec"]["nodeName"]: body["metadata"]["name"]}
+
+    run = Run(register)
+    gate = Gate(run)
+
+    async def go() -> None:
+        await gate.start(pod_event("a"))
+        assert "n1" not in run.indexers.indices["by_node"]
+        await gate.open()
+
+    asyncio.run(go())
+    assert calls == ["pod-a", "pod-a"]
+    assert list(run.indexers.indices["by_node"]["n1"]) == ["pod-a"]
+    assert run.remembered() == []
+
+
+def test_when_indexing_at_the_gate_cannot_run_kopf_does_it_all(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[Any] = []
+    run = Run(index_and_event(seen))
+    gate = Gate(run)
+
+    index_resource, calls = indexing.index_resource, []
+
+    async def broken_once(**kwargs: Any) -> None:
+        calls.append(kwargs["raw_event"])
+        if len(calls) == 1:  # the call at the gate (the same module as kopf's)
+            raise OSError("no such thing")
+        await index_resource(**kwargs)
+
+    monkeypatch.setattr(indexing, "index_resource", broken_once)
+
+    async def go() -> None:
+        await gate.start(pod_event("a"))
+        # kopf's own processing indexed it, and dropped its toggle.
+        assert sorted(run.indexers.indices["by_node"]["n1"]) == ["pod-a"]
+        assert [t.name for t in gate.set] == ["blocker"]
+        assert len(run.remembered()) == 1  # waiting inside kopf's processing
+        await gate.open()
+
+    asyncio.run(go())
+    assert seen == [("1", "operator-wide")]
+    assert run.remembered() == []
 
 
 @pytest.fixture
