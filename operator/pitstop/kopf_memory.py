@@ -27,9 +27,10 @@ start-up.
 While kopf's start-up gate is shut (pitstop.kopf_startup), each object's worker
 indexes its first event and then waits for the gate inside kopf's processing of that
 event, holding what the processing made for it (its memory, body and patch wrappers,
-three loggers, its error throttle): ~2 kB an object, for every object at once. For
-a stateless kind the first event is indexed ahead (`index_at_gate`) and waits for
-the gate holding the event alone; kopf processes it whole once the gate is open.
+three loggers, its error throttle, the frames holding them), for every object at
+once. For a stateless kind the first event is indexed ahead (`index_at_gate`) and
+waits for the gate holding the event alone; kopf processes it whole once the gate
+is open: ~5.5 kB less a pod at the gate (`python -m bench.gate_memory`).
 
 This reaches into kopf's private modules (pyproject.toml pins kopf's minor, as for
 pitstop.kopf_startup); if they moved or changed shape it stands down with a
