@@ -57,19 +57,27 @@ class Run:
     def events(self, *events: dict[str, Any]) -> None:
         async def run() -> None:
             for event in events:
-                await self.process(
-                    lifecycle=lifecycles.all_at_once,
-                    indexers=self.indexers,
-                    registry=self.registry,
-                    settings=self.settings,
-                    memories=self.memories,
-                    memobase=self.memobase,
-                    resource=PODS,
-                    raw_event=event,
-                    event_queue=asyncio.Queue(),
-                )
+                await self.one(event)
 
         asyncio.run(run())
+
+    async def one(
+        self, event: dict[str, Any], process: Callable[..., Any] | None = None, **gate: Any
+    ) -> None:
+        """One event through `process` (this run's by default); `gate`: kopf's
+        resource_indexed and operator_indexed."""
+        await (process or self.process)(
+            lifecycle=lifecycles.all_at_once,
+            indexers=self.indexers,
+            registry=self.registry,
+            settings=self.settings,
+            memories=self.memories,
+            memobase=self.memobase,
+            resource=PODS,
+            raw_event=event,
+            event_queue=asyncio.Queue(),
+            **gate,
+        )
 
     def remembered(self) -> list[Any]:
         return list(self.memories.iter_all_memories())
@@ -201,20 +209,7 @@ class Gate:
             await self.set._condition.wait_for(lambda: len(list(self.set)) == 1)
 
     async def first(self, event: dict[str, Any], toggle: Any) -> None:
-        run = self.run
-        await self.process(
-            lifecycle=lifecycles.all_at_once,
-            indexers=run.indexers,
-            registry=run.registry,
-            settings=run.settings,
-            memories=run.memories,
-            memobase=run.memobase,
-            resource=PODS,
-            raw_event=event,
-            event_queue=asyncio.Queue(),
-            resource_indexed=toggle,
-            operator_indexed=self.set,
-        )
+        await self.run.one(event, self.process, resource_indexed=toggle, operator_indexed=self.set)
 
     async def open(self) -> None:
         await self.set.drop_toggle(self.blocker)
