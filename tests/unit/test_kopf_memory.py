@@ -190,9 +190,13 @@ class Gate:
     """kopf's start-up gate as its orchestration makes it: an `all` ToggleSet shut by a
     blocker until the test opens it, and a toggle per object its watcher saw first."""
 
-    def __init__(self, run: Run, at_gate: bool = True) -> None:
+    def __init__(
+        self, run: Run, at_gate: bool = True, process: Callable[..., Any] | None = None
+    ) -> None:
         self.run = run
-        self.process = kopf_memory.forgetting(processing.process_resource_event, at_gate=at_gate)
+        self.process = process or kopf_memory.forgetting(
+            processing.process_resource_event, at_gate=at_gate
+        )
 
     async def start(self, *events: dict[str, Any]) -> None:
         self.set = aiotoggles.ToggleSet(all)
@@ -343,6 +347,30 @@ def test_install_stands_down_on_a_kopf_of_another_shape(monkeypatch: pytest.Monk
     monkeypatch.setattr(queueing, "asyncio", object())
     assert kopf_memory.install() == (False, False)
     assert processing.process_resource_event is kopf_memory._ORIGINAL
+
+
+@pytest.mark.usefixtures("kopf_restored")
+def test_on_a_kopf_whose_indexing_differs_the_gate_is_left_to_kopf(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def index_resource(*, raw_event: Any, **_: Any) -> None:  # another signature
+        indexed.append(raw_event["object"]["metadata"]["name"])
+
+    indexed: list[str] = []
+    monkeypatch.setattr(indexing, "index_resource", index_resource)
+    assert kopf_memory.install() == (True, True)
+    assert "kopf's indexing is not as pitstop expects it" in caplog.text
+    run = Run(index_and_event([]))
+    gate = Gate(run, process=processing.process_resource_event)  # as installed
+
+    async def go() -> None:
+        await gate.start(pod_event("a"))
+        assert indexed == ["pod-a"]  # by kopf's processing alone, waiting inside it
+        assert len(run.remembered()) == 1
+        await gate.open()
+
+    asyncio.run(go())
+    assert run.remembered() == []
 
 
 def test_the_backlog_is_first_in_first_out_and_wakes_its_reader() -> None:
