@@ -90,7 +90,8 @@ def run(options: RunOptions) -> None:
     handlers = handlers_module()
     # before kopf starts its watches; the heap trimmed once its start-up gate opens
     kopf_startup.install(handlers.indexes.WATCH_SLIMMERS, on_open=heap.Trimmer().opened)
-    kopf_memory.install()  # less kept per pod: no memory of it, a lighter backlog
+    # less kept per pod: no memory of it, a lighter backlog, only its event at the gate
+    kopf_memory.install()
     if not options.verbose:
         logging.getLogger("kopf.objects").addFilter(QuietWatchers(handlers.WATCH_HANDLERS))
 
