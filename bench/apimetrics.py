@@ -18,8 +18,10 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-from collections import Counter
+from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from bench.cluster import REPO, BenchError, Cluster, poll
 
@@ -94,7 +96,7 @@ def install_flow_schemas(cluster: Cluster) -> None:
         "kind": "ServiceAccount",
         "serviceAccount": {"name": SERVICE_ACCOUNT, "namespace": NAMESPACE},
     }
-    rules: dict[str, dict[str, object]] = {
+    rules: dict[str, dict[str, Any]] = {
         verb: {"resourceRules": [_rule([verb], True, verb != "list")]} for verb in VERBS
     }
     rules["list-all"] = {"resourceRules": [_rule(["list"], False, True)]}
@@ -152,7 +154,7 @@ class Snapshot:
 
     def __init__(self, cluster: Cluster) -> None:
         text = cluster.get_raw("/metrics")
-        self.operator: Counter[str] = Counter()
+        self.operator: defaultdict[str, float] = defaultdict(float)
         """The operator's requests by verb, and by `verb resource` for RESOURCES."""
         for labels, value in _samples(text, "apiserver_flowcontrol_dispatched_requests_total"):
             if labels.get("flow_schema", "").startswith(PREFIX):
@@ -160,7 +162,7 @@ class Snapshot:
                 self.operator[verb] += value
                 if resource is not None:
                     self.operator[f"{verb} {resource}"] += value
-        self.everyone: Counter[str] = Counter()
+        self.everyone: defaultdict[str, float] = defaultdict(float)
         for labels, value in _samples(text, "apiserver_request_total"):
             verb = labels.get("verb", "?").lower()
             if verb == "list" and labels.get("scope") == "cluster":
@@ -175,5 +177,5 @@ class Snapshot:
         }
 
 
-def _minus(after: Counter[str], before: Counter[str]) -> dict[str, float]:
+def _minus(after: Mapping[str, float], before: Mapping[str, float]) -> dict[str, float]:
     return {k: after[k] - before.get(k, 0) for k in sorted(after) if after[k] - before.get(k, 0)}

@@ -46,7 +46,7 @@ def requests_per_repair(r: dict[str, Any]) -> float | None:
     if r.get("identity") != "sa":
         return None
     mine = r["burst_requests"]["operator"]
-    return sum(v for k, v in mine.items() if " " not in k) / r["burst"]
+    return float(sum(v for k, v in mine.items() if " " not in k) / r["burst"])
 
 
 def fit(points: list[tuple[float, float]]) -> dict[str, float] | None:

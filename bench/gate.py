@@ -245,13 +245,13 @@ class Bench:
         killed = now()
         old.signal(signum)
         thread.start()
+
+        def leads() -> bool:
+            self.revive()
+            return self.holder() == new.identity
+
         try:
-            poll(
-                f"{new.identity} leads",
-                lambda: self.revive() or self.holder() == new.identity,
-                120,
-                0.1,
-            )
+            poll(f"{new.identity} leads", leads, 120, 0.1)
             led = now()
             # the first gate the new leader opens, then every one that waited
             first = self.world.wait(

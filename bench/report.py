@@ -162,8 +162,8 @@ def drain_table(
     lines.append("   medians, s from the start " + "".join(f"{h:>11}" for h in heads))
     for tool in tools:
         t = d["timeline_medians"][tool]
-        cells = [t.get(k) for k in TIMELINE] + [d["median_s"][tool]]
-        text = "".join(f"{c:>11.2f}" if c is not None else f"{'-':>11}" for c in cells)
+        marks = [t.get(k) for k in TIMELINE] + [d["median_s"][tool]]
+        text = "".join(f"{c:>11.2f}" if c is not None else f"{'-':>11}" for c in marks)
         lines.append(f"     {tool:<23}{text}")
     requests: dict[str, float] = {}
     for r in d["rounds"]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from bench import peers, workload
@@ -84,13 +85,14 @@ class Drains:
                     )
                 if layout.pdb_per_node is not None:
                     workload.make_pdb(c, f"r{r}-{tool}", labels, labels, layout.pdb_per_node)
+            # Each wait below ends within its own iteration: the loop's names are current.
             w.wait(
                 f"round {r}: {args.pods} Running pods on each node",
-                lambda nodes=nodes: all(len(w.serving_on(n)) == args.pods for n in nodes.values()),
+                lambda: all(len(w.serving_on(n)) == args.pods for n in nodes.values()),  # noqa: B023
                 300,
             )
             stage("pods_running")
-            poll("PDBs settled", lambda r=r: workload.pdbs_settled(c, f"{KEY}/round={r}"), 60)
+            poll("PDBs settled", partial(workload.pdbs_settled, c, f"{KEY}/round={r}"), 60)
             stage("pdbs_settled")
             result: dict[str, Any] = {"round": r, "first": order[0], "stages_s": stages.laps}
             if layout.pdb_per_node is not None:
@@ -106,11 +108,10 @@ class Drains:
             for tool in order:
                 result[tool] = self.drain(tool, nodes[tool], f"bench-drain-r{r}")
                 stage(tool)
+                labels = {KEY + "/round": str(r), KEY + "/tool": tool}
                 w.wait(
                     f"round {r}: {tool}'s evicted pods re-created and Running",
-                    lambda tool=tool, r=r: (
-                        w.count_serving({KEY + "/round": str(r), KEY + "/tool": tool}) == args.pods
-                    ),
+                    lambda: w.count_serving(labels) == args.pods,  # noqa: B023
                     300,
                 )
                 stage(f"{tool}_pods_recreated")
